@@ -1,0 +1,1 @@
+print("fleetkeep-agent: not built yet")

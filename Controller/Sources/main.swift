@@ -1,0 +1,1 @@
+print("fleetkeep-controller: not built yet")

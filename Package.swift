@@ -1,0 +1,67 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// C libraries from Debian, each wrapped by exactly one Swift module.
+func systemLibrary(_ name: String, pkgConfig: String, apt: [String]) -> Target {
+    .systemLibrary(name: name, path: "Sources/\(name)", pkgConfig: pkgConfig, providers: [.apt(apt)])
+}
+
+var targets: [Target] = [
+    systemLibrary("CSSH2", pkgConfig: "libssh2", apt: ["libssh2-1-dev"]),
+    systemLibrary("CCurl", pkgConfig: "libcurl", apt: ["libcurl4-openssl-dev"]),
+    systemLibrary("CSQLite", pkgConfig: "sqlite3", apt: ["libsqlite3-dev"]),
+    systemLibrary("CCrypto", pkgConfig: "libcrypto", apt: ["libssl-dev"]),
+    systemLibrary("CZstd", pkgConfig: "libzstd", apt: ["libzstd-dev"]),
+    systemLibrary("CMicroHTTPD", pkgConfig: "libmicrohttpd", apt: ["libmicrohttpd-dev"]),
+
+    // Wrappers: one concern each, no knowledge of Fleetkeep.
+    .target(name: "SQLite", dependencies: ["CSQLite"]),
+    .target(name: "HTTPServer", dependencies: ["CMicroHTTPD"]),
+    .target(name: "HTTPClient", dependencies: ["CCurl"]),
+    .target(name: "Crypto", dependencies: ["CCrypto"]),
+    .target(name: "Zstd", dependencies: ["CZstd"]),
+    .target(name: "SFTP", dependencies: ["CSSH2"]),
+
+    // The shared language between agent and controller.
+    .target(name: "FleetkeepProtocol", dependencies: ["Crypto"]),
+    // Backup engine: repository format, chunking, packs, snapshots. No HTTP, no controller.
+    .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite"]),
+    // Agent and controller logic.
+    .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto"]),
+    .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "Crypto"]),
+
+    // The two thin programs.
+    .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore"], path: "Agent/Sources"),
+    .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore"], path: "Controller/Sources"),
+
+    // Tests mirror the modules.
+    .target(name: "TestSupport", dependencies: ["Crypto"], path: "Tests/TestSupport"),
+    .testTarget(name: "SQLiteTests", dependencies: ["SQLite"]),
+    .testTarget(name: "HTTPTests", dependencies: ["HTTPServer", "HTTPClient", "Crypto", "TestSupport"]),
+    .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
+    .testTarget(name: "ZstdTests", dependencies: ["Zstd"]),
+    .testTarget(name: "SFTPTests", dependencies: ["SFTP", "TestSupport"]),
+    .testTarget(name: "ProtocolTests", dependencies: ["FleetkeepProtocol"]),
+    .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),
+    .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "TestSupport"]),
+    .testTarget(name: "ControllerCoreTests", dependencies: ["ControllerCore", "TestSupport"]),
+    .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Crypto", "HTTPClient"]),
+]
+
+// One place for compiler settings, applied to every Swift target.
+for target in targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [
+        .swiftLanguageMode(.v6),
+        .enableUpcomingFeature("ExistentialAny"),
+    ]
+}
+
+let package = Package(
+    name: "Fleetkeep",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "fleetkeep-agent", targets: ["fleetkeep-agent"]),
+        .executable(name: "fleetkeep-controller", targets: ["fleetkeep-controller"]),
+    ],
+    targets: targets
+)
