@@ -22,6 +22,8 @@ var targets: [Target] = [
     .target(name: "Zstd", dependencies: ["CZstd"]),
     .target(name: "SFTP", dependencies: ["CSSH2"]),
 
+    // Small argument parser shared by both programs (no third-party packages).
+    .target(name: "CommandLineSupport"),
     // The shared language between agent and controller.
     .target(name: "FleetkeepProtocol", dependencies: ["Crypto"]),
     // Backup engine: repository format, chunking, packs, snapshots. No HTTP, no controller.
@@ -31,8 +33,8 @@ var targets: [Target] = [
     .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "Crypto"]),
 
     // The two thin programs.
-    .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore"], path: "Agent/Sources"),
-    .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore"], path: "Controller/Sources"),
+    .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport"], path: "Agent/Sources"),
+    .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore", "CommandLineSupport"], path: "Controller/Sources"),
 
     // Tests mirror the modules.
     .target(name: "TestSupport", dependencies: ["Crypto"], path: "Tests/TestSupport"),
@@ -41,7 +43,7 @@ var targets: [Target] = [
     .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
     .testTarget(name: "ZstdTests", dependencies: ["Zstd"]),
     .testTarget(name: "SFTPTests", dependencies: ["SFTP", "TestSupport"]),
-    .testTarget(name: "ProtocolTests", dependencies: ["FleetkeepProtocol"]),
+    .testTarget(name: "ProtocolTests", dependencies: ["FleetkeepProtocol", "CommandLineSupport"]),
     .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),
     .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "TestSupport"]),
     .testTarget(name: "ControllerCoreTests", dependencies: ["ControllerCore", "TestSupport"]),
