@@ -2,8 +2,9 @@ import CMicroHTTPD
 import Foundation
 import Synchronization
 
-/// An HTTP/1.1 (optionally TLS) server on libmicrohttpd: an internal epoll polling thread plus a pool of
-/// `configuration.threads` threads that also run the handlers.
+/// An HTTP/1.1 (optionally TLS) server on libmicrohttpd: a pool of `configuration.threads` epoll I/O threads, plus
+/// as many handler threads. A request's connection is suspended while its handler runs, so slow handlers never
+/// stall the other connections an I/O thread serves.
 ///
 /// `@unchecked Sendable`: the daemon pointer and PEM buffers are only touched under `state`'s lock (start/shutdown/deinit);
 /// libmicrohttpd itself is thread-safe for these calls, and request handling state lives in the Sendable dispatcher.
@@ -53,10 +54,7 @@ public final class HTTPServer: @unchecked Sendable {
     }
 
     deinit {
-        state.withLock { state in
-            if let daemon = state.daemon { MHD_stop_daemon(daemon) }
-            state.daemon = nil
-        }
+        shutdown()
         free(certificatePEM)
         free(privateKeyPEM)
     }
@@ -67,12 +65,13 @@ public final class HTTPServer: @unchecked Sendable {
             guard !state.started else {
                 throw HTTPServerError(operation: "starting", message: "server was already started")
             }
-            var flags = MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue | MHD_USE_ITC.rawValue
+            var flags = MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue
                 | MHD_USE_ERROR_LOG.rawValue | MHD_USE_TURBO.rawValue
             if certificatePEM != nil { flags |= MHD_USE_TLS.rawValue }
             if bindAddress.isIPv6 { flags |= MHD_USE_IPv6.rawValue }
             let context = Unmanaged.passUnretained(dispatcher).toOpaque()
             dispatcher.log("")
+            dispatcher.startHandlers(threads: configuration.threads)
             let daemon = bindAddress.storage.withUnsafeBytes { raw in
                 fk_mhd_start_daemon(
                     UInt32(flags), raw.baseAddress!.assumingMemoryBound(to: sockaddr.self),
@@ -82,6 +81,7 @@ public final class HTTPServer: @unchecked Sendable {
                     certificatePEM, privateKeyPEM)
             }
             guard let daemon else {
+                dispatcher.stopHandlers()
                 let reason = dispatcher.lastLogMessage.withLock { $0 }
                 let scheme = certificatePEM == nil ? "http" : "https"
                 throw HTTPServerError(operation: "starting \(scheme) listener on \(configuration.host):\(configuration.port)",
@@ -110,8 +110,12 @@ public final class HTTPServer: @unchecked Sendable {
         while dispatcher.inFlight.load(ordering: .relaxed) > 0 && ContinuousClock.now < deadline {
             usleep(2_000)
         }
+        // Stopping libmicrohttpd with a suspended connection is undefined behaviour, so running handlers are
+        // always waited for, even past the deadline.
+        while dispatcher.suspended.load(ordering: .acquiring) > 0 { usleep(2_000) }
         MHD_stop_daemon(daemon)
         if listenSocket >= 0 { close(listenSocket) }
+        dispatcher.stopHandlers()
     }
 
     private static func readPEM(_ path: String, what: String) throws -> String {

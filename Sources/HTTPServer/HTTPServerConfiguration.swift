@@ -13,7 +13,7 @@ public struct HTTPServerConfiguration: Sendable {
     public var maxConnections: Int = 2048
     /// Idle connections are closed after this long; also bounds how long `shutdown()` waits for in-flight requests.
     public var connectionTimeoutSeconds: Int = 30
-    /// Size of libmicrohttpd's thread pool; handlers run on these threads.
+    /// Size of libmicrohttpd's I/O thread pool, and the number of threads running handlers concurrently.
     public var threads: Int = 2
 
     public init(host: String = "127.0.0.1", port: UInt16 = 0, tlsCertificatePath: String? = nil, tlsPrivateKeyPath: String? = nil,

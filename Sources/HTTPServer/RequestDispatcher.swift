@@ -3,11 +3,14 @@ import CMicroHTTPD
 import Synchronization
 
 /// Per-request state living in libmicrohttpd's `con_cls` slot, from the first access-handler call to the
-/// completion notification. Touched only by the pool thread that owns the connection, so it needs no lock.
+/// completion notification. Touched by the I/O thread that owns the connection, except while the connection is
+/// suspended, when only the handler thread holding its `HandlerJob` touches it; so it needs no lock.
 final class RequestState {
     var body: [UInt8] = []
     var bodyTooLarge = false
     var responded = false
+    /// Set by the handler thread just before it resumes the connection.
+    var response: HTTPResponse?
 }
 
 /// The part of the server libmicrohttpd's callbacks see (through `void *`): routing, limits, counters.
@@ -16,12 +19,28 @@ final class RequestDispatcher: Sendable {
     let maxBodyBytes: Int
     /// Requests whose headers have arrived and whose completion was not yet reported; graceful shutdown waits for 0.
     let inFlight = Atomic<Int>(0)
+    /// Connections suspended while a handler runs; libmicrohttpd must not be stopped while this is above 0.
+    let suspended = Atomic<Int>(0)
     /// Last message libmicrohttpd logged; included in startup errors.
     let lastLogMessage = Mutex<String>("")
+    /// Set once at start, before the daemon exists, so the callbacks never see nil.
+    private let pool = Mutex<HandlerPool?>(nil)
 
     init(router: Router, maxBodyBytes: Int) {
         self.router = router
         self.maxBodyBytes = maxBodyBytes
+    }
+
+    func startHandlers(threads: Int) {
+        let pool = HandlerPool(threads: threads, name: "http-handler") { [self] job in runHandler(job) }
+        self.pool.withLock { $0 = pool }
+    }
+
+    func stopHandlers() {
+        pool.withLock { pool in
+            pool?.stop()
+            pool = nil
+        }
     }
 
     func access(connection: OpaquePointer, url: UnsafePointer<CChar>, method: UnsafePointer<CChar>,
@@ -54,13 +73,52 @@ final class RequestDispatcher: Sendable {
             }
             return .YES
         }
+        if let response = state.response {
+            // Called again after the handler thread resumed the connection.
+            state.response = nil
+            return queue(response, on: connection)
+        }
         if state.responded { return .YES }
         state.responded = true
         if state.bodyTooLarge { return queue(bodyTooLargeResponse(), on: connection) }
-        let response = dispatch(connection: connection, path: String(cString: url), method: String(cString: method),
-                                body: state.body)
-        state.body = []
-        return queue(response, on: connection)
+        let path = String(cString: url), methodName = String(cString: method)
+        switch router.match(method: methodName, path: path) {
+        case .notFound:
+            return queue(.error(404, "no route for \(path)"), on: connection)
+        case .methodNotAllowed(let allowed):
+            var response = HTTPResponse.error(405, "method \(methodName) not allowed for \(path)")
+            response.headers["Allow"] = allowed.joined(separator: ", ")
+            return queue(response, on: connection)
+        case .handler(let handler):
+            let request = HTTPRequest(method: methodName, path: path,
+                                      query: Self.values(of: connection, kind: .GET_ARGUMENT_KIND, lowercaseKeys: false),
+                                      headers: Self.values(of: connection, kind: .HEADER_KIND, lowercaseKeys: true),
+                                      body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)))
+            state.body = []
+            guard let pool = pool.withLock({ $0 }) else {
+                return queue(.error(503, "server is shutting down"), on: connection)
+            }
+            suspended.add(1, ordering: .relaxed)
+            MHD_suspend_connection(connection)
+            pool.submit(HandlerJob(handler: handler, request: request, state: state, connection: connection))
+            return .YES
+        }
+    }
+
+    /// Runs on a handler thread. Resuming is the last touch of the job's state and connection.
+    private func runHandler(_ job: HandlerJob) {
+        let response: HTTPResponse
+        do {
+            response = try job.handler(job.request)
+        } catch let error as HTTPError {
+            response = .error(error.status, error.message)
+        } catch {
+            // Internal details stay in the server; handlers that want to explain throw HTTPError.
+            response = .error(500, "internal server error handling \(job.request.method) \(job.request.path)")
+        }
+        job.state.response = response
+        MHD_resume_connection(job.connection)
+        suspended.subtract(1, ordering: .releasing)
     }
 
     func completed(context: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) {
@@ -76,30 +134,6 @@ final class RequestDispatcher: Sendable {
 
     private func bodyTooLargeResponse() -> HTTPResponse {
         .error(413, "request body larger than the limit of \(maxBodyBytes) bytes")
-    }
-
-    private func dispatch(connection: OpaquePointer, path: String, method: String, body: [UInt8]) -> HTTPResponse {
-        switch router.match(method: method, path: path) {
-        case .notFound:
-            return .error(404, "no route for \(path)")
-        case .methodNotAllowed(let allowed):
-            var response = HTTPResponse.error(405, "method \(method) not allowed for \(path)")
-            response.headers["Allow"] = allowed.joined(separator: ", ")
-            return response
-        case .handler(let handler):
-            let request = HTTPRequest(method: method, path: path,
-                                      query: Self.values(of: connection, kind: .GET_ARGUMENT_KIND, lowercaseKeys: false),
-                                      headers: Self.values(of: connection, kind: .HEADER_KIND, lowercaseKeys: true),
-                                      body: body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)))
-            do {
-                return try handler(request)
-            } catch let error as HTTPError {
-                return .error(error.status, error.message)
-            } catch {
-                // Internal details stay in the server; handlers that want to explain throw HTTPError.
-                return .error(500, "internal server error handling \(method) \(path)")
-            }
-        }
     }
 
     private struct Collected {
