@@ -1,0 +1,200 @@
+import Foundation
+import CMicroHTTPD
+import Synchronization
+
+/// Per-request state living in libmicrohttpd's `con_cls` slot, from the first access-handler call to the
+/// completion notification. Touched by the I/O thread that owns the connection, except while the connection is
+/// suspended, when only the handler thread holding its `HandlerJob` touches it; so it needs no lock.
+final class RequestState {
+    var body: [UInt8] = []
+    var bodyTooLarge = false
+    var responded = false
+    /// Set by the handler thread just before it resumes the connection.
+    var response: HTTPResponse?
+}
+
+/// The part of the server libmicrohttpd's callbacks see (through `void *`): routing, limits, counters.
+final class RequestDispatcher: Sendable {
+    let router: Router
+    let maxBodyBytes: Int
+    /// Requests whose headers have arrived and whose completion was not yet reported; graceful shutdown waits for 0.
+    let inFlight = Atomic<Int>(0)
+    /// Connections suspended while a handler runs; libmicrohttpd must not be stopped while this is above 0.
+    let suspended = Atomic<Int>(0)
+    /// Last message libmicrohttpd logged; included in startup errors.
+    let lastLogMessage = Mutex<String>("")
+    /// Set once at start, before the daemon exists, so the callbacks never see nil.
+    private let pool = Mutex<HandlerPool?>(nil)
+
+    init(router: Router, maxBodyBytes: Int) {
+        self.router = router
+        self.maxBodyBytes = maxBodyBytes
+    }
+
+    func startHandlers(threads: Int) {
+        let pool = HandlerPool(threads: threads, name: "http-handler") { [self] job in runHandler(job) }
+        self.pool.withLock { $0 = pool }
+    }
+
+    func stopHandlers() {
+        pool.withLock { pool in
+            pool?.stop()
+            pool = nil
+        }
+    }
+
+    func access(connection: OpaquePointer, url: UnsafePointer<CChar>, method: UnsafePointer<CChar>,
+                uploadData: UnsafePointer<CChar>?, uploadDataSize: UnsafeMutablePointer<Int>,
+                context: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> MHD_Result {
+        guard let existing = context.pointee else {
+            // First call: headers only. Answering now would make 0.9.75 close keep-alive connections, so only
+            // reject bodies we already know are too large (the connection then closes, which is what we want).
+            let state = RequestState()
+            context.pointee = Unmanaged.passRetained(state).toOpaque()
+            inFlight.add(1, ordering: .relaxed)
+            if let length = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length"),
+               let declared = Int(String(cString: length)), declared > maxBodyBytes {
+                state.responded = true
+                return queue(bodyTooLargeResponse(), on: connection)
+            }
+            return .YES
+        }
+        let state = Unmanaged<RequestState>.fromOpaque(existing).takeUnretainedValue()
+        let chunk = uploadDataSize.pointee
+        if chunk > 0 {
+            uploadDataSize.pointee = 0
+            if !state.responded && !state.bodyTooLarge, let uploadData {
+                if state.body.count + chunk > maxBodyBytes {
+                    state.bodyTooLarge = true
+                    state.body = []
+                } else {
+                    state.body.append(contentsOf: UnsafeRawBufferPointer(start: uploadData, count: chunk))
+                }
+            }
+            return .YES
+        }
+        if let response = state.response {
+            // Called again after the handler thread resumed the connection.
+            state.response = nil
+            return queue(response, on: connection)
+        }
+        if state.responded { return .YES }
+        state.responded = true
+        if state.bodyTooLarge { return queue(bodyTooLargeResponse(), on: connection) }
+        let path = String(cString: url), methodName = String(cString: method)
+        switch router.match(method: methodName, path: path) {
+        case .notFound:
+            return queue(.error(404, "no route for \(path)"), on: connection)
+        case .methodNotAllowed(let allowed):
+            var response = HTTPResponse.error(405, "method \(methodName) not allowed for \(path)")
+            response.headers["Allow"] = allowed.joined(separator: ", ")
+            return queue(response, on: connection)
+        case .handler(let handler):
+            let request = HTTPRequest(method: methodName, path: path,
+                                      query: Self.values(of: connection, kind: .GET_ARGUMENT_KIND, lowercaseKeys: false),
+                                      headers: Self.values(of: connection, kind: .HEADER_KIND, lowercaseKeys: true),
+                                      body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)))
+            state.body = []
+            guard let pool = pool.withLock({ $0 }) else {
+                return queue(.error(503, "server is shutting down"), on: connection)
+            }
+            suspended.add(1, ordering: .relaxed)
+            MHD_suspend_connection(connection)
+            pool.submit(HandlerJob(handler: handler, request: request, state: state, connection: connection))
+            return .YES
+        }
+    }
+
+    /// Runs on a handler thread. Resuming is the last touch of the job's state and connection.
+    private func runHandler(_ job: HandlerJob) {
+        let response: HTTPResponse
+        do {
+            response = try job.handler(job.request)
+        } catch let error as HTTPError {
+            response = .error(error.status, error.message)
+        } catch {
+            // Internal details stay in the server; handlers that want to explain throw HTTPError.
+            response = .error(500, "internal server error handling \(job.request.method) \(job.request.path)")
+        }
+        job.state.response = response
+        MHD_resume_connection(job.connection)
+        suspended.subtract(1, ordering: .releasing)
+    }
+
+    func completed(context: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) {
+        guard let context, let state = context.pointee else { return }
+        Unmanaged<RequestState>.fromOpaque(state).release()
+        context.pointee = nil
+        inFlight.subtract(1, ordering: .relaxed)
+    }
+
+    func log(_ message: String) {
+        lastLogMessage.withLock { $0 = message }
+    }
+
+    private func bodyTooLargeResponse() -> HTTPResponse {
+        .error(413, "request body larger than the limit of \(maxBodyBytes) bytes")
+    }
+
+    private struct Collected {
+        var values: [String: String] = [:]
+        let lowercaseKeys: Bool
+    }
+
+    private static func values(of connection: OpaquePointer, kind: MHD_ValueKind, lowercaseKeys: Bool) -> [String: String] {
+        var collected = Collected(lowercaseKeys: lowercaseKeys)
+        withUnsafeMutablePointer(to: &collected) { pointer in
+            _ = MHD_get_connection_values(connection, kind, MHDCallbacks.collectValue, pointer)
+        }
+        return collected.values
+    }
+
+    fileprivate static func collect(_ context: UnsafeMutableRawPointer, key: UnsafePointer<CChar>, value: UnsafePointer<CChar>?) {
+        let collected = context.assumingMemoryBound(to: Collected.self)
+        var name = String(cString: key)
+        if collected.pointee.lowercaseKeys { name = name.lowercased() }
+        collected.pointee.values[name] = value.map { String(cString: $0) } ?? ""
+    }
+
+    private func queue(_ response: HTTPResponse, on connection: OpaquePointer) -> MHD_Result {
+        let created = response.body.withUnsafeBytes { bytes in
+            MHD_create_response_from_buffer(bytes.count, UnsafeMutableRawPointer(mutating: bytes.baseAddress), .RESPMEM_MUST_COPY)
+        }
+        guard let mhdResponse = created else { return .NO }
+        defer { MHD_destroy_response(mhdResponse) }
+        for (name, value) in response.headers {
+            _ = MHD_add_response_header(mhdResponse, name, value)
+        }
+        return MHD_queue_response(connection, UInt32(clamping: response.status), mhdResponse)
+    }
+}
+
+/// The C entry points libmicrohttpd calls. They capture nothing: context arrives through the `void *` arguments.
+enum MHDCallbacks {
+    static let access: MHD_AccessHandlerCallback = { cls, connection, url, method, _, uploadData, uploadDataSize, context in
+        guard let cls, let connection, let url, let method, let uploadDataSize, let context else { return .NO }
+        let dispatcher = Unmanaged<RequestDispatcher>.fromOpaque(cls).takeUnretainedValue()
+        return dispatcher.access(connection: connection, url: url, method: method, uploadData: uploadData,
+                                 uploadDataSize: uploadDataSize, context: context)
+    }
+
+    static let completed: MHD_RequestCompletedCallback = { cls, _, context, _ in
+        guard let cls else { return }
+        Unmanaged<RequestDispatcher>.fromOpaque(cls).takeUnretainedValue().completed(context: context)
+    }
+
+    static let collectValue: MHD_KeyValueIterator = { cls, _, key, value in
+        guard let cls, let key else { return .YES }
+        RequestDispatcher.collect(cls, key: key, value: value)
+        return .YES
+    }
+
+    static let log: MHD_LogCallback = { cls, format, arguments in
+        guard let cls, let format, let arguments else { return }
+        var buffer = [CChar](repeating: 0, count: 512)
+        fk_mhd_format_log(&buffer, buffer.count, format, arguments)
+        let message = buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        Unmanaged<RequestDispatcher>.fromOpaque(cls).takeUnretainedValue()
+            .log(message.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+}
