@@ -29,8 +29,8 @@ var targets: [Target] = [
     // Backup engine: repository format, chunking, packs, snapshots. No HTTP, no controller.
     .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite"]),
     // Agent and controller logic.
-    .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto"]),
-    .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "Crypto"]),
+    .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto", "CommandLineSupport"]),
+    .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "Crypto", "CommandLineSupport"]),
 
     // The two thin programs.
     .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport"], path: "Agent/Sources"),

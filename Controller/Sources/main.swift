@@ -1,1 +1,14 @@
-print("fleetkeep-controller: not built yet")
+import CommandLineSupport
+import ControllerCore
+import Foundation
+
+/// The command table: each entry parses its own arguments and returns an exit status.
+let commands: [String: ([String]) throws -> Int32] = [
+    "init": ControllerCommands.initialize,
+    "serve": ControllerCommands.serve,
+    "token": ControllerCommands.token,
+    "agents": ControllerCommands.agents,
+    "report": ControllerCommands.report,
+]
+
+exit(CommandRunner.run(program: "fleetkeep-controller", commands: commands, usage: ControllerCommands.usage))

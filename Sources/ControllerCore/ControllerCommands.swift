@@ -1,0 +1,114 @@
+import CommandLineSupport
+import Foundation
+import FleetkeepProtocol
+
+/// The `fleetkeep-controller` subcommands, kept in the library so tests can call them.
+public enum ControllerCommands {
+    public static let usage = """
+    usage: fleetkeep-controller COMMAND [options]     (every command takes --data DIR, default \(ControllerPaths.defaultDirectory))
+
+      init   [--heartbeat-interval 5m]                 create database, signing key and TLS certificate; print the fingerprint
+      serve  [--listen HOST:PORT] [--url URL]          serve the agent API over HTTPS (default listen 0.0.0.0:8443)
+             [--heartbeat-interval 5m] [--threads N]
+      token create [--expires 24h] [--url URL] [--count N]   print single-use enrollment token(s)
+      agents [--json]                                  list enrolled agents
+      agents remove AGENT_ID                           revoke an agent: its requests are refused from then on
+      report [--json]                                  the fleet: host, OS, kernel, panel, last seen, online/stale
+    """
+
+    static func paths(_ arguments: Arguments) -> ControllerPaths {
+        ControllerPaths(directory: arguments.value("data") ?? ControllerPaths.defaultDirectory)
+    }
+
+    public static func initialize(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: ["data", "heartbeat-interval"])
+        try arguments.expectPositionals(atMost: 0)
+        let interval = try arguments.value("heartbeat-interval").map { try Arguments.parseDuration($0, option: "heartbeat-interval") } ?? 300
+        let pin = try ControllerSetup.initialize(paths: paths(arguments), heartbeatInterval: Int(interval))
+        print("controller initialized in \(paths(arguments).directory)")
+        print("certificate fingerprint (sha256 of public key): \(pin)")
+        return 0
+    }
+
+    public static func serve(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: ["data", "listen", "url", "heartbeat-interval", "threads"])
+        try arguments.expectPositionals(atMost: 0)
+        let listen = arguments.value("listen") ?? "0.0.0.0:8443"
+        guard let colon = listen.lastIndex(of: ":"), let port = UInt16(listen[listen.index(after: colon)...]) else {
+            throw UsageError("--listen '\(listen)' must be HOST:PORT, e.g. 0.0.0.0:8443")
+        }
+        let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let threads = Int(arguments.value("threads") ?? "4") ?? 4
+        let (store, _) = try ControllerSetup.open(paths: paths(arguments))
+        // Block SIGINT/SIGTERM before the server's threads exist, so they inherit the mask and the signal reaches sigwait.
+        SignalWaiter.blockTerminationSignals()
+        if let text = arguments.value("heartbeat-interval") {
+            try store.setSetting("heartbeat_interval", String(Int(try Arguments.parseDuration(text, option: "heartbeat-interval"))))
+        }
+        let (server, _) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads)
+        let advertised = arguments.value("url") ?? "https://\(host == "0.0.0.0" || host == "::" ? ProcessInfo.processInfo.hostName : host):\(server.port)"
+        try store.setSetting("url", advertised)
+        print("fleetkeep-controller listening on \(host):\(server.port) (agents use \(advertised))")
+        fflush(nil)
+        SignalWaiter.waitForTermination()
+        server.shutdown()
+        print("fleetkeep-controller stopped")
+        return 0
+    }
+
+    public static func token(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: ["data", "expires", "url", "count"])
+        guard arguments.positionals == ["create"] else { throw UsageError("expected `token create`") }
+        let expires = try Arguments.parseDuration(arguments.value("expires") ?? "24h", option: "expires")
+        guard let count = Int(arguments.value("count") ?? "1"), (1...100_000).contains(count) else {
+            throw UsageError("--count must be a number from 1 to 100000")
+        }
+        let (store, pin) = try ControllerSetup.open(paths: paths(arguments))
+        guard let url = try arguments.value("url") ?? store.setting("url") else {
+            throw ControllerError("no controller URL known yet: start `fleetkeep-controller serve` once, or pass --url https://HOST:PORT")
+        }
+        for _ in 0..<count {
+            let (id, secret) = try store.createToken(expiresIn: expires)
+            print(EnrollmentToken(controllerURL: url, certificatePin: pin, id: id, secret: secret).text)
+        }
+        return 0
+    }
+
+    public static func agents(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: ["data"], flags: ["json"])
+        let (store, pin) = try ControllerSetup.open(paths: paths(arguments))
+        if arguments.positionals.first == "remove" {
+            let agentID = try arguments.positional(1, "AGENT_ID")
+            let service = ControllerService(store: store, certificatePin: pin)
+            guard try service.removeAgent(agentID) else { throw ControllerError("no active agent \(agentID); see `fleetkeep-controller agents`") }
+            print("agent \(agentID) removed")
+            return 0
+        }
+        try arguments.expectPositionals(atMost: 0)
+        let agents = try store.agents()
+        if arguments.flag("json") {
+            print(try jsonText(agents))
+        } else {
+            for agent in agents {
+                print("\(agent.agentID)  \(agent.hostname)  enrolled \(agent.enrolledAt)\(agent.removed ? "  removed" : "")")
+            }
+            print("\(agents.count) agents")
+        }
+        return 0
+    }
+
+    public static func report(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: ["data"], flags: ["json"])
+        try arguments.expectPositionals(atMost: 0)
+        let (store, _) = try ControllerSetup.open(paths: paths(arguments))
+        let rows = try FleetReport.rows(store: store)
+        print(arguments.flag("json") ? try jsonText(rows) : FleetReport.table(rows))
+        return 0
+    }
+
+    static func jsonText<T: Encodable>(_ value: T) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+}

@@ -1,0 +1,114 @@
+import Crypto
+import FleetkeepProtocol
+import Foundation
+import HTTPServer
+import Synchronization
+
+/// The controller's request handlers: enrollment and signed heartbeats.
+public final class ControllerService: Sendable {
+    public let store: ControllerStore
+    let replayGuard = ReplayGuard(window: RequestSigning.allowedSkew)
+    let certificatePin: String
+    let clock: @Sendable () -> Int64
+    /// Public keys of active agents, so a heartbeat costs no key lookup in SQLite.
+    private let keyCache = Mutex<[String: Ed25519PublicKey]>([:])
+
+    public init(store: ControllerStore, certificatePin: String,
+                clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
+        self.store = store
+        self.certificatePin = certificatePin
+        self.clock = clock
+    }
+
+    public var router: Router {
+        var router = Router()
+        router.add("GET", APIPath.health) { _ in .json(["status": "ok"]) }
+        router.add("POST", APIPath.enroll) { [self] in try enroll($0) }
+        router.add("POST", APIPath.heartbeat) { [self] in try heartbeat($0) }
+        return router
+    }
+
+    func licence(now: Int64) -> LicenceStatus {
+        LicenceStatus(status: "active", tier: "standard", validUntil: now + 7 * 86400)
+    }
+
+    func enroll(_ request: HTTPRequest) throws -> HTTPResponse {
+        let body = try decode(EnrollRequest.self, request)
+        guard let raw = Base64URL.decode(body.publicKey), let key = try? Ed25519PublicKey(rawRepresentation: raw) else {
+            throw HTTPError(400, "publicKey is not a base64url Ed25519 public key")
+        }
+        if let field = DataInventory.undeclared(body.facts.keys) { throw HTTPError(400, "fact '\(field)' is not in the controller's data inventory; it was not stored") }
+        let now = clock()
+        do {
+            // Proof of possession: the enrollment body is signed by the key being registered.
+            _ = try RequestSigning.verify(method: request.method, path: request.path, headers: request.headers, body: request.body,
+                                          publicKey: key, now: now)
+            let agentID = try store.enroll(tokenID: body.tokenID, secret: body.tokenSecret, publicKey: key,
+                                           facts: body.facts, problems: body.problems, now: now)
+            return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: try store.heartbeatInterval(), licence: licence(now: now)))
+        } catch let rejection as RequestSigning.Rejection {
+            throw HTTPError(rejection.status, rejection.message)
+        }
+    }
+
+    func heartbeat(_ request: HTTPRequest) throws -> HTTPResponse {
+        let agentID = try authenticate(request)
+        let body = try decode(HeartbeatRequest.self, request)
+        if let field = DataInventory.undeclared(body.facts.keys) { throw HTTPError(400, "fact '\(field)' is not in the controller's data inventory; it was not stored") }
+        let now = clock()
+        try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now)
+        return .json(HeartbeatResponse(heartbeatIntervalSeconds: try store.heartbeatInterval(), licence: licence(now: now)))
+    }
+
+    /// Verifies the signature headers of an agent request and returns the agent id.
+    func authenticate(_ request: HTTPRequest) throws -> String {
+        guard let agentID = request.headers[RequestSigning.agentHeader] else {
+            throw HTTPError(401, "request is not signed: missing \(RequestSigning.agentHeader) header")
+        }
+        guard let key = try cachedKey(agentID) else {
+            throw HTTPError(403, "agent \(agentID) is not enrolled or was removed; enroll it again with a new token")
+        }
+        let now = clock()
+        do {
+            let (timestamp, nonce) = try RequestSigning.verify(method: request.method, path: request.path, headers: request.headers,
+                                                               body: request.body, publicKey: key, now: now)
+            guard replayGuard.admit(agentID: agentID, nonce: nonce, timestamp: timestamp, now: now) else {
+                throw HTTPError(409, "replayed request: this nonce was already used")
+            }
+        } catch let rejection as RequestSigning.Rejection {
+            throw HTTPError(rejection.status, rejection.message)
+        }
+        return agentID
+    }
+
+    private func cachedKey(_ agentID: String) throws -> Ed25519PublicKey? {
+        if let key = keyCache.withLock({ $0[agentID] }) { return key }
+        guard let key = try store.activeKey(agentID: agentID) else { return nil }
+        keyCache.withLock { $0[agentID] = key }
+        return key
+    }
+
+    /// Forgets a removed agent's key so its next request is refused at once.
+    public func removeAgent(_ agentID: String) throws -> Bool {
+        keyCache.withLock { _ = $0.removeValue(forKey: agentID) }
+        return try store.removeAgent(agentID, now: clock())
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ request: HTTPRequest) throws -> T {
+        do {
+            return try JSONDecoder().decode(type, from: Data(request.body))
+        } catch {
+            throw HTTPError(400, "request body is not valid \(type) JSON: \(Self.describe(error))")
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, _): return "missing field '\(key.stringValue)'"
+        case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):
+            return "wrong type at '\(context.codingPath.map(\.stringValue).joined(separator: "."))'"
+        case DecodingError.dataCorrupted: return "malformed JSON"
+        default: return "\(error)"
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import Crypto
+import Foundation
+import HTTPServer
+
+/// Creating a controller's data directory and starting its server.
+public enum ControllerSetup {
+    /// Creates the database, signing key and TLS certificate (all 0600) and returns the certificate fingerprint.
+    public static func initialize(paths: ControllerPaths, heartbeatInterval: Int = 300) throws -> String {
+        let manager = FileManager.default
+        if manager.fileExists(atPath: paths.database) || manager.fileExists(atPath: paths.certificate) {
+            throw ControllerError("\(paths.directory) already holds a controller; refusing to overwrite it (use another --data directory)")
+        }
+        do {
+            try manager.createDirectory(atPath: paths.directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw ControllerError("cannot create data directory \(paths.directory): \(error.localizedDescription)")
+        }
+        let hostname = ProcessInfo.processInfo.hostName
+        let certificate = try SelfSignedCertificate.generate(commonName: "fleetkeep-controller",
+                                                             subjectAltNames: ["localhost", "127.0.0.1", hostname], validDays: 3650)
+        try writePrivateFile(paths.certificate, Array(certificate.certificatePEM.utf8))
+        try writePrivateFile(paths.privateKey, Array(certificate.privateKeyPEM.utf8))
+        try writePrivateFile(paths.signingKey, Array(Base64URL.encode(Ed25519PrivateKey().rawRepresentation).utf8))
+        let store = try ControllerStore(path: paths.database)
+        try store.setSetting("heartbeat_interval", String(heartbeatInterval))
+        return try SelfSignedCertificate.publicKeySHA256(certificatePEM: certificate.certificatePEM)
+    }
+
+    /// Opens an initialized data directory, with a clear error when it is missing or damaged.
+    public static func open(paths: ControllerPaths) throws -> (ControllerStore, String) {
+        guard FileManager.default.fileExists(atPath: paths.database) else {
+            throw ControllerError("no controller in \(paths.directory); run `fleetkeep-controller init --data \(paths.directory)` first")
+        }
+        let store: ControllerStore
+        do {
+            store = try ControllerStore(path: paths.database)
+        } catch {
+            throw ControllerError("controller database \(paths.database) cannot be opened: \(error)")
+        }
+        guard let pem = try? String(contentsOfFile: paths.certificate, encoding: .utf8) else {
+            throw ControllerError("cannot read TLS certificate \(paths.certificate)")
+        }
+        return (store, try SelfSignedCertificate.publicKeySHA256(certificatePEM: pem))
+    }
+
+    /// Starts serving HTTPS on `host:port`.
+    public static func serve(paths: ControllerPaths, host: String, port: UInt16, threads: Int = 4) throws -> (HTTPServer, ControllerService) {
+        let (store, pin) = try open(paths: paths)
+        let service = ControllerService(store: store, certificatePin: pin)
+        let configuration = HTTPServerConfiguration(host: host, port: port, tlsCertificatePath: paths.certificate,
+                                                    tlsPrivateKeyPath: paths.privateKey, threads: threads)
+        let server = try HTTPServer(configuration: configuration, router: service.router)
+        try server.start()
+        return (server, service)
+    }
+}

@@ -1,0 +1,125 @@
+import Crypto
+import FleetkeepProtocol
+import Foundation
+import SQLite
+
+/// One enrolled agent as stored.
+public struct AgentRecord: Codable, Sendable {
+    public let agentID: String
+    public let hostname: String
+    public let enrolledAt: Int64
+    public let lastSeen: Int64?
+    public let removed: Bool
+    public let facts: [String: String]
+    public let problems: [String: String]
+}
+
+/// The controller's SQLite database: enrollment tokens, agents, their latest facts and settings.
+public final class ControllerStore: Sendable {
+    public let database: Database
+
+    static let migrations = [
+        Migration(version: 1, sql: """
+            CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE tokens (id TEXT PRIMARY KEY, secret_hash BLOB NOT NULL, created_at INTEGER NOT NULL,
+                                 expires_at INTEGER NOT NULL, used_at INTEGER, used_by TEXT);
+            CREATE TABLE agents (id TEXT PRIMARY KEY, public_key BLOB NOT NULL UNIQUE, hostname TEXT NOT NULL,
+                                 enrolled_at INTEGER NOT NULL, removed_at INTEGER, last_seen INTEGER,
+                                 facts TEXT NOT NULL DEFAULT '{}', problems TEXT NOT NULL DEFAULT '{}');
+            """),
+    ]
+
+    public init(path: String) throws {
+        database = try Database(path: path)
+        try database.migrate(Self.migrations)
+    }
+
+    // MARK: Settings
+
+    public func setting(_ key: String) throws -> String? {
+        try database.query("SELECT value FROM settings WHERE key = ?", [.text(key)]).first?.string("value")
+    }
+
+    public func setSetting(_ key: String, _ value: String) throws {
+        try database.run("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                         [.text(key), .text(value)])
+    }
+
+    public func heartbeatInterval() throws -> Int { Int(try setting("heartbeat_interval") ?? "") ?? 300 }
+
+    // MARK: Tokens
+
+    /// Creates a token and returns its id and secret. Only a hash of the secret is stored.
+    public func createToken(expiresIn seconds: TimeInterval, now: Date = Date()) throws -> (id: String, secret: String) {
+        let id = Hex.encode(SecureRandom.bytes(8))
+        let secret = Base64URL.encode(SecureRandom.bytes(24))
+        let created = Int64(now.timeIntervalSince1970)
+        try database.run("INSERT INTO tokens (id, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                         [.text(id), .blob(SHA256.hash(Array(secret.utf8))), .integer(created), .integer(created + Int64(seconds))])
+        return (id, secret)
+    }
+
+    /// Consumes a token and stores the agent in one transaction, so a refused enrollment changes nothing.
+    func enroll(tokenID: String, secret: String, publicKey: Ed25519PublicKey, facts: [String: String],
+                problems: [String: String], now: Int64) throws -> String {
+        try database.transaction { db in
+            guard let token = try db.query("SELECT secret_hash, expires_at, used_at FROM tokens WHERE id = ?", [.text(tokenID)]).first,
+                  let hash = token.blob("secret_hash"), HMACSHA256.equal(hash, SHA256.hash(Array(secret.utf8))) else {
+                throw RequestSigning.Rejection(status: 401, message: "enrollment token is not known to this controller; create one here with `fleetkeep-controller token create`")
+            }
+            if token.int("used_at") != nil {
+                throw RequestSigning.Rejection(status: 401, message: "enrollment token was already used; tokens are single-use, create a new one")
+            }
+            if let expires = token.int("expires_at"), expires < now {
+                throw RequestSigning.Rejection(status: 401, message: "enrollment token expired; create a new one with `fleetkeep-controller token create`")
+            }
+            let agentID = RequestSigning.agentID(for: publicKey)
+            if try !db.query("SELECT id FROM agents WHERE id = ?", [.text(agentID)]).isEmpty {
+                throw RequestSigning.Rejection(status: 409, message: "this agent key is already enrolled")
+            }
+            try db.run("UPDATE tokens SET used_at = ?, used_by = ? WHERE id = ?", [.integer(now), .text(agentID), .text(tokenID)])
+            try db.run("INSERT INTO agents (id, public_key, hostname, enrolled_at, last_seen, facts, problems) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [.text(agentID), .blob(publicKey.rawRepresentation), .text(facts["hostname"] ?? "unknown"), .integer(now),
+                        .integer(now), .text(Self.json(facts)), .text(Self.json(problems))])
+            return agentID
+        }
+    }
+
+    // MARK: Agents
+
+    /// The public key of an agent that is enrolled and not removed.
+    func activeKey(agentID: String) throws -> Ed25519PublicKey? {
+        guard let row = try database.query("SELECT public_key, removed_at FROM agents WHERE id = ?", [.text(agentID)]).first,
+              row.int("removed_at") == nil, let raw = row.blob("public_key") else { return nil }
+        return try Ed25519PublicKey(rawRepresentation: raw)
+    }
+
+    func recordHeartbeat(agentID: String, facts: [String: String], problems: [String: String], now: Int64) throws {
+        try database.run("UPDATE agents SET last_seen = ?, hostname = ?, facts = ?, problems = ? WHERE id = ?",
+                         [.integer(now), .text(facts["hostname"] ?? "unknown"), .text(Self.json(facts)), .text(Self.json(problems)), .text(agentID)])
+    }
+
+    /// Marks an agent removed: its requests are refused from then on.
+    public func removeAgent(_ agentID: String, now: Int64 = Int64(Date().timeIntervalSince1970)) throws -> Bool {
+        try database.run("UPDATE agents SET removed_at = ? WHERE id = ? AND removed_at IS NULL", [.integer(now), .text(agentID)]) == 1
+    }
+
+    public func agents() throws -> [AgentRecord] {
+        try database.query("SELECT * FROM agents ORDER BY hostname, id").map { row in
+            AgentRecord(agentID: row.string("id") ?? "", hostname: row.string("hostname") ?? "", enrolledAt: row.int("enrolled_at") ?? 0,
+                        lastSeen: row.int("last_seen"), removed: row.int("removed_at") != nil,
+                        facts: Self.decode(row.string("facts")), problems: Self.decode(row.string("problems")))
+        }
+    }
+
+    static func json(_ value: [String: String]) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(value)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+
+    static func decode(_ text: String?) -> [String: String] {
+        guard let text, let value = try? JSONDecoder().decode([String: String].self, from: Data(text.utf8)) else { return [:] }
+        return value
+    }
+}

@@ -1,0 +1,37 @@
+/// One field the controller may store, with why, on what legal basis and for how long.
+public struct DeclaredField: Sendable, Codable {
+    public let name: String
+    public let purpose: String
+    public let legalBasis: String
+    public let retention: String
+    public let personal: Bool
+}
+
+/// The controller's data inventory: every field it stores about an agent is declared here, once.
+/// Ingestion refuses any field that is not declared, so nothing is kept silently. `docs/PRIVACY.md` renders this list.
+public enum DataInventory {
+    static let licence = "validate the software and licence status"
+    static let improve = "monitor and improve the product"
+    static let whileActive = "while the service is active, then deleted after the configured period"
+
+    public static let facts: [DeclaredField] = [
+        DeclaredField(name: "hostname", purpose: licence, legalBasis: "legitimate interests", retention: whileActive, personal: true),
+        DeclaredField(name: "primaryIP", purpose: licence, legalBasis: "legitimate interests", retention: whileActive, personal: true),
+        DeclaredField(name: "osID", purpose: improve, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+        DeclaredField(name: "osName", purpose: improve, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+        DeclaredField(name: "osVersion", purpose: improve, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+        DeclaredField(name: "kernelRelease", purpose: improve, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+        DeclaredField(name: "kernelVersion", purpose: improve, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+        DeclaredField(name: "panel", purpose: licence, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+        DeclaredField(name: "panelVersion", purpose: licence, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+        DeclaredField(name: "agentVersion", purpose: licence, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+        DeclaredField(name: "agentTier", purpose: licence, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+    ]
+
+    public static let declaredFactNames: Set<String> = Set(facts.map(\.name))
+
+    /// The first undeclared field name, if any, in sorted order so the error is stable.
+    public static func undeclared(_ names: some Collection<String>) -> String? {
+        names.filter { !declaredFactNames.contains($0) }.sorted().first
+    }
+}

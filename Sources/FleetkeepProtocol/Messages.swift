@@ -1,0 +1,73 @@
+/// Body of `POST /v1/enroll`: the agent presents the token secret and proves it holds the key it registers.
+public struct EnrollRequest: Codable, Sendable {
+    public var tokenID: String
+    public var tokenSecret: String
+    /// The agent's Ed25519 public key, base64url.
+    public var publicKey: String
+    public var facts: [String: String]
+    public var problems: [String: String]
+
+    public init(tokenID: String, tokenSecret: String, publicKey: String, facts: [String: String], problems: [String: String]) {
+        self.tokenID = tokenID
+        self.tokenSecret = tokenSecret
+        self.publicKey = publicKey
+        self.facts = facts
+        self.problems = problems
+    }
+}
+
+/// Answer to a successful enrollment.
+public struct EnrollResponse: Codable, Sendable {
+    public var agentID: String
+    public var heartbeatIntervalSeconds: Int
+    public var licence: LicenceStatus
+    public init(agentID: String, heartbeatIntervalSeconds: Int, licence: LicenceStatus) {
+        self.agentID = agentID
+        self.heartbeatIntervalSeconds = heartbeatIntervalSeconds
+        self.licence = licence
+    }
+}
+
+/// Body of `POST /v1/heartbeat`.
+public struct HeartbeatRequest: Codable, Sendable {
+    public var facts: [String: String]
+    public var problems: [String: String]
+    public init(facts: [String: String], problems: [String: String]) {
+        self.facts = facts
+        self.problems = problems
+    }
+}
+
+/// Answer to a heartbeat: when to come back and the licence as the controller sees it.
+public struct HeartbeatResponse: Codable, Sendable {
+    public var heartbeatIntervalSeconds: Int
+    public var licence: LicenceStatus
+    public init(heartbeatIntervalSeconds: Int, licence: LicenceStatus) {
+        self.heartbeatIntervalSeconds = heartbeatIntervalSeconds
+        self.licence = licence
+    }
+}
+
+/// The licence state of one agent, validated by the controller on every heartbeat.
+public struct LicenceStatus: Codable, Sendable, Equatable {
+    public var status: String
+    public var tier: String
+    public var validUntil: Int64
+    public init(status: String, tier: String, validUntil: Int64) {
+        self.status = status
+        self.tier = tier
+        self.validUntil = validUntil
+    }
+}
+
+/// Error body for every non-2xx answer.
+public struct ErrorBody: Codable, Sendable {
+    public var error: String
+}
+
+/// Paths of the controller API.
+public enum APIPath {
+    public static let enroll = "/v1/enroll"
+    public static let heartbeat = "/v1/heartbeat"
+    public static let health = "/v1/health"
+}
