@@ -1,1 +1,13 @@
-print("fleetkeep-agent: not built yet")
+import AgentCore
+import CommandLineSupport
+import Foundation
+
+/// The command table: each entry parses its own arguments and returns an exit status.
+let commands: [String: ([String]) throws -> Int32] = [
+    "enroll": AgentCommands.enroll,
+    "facts": AgentCommands.facts,
+    "run": AgentCommands.run,
+    "status": AgentCommands.status,
+]
+
+exit(CommandRunner.run(program: "fleetkeep-agent", commands: commands, usage: AgentCommands.usage))

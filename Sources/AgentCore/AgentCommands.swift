@@ -1,0 +1,91 @@
+import CommandLineSupport
+import FleetkeepProtocol
+import Foundation
+
+/// The fleet-side `fleetkeep-agent` subcommands: enroll, facts, run, status.
+public enum AgentCommands {
+    public static let usage = """
+    usage: fleetkeep-agent COMMAND [options]
+
+    fleet:
+      enroll TOKEN [--state DIR]                 join a controller (state default \(AgentState.defaultDirectory))
+      facts [--root DIR] [--json]                 what the agent reports about this server
+      run [--state DIR] [--root DIR] [--interval 5m]   the daemon: heartbeats with facts
+      status [--state DIR] [--json]               enrollment, last heartbeat, licence
+
+    backup (every command takes --config FILE, default /etc/fleetkeep/agent.conf, and --key-file FILE):
+      repo init [--repo DIR]
+      backup [--root DIR] [--repo DIR] [--account USER]... [--kind files,databases,email]
+      snapshots [--json] [--account USER] [--kind KIND]
+      restore latest|SNAPSHOT [--account USER] [--kind KIND] [--path P] --target DIR
+      verify [--read-data]
+      prune [--dry-run]
+      offsite push|snapshots|verify|restore|prune|trust [--target sftp://user@host:port/path]
+    """
+
+    static func state(_ arguments: Arguments) -> AgentState {
+        AgentState(directory: arguments.value("state") ?? AgentState.defaultDirectory)
+    }
+
+    public static func enroll(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: ["state", "root"])
+        let token = try arguments.positional(0, "TOKEN (from `fleetkeep-controller token create`)")
+        try arguments.expectPositionals(atMost: 1)
+        let facts = FactsCollector(root: arguments.value("root") ?? "/").collect()
+        let enrollment = try Enrollment.enroll(tokenText: token, state: state(arguments), facts: facts)
+        print("enrolled as \(enrollment.agentID) with \(enrollment.controllerURL)")
+        return 0
+    }
+
+    public static func facts(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: ["root"], flags: ["json"])
+        try arguments.expectPositionals(atMost: 0)
+        let facts = FactsCollector(root: arguments.value("root") ?? "/").collect()
+        if arguments.flag("json") {
+            print(String(decoding: try AgentState.encode(facts), as: UTF8.self))
+        } else {
+            for (name, value) in facts.fields.sorted(by: { $0.key < $1.key }) {
+                let reason = facts.problems[name].map { "  (\($0))" } ?? ""
+                print("\(name): \(value)\(reason)")
+            }
+        }
+        return 0
+    }
+
+    public static func run(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: ["state", "root", "interval", "tier"])
+        try arguments.expectPositionals(atMost: 0)
+        SignalWaiter.blockTerminationSignals()
+        let interval = try arguments.value("interval").map { try Arguments.parseDuration($0, option: "interval") }
+        let daemon = HeartbeatDaemon(state: state(arguments),
+                                     collector: FactsCollector(root: arguments.value("root") ?? "/", tier: arguments.value("tier") ?? "standard"),
+                                     intervalOverride: interval)
+        try daemon.run()
+        return 0
+    }
+
+    public static func status(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: ["state"], flags: ["json"])
+        try arguments.expectPositionals(atMost: 0)
+        let state = state(arguments)
+        let enrollment = try state.loadEnrollment()
+        _ = try state.loadKey()
+        let status = try state.loadStatus()
+        if arguments.flag("json") {
+            struct Combined: Encodable { let enrollment: AgentState.Enrollment; let status: AgentState.Status; let version: String }
+            print(String(decoding: try AgentState.encode(Combined(enrollment: enrollment, status: status, version: FleetkeepVersion.agent)), as: UTF8.self))
+            return 0
+        }
+        let formatter = ISO8601DateFormatter()
+        print("agent:          \(enrollment.agentID) (version \(FleetkeepVersion.agent))")
+        print("controller:     \(enrollment.controllerURL)")
+        print("last heartbeat: \(status.lastSuccessAt.map { formatter.string(from: $0) } ?? "never")")
+        if let error = status.lastError { print("last error:     \(error)") }
+        if let licence = status.licence {
+            print("licence:        \(licence.status), tier \(licence.tier), valid until \(formatter.string(from: Date(timeIntervalSince1970: TimeInterval(licence.validUntil))))")
+        } else {
+            print("licence:        unknown (no heartbeat yet)")
+        }
+        return 0
+    }
+}

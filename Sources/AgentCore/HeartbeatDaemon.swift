@@ -1,0 +1,72 @@
+import CommandLineSupport
+import FleetkeepProtocol
+import Foundation
+
+/// The agent daemon: a heartbeat with facts at start, then one per interval with jitter; capped exponential
+/// backoff with full jitter while the controller cannot be reached.
+public struct HeartbeatDaemon: Sendable {
+    public let state: AgentState
+    public let collector: FactsCollector
+    /// Overrides the interval the controller asks for (tests and demos use seconds).
+    public let intervalOverride: Double?
+    public let log: @Sendable (String) -> Void
+
+    public init(state: AgentState, collector: FactsCollector, intervalOverride: Double? = nil,
+                log: @escaping @Sendable (String) -> Void = { print($0); fflush(nil) }) {
+        self.state = state
+        self.collector = collector
+        self.intervalOverride = intervalOverride
+        self.log = log
+    }
+
+    /// Sends one heartbeat and records the outcome in the state directory.
+    @discardableResult
+    public func beat(connection: ControllerConnection) throws -> HeartbeatResponse {
+        var status = (try? state.loadStatus()) ?? AgentState.Status()
+        status.lastAttemptAt = Date()
+        let facts = collector.collect()
+        do {
+            let answer = try connection.post(APIPath.heartbeat, HeartbeatRequest(facts: facts.fields, problems: facts.problems),
+                                             as: HeartbeatResponse.self)
+            status.lastSuccessAt = Date()
+            status.lastError = nil
+            status.licence = answer.licence
+            try state.save(status)
+            return answer
+        } catch {
+            status.lastError = "\(error)"
+            try? state.save(status)
+            throw error
+        }
+    }
+
+    /// Runs until SIGINT or SIGTERM. The caller must have called `SignalWaiter.blockTerminationSignals()` first.
+    public func run() throws {
+        let enrollment = try state.loadEnrollment()
+        let connection = try Enrollment.connection(state: state)
+        var interval = intervalOverride ?? Double(enrollment.heartbeatIntervalSeconds)
+        var failures = 0
+        log("fleetkeep-agent \(enrollment.agentID) reporting to \(enrollment.controllerURL) every \(Int(interval))s")
+        while true {
+            let wait: Double
+            do {
+                let answer = try beat(connection: connection)
+                if intervalOverride == nil { interval = Double(max(answer.heartbeatIntervalSeconds, 5)) }
+                if failures > 0 { log("controller reachable again after \(failures) failed attempts") }
+                failures = 0
+                log("heartbeat ok; licence \(answer.licence.status)")
+                // ±10% jitter keeps a fleet that restarted together from beating in lockstep.
+                wait = interval * Double.random(in: 0.9...1.1)
+            } catch {
+                failures += 1
+                let ceiling = min(interval, 5 * pow(2, Double(min(failures, 10))))
+                wait = Double.random(in: 1...max(ceiling, 1))
+                log("heartbeat failed (\(error)); retrying in \(Int(wait))s")
+            }
+            if SignalWaiter.waitForTermination(seconds: wait) {
+                log("stopping")
+                return
+            }
+        }
+    }
+}
