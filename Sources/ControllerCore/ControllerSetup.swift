@@ -47,8 +47,10 @@ public enum ControllerSetup {
     public static func serve(paths: ControllerPaths, host: String, port: UInt16, threads: Int = 4) throws -> (HTTPServer, ControllerService) {
         let (store, pin) = try open(paths: paths)
         let service = ControllerService(store: store, certificatePin: pin)
-        let configuration = HTTPServerConfiguration(host: host, port: port, tlsCertificatePath: paths.certificate,
+        var configuration = HTTPServerConfiguration(host: host, port: port, tlsCertificatePath: paths.certificate,
                                                     tlsPrivateKeyPath: paths.privateKey, threads: threads)
+        // Agent messages are a few hundred bytes; anything near this limit is a mistake or an attack.
+        configuration.maxBodyBytes = 64 * 1024
         let server = try HTTPServer(configuration: configuration, router: service.router)
         try server.start()
         return (server, service)

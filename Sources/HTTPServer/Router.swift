@@ -24,4 +24,25 @@ public struct Router: Sendable {
         guard let handler = methods[method] else { return .methodNotAllowed(allowed: methods.keys.sorted()) }
         return .handler(handler)
     }
+
+    /// Routes and runs one request in the calling thread, mapping errors exactly as the server does
+    /// (`HTTPError` to its status, anything else to 500). Lets tests drive handlers without a socket.
+    public func handle(_ request: HTTPRequest) -> HTTPResponse {
+        switch match(method: request.method, path: request.path) {
+        case .notFound:
+            return .error(404, "no route for \(request.path)")
+        case .methodNotAllowed(let allowed):
+            var response = HTTPResponse.error(405, "method \(request.method) not allowed for \(request.path)")
+            response.headers["Allow"] = allowed.joined(separator: ", ")
+            return response
+        case .handler(let handler):
+            do {
+                return try handler(request)
+            } catch let error as HTTPError {
+                return .error(error.status, error.message)
+            } catch {
+                return .error(500, "internal server error handling \(request.method) \(request.path)")
+            }
+        }
+    }
 }

@@ -1,0 +1,82 @@
+import Crypto
+import FleetkeepProtocol
+import Foundation
+import Testing
+
+struct EnrollmentTokenTests {
+    let pin = Data(SecureRandom.bytes(32)).base64EncodedString()
+
+    @Test func tokenRoundTripsAsOneString() throws {
+        let token = EnrollmentToken(controllerURL: "https://ctl.example:8443", certificatePin: pin, id: "abc", secret: "s3cret")
+        #expect(token.text.hasPrefix("fk1."))
+        #expect(!token.text.contains(" "))
+        #expect(try EnrollmentToken(text: token.text + "\n") == token)
+    }
+
+    @Test func damagedTokensGiveClearErrors() {
+        #expect(throws: ProtocolError.self) { try EnrollmentToken(text: "hello") }
+        #expect(throws: ProtocolError.self) { try EnrollmentToken(text: "fk1.!!!") }
+        let plainHTTP = EnrollmentToken(controllerURL: "http://ctl.example", certificatePin: pin, id: "a", secret: "b")
+        #expect(throws: ProtocolError.self) { try EnrollmentToken(text: plainHTTP.text) }
+        let badPin = EnrollmentToken(controllerURL: "https://ctl.example", certificatePin: "xyz", id: "a", secret: "b")
+        #expect(throws: ProtocolError.self) { try EnrollmentToken(text: badPin.text) }
+    }
+}
+
+struct RequestSigningTests {
+    let key = Ed25519PrivateKey()
+    let body = Array(#"{"facts":{}}"#.utf8)
+
+    func signed(now: Int64 = 1_000_000) throws -> [String: String] {
+        try RequestSigning.sign(method: "POST", path: "/v1/heartbeat", body: body, key: key, identity: (RequestSigning.agentHeader, "fk-x"), now: now)
+    }
+
+    @Test func signedRequestVerifies() throws {
+        let headers = try signed()
+        let result = try RequestSigning.verify(method: "POST", path: "/v1/heartbeat", headers: headers, body: body, publicKey: key.publicKey, now: 1_000_010)
+        #expect(result.timestamp == 1_000_000)
+        #expect(result.nonce == headers[RequestSigning.nonceHeader])
+    }
+
+    @Test func anyChangeBreaksTheSignature() throws {
+        let headers = try signed()
+        #expect(throws: RequestSigning.Rejection.self) {
+            try RequestSigning.verify(method: "POST", path: "/v1/heartbeat", headers: headers, body: body + [32], publicKey: key.publicKey, now: 1_000_000)
+        }
+        #expect(throws: RequestSigning.Rejection.self) {
+            try RequestSigning.verify(method: "POST", path: "/v1/enroll", headers: headers, body: body, publicKey: key.publicKey, now: 1_000_000)
+        }
+        #expect(throws: RequestSigning.Rejection.self) {
+            try RequestSigning.verify(method: "POST", path: "/v1/heartbeat", headers: headers, body: body, publicKey: Ed25519PrivateKey().publicKey, now: 1_000_000)
+        }
+        var tampered = headers
+        tampered[RequestSigning.timestampHeader] = "1000001"
+        #expect(throws: RequestSigning.Rejection.self) {
+            try RequestSigning.verify(method: "POST", path: "/v1/heartbeat", headers: tampered, body: body, publicKey: key.publicKey, now: 1_000_000)
+        }
+    }
+
+    @Test func clockSkewIsRefusedWithAClearMessage() throws {
+        let headers = try signed(now: 1_000_000)
+        do {
+            _ = try RequestSigning.verify(method: "POST", path: "/v1/heartbeat", headers: headers, body: body, publicKey: key.publicKey, now: 1_000_000 + 301)
+            Issue.record("skewed request accepted")
+        } catch let rejection as RequestSigning.Rejection {
+            #expect(rejection.status == 401)
+            #expect(rejection.message.contains("clock"))
+        }
+    }
+
+    @Test func agentIDComesFromTheKeyNotTheHost() throws {
+        let other = Ed25519PrivateKey()
+        #expect(RequestSigning.agentID(for: key.publicKey) != RequestSigning.agentID(for: other.publicKey))
+        #expect(RequestSigning.agentID(for: key.publicKey) == RequestSigning.agentID(for: try Ed25519PublicKey(rawRepresentation: key.publicKey.rawRepresentation)))
+    }
+
+    @Test func factsRoundTripThroughTheFlatWireForm() {
+        let facts = AgentFacts(hostname: "h", osID: "debian", kernelRelease: "6.1", primaryIP: "10.0.0.1", problems: ["kernelVersion": "missing"])
+        let again = AgentFacts(fields: facts.fields, problems: facts.problems)
+        #expect(again == facts)
+        #expect(facts.fields.keys.contains("kernelRelease") && facts.fields.keys.contains("kernelVersion"))
+    }
+}

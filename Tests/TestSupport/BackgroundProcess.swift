@@ -1,0 +1,58 @@
+import Foundation
+
+/// A long-running program started by a test (a server, a daemon). Output goes to a log file the test can poll;
+/// the process is terminated when the value is released.
+public final class BackgroundProcess: @unchecked Sendable {
+    // @unchecked: `process` is only started in init and signalled afterwards; Process itself is thread-safe for that.
+    public let logPath: String
+    private let process = Process()
+    private let scratch = TemporaryDirectory(prefix: "fleetkeep-bg")
+
+    public init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
+        logPath = scratch.appending("output.log")
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    public var output: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    public var isRunning: Bool { process.isRunning }
+    public var pid: Int32 { process.processIdentifier }
+
+    /// Polls the output until `predicate` matches it, or fails after `timeout` seconds.
+    @discardableResult
+    public func waitForOutput(timeout: Double = 20, _ predicate: (String) -> Bool) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let text = output
+            if predicate(text) { return text }
+            if !process.isRunning { throw TestFailure("process exited (status \(process.terminationStatus)) before the expected output:\n\(text)") }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw TestFailure("timed out after \(timeout)s waiting for output:\n\(output)")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    @discardableResult
+    public func stop() -> Int32 {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        return process.terminationStatus
+    }
+
+    deinit { stop() }
+}
+
+/// A failure in test scaffolding, with what went wrong.
+public struct TestFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
