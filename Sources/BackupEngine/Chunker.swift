@@ -1,0 +1,79 @@
+import Crypto
+
+/// Content-defined chunk sizes. Boundaries depend on content, so an insertion shifts only nearby chunks.
+public struct ChunkerParameters: Sendable, Equatable {
+    public let minimum: Int
+    public let average: Int
+    public let maximum: Int
+
+    public init(minimum: Int, average: Int, maximum: Int) {
+        precondition(minimum > 0 && minimum < average && average < maximum && average.nonzeroBitCount == 1)
+        self.minimum = minimum
+        self.average = average
+        self.maximum = maximum
+    }
+
+    /// Website files: 512 KiB / 1 MiB / 8 MiB, like restic. Large chunks keep the index small; most hosting files
+    /// are smaller than the minimum anyway and become one chunk each.
+    public static let files = ChunkerParameters(minimum: 512 << 10, average: 1 << 20, maximum: 8 << 20)
+    /// Database dumps: 4 KiB / 16 KiB / 64 KiB, so a day's changed rows touch few chunks and daily dumps deduplicate.
+    public static let streams = ChunkerParameters(minimum: 4 << 10, average: 16 << 10, maximum: 64 << 10)
+}
+
+/// FastCDC with normalized chunking (Xia et al., 2016): a gear rolling hash, a stricter mask before the average
+/// size and a looser one after it, which narrows the size distribution around the average.
+public struct Chunker: Sendable {
+    let gear: [UInt64]
+    public let parameters: ChunkerParameters
+    private let strictMask: UInt64
+    private let looseMask: UInt64
+
+    /// The gear table is derived from the repository's secret chunker seed, so boundaries do not leak content.
+    public init(seed: [UInt8], parameters: ChunkerParameters) {
+        var table = [UInt64]()
+        table.reserveCapacity(256)
+        for index in 0..<256 {
+            let digest = SHA256.hash(seed + [UInt8(index)])
+            table.append(digest.prefix(8).reduce(0) { $0 << 8 | UInt64($1) })
+        }
+        gear = table
+        self.parameters = parameters
+        let bits = parameters.average.trailingZeroBitCount
+        // Masks use the high bits: with a left-shifting gear hash they depend on the last 64 bytes seen.
+        strictMask = ((1 << UInt64(bits + 1)) - 1) << UInt64(64 - bits - 1)
+        looseMask = ((1 << UInt64(bits - 1)) - 1) << UInt64(64 - bits + 1)
+    }
+
+    /// Length of the next chunk at the start of `data`, or nil when more data is needed to decide
+    /// (`isFinal` says no more data will come).
+    public func boundary(in data: UnsafeRawBufferPointer, isFinal: Bool) -> Int? {
+        let count = data.count
+        if count <= parameters.minimum { return isFinal ? count : nil }
+        if count < parameters.maximum && !isFinal {
+            // Scan anyway: a boundary found before the end is final regardless of what follows.
+            if let cut = scan(data, limit: count), cut < count { return cut }
+            return nil
+        }
+        return scan(data, limit: min(count, parameters.maximum)) ?? min(count, parameters.maximum)
+    }
+
+    private func scan(_ data: UnsafeRawBufferPointer, limit: Int) -> Int? {
+        let bytes = data.bindMemory(to: UInt8.self).baseAddress!
+        var hash: UInt64 = 0
+        var index = parameters.minimum
+        let normal = min(parameters.average, limit)
+        return gear.withUnsafeBufferPointer { table -> Int? in
+            while index < normal {
+                hash = (hash << 1) &+ table[Int(bytes[index])]
+                if hash & strictMask == 0 { return index + 1 }
+                index += 1
+            }
+            while index < limit {
+                hash = (hash << 1) &+ table[Int(bytes[index])]
+                if hash & looseMask == 0 { return index + 1 }
+                index += 1
+            }
+            return limit == parameters.maximum ? limit : nil
+        }
+    }
+}

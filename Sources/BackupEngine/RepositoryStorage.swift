@@ -1,0 +1,139 @@
+import Foundation
+
+/// Where a repository's files live: a local directory or a remote SFTP directory.
+/// Paths are relative and '/'-separated (`data/ab/abcd…`, `index/…`); implementations refuse anything else.
+public protocol RepositoryStorage: Sendable {
+    func read(_ path: String) throws -> [UInt8]
+    func read(_ path: String, offset: Int, length: Int) throws -> [UInt8]
+    /// Atomic: a temporary name, fsync, rename. Creates parent directories.
+    func write(_ path: String, _ data: [UInt8]) throws
+    /// File names in `directory`; empty when it does not exist.
+    func list(_ directory: String) throws -> [String]
+    func remove(_ path: String) throws
+    /// Size in bytes, nil when missing.
+    func size(_ path: String) throws -> Int?
+    /// A human-readable location for messages.
+    var location: String { get }
+}
+
+/// A storage failure that names the file and what to do.
+public struct StorageError: Error, CustomStringConvertible, Sendable {
+    public let path: String
+    public let message: String
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+    public var description: String { "\(path): \(message)" }
+}
+
+/// Checks a repository-relative path: no absolute paths, no `..`, no empty or control-character components.
+public func validateRepositoryPath(_ path: String) throws {
+    let components = path.split(separator: "/", omittingEmptySubsequences: false)
+    guard !path.hasPrefix("/"), !components.isEmpty,
+          components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." && !$0.contains(where: { $0.asciiValue.map { $0 < 32 } ?? false }) }) else {
+        throw StorageError(path: path, message: "refusing an unsafe repository path")
+    }
+}
+
+/// A repository in a local directory. Writes are atomic and durable (temporary file, fsync, rename, fsync directory).
+public struct LocalStorage: RepositoryStorage {
+    public let root: String
+    public init(root: String) { self.root = root }
+    public var location: String { root }
+
+    private func full(_ path: String) throws -> String {
+        try validateRepositoryPath(path)
+        return root + "/" + path
+    }
+
+    private func failure(_ path: String, _ action: String) -> StorageError {
+        let code = errno
+        var message = "\(action) failed: \(String(cString: strerror(code)))"
+        if code == ENOSPC { message += " (the disk holding the repository is full; free space and run the command again)" }
+        if code == EACCES || code == EPERM { message += " (check permissions of \(root))" }
+        return StorageError(path: root + "/" + path, message: message)
+    }
+
+    public func read(_ path: String) throws -> [UInt8] {
+        guard let size = try size(path) else { throw StorageError(path: root + "/" + path, message: "missing") }
+        return try read(path, offset: 0, length: size)
+    }
+
+    public func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] {
+        let descriptor = open(try full(path), O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw failure(path, "open") }
+        defer { close(descriptor) }
+        return try [UInt8](unsafeUninitializedCapacity: max(length, 1)) { buffer, count in
+            var done = 0
+            while done < length {
+                let got = pread(descriptor, buffer.baseAddress! + done, length - done, off_t(offset + done))
+                if got < 0 { if errno == EINTR { continue }; throw failure(path, "read") }
+                if got == 0 { throw StorageError(path: root + "/" + path, message: "file is shorter than expected (truncated?)") }
+                done += got
+            }
+            count = length
+        }
+    }
+
+    public func write(_ path: String, _ data: [UInt8]) throws {
+        let target = try full(path)
+        let directory = (target as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let temporary = directory + "/.tmp-" + UUID().uuidString
+        let descriptor = open(temporary, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw failure(path, "create") }
+        var ok = false
+        defer {
+            if !ok { unlink(temporary) }
+        }
+        var done = 0
+        while done < data.count {
+            let wrote = data.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + done, data.count - done) }
+            if wrote < 0 {
+                if errno == EINTR { continue }
+                let error = failure(path, "write")
+                close(descriptor)
+                throw error
+            }
+            done += wrote
+        }
+        guard fsync(descriptor) == 0 else {
+            let error = failure(path, "fsync")
+            close(descriptor)
+            throw error
+        }
+        close(descriptor)
+        guard rename(temporary, target) == 0 else { throw failure(path, "rename") }
+        ok = true
+        let directoryDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directoryDescriptor >= 0 {
+            fsync(directoryDescriptor)
+            close(directoryDescriptor)
+        }
+    }
+
+    public func list(_ directory: String) throws -> [String] {
+        let path = try full(directory)
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { return [] }
+        return names.filter { !$0.hasPrefix(".tmp-") }.sorted()
+    }
+
+    public func remove(_ path: String) throws {
+        if unlink(try full(path)) != 0 && errno != ENOENT { throw failure(path, "remove") }
+    }
+
+    public func size(_ path: String) throws -> Int? {
+        var info = stat()
+        guard stat(try full(path), &info) == 0 else { return nil }
+        return Int(info.st_size)
+    }
+
+    /// Removes temporary files left by an interrupted write (they are never referenced).
+    public func removeTemporaryFiles() {
+        guard let walker = FileManager.default.enumerator(atPath: root) else { return }
+        for case let relative as String in walker where (relative as NSString).lastPathComponent.hasPrefix(".tmp-") {
+            unlink(root + "/" + relative)
+        }
+    }
+}
