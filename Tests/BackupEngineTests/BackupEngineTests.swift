@@ -1,0 +1,271 @@
+@testable import BackupEngine
+import Crypto
+import Foundation
+import Testing
+import TestSupport
+
+/// A fixture server, a repository and its key file in one scratch directory.
+struct EngineScene {
+    let scratch = TemporaryDirectory(prefix: "fk-engine")
+    var root: String { scratch.appending("server") }
+    var repoPath: String { scratch.appending("repo") }
+    var keyFile: String { scratch.appending("repo.key") }
+    var storage: LocalStorage { LocalStorage(root: repoPath) }
+
+    init(accounts: Int = 2, sizeMB: Int = 6, seed: Int = 3) throws {
+        try HostingFixtureTool.create(root, accounts: accounts, sizeMB: sizeMB, seed: seed)
+    }
+
+    func initialize() throws -> Repository {
+        try Repository.initialize(storage: storage, keySource: .keyFile(keyFile))
+        return try open()
+    }
+
+    func open() throws -> Repository { try Repository.open(storage: storage, keySource: .keyFile(keyFile)) }
+
+    func manifest(_ path: String) throws -> String { try HostingFixtureTool.manifest(path) }
+}
+
+struct RoundTripTests {
+    @Test func backupRestoreMatchesManifestBeforeAndAfterChurn() throws {
+        let scene = try EngineScene()
+        let repository = try scene.initialize()
+        let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(first.summary.filesNew > 10)
+        #expect(first.summary.errors.isEmpty, "\(first.summary.errors)")
+        let target = scene.scratch.appending("restore1")
+        let restored = try repository.restore(first, target: target)
+        #expect(restored.errors.isEmpty, "\(restored.errors)")
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+
+        try HostingFixtureTool.churn(scene.root, percent: 5)
+        let second = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(second.parent == first.id)
+        #expect(second.summary.filesUnchanged > 0)
+        #expect(second.summary.filesRead < first.summary.filesRead)
+        let target2 = scene.scratch.appending("restore2")
+        _ = try repository.restore(second, target: target2)
+        #expect(try scene.manifest(target2) == scene.manifest(scene.root + "/home"))
+        #expect(try repository.verify(readData: true).isHealthy)
+    }
+
+    @Test func unchangedRerunReadsNoFileContents() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 4)
+        let repository = try scene.initialize()
+        _ = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        let again = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(again.summary.filesRead == 0)
+        #expect(again.summary.bytesRead == 0)
+        #expect(again.summary.blobsAdded == 0)
+        #expect(again.tree == (try repository.snapshots().first!.tree))
+    }
+
+    @Test func excludedPathsAndSubpathRestore() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 3)
+        let repository = try scene.initialize()
+        let home = scene.root + "/home/user000"
+        let snapshot = try repository.backup(directory: home, options: BackupOptions(tags: ["kind": "files"], excludes: ["mail"]))
+        let target = scene.scratch.appending("out")
+        _ = try repository.restore(snapshot, target: target)
+        #expect(!FileManager.default.fileExists(atPath: target + "/mail"))
+        #expect(FileManager.default.fileExists(atPath: target + "/public_html"))
+        let only = scene.scratch.appending("only")
+        _ = try repository.restore(snapshot, subpath: "public_html", target: only)
+        #expect(try scene.manifest(only) == scene.manifest(home + "/public_html"))
+    }
+
+    @Test func streamBackupRoundTripsAndDeduplicates() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        let repository = try scene.initialize()
+        var generator = SystemRandomNumberGenerator()
+        var dump = [UInt8]()
+        for row in 0..<40_000 { dump += Array("INSERT INTO t VALUES (\(row), '\(UInt64.random(in: 0...UInt64.max, using: &generator))');\n".utf8) }
+        func backup(_ bytes: [UInt8]) throws -> Snapshot {
+            let pipe = Pipe()
+            let writer = Thread { pipe.fileHandleForWriting.write(Data(bytes)); try? pipe.fileHandleForWriting.close() }
+            writer.start()
+            defer { try? pipe.fileHandleForReading.close() }
+            return try repository.backup(stream: pipe.fileHandleForReading.fileDescriptor, name: "db.sql",
+                                         options: BackupOptions(tags: ["kind": "databases"], chunking: .streams))
+        }
+        let first = try backup(dump)
+        var changed = dump
+        changed.replaceSubrange(500_000..<500_010, with: Array("CHANGED!!!".utf8))
+        let second = try backup(changed)
+        #expect(second.summary.bytesAdded < Int64(dump.count) / 20)
+        let output = scene.scratch.appending("db.sql")
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        try repository.restoreStream(second, to: handle.fileDescriptor)
+        try handle.close()
+        #expect(FileManager.default.contents(atPath: output) == Data(changed))
+        _ = first
+    }
+
+    @Test func chunkerIsDeterministicAndResistsShifts() {
+        let chunker = Chunker(seed: [1, 2, 3], parameters: .streams)
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<600_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        func cuts(_ bytes: [UInt8]) -> [Int] {
+            var result: [Int] = [], start = 0
+            while start < bytes.count {
+                let cut = bytes.withUnsafeBytes { chunker.boundary(in: UnsafeRawBufferPointer(rebasing: $0[start...]), isFinal: true)! }
+                start += cut
+                result.append(start)
+            }
+            return result
+        }
+        let original = cuts(data)
+        #expect(original == cuts(data))
+        #expect(original.count > 10)
+        let shifted = cuts([9, 9, 9] + data).map { $0 - 3 }
+        #expect(Set(original).intersection(shifted).count >= original.count - 3)
+        #expect(zip(original, [0] + original).allSatisfy { $0 - $1 <= ChunkerParameters.streams.maximum })
+    }
+}
+
+struct DamageTests {
+    @Test func flippedByteIsNamedByVerifyAndRestoreFailsOnlyForThatFile() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 4)
+        let repository = try scene.initialize()
+        let snapshot = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        // Damage the first data blob of the largest file.
+        let tree = try repository.loadTree(snapshot.tree)
+        func files(_ tree: Tree, _ prefix: String) throws -> [(String, TreeNode)] {
+            try tree.nodes.flatMap { node -> [(String, TreeNode)] in
+                let path = prefix.isEmpty ? node.name : prefix + "/" + node.name
+                if let subtree = node.subtree { return try files(try repository.loadTree(subtree), path) }
+                return node.kind == .file ? [(path, node)] : []
+            }
+        }
+        let (victimPath, victim) = try #require(try files(tree, "").filter { !($0.1.content ?? []).isEmpty }.max { $0.1.size < $1.1.size })
+        let (pack, location) = try #require(repository.location(of: BlobID(hex: victim.content![0])!))
+        let packFile = scene.repoPath + "/" + Repository.packPath(pack)
+        var bytes = [UInt8](FileManager.default.contents(atPath: packFile)!)
+        bytes[Int(location.offset) + 20] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: packFile))
+
+        let report = try repository.verify(readData: true)
+        #expect(!report.isHealthy)
+        #expect(report.damagedFiles[snapshot.id]?.contains(victimPath) == true)
+
+        let target = scene.scratch.appending("out")
+        let restored = try repository.restore(snapshot, target: target)
+        #expect(restored.errors.count >= 1)
+        #expect(restored.errors.contains { $0.hasPrefix(victimPath) })
+        #expect(restored.files > 10)
+        #expect(!FileManager.default.fileExists(atPath: target + "/" + victimPath))
+    }
+
+    @Test func hostileNamesInASnapshotAreRefused() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        let repository = try scene.initialize()
+        let writer = PackWriter(storage: scene.storage, dataKey: repository.keys.dataKey, known: [])
+        let evil = Tree(nodes: [TreeNode(name: "../escape", kind: .file, mode: 0o100644, uid: 0, gid: 0, mtime: 0, ctime: 0, inode: 1, size: 0, content: [])])
+        let bytes = try JSONEncoder().encode(evil)
+        let id = repository.blobID(bytes)
+        try bytes.withUnsafeBytes { try writer.add(id: id, kind: .tree, plaintext: $0, compressor: .init()) }
+        _ = try repository.writeIndex(try writer.finish().packs)
+        let snapshot = Snapshot(id: "x", time: Date(), tags: [:], tree: id.hex, parent: nil, summary: BackupSummary())
+        let target = scene.scratch.appending("target/inner")
+        #expect(throws: RepositoryError.self) { try repository.restore(snapshot, target: target) }
+        #expect(!FileManager.default.fileExists(atPath: scene.scratch.appending("target/escape")))
+    }
+
+    @Test func wrongKeyIsAClearErrorAndChangesNothing() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        _ = try scene.initialize()
+        let other = scene.scratch.appending("other.key")
+        _ = try KeySource.keyFile(other).secret(create: true)
+        do {
+            _ = try Repository.open(storage: scene.storage, keySource: .keyFile(other))
+            Issue.record("wrong key opened the repository")
+        } catch let error as RepositoryError {
+            #expect(error.message.contains("wrong key"))
+        }
+        #expect(throws: RepositoryError.self) { try Repository.open(storage: scene.storage, keySource: .passphrase("guess")) }
+        #expect(throws: RepositoryError.self) { try Repository.open(storage: scene.storage, keySource: .keyFile(scene.scratch.appending("missing.key"))) }
+        _ = try scene.open()
+        let mode = try FileManager.default.attributesOfItem(atPath: scene.keyFile)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+    }
+
+    @Test func passphraseRepositoriesWork() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        try Repository.initialize(storage: scene.storage, keySource: .passphrase("correct horse"))
+        _ = try Repository.open(storage: scene.storage, keySource: .passphrase("correct horse"))
+        #expect(throws: RepositoryError.self) { try Repository.open(storage: scene.storage, keySource: .passphrase("wrong horse")) }
+    }
+}
+
+struct CrashSafetyTests {
+    struct SimulatedCrash: Error {}
+
+    @Test(arguments: ["pack", "index", "snapshot"])
+    func interruptedBackupLeavesEarlierSnapshotsIntact(point: String) throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 4)
+        let repository = try scene.initialize()
+        let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        try HostingFixtureTool.churn(scene.root, percent: 20)
+        let crashing = BackupOptions(tags: ["kind": "files"], checkpoint: { name in if name.hasPrefix(point) { throw SimulatedCrash() } })
+        #expect(throws: SimulatedCrash.self) { try repository.backup(directory: scene.root + "/home", options: crashing) }
+        // A leftover temporary file and a stale lease from a killed process change nothing.
+        try Data("partial".utf8).write(to: URL(fileURLWithPath: scene.repoPath + "/data/.tmp-killed"))
+        try Data(#"{"exclusive":true,"host":"\#(ProcessInfo.processInfo.hostName)","pid":999999,"expires":"2099-01-01T00:00:00Z"}"#.utf8)
+            .write(to: URL(fileURLWithPath: scene.repoPath + "/locks/stale"))
+
+        let reopened = try scene.open()
+        #expect(try reopened.snapshots().map(\.id) == [first.id])
+        #expect(try reopened.verify(readData: true).isHealthy)
+        let next = try reopened.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        let target = scene.scratch.appending("out")
+        _ = try reopened.restore(next, target: target)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+        #expect(try reopened.prune(policy: { _ in RetentionPolicy(keepLast: 1) }, dryRun: false).removedSnapshots == [first.id])
+        #expect(try reopened.verify(readData: true).isHealthy)
+    }
+
+    @Test func fullDiskGivesAClearErrorAndKeepsTheRepository() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 12)
+        let mountPoint = scene.scratch.appending("small")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let mounted = try ProcessRunner.run("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mountPoint])
+        guard mounted.status == 0 else {
+            print("skipping full-disk test: cannot mount tmpfs here (\(mounted.stderr))")
+            return
+        }
+        defer { _ = try? ProcessRunner.run("/bin/umount", [mountPoint]) }
+        let storage = LocalStorage(root: mountPoint + "/repo")
+        let repository = try Repository.initialize(storage: storage, keySource: .keyFile(scene.keyFile))
+        let small = scene.scratch.appending("small-source")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        try Data("hello".utf8).write(to: URL(fileURLWithPath: small + "/a.txt"))
+        let first = try repository.backup(directory: small, options: BackupOptions(tags: ["kind": "small"]))
+        do {
+            _ = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+            Issue.record("backup into a full disk succeeded")
+        } catch {
+            #expect("\(error)".contains("full"), "\(error)")
+        }
+        let reopened = try Repository.open(storage: storage, keySource: .keyFile(scene.keyFile))
+        #expect(try reopened.snapshots().map(\.id) == [first.id])
+        #expect(try reopened.verify(readData: true).isHealthy)
+    }
+}
+
+struct RetentionTests {
+    func snapshot(_ id: String, daysAgo: Double) -> Snapshot {
+        Snapshot(id: id, time: Date(timeIntervalSince1970: 1_800_000_000 - daysAgo * 86400), tags: [:], tree: "", parent: nil, summary: BackupSummary())
+    }
+
+    @Test func dailyPolicyKeepsNewestPerDay() {
+        let snapshots = (0..<40).map { snapshot("s\($0)", daysAgo: Double($0)) } + [snapshot("s0b", daysAgo: 0.01)]
+        let keep = RetentionPolicy(keepDaily: 30).select(snapshots)
+        #expect(keep.count == 30)
+        #expect(keep.contains("s0") && !keep.contains("s0b") || keep.contains("s0b") && !keep.contains("s0"))
+        #expect(!keep.contains("s35"))
+        #expect(RetentionPolicy(keepDaily: 1).select(snapshots).count == 1)
+        #expect(RetentionPolicy().select(snapshots).count == snapshots.count)
+        #expect(RetentionPolicy(keepWeekly: 4).select(snapshots).count == 4)
+    }
+}
