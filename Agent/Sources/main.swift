@@ -8,6 +8,12 @@ let commands: [String: ([String]) throws -> Int32] = [
     "facts": AgentCommands.facts,
     "run": AgentCommands.run,
     "status": AgentCommands.status,
+    "repo": BackupCommands.repo,
+    "backup": BackupCommands.backup,
+    "snapshots": BackupCommands.snapshots,
+    "restore": BackupCommands.restore,
+    "verify": BackupCommands.verify,
+    "prune": BackupCommands.prune,
 ]
 
 exit(CommandRunner.run(program: "fleetkeep-agent", commands: commands, usage: AgentCommands.usage))

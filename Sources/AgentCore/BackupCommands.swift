@@ -1,0 +1,253 @@
+import BackupEngine
+import CommandLineSupport
+import Foundation
+
+/// The `fleetkeep-agent` backup commands: repo init, backup, snapshots, restore, verify, prune.
+public enum BackupCommands {
+    static let common: Set<String> = ["config", "key-file", "repo", "root"]
+
+    /// Config file values, overridden by flags.
+    static func settings(_ arguments: Arguments) throws -> AgentConfig {
+        var config = try AgentConfig.load(path: arguments.value("config"))
+        if let root = arguments.value("root") { config.root = root }
+        if let repo = arguments.value("repo") { config.repository = repo }
+        if let key = arguments.value("key-file") { config.keyFile = key }
+        return config
+    }
+
+    static func open(_ config: AgentConfig) throws -> Repository {
+        try Repository.open(storage: LocalStorage(root: config.repository), keySource: .keyFile(config.keyFile))
+    }
+
+    public static func repo(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: common)
+        guard arguments.positionals == ["init"] else { throw UsageError("expected `repo init`") }
+        let config = try settings(arguments)
+        let existed = FileManager.default.fileExists(atPath: config.keyFile)
+        try Repository.initialize(storage: LocalStorage(root: config.repository), keySource: .keyFile(config.keyFile))
+        print("repository created at \(config.repository)")
+        print(existed ? "sealed with the existing key file \(config.keyFile)" : "new key file \(config.keyFile) (mode 0600): keep a copy off this server, or escrow it")
+        return 0
+    }
+
+    /// One snapshot made (or failed) by `backup`.
+    struct BackupResult: Codable {
+        var account: String
+        var kind: String
+        var database: String?
+        var snapshot: String?
+        var summary: BackupSummary?
+        var error: String?
+    }
+
+    public static func backup(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: common.union(["account", "kind"]), flags: ["json"])
+        try arguments.expectPositionals(atMost: 0)
+        let config = try settings(arguments)
+        let kinds = try arguments.value("kind").map { try BackupKind.parseList($0, source: "--kind") } ?? BackupKind.allCases
+        var accounts = try HostingAccounts.discover(root: config.root, configured: config.accounts)
+        let wanted = arguments.list("account")
+        for user in wanted where !accounts.contains(where: { $0.user == user }) {
+            throw UsageError("--account \(user) is not a hosting account on this server (found: \(accounts.map(\.user).joined(separator: ", ")))")
+        }
+        if !wanted.isEmpty { accounts = accounts.filter { wanted.contains($0.user) } }
+        let repository = try open(config)
+        let json = arguments.flag("json")
+        var progress: (@Sendable (BackupSummary) -> Void)?
+        if Console.isTerminal && !json { progress = showProgress }
+        var results: [BackupResult] = []
+        for account in accounts {
+            for kind in kinds {
+                let tags = ["account": account.user, "kind": kind.rawValue, "host": config.host]
+                switch kind {
+                case .files, .email:
+                    let directory = kind == .files ? account.home : account.mailDirectory
+                    var result = BackupResult(account: account.user, kind: kind.rawValue)
+                    do {
+                        guard FileManager.default.fileExists(atPath: directory) else {
+                            if kind == .email { continue }
+                            throw AgentError("home directory \(directory) does not exist")
+                        }
+                        let options = BackupOptions(tags: tags, excludes: kind == .files ? ["mail"] : [], progress: progress)
+                        let snapshot = try repository.backup(directory: directory, options: options)
+                        result.snapshot = snapshot.id
+                        result.summary = snapshot.summary
+                    } catch {
+                        result.error = "\(error)"
+                    }
+                    results.append(result)
+                    report(result, json: json)
+                case .databases:
+                    guard config.database.enabled else { continue }
+                    let dumper = DatabaseDumper(settings: config.database)
+                    let names: [String]
+                    do {
+                        names = try dumper.databases(of: account.user)
+                    } catch {
+                        let result = BackupResult(account: account.user, kind: kind.rawValue, error: "\(error)")
+                        results.append(result)
+                        report(result, json: json)
+                        continue
+                    }
+                    for name in names {
+                        var result = BackupResult(account: account.user, kind: kind.rawValue, database: name)
+                        do {
+                            let snapshot = try dumper.dump(database: name) { descriptor in
+                                try repository.backup(stream: descriptor, name: name + ".sql",
+                                                      options: BackupOptions(tags: tags.merging(["database": name]) { $1 }, chunking: .streams))
+                            }
+                            result.snapshot = snapshot.id
+                            result.summary = snapshot.summary
+                        } catch {
+                            result.error = "\(error)"
+                        }
+                        results.append(result)
+                        report(result, json: json)
+                    }
+                }
+            }
+        }
+        if json { print(try jsonText(results)) }
+        let failures = results.filter { $0.error != nil }.count
+        if failures > 0 {
+            Console.error("\(failures) of \(results.count) backups failed; see the messages above. The others were recorded.")
+            return 1
+        }
+        return 0
+    }
+
+    @Sendable private static func showProgress(_ summary: BackupSummary) {
+        let files = summary.filesNew + summary.filesChanged + summary.filesUnchanged
+        let line = "\r  \(files) files, \(summary.bytesRead / 1_048_576) MiB read"
+        FileHandle.standardOutput.write(Data(line.utf8))
+    }
+
+    private static func report(_ result: BackupResult, json: Bool) {
+        guard !json else { return }
+        if Console.isTerminal { FileHandle.standardOutput.write(Data("\r".utf8)) }
+        let what = "\(result.account) \(result.kind)\(result.database.map { " \($0)" } ?? "")"
+        if let error = result.error {
+            Console.error("\(what): FAILED: \(error)")
+        } else if let summary = result.summary, let id = result.snapshot {
+            let files = summary.filesNew + summary.filesChanged + summary.filesUnchanged
+            print(String(format: "%@: snapshot %@, %d files (%d read), %.1f MiB added, %.1fs%@", what, String(id.prefix(8)), files,
+                         summary.filesRead, Double(summary.bytesAdded) / 1_048_576, summary.seconds,
+                         summary.errors.isEmpty ? "" : ", \(summary.errors.count) files skipped: \(summary.errors.prefix(3).joined(separator: "; "))"))
+        }
+    }
+
+    public static func snapshots(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: common.union(["account", "kind"]), flags: ["json"])
+        try arguments.expectPositionals(atMost: 0)
+        let repository = try open(try settings(arguments))
+        var filter: [String: String] = [:]
+        filter["account"] = arguments.value("account")
+        filter["kind"] = arguments.value("kind")
+        let list = try repository.snapshots().filter { snapshot in filter.allSatisfy { snapshot.tags[$0.key] == $0.value } }
+        if arguments.flag("json") {
+            print(try jsonText(list))
+            return 0
+        }
+        let formatter = ISO8601DateFormatter()
+        print("ID        TIME                  ACCOUNT     KIND       DATABASE          SIZE")
+        for snapshot in list {
+            let tags = snapshot.tags
+            print(String(format: "%@  %@  %@  %@  %@  %8.1f MiB", snapshot.shortID, formatter.string(from: snapshot.time),
+                         (tags["account"] ?? "-").padding(toLength: 10, withPad: " ", startingAt: 0),
+                         (tags["kind"] ?? "-").padding(toLength: 9, withPad: " ", startingAt: 0),
+                         (tags["database"] ?? "-").padding(toLength: 16, withPad: " ", startingAt: 0),
+                         Double(snapshot.summary.bytesTotal) / 1_048_576))
+        }
+        print("\(list.count) snapshots")
+        return 0
+    }
+
+    public static func restore(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: common.union(["account", "kind", "path", "target", "database", "into-database"]), flags: ["json"])
+        let reference = try arguments.positional(0, "snapshot (an id, or `latest`)")
+        try arguments.expectPositionals(atMost: 1)
+        let config = try settings(arguments)
+        let repository = try open(config)
+        var tags: [String: String] = [:]
+        tags["account"] = arguments.value("account")
+        tags["kind"] = arguments.value("kind")
+        tags["database"] = arguments.value("database")
+        if reference == "latest" && (tags["account"] == nil || tags["kind"] == nil) {
+            throw UsageError("`restore latest` needs --account and --kind to say which latest snapshot")
+        }
+        var chosen = [try repository.findSnapshot(reference, tags: tags)]
+        if reference == "latest", tags["kind"] == BackupKind.databases.rawValue, tags["database"] == nil {
+            // The latest snapshot of every database of the account.
+            let all = try repository.snapshots().filter { $0.tags["account"] == tags["account"] && $0.tags["kind"] == "databases" }
+            chosen = Dictionary(grouping: all) { $0.tags["database"] ?? "" }.values.compactMap { $0.last }.sorted { $0.time < $1.time }
+        }
+        for snapshot in chosen {
+            if snapshot.tags["kind"] == BackupKind.databases.rawValue {
+                let name = snapshot.tags["database"] ?? "database"
+                if let database = arguments.value("into-database") {
+                    try DatabaseDumper(settings: config.database).load(into: database) { try repository.restoreStream(snapshot, to: $0) }
+                    print("snapshot \(snapshot.shortID): database \(name) loaded into \(database)")
+                } else {
+                    guard let target = arguments.value("target") else { throw UsageError("--target DIR (or --into-database NAME) is required") }
+                    try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+                    let path = target + "/" + name + ".sql"
+                    let descriptor = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                    guard descriptor >= 0 else { throw AgentError("cannot create \(path): \(String(cString: strerror(errno)))") }
+                    defer { close(descriptor) }
+                    try repository.restoreStream(snapshot, to: descriptor)
+                    print("snapshot \(snapshot.shortID): database \(name) written to \(path)")
+                }
+                continue
+            }
+            guard let target = arguments.value("target") else { throw UsageError("--target DIR is required") }
+            let summary = try repository.restore(snapshot, subpath: arguments.value("path"), target: target)
+            if arguments.flag("json") { print(try jsonText(summary)) } else {
+                print("snapshot \(snapshot.shortID): restored \(summary.files) files, \(summary.directories) directories, \(summary.symlinks) symlinks, \(summary.hardlinks) hard links (\(String(format: "%.1f", Double(summary.bytes) / 1_048_576)) MiB) to \(target)")
+            }
+            if !summary.errors.isEmpty {
+                Console.error("\(summary.errors.count) files could NOT be restored (damaged data; run `fleetkeep-agent verify --read-data`):")
+                for error in summary.errors.prefix(50) { Console.error("  \(error)") }
+                return 1
+            }
+        }
+        return 0
+    }
+
+    public static func verify(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: common, flags: ["read-data", "json"])
+        try arguments.expectPositionals(atMost: 0)
+        let repository = try open(try settings(arguments))
+        let report = try repository.verify(readData: arguments.flag("read-data"))
+        if arguments.flag("json") { print(try jsonText(report)) } else {
+            print("checked \(report.snapshots) snapshots, \(report.packs) packs\(arguments.flag("read-data") ? ", \(report.blobsChecked) blobs (\(report.bytesRead / 1_048_576) MiB read)" : "")")
+            for problem in report.problems { print("problem: \(problem)") }
+            for (snapshot, files) in report.damagedFiles.sorted(by: { $0.key < $1.key }) {
+                print("snapshot \(snapshot.prefix(8)): \(files.count) damaged files: \(files.prefix(20).joined(separator: ", "))")
+            }
+            print(report.isHealthy ? "repository is healthy" : "repository is DAMAGED: restore affected files from another copy (off-site) and run a new backup")
+        }
+        return report.isHealthy ? 0 : 1
+    }
+
+    public static func prune(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: common, flags: ["dry-run", "json"])
+        try arguments.expectPositionals(atMost: 0)
+        let config = try settings(arguments)
+        let repository = try open(config)
+        let retention = config.retention
+        let report = try repository.prune(policy: { tags in
+            tags["kind"].flatMap(BackupKind.init(rawValue:)).flatMap { retention[$0] } ?? RetentionPolicy()
+        }, dryRun: arguments.flag("dry-run"))
+        if arguments.flag("json") { print(try jsonText(report)) } else {
+            print("\(report.dryRun ? "would keep" : "kept") \(report.keptSnapshots.count) snapshots, \(report.dryRun ? "would remove" : "removed") \(report.removedSnapshots.count); packs deleted \(report.packsDeleted) (rewritten \(report.packsRewritten)); \(String(format: "%.1f", Double(report.bytesFreed) / 1_048_576)) MiB freed")
+        }
+        return 0
+    }
+
+    static func jsonText<T: Encodable>(_ value: T) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+}
