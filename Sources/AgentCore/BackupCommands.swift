@@ -92,9 +92,10 @@ public enum BackupCommands {
                     for name in names {
                         var result = BackupResult(account: account.user, kind: kind.rawValue, database: name)
                         do {
-                            let snapshot = try dumper.dump(database: name) { descriptor in
+                            let snapshot = try dumper.dump(database: name) { descriptor, confirm in
                                 try repository.backup(stream: descriptor, name: name + ".sql",
-                                                      options: BackupOptions(tags: tags.merging(["database": name]) { $1 }, chunking: .streams))
+                                                      options: BackupOptions(tags: tags.merging(["database": name]) { $1 }, chunking: .streams,
+                                                                             beforeCommit: confirm))
                             }
                             result.snapshot = snapshot.id
                             result.summary = snapshot.summary

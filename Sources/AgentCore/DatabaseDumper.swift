@@ -14,8 +14,9 @@ public struct DatabaseDumper: Sendable {
     }
 
     /// Runs the dump tool and hands its standard output (a pipe) to `consume`. No temporary file is written.
-    /// Fails when the dump tool fails, quoting what it printed.
-    public func dump<T>(database: String, _ consume: (_ descriptor: Int32) throws -> T) throws -> T {
+    /// `consume` must call `confirm` after reading everything and before committing the result: it waits for the
+    /// dump tool and throws (quoting what the tool printed) when the dump failed, so a broken dump is never recorded.
+    public func dump<T>(database: String, _ consume: (_ descriptor: Int32, _ confirm: @escaping @Sendable () throws -> Void) throws -> T) throws -> T {
         let credentials = try CredentialsFile(settings)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try Self.locate(settings.dumpCommand, fallback: "mysqldump"))
@@ -27,19 +28,22 @@ public struct DatabaseDumper: Sendable {
         process.standardInput = FileHandle.nullDevice
         try process.run()
         let errorText = ErrorCollector(errors)
-        let result: T
+        let command = settings.dumpCommand
+        let confirm: @Sendable () throws -> Void = {
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else {
+                throw AgentError("dumping database \(database) failed (\(command) exited \(process.terminationStatus)): \(errorText.text.trimmingCharacters(in: .whitespacesAndNewlines)); no snapshot was recorded")
+            }
+        }
         do {
-            result = try consume(output.fileHandleForReading.fileDescriptor)
+            let result = try consume(output.fileHandleForReading.fileDescriptor, confirm)
+            try confirm()
+            return result
         } catch {
-            process.terminate()
+            if process.isRunning { process.terminate() }
             process.waitUntilExit()
             throw error
         }
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw AgentError("dumping database \(database) failed (\(settings.dumpCommand) exited \(process.terminationStatus)): \(errorText.text.trimmingCharacters(in: .whitespacesAndNewlines)); the snapshot was not recorded")
-        }
-        return result
     }
 
     /// Creates `database` if needed and loads SQL into it from what `produce` writes to the given descriptor.

@@ -13,11 +13,16 @@ public struct BackupOptions: Sendable {
     public var chunking: ChunkerParameters
     /// Called now and then with running totals, for progress lines on a terminal.
     public var progress: (@Sendable (BackupSummary) -> Void)?
+    /// Called after all data is stored and before the snapshot is recorded; throwing there records no snapshot
+    /// (a database dump checks its tool's exit status this way).
+    public var beforeCommit: (@Sendable () throws -> Void)?
     /// Test hook: called at named points ("pack:<name>", "index", "snapshot"); throwing there simulates a crash.
     public var checkpoint: (@Sendable (String) throws -> Void)?
 
     public init(tags: [String: String], excludes: Set<String> = [], chunking: ChunkerParameters = .files,
-                progress: (@Sendable (BackupSummary) -> Void)? = nil, checkpoint: (@Sendable (String) throws -> Void)? = nil) {
+                progress: (@Sendable (BackupSummary) -> Void)? = nil, beforeCommit: (@Sendable () throws -> Void)? = nil,
+                checkpoint: (@Sendable (String) throws -> Void)? = nil) {
+        self.beforeCommit = beforeCommit
         self.tags = tags
         self.excludes = excludes
         self.chunking = chunking
@@ -75,6 +80,7 @@ extension Repository {
         let (packs, stored) = try writer.finish()
         try checkpoint?("index")
         _ = try writeIndex(packs)
+        try options.beforeCommit?()
         try checkpoint?("snapshot")
         var summary = job.summary.withLock { $0 }
         summary.blobsAdded = packs.reduce(0) { $0 + $1.entries.count }
