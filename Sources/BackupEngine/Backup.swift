@@ -18,6 +18,8 @@ public struct BackupOptions: Sendable {
     public var beforeCommit: (@Sendable () throws -> Void)?
     /// Test hook: called at named points ("pack:<name>", "index", "snapshot"); throwing there simulates a crash.
     public var checkpoint: (@Sendable (String) throws -> Void)?
+    /// The snapshot's time; nil means now. Lets imports and tests make history.
+    public var time: Date?
 
     public init(tags: [String: String], excludes: Set<String> = [], chunking: ChunkerParameters = .files,
                 progress: (@Sendable (BackupSummary) -> Void)? = nil, beforeCommit: (@Sendable () throws -> Void)? = nil,
@@ -40,13 +42,18 @@ extension Repository {
         }
         return try withLock(exclusive: false) {
             try runBackup(options: options) { job in
-                let parentTree = try job.parent.map { try self.loadTree($0.tree) }
+                let parentTree = try job.parent.map { try self.loadTree($0.tree, decompressor: job.decompressor) }
                 return try job.directory(path: directory, relative: "", parent: parentTree)
             }
         }
     }
 
     /// Backs up a byte stream (a database dump read from a pipe) as one file named `name`, without a temporary file.
+    public func backup(stream handle: FileHandle, name: String, options: BackupOptions) throws -> Snapshot {
+        try backup(stream: handle.fileDescriptor, name: name, options: options)
+    }
+
+    /// Backs up a byte stream read from `descriptor` to its end as one file named `name`, without a temporary file.
     public func backup(stream descriptor: Int32, name: String, options: BackupOptions) throws -> Snapshot {
         try validateTreeName(name)
         return try withLock(exclusive: false) {
@@ -56,39 +63,43 @@ extension Repository {
                 job.summary.withLock { $0.filesNew += 1; $0.filesRead += 1 }
                 let node = TreeNode(name: name, kind: .file, mode: 0o100600, uid: getuid(), gid: getgid(), mtime: now, ctime: now,
                                     inode: 0, size: size, content: content)
+                job.summary.withLock { $0.bytesTotal += size }
                 return try job.storeTree(Tree(nodes: [node]))
             }
         }
     }
 
-    private func runBackup(options: BackupOptions, _ body: (BackupJob) throws -> String) throws -> Snapshot {
+    private func runBackup(options: BackupOptions, _ body: (BackupJob) throws -> BlobID) throws -> Snapshot {
         let started = Date()
         let parent = try snapshots().last { $0.tags == options.tags }
         let checkpoint = options.checkpoint
         var packHook: (@Sendable (String) throws -> Void)?
         if let checkpoint { packHook = { name in try checkpoint("pack:" + name) } }
-        let writer = PackWriter(storage: storage, dataKey: keys.dataKey, known: knownBlobs, beforePackWrite: packHook)
+        let writer = PackWriter(storage: storage, dataKey: keys.dataKey, isIndexed: { [self] in isIndexed($0) }, beforePackCommit: packHook)
         let job = BackupJob(repository: self, writer: writer, options: options, parent: parent)
-        let root: String
+        var indexed = false
         do {
-            root = try body(job)
+            let root = try body(job)
             try job.drain()
+            let (packs, stored, blobs) = try writer.finish()
+            try checkpoint?("index")
+            try writeIndex(packs)
+            indexed = true
+            try options.beforeCommit?()
+            try checkpoint?("snapshot")
+            var summary = job.summary.withLock { $0 }
+            summary.blobsAdded = blobs
+            summary.bytesStored = stored
+            summary.seconds = Date().timeIntervalSince(started)
+            var snapshot = Snapshot(id: "", time: options.time ?? started, tags: options.tags, tree: root.hex, parent: parent?.id, summary: summary)
+            snapshot.id = try writeSnapshot(snapshot)
+            return snapshot
         } catch {
+            // Packs not yet in an index are useless; an index without a snapshot is harmless (prune reclaims it).
             job.abandon()
+            if !indexed { writer.abandon() }
             throw error
         }
-        let (packs, stored) = try writer.finish()
-        try checkpoint?("index")
-        _ = try writeIndex(packs)
-        try options.beforeCommit?()
-        try checkpoint?("snapshot")
-        var summary = job.summary.withLock { $0 }
-        summary.blobsAdded = packs.reduce(0) { $0 + $1.entries.count }
-        summary.bytesStored = stored
-        summary.seconds = Date().timeIntervalSince(started)
-        var snapshot = Snapshot(id: "", time: started, tags: options.tags, tree: root, parent: parent?.id, summary: summary)
-        snapshot.id = try writeSnapshot(snapshot)
-        return snapshot
     }
 }
 
@@ -105,8 +116,11 @@ final class BackupJob: @unchecked Sendable {
     let summary = Mutex(BackupSummary())
     private let workers = DispatchQueue(label: "fleetkeep.backup.workers", attributes: .concurrent)
     private let group = DispatchGroup()
-    /// Bounds the chunks in flight, and so memory: at most this many chunk copies exist at once.
-    private let inFlight = DispatchSemaphore(value: 2 * ProcessInfo.processInfo.activeProcessorCount + 2)
+    /// Bounds the plaintext bytes handed to workers and not yet in a pack. A chunk costs about three times its size
+    /// while a worker holds it (plaintext, compressed, sealed), so 12 MiB here means < 40 MiB of chunk memory.
+    private let inFlight = ByteBudget(limit: 12 << 20)
+    /// Reused for the parent snapshot's trees (creating a zstd context per tree was measurable).
+    let decompressor = ZstdDecompressor()
     private let compressors = CompressorPool()
     private let failure = Mutex<(any Error)?>(nil)
     private var buffer: [UInt8]
@@ -119,12 +133,13 @@ final class BackupJob: @unchecked Sendable {
         self.options = options
         self.parent = parent
         chunker = Chunker(seed: repository.keys.chunkerSeed, parameters: options.chunking)
-        buffer = [UInt8](repeating: 0, count: 2 * options.chunking.maximum)
+        // Room for one maximum chunk plus a 1 MiB read: the undecided tail is always shorter than the maximum.
+        buffer = [UInt8](repeating: 0, count: options.chunking.maximum + (1 << 20))
     }
 
     // MARK: Walking
 
-    func directory(path: String, relative: String, parent: Tree?) throws -> String {
+    func directory(path: String, relative: String, parent: Tree?) throws -> BlobID {
         let previous = Dictionary((parent?.nodes ?? []).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var nodes: [TreeNode] = []
         for name in try listDirectory(path) {
@@ -144,7 +159,8 @@ final class BackupJob: @unchecked Sendable {
             case S_IFDIR:
                 node.kind = .directory
                 node.size = 0
-                let childParent = try previous[name].flatMap { $0.kind == .directory ? $0.subtree : nil }.map { try repository.loadTree($0) }
+                let childParent = try previous[name].flatMap { $0.kind == .directory ? $0.subtree : nil }
+                    .map { try repository.loadTree($0, decompressor: decompressor) }
                 node.subtree = try directory(path: childPath, relative: childRelative, parent: childParent)
                 summary.withLock { $0.directories += 1 }
             case S_IFLNK:
@@ -160,9 +176,9 @@ final class BackupJob: @unchecked Sendable {
                 if info.st_nlink > 1 { hardLinks[linkKey] = childRelative }
                 node.kind = .file
                 if let old = previous[name], old.kind == .file, old.size == node.size, old.mtime == node.mtime,
-                   old.ctime == node.ctime, old.inode == node.inode, let content = old.content {
+                   old.ctime == node.ctime, old.inode == node.inode {
                     // Unchanged: size, mtime, ctime and inode match the parent snapshot, so the file is not read.
-                    node.content = content
+                    node.content = old.content
                     summary.withLock { $0.filesUnchanged += 1; $0.bytesTotal += node.size }
                 } else {
                     do {
@@ -219,8 +235,8 @@ final class BackupJob: @unchecked Sendable {
     // MARK: Chunking
 
     /// Reads `descriptor` to its end, cutting content-defined chunks; returns the content ids (hex) and the size.
-    func chunkDescriptor(_ descriptor: Int32, path: String) throws -> ([String], Int64) {
-        var ids: [String] = []
+    func chunkDescriptor(_ descriptor: Int32, path: String) throws -> ([BlobID], Int64) {
+        var ids: [BlobID] = []
         var filled = 0, start = 0
         var total: Int64 = 0
         var atEnd = false
@@ -255,15 +271,15 @@ final class BackupJob: @unchecked Sendable {
     }
 
     /// Hashes one chunk here; a new one is copied and handed to a worker to compress, encrypt and pack.
-    private func store(start: Int, count: Int) throws -> String {
+    private func store(start: Int, count: Int) throws -> BlobID {
         let id = buffer.withUnsafeBytes { repository.blobID(UnsafeRawBufferPointer(rebasing: $0[start..<start + count])) }
         if writer.reserve(id) {
             try throwIfFailed()
+            inFlight.acquire(count)
             let chunk = Array(buffer[start..<start + count])
             summary.withLock { $0.bytesAdded += Int64(count) }
-            inFlight.wait()
             workers.async(group: group) { [self] in
-                defer { inFlight.signal() }
+                defer { inFlight.release(count) }
                 let compressor = compressors.take()
                 defer { compressors.give(compressor) }
                 do {
@@ -274,21 +290,19 @@ final class BackupJob: @unchecked Sendable {
                 }
             }
         }
-        return id.hex
+        return id
     }
 
     /// Stores a directory listing (deduplicated like any blob) and returns its id.
-    func storeTree(_ tree: Tree) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let bytes = try encoder.encode(tree)
+    func storeTree(_ tree: Tree) throws -> BlobID {
+        let bytes = tree.encoded()
         let id = repository.blobID(bytes)
         if writer.reserve(id) {
             let compressor = compressors.take()
             defer { compressors.give(compressor) }
             try bytes.withUnsafeBytes { try writer.add(id: id, kind: .tree, plaintext: $0, compressor: compressor) }
         }
-        return id.hex
+        return id
     }
 
     /// Waits for the workers and rethrows the first failure (a full disk, say).

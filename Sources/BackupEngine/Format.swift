@@ -4,14 +4,21 @@ import Foundation
 /// Repository format version written to `config`; see docs/REPOSITORY.md.
 public let repositoryFormatVersion = 1
 
-/// A blob's id: HMAC-SHA256(id key, plaintext). Stored as four words so hashing and comparing are cheap.
+/// A blob's id: HMAC-SHA256(id key, plaintext). Stored as four words so hashing and comparing are cheap and an
+/// index entry needs no heap allocation.
 public struct BlobID: Hashable, Sendable, Comparable, CustomStringConvertible {
     let a: UInt64, b: UInt64, c: UInt64, d: UInt64
 
+    init(_ raw: UnsafeRawBufferPointer) {
+        precondition(raw.count == 32)
+        a = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+        b = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        c = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+        d = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
+    }
+
     init(bytes: [UInt8]) {
-        precondition(bytes.count == 32)
-        func word(_ offset: Int) -> UInt64 { bytes[offset..<offset + 8].reduce(0) { $0 << 8 | UInt64($1) } }
-        a = word(0); b = word(8); c = word(16); d = word(24)
+        self = bytes.withUnsafeBytes { BlobID($0) }
     }
 
     public init?(hex: String) {
@@ -19,8 +26,15 @@ public struct BlobID: Hashable, Sendable, Comparable, CustomStringConvertible {
         self.init(bytes: bytes)
     }
 
+    func append(to out: inout [UInt8]) {
+        for word in [a, b, c, d] { withUnsafeBytes(of: word.bigEndian) { out.append(contentsOf: $0) } }
+    }
+
     var bytes: [UInt8] {
-        [a, b, c, d].flatMap { word in (0..<8).reversed().map { UInt8(truncatingIfNeeded: word >> (UInt64($0) * 8)) } }
+        var out = [UInt8]()
+        out.reserveCapacity(32)
+        append(to: &out)
+        return out
     }
 
     public var hex: String { Hex.encode(bytes) }
@@ -34,10 +48,11 @@ enum BlobKind: UInt8 {
     case tree = 1
 }
 
-/// Where a blob lives: which pack, where in it, and its sizes.
+/// Where a blob lives: which pack (a number into the loaded pack list), where in it, and its sizes. 20 bytes.
 struct BlobLocation {
     var pack: Int32
     var kind: BlobKind
+    var compressed: Bool
     var offset: UInt32
     var length: UInt32
     var rawLength: UInt32
@@ -47,92 +62,70 @@ struct BlobLocation {
 struct PackEntry {
     var id: BlobID
     var kind: BlobKind
+    /// The sealed payload is a zstd frame (else the plaintext itself).
+    var compressed: Bool
     var offset: UInt32
     var length: UInt32
     var rawLength: UInt32
 
+    /// flags (1) + id (32) + offset, length, raw length (3 x 4, little endian).
     static let encodedSize = 1 + 32 + 12
+    static let compressedFlag: UInt8 = 0x80
 }
 
-/// Binary encoding of pack headers and index files: fixed-size little-endian records.
+/// Binary encoding of pack headers and index files: a count, then fixed-size records.
 enum BinaryCodec {
-    static func append(_ value: UInt32, to out: inout [UInt8]) {
-        withUnsafeBytes(of: value.littleEndian) { out.append(contentsOf: $0) }
-    }
-
-    static func readUInt32(_ bytes: [UInt8], _ offset: Int) -> UInt32 {
-        UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16 | UInt32(bytes[offset + 3]) << 24
-    }
-
-    static func encode(_ entries: [PackEntry], into out: inout [UInt8]) {
-        append(UInt32(entries.count), to: &out)
+    static func encode(_ entries: [PackEntry], into out: inout ByteWriter) {
+        out.uint32(UInt32(entries.count))
         for entry in entries {
-            out.append(entry.kind.rawValue)
-            out.append(contentsOf: entry.id.bytes)
-            append(entry.offset, to: &out)
-            append(entry.length, to: &out)
-            append(entry.rawLength, to: &out)
+            out.byte(entry.kind.rawValue | (entry.compressed ? PackEntry.compressedFlag : 0))
+            out.id(entry.id)
+            out.uint32(entry.offset)
+            out.uint32(entry.length)
+            out.uint32(entry.rawLength)
         }
     }
 
-    /// Decodes entries at `offset`, advancing it; nil when the bytes are malformed.
-    static func decode(_ bytes: [UInt8], at offset: inout Int) -> [PackEntry]? {
-        guard offset + 4 <= bytes.count else { return nil }
-        let count = Int(readUInt32(bytes, offset))
-        offset += 4
-        guard count <= (bytes.count - offset) / PackEntry.encodedSize else { return nil }
+    static func decode(_ reader: inout ByteReader) throws -> [PackEntry] {
+        let count = Int(try reader.uint32())
+        guard count <= (reader.bytes.count - reader.offset) / PackEntry.encodedSize else { throw reader.damaged() }
         var entries: [PackEntry] = []
         entries.reserveCapacity(count)
         for _ in 0..<count {
-            guard let kind = BlobKind(rawValue: bytes[offset]) else { return nil }
-            let id = BlobID(bytes: Array(bytes[offset + 1..<offset + 33]))
-            entries.append(PackEntry(id: id, kind: kind, offset: readUInt32(bytes, offset + 33), length: readUInt32(bytes, offset + 37),
-                                     rawLength: readUInt32(bytes, offset + 41)))
-            offset += PackEntry.encodedSize
+            let flags = try reader.byte()
+            guard let kind = BlobKind(rawValue: flags & ~PackEntry.compressedFlag) else { throw reader.damaged() }
+            let id = try reader.id()
+            entries.append(PackEntry(id: id, kind: kind, compressed: flags & PackEntry.compressedFlag != 0,
+                                     offset: try reader.uint32(), length: try reader.uint32(), rawLength: try reader.uint32()))
         }
         return entries
     }
 }
 
-/// One entry of a directory listing (a tree blob).
-public struct TreeNode: Codable, Sendable {
-    public enum Kind: String, Codable, Sendable { case file, directory, symlink, hardlink, other }
-    public var name: String
-    public var kind: Kind
-    public var mode: UInt32
-    public var uid: UInt32
-    public var gid: UInt32
-    /// Nanoseconds since the epoch.
-    public var mtime: Int64
-    public var ctime: Int64
-    public var inode: UInt64
-    public var size: Int64
-    /// Symlink target, or for `hardlink` the snapshot-relative path of the first link.
-    public var target: String?
-    /// Content blob ids (hex) of a file, in order.
-    public var content: [String]?
-    /// Tree blob id (hex) of a directory.
-    public var subtree: String?
-}
-
-/// A directory listing as stored in a tree blob.
-struct Tree: Codable {
-    var nodes: [TreeNode]
-}
-
 /// A snapshot file: when, what (tags), and the root tree.
 public struct Snapshot: Codable, Sendable {
+    /// The snapshot file's name (64 hex digits); not stored inside the file.
     public var id: String
     public var time: Date
     public var tags: [String: String]
+    /// Root tree blob id (hex).
     public var tree: String
     public var parent: String?
     public var summary: BackupSummary
 
+    public init(id: String, time: Date, tags: [String: String], tree: String, parent: String?, summary: BackupSummary) {
+        self.id = id
+        self.time = time
+        self.tags = tags
+        self.tree = tree
+        self.parent = parent
+        self.summary = summary
+    }
+
     public var shortID: String { String(id.prefix(8)) }
 }
 
-/// Figures from one backup, shown to users and kept in the snapshot.
+/// Figures from one backup, shown to users (`--json`) and kept in the snapshot.
 public struct BackupSummary: Codable, Sendable {
     public var filesNew = 0
     public var filesChanged = 0
@@ -141,11 +134,16 @@ public struct BackupSummary: Codable, Sendable {
     /// Files whose content was read (unchanged files are not read at all).
     public var filesRead = 0
     public var bytesRead: Int64 = 0
+    /// Size of all files in the snapshot.
     public var bytesTotal: Int64 = 0
+    /// New blobs written to packs.
     public var blobsAdded = 0
+    /// Plaintext bytes of the new blobs.
     public var bytesAdded: Int64 = 0
+    /// Bytes the new blobs take in packs (after compression and encryption).
     public var bytesStored: Int64 = 0
     public var seconds: Double = 0
+    /// Files that could not be read (vanished, permission denied); the backup still completes.
     public var errors: [String] = []
     public init() {}
 }

@@ -25,16 +25,19 @@ extension Repository {
     public func withLock<T>(exclusive: Bool, _ body: () throws -> T) throws -> T {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
-        for name in try storage.list("locks") {
-            guard let data = try? storage.read("locks/" + name), let lease = try? decoder.decode(LockLease.self, from: Data(data)) else { continue }
-            if lease.isStale {
-                try? storage.remove("locks/" + name)
-                continue
-            }
-            if exclusive || lease.exclusive {
-                throw RepositoryError("repository at \(storage.location) is locked by \(lease.exclusive ? "a prune" : "a backup") (pid \(lease.pid) on \(lease.host)) until \(lease.expires); try again later")
+        func checkConflicts(except own: String?) throws {
+            for name in try storage.list("locks") where "locks/" + name != own {
+                guard let data = try? storage.read("locks/" + name), let lease = try? decoder.decode(LockLease.self, from: Data(data)) else { continue }
+                if lease.isStale {
+                    try? storage.remove("locks/" + name)
+                    continue
+                }
+                if exclusive || lease.exclusive {
+                    throw RepositoryError("repository at \(storage.location) is locked by \(lease.exclusive ? "a prune" : "a backup") (pid \(lease.pid) on \(lease.host)) until \(lease.expires); try again later")
+                }
             }
         }
+        try checkConflicts(except: nil)
         let name = "locks/" + Hex.encode(SecureRandom.bytes(8))
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
@@ -44,6 +47,14 @@ extension Repository {
             try storage.write(name, Array(try encoder.encode(lease)))
         }
         try writeLease()
+        do {
+            // Two processes may have checked at the same moment: looking again after our lease is visible means at
+            // least one of them sees the other and backs off.
+            try checkConflicts(except: name)
+        } catch {
+            try? storage.remove(name)
+            throw error
+        }
         let renewal = DispatchSource.makeTimerSource(queue: DispatchQueue.global())
         renewal.schedule(deadline: .now() + LockLease.duration / 3, repeating: LockLease.duration / 3)
         renewal.setEventHandler { try? writeLease() }

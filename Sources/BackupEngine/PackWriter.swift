@@ -3,36 +3,49 @@ import Foundation
 import Synchronization
 import Zstd
 
-/// Collects sealed blobs into packs (~16 MiB) and writes each full pack atomically.
-/// Thread-safe: workers reserve ids and append blobs concurrently; everything mutable sits behind one Mutex.
+/// Collects sealed blobs into packs (~16 MiB) and commits each full pack atomically.
+///
+/// On a `LocalStorage` a pack is streamed into a temporary file as blobs arrive, so no pack is ever held in memory;
+/// on other storages (SFTP) it is buffered and handed to `RepositoryStorage.write`. Thread-safe: workers append
+/// concurrently; the open pack sits behind one Mutex and the slow part (fsync, rename) happens outside it.
 final class PackWriter: Sendable {
     static let targetPackSize = 16 << 20
 
-    private struct State {
-        var buffer: [UInt8] = []
+    private struct OpenPack {
+        let sink: any PackSink
         var entries: [PackEntry] = []
-        /// Ids already stored or being stored, so a chunk seen twice is compressed and encrypted once.
-        var reserved: Set<BlobID>
-        /// Packs written by this writer, with their entries: the caller turns them into an index file.
+        var size = 0
+    }
+
+    private struct State {
+        var current: OpenPack?
+        /// Ids being stored by this writer, so a chunk seen twice is compressed and encrypted once.
+        var reserved: Set<BlobID> = []
+        /// Packs committed by this writer, with their entries: the caller turns them into an index file.
         var written: [(pack: String, entries: [PackEntry])] = []
         var bytesStored: Int64 = 0
+        var blobs = 0
     }
 
-    private let state: Mutex<State>
+    private let state = Mutex(State())
     private let storage: any RepositoryStorage
     private let dataKey: [UInt8]
-    private let beforePackWrite: (@Sendable (String) throws -> Void)?
+    /// Blobs already in the repository's index are never stored again.
+    private let isIndexed: @Sendable (BlobID) -> Bool
+    private let beforePackCommit: (@Sendable (String) throws -> Void)?
 
-    init(storage: any RepositoryStorage, dataKey: [UInt8], known: Set<BlobID>, beforePackWrite: (@Sendable (String) throws -> Void)? = nil) {
+    init(storage: any RepositoryStorage, dataKey: [UInt8], isIndexed: @escaping @Sendable (BlobID) -> Bool = { _ in false },
+         beforePackCommit: (@Sendable (String) throws -> Void)? = nil) {
         self.storage = storage
         self.dataKey = dataKey
-        self.beforePackWrite = beforePackWrite
-        state = Mutex(State(reserved: known))
+        self.isIndexed = isIndexed
+        self.beforePackCommit = beforePackCommit
     }
 
-    /// True when the caller should store `id`; false when it is already stored or reserved.
+    /// True when the caller should store `id`; false when it is already stored or being stored.
     func reserve(_ id: BlobID) -> Bool {
-        state.withLock { $0.reserved.insert(id).inserted }
+        if isIndexed(id) { return false }
+        return state.withLock { $0.reserved.insert(id).inserted }
     }
 
     /// Releases a reservation after a failure, so a later attempt stores the blob.
@@ -40,56 +53,130 @@ final class PackWriter: Sendable {
         _ = state.withLock { $0.reserved.remove(id) }
     }
 
-    /// Compresses (when it pays), encrypts and appends one blob. May write a full pack.
+    /// Compresses (when that saves at least 1/32), encrypts and appends one blob. May commit a full pack.
     func add(id: BlobID, kind: BlobKind, plaintext: UnsafeRawBufferPointer, compressor: ZstdCompressor) throws {
-        var payload = [UInt8]()
-        payload.reserveCapacity(plaintext.count + 1)
+        var sealed: [UInt8]?
         if plaintext.count >= 64, let compressed = try? compressor.compress(plaintext), compressed.count < plaintext.count - plaintext.count / 32 {
-            payload.append(1)
-            payload.append(contentsOf: compressed)
-        } else {
-            payload.append(0)
-            payload.append(contentsOf: plaintext)
+            sealed = try AES256GCM.seal(compressed, key: dataKey)
         }
-        try addSealed(id: id, kind: kind, sealed: try AES256GCM.seal(payload, key: dataKey), rawLength: UInt32(plaintext.count))
+        let compressed = sealed != nil
+        if sealed == nil { sealed = try AES256GCM.seal(plaintext, key: dataKey) }
+        try addSealed(id: id, kind: kind, compressed: compressed, sealed: sealed!, rawLength: UInt32(plaintext.count))
     }
 
     /// Appends a blob that is already sealed (prune copies live blobs out of mostly-dead packs this way).
-    func addSealed(id: BlobID, kind: BlobKind, sealed: [UInt8], rawLength: UInt32) throws {
-        let full: ([UInt8], [PackEntry])? = state.withLock { state in
-            state.entries.append(PackEntry(id: id, kind: kind, offset: UInt32(state.buffer.count), length: UInt32(sealed.count), rawLength: rawLength))
-            state.buffer.append(contentsOf: sealed)
+    func addSealed(id: BlobID, kind: BlobKind, compressed: Bool, sealed: [UInt8], rawLength: UInt32) throws {
+        let full: OpenPack? = try state.withLock { state throws -> OpenPack? in
+            if state.current == nil { state.current = OpenPack(sink: try makeSink()) }
+            try state.current!.sink.append(sealed)
+            state.current!.entries.append(PackEntry(id: id, kind: kind, compressed: compressed, offset: UInt32(state.current!.size),
+                                                    length: UInt32(sealed.count), rawLength: rawLength))
+            state.current!.size += sealed.count
             state.bytesStored += Int64(sealed.count)
-            guard state.buffer.count >= Self.targetPackSize else { return nil }
-            defer { state.buffer = []; state.entries = [] }
-            return (state.buffer, state.entries)
+            state.blobs += 1
+            guard state.current!.size >= Self.targetPackSize else { return nil }
+            defer { state.current = nil }
+            return state.current
         }
-        if let (buffer, entries) = full { try writePack(buffer, entries) }
+        if let full { try commit(full) }
     }
 
-    /// Writes the partial last pack. Returns every pack written, for the index.
-    func finish() throws -> (packs: [(pack: String, entries: [PackEntry])], bytesStored: Int64) {
-        let last: ([UInt8], [PackEntry])? = state.withLock { state in
-            guard !state.entries.isEmpty else { return nil }
-            defer { state.buffer = []; state.entries = [] }
-            return (state.buffer, state.entries)
+    /// Commits the partial last pack. Returns every pack committed, for the index.
+    func finish() throws -> (packs: [(pack: String, entries: [PackEntry])], bytesStored: Int64, blobs: Int) {
+        let last = state.withLock { state -> OpenPack? in
+            defer { state.current = nil }
+            return state.current
         }
-        if let (buffer, entries) = last { try writePack(buffer, entries) }
-        return state.withLock { ($0.written, $0.bytesStored) }
+        if let last { try commit(last) }
+        return state.withLock { ($0.written, $0.bytesStored, $0.blobs) }
     }
 
-    /// A pack is its sealed blobs, then its sealed header, then the header's length (4 bytes, little endian).
-    /// Its name is the SHA-256 of its bytes, so a damaged pack can be recognized by name alone.
-    private func writePack(_ blobs: [UInt8], _ entries: [PackEntry]) throws {
-        var header = [UInt8]()
-        BinaryCodec.encode(entries, into: &header)
-        let sealedHeader = try AES256GCM.seal(header, key: dataKey)
-        var pack = blobs
-        pack.append(contentsOf: sealedHeader)
-        BinaryCodec.append(UInt32(sealedHeader.count), to: &pack)
-        let name = SHA256.hex(pack)
-        try beforePackWrite?(name)
-        try storage.write(Repository.packPath(name), pack)
-        state.withLock { $0.written.append((name, entries)) }
+    /// After a failure: drops the open pack's temporary file and deletes the packs this writer committed (no index
+    /// refers to them yet, so nothing can need them), which also gives the space back on a full disk.
+    func abandon() {
+        let (open, written) = state.withLock { state in
+            defer { state.current = nil; state.written = [] }
+            return (state.current, state.written)
+        }
+        open?.sink.abort()
+        for (pack, _) in written { try? storage.remove(Repository.packPath(pack)) }
     }
+
+    private func makeSink() throws -> any PackSink {
+        if let local = storage as? LocalStorage { return try FilePackSink(storage: local) }
+        return MemoryPackSink(storage: storage)
+    }
+
+    /// A pack is its sealed blobs, then its sealed header (the entries), then the header's length (4 bytes, little
+    /// endian), so it can be read back without the index. Its name is random: 32 bytes, hex.
+    private func commit(_ pack: OpenPack) throws {
+        do {
+            var header = ByteWriter()
+            BinaryCodec.encode(pack.entries, into: &header)
+            var trailer = try AES256GCM.seal(header.bytes, key: dataKey, aad: Array("fleetkeep pack header".utf8))
+            withUnsafeBytes(of: UInt32(trailer.count).littleEndian) { trailer.append(contentsOf: $0) }
+            let name = Hex.encode(SecureRandom.bytes(32))
+            try beforePackCommit?(name)
+            try pack.sink.commit(trailer: trailer, path: Repository.packPath(name))
+            state.withLock { $0.written.append((name, pack.entries)) }
+        } catch {
+            pack.sink.abort()
+            throw error
+        }
+    }
+}
+
+/// Where a pack's bytes go while it is being filled. Used by one thread at a time: under the writer's lock while
+/// filling, then by the thread that commits it (hence `@unchecked Sendable` on the implementations).
+protocol PackSink: Sendable {
+    func append(_ bytes: [UInt8]) throws
+    func commit(trailer: [UInt8], path: String) throws
+    func abort()
+}
+
+/// Streams a pack into `data/.tmp-*` and renames it into place: constant memory however large the backup.
+final class FilePackSink: PackSink, @unchecked Sendable {
+    private let storage: LocalStorage
+    private let temporary: String
+    private var descriptor: Int32
+
+    init(storage: LocalStorage) throws {
+        self.storage = storage
+        (descriptor, temporary) = try storage.createTemporaryFile(in: "data")
+    }
+
+    func append(_ bytes: [UInt8]) throws {
+        try storage.writeAll(descriptor, bytes, path: "data/pack")
+    }
+
+    func commit(trailer: [UInt8], path: String) throws {
+        try storage.writeAll(descriptor, trailer, path: path)
+        try storage.commitTemporaryFile(descriptor, temporary, to: path)
+        descriptor = -1
+    }
+
+    func abort() {
+        if descriptor >= 0 { close(descriptor); descriptor = -1 }
+        unlink(temporary)
+    }
+
+    deinit { if descriptor >= 0 { close(descriptor); unlink(temporary) } }
+}
+
+/// Buffers a pack for storages that can only write whole files (SFTP).
+final class MemoryPackSink: PackSink, @unchecked Sendable {
+    private let storage: any RepositoryStorage
+    private var buffer: [UInt8] = []
+
+    init(storage: any RepositoryStorage) { self.storage = storage }
+
+    func append(_ bytes: [UInt8]) throws { buffer.append(contentsOf: bytes) }
+
+    func commit(trailer: [UInt8], path: String) throws {
+        buffer.append(contentsOf: trailer)
+        try storage.write(path, buffer)
+        buffer = []
+    }
+
+    func abort() { buffer = [] }
 }

@@ -27,7 +27,8 @@ public final class Repository: Sendable {
                 packNumbers[pack] = number
             }
             for entry in entries {
-                blobs[entry.id] = BlobLocation(pack: number, kind: entry.kind, offset: entry.offset, length: entry.length, rawLength: entry.rawLength)
+                blobs[entry.id] = BlobLocation(pack: number, kind: entry.kind, compressed: entry.compressed, offset: entry.offset,
+                                               length: entry.length, rawLength: entry.rawLength)
             }
         }
     }
@@ -83,19 +84,25 @@ public final class Repository: Sendable {
 
     // MARK: Index
 
+    /// Index files hold, per pack, its name (32 bytes) and its entries; the whole is zstd-compressed and sealed.
+    static let indexAAD = Array("fleetkeep index".utf8)
+
     func reloadIndex() throws {
         var loaded = LoadedIndex()
+        let decompressor = ZstdDecompressor()
         for name in try storage.list("index") {
+            let what = "index file index/\(name.prefix(16))"
             let sealed = try storage.read("index/" + name)
-            let bytes = try decrypt(sealed, what: "index file index/\(name)")
-            let plain = try Zstd.decompress(bytes, maxOutputSize: 1 << 30)
-            var offset = 0
-            while offset < plain.count {
-                guard offset + 32 <= plain.count else { throw RepositoryError("index file index/\(name) is damaged") }
-                let pack = Hex.encode(plain[offset..<offset + 32])
-                offset += 32
-                guard let entries = BinaryCodec.decode(plain, at: &offset) else { throw RepositoryError("index file index/\(name) is damaged") }
-                loaded.add(pack: pack, entries: entries)
+            let plain: [UInt8]
+            do {
+                plain = try decompressor.decompress(try AES256GCM.open(sealed, key: keys.dataKey, aad: Self.indexAAD), maxOutputSize: 1 << 30)
+            } catch {
+                throw RepositoryError("\(what) is damaged: it does not authenticate (flipped bytes or truncation); run verify")
+            }
+            var reader = ByteReader(plain, what: what)
+            while !reader.isAtEnd {
+                let pack = try reader.id()
+                loaded.add(pack: pack.hex, entries: try BinaryCodec.decode(&reader))
             }
             loaded.indexFiles.append(name)
         }
@@ -103,14 +110,16 @@ public final class Repository: Sendable {
     }
 
     /// Writes an index file for `packs` and adds them to the loaded index.
+    @discardableResult
     func writeIndex(_ packs: [(pack: String, entries: [PackEntry])]) throws -> String? {
         guard !packs.isEmpty else { return nil }
-        var plain = [UInt8]()
+        var plain = ByteWriter()
         for (pack, entries) in packs {
-            plain.append(contentsOf: Hex.decode(pack)!)
+            guard let id = BlobID(hex: pack) else { throw RepositoryError("internal error: pack name \(pack) is not 64 hex digits") }
+            plain.id(id)
             BinaryCodec.encode(entries, into: &plain)
         }
-        let sealed = try AES256GCM.seal(try Zstd.compress(plain), key: keys.dataKey)
+        let sealed = try AES256GCM.seal(try Zstd.compress(plain.bytes), key: keys.dataKey, aad: Self.indexAAD)
         let name = SHA256.hex(sealed)
         try storage.write("index/" + name, sealed)
         indexState.withLock { state in
@@ -120,7 +129,8 @@ public final class Repository: Sendable {
         return name
     }
 
-    var knownBlobs: Set<BlobID> { indexState.withLock { Set($0.blobs.keys) } }
+    func isIndexed(_ id: BlobID) -> Bool { indexState.withLock { $0.blobs[id] != nil } }
+
 
     func location(of id: BlobID) -> (pack: String, location: BlobLocation)? {
         indexState.withLock { state in
@@ -132,7 +142,7 @@ public final class Repository: Sendable {
 
     // MARK: Blobs
 
-    func decrypt(_ sealed: [UInt8], what: String) throws -> [UInt8] {
+    func decrypt<D: ContiguousBytes>(_ sealed: D, what: String) throws -> [UInt8] {
         do {
             return try AES256GCM.open(sealed, key: keys.dataKey)
         } catch {
@@ -141,24 +151,32 @@ public final class Repository: Sendable {
     }
 
     /// Reads, decrypts, decompresses and authenticates one blob.
-    func loadBlob(_ id: BlobID, decompressor: ZstdDecompressor = ZstdDecompressor()) throws -> [UInt8] {
+    func loadBlob(_ id: BlobID, decompressor: ZstdDecompressor) throws -> [UInt8] {
         guard let (pack, location) = location(of: id) else {
             throw RepositoryError("blob \(id) is missing from the index (repository incomplete; run verify)")
         }
-        let sealed = try storage.read(Self.packPath(pack), offset: Int(location.offset), length: Int(location.length))
-        return try openBlob(sealed, id: id, rawLength: Int(location.rawLength), pack: pack, decompressor: decompressor)
+        let sealed: [UInt8]
+        do {
+            sealed = try storage.read(Self.packPath(pack), offset: Int(location.offset), length: Int(location.length))
+        } catch {
+            throw RepositoryError("blob \(id) cannot be read from pack \(pack.prefix(16)): \(error)")
+        }
+        return try openBlob(sealed, id: id, location: location, pack: pack, decompressor: decompressor)
     }
 
-    func openBlob(_ sealed: [UInt8], id: BlobID, rawLength: Int, pack: String, decompressor: ZstdDecompressor) throws -> [UInt8] {
+    func openBlob<D: ContiguousBytes>(_ sealed: D, id: BlobID, location: BlobLocation, pack: String, decompressor: ZstdDecompressor) throws -> [UInt8] {
         let payload = try decrypt(sealed, what: "blob \(id) in pack \(pack.prefix(16))")
-        guard let flag = payload.first else { throw RepositoryError("blob \(id) is empty") }
         let plain: [UInt8]
-        if flag == 1 {
-            plain = try payload.withUnsafeBytes { try decompressor.decompress(UnsafeRawBufferPointer(rebasing: $0.dropFirst()), maxOutputSize: rawLength) }
+        if location.compressed {
+            do {
+                plain = try decompressor.decompress(payload, maxOutputSize: Int(location.rawLength))
+            } catch {
+                throw RepositoryError("blob \(id) in pack \(pack.prefix(16)) does not decompress (damaged)")
+            }
         } else {
-            plain = Array(payload.dropFirst())
+            plain = payload
         }
-        guard HMACSHA256.authenticate(plain, key: keys.idKey) == id.bytes else {
+        guard plain.count == Int(location.rawLength), HMACSHA256.authenticate(plain, key: keys.idKey) == id.bytes else {
             throw RepositoryError("blob \(id) in pack \(pack.prefix(16)) does not match its id (damaged)")
         }
         return plain
@@ -166,14 +184,14 @@ public final class Repository: Sendable {
 
     func blobID<D: ContiguousBytes>(_ data: D) -> BlobID { BlobID(bytes: HMACSHA256.authenticate(data, key: keys.idKey)) }
 
-    func loadTree(_ hex: String) throws -> Tree {
-        guard let id = BlobID(hex: hex) else { throw RepositoryError("snapshot refers to a malformed tree id") }
-        let bytes = try loadBlob(id)
-        do {
-            return try JSONDecoder().decode(Tree.self, from: Data(bytes))
-        } catch {
-            throw RepositoryError("tree \(id) is not a valid directory listing")
-        }
+    func loadTree(_ id: BlobID, decompressor: ZstdDecompressor = ZstdDecompressor()) throws -> Tree {
+        guard location(of: id)?.location.kind != .data else { throw RepositoryError("blob \(id) is file data, not a directory listing (damaged)") }
+        return try Tree(decoding: try loadBlob(id, decompressor: decompressor), what: "tree \(id)")
+    }
+
+    func loadTree(_ hex: String, decompressor: ZstdDecompressor = ZstdDecompressor()) throws -> Tree {
+        guard let id = BlobID(hex: hex) else { throw RepositoryError("snapshot refers to a malformed tree id \(hex.debugDescription)") }
+        return try loadTree(id, decompressor: decompressor)
     }
 
     // MARK: Snapshots
@@ -190,7 +208,7 @@ public final class Repository: Sendable {
         decoder.dateDecodingStrategy = .iso8601
         for name in try storage.list("snapshots") {
             guard let sealed = try? storage.read("snapshots/" + name),
-                  let plain = try? AES256GCM.open(sealed, key: keys.dataKey),
+                  let plain = try? AES256GCM.open(sealed, key: keys.dataKey, aad: Self.snapshotAAD),
                   var snapshot = try? decoder.decode(Snapshot.self, from: Data(plain)) else {
                 damaged.append(name)
                 continue
@@ -201,11 +219,13 @@ public final class Repository: Sendable {
         return (result.sorted { $0.time < $1.time }, damaged)
     }
 
+    static let snapshotAAD = Array("fleetkeep snapshot".utf8)
+
     func writeSnapshot(_ snapshot: Snapshot) throws -> String {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = [.sortedKeys]
-        let sealed = try AES256GCM.seal(try encoder.encode(snapshot), key: keys.dataKey)
+        let sealed = try AES256GCM.seal(try encoder.encode(snapshot), key: keys.dataKey, aad: Self.snapshotAAD)
         let name = SHA256.hex(sealed)
         try storage.write("snapshots/" + name, sealed)
         return name

@@ -77,39 +77,71 @@ public struct LocalStorage: RepositoryStorage {
     }
 
     public func write(_ path: String, _ data: [UInt8]) throws {
-        let target = try full(path)
-        let directory = (target as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let temporary = directory + "/.tmp-" + UUID().uuidString
-        let descriptor = open(temporary, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw failure(path, "create") }
-        var ok = false
-        defer {
-            if !ok { unlink(temporary) }
+        let directory = ((try full(path)) as NSString).deletingLastPathComponent
+        let relativeDirectory = (path as NSString).deletingLastPathComponent
+        let (descriptor, temporary) = try createTemporaryFile(in: relativeDirectory.isEmpty ? nil : relativeDirectory)
+        do {
+            try writeAll(descriptor, data, path: path)
+            try commitTemporaryFile(descriptor, temporary, to: path)
+        } catch {
+            close(descriptor)
+            unlink(temporary)
+            _ = directory
+            throw error
         }
+    }
+
+    /// Creates `<directory>/.tmp-<random>` (mode 0600) for a file written in pieces; `list` never shows it.
+    func createTemporaryFile(in directory: String?) throws -> (descriptor: Int32, path: String) {
+        let absolute = try directory.map { try full($0) } ?? root
+        do {
+            try FileManager.default.createDirectory(atPath: absolute, withIntermediateDirectories: true)
+        } catch {
+            throw StorageError(path: absolute, message: "cannot create directory: \(error.localizedDescription)")
+        }
+        let temporary = absolute + "/.tmp-" + UUID().uuidString
+        let descriptor = open(temporary, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw failure(directory ?? ".", "create") }
+        return (descriptor, temporary)
+    }
+
+    /// Writes all of `data`, retrying short writes; names `path` and explains a full disk on failure.
+    func writeAll(_ descriptor: Int32, _ data: [UInt8], path: String) throws {
         var done = 0
         while done < data.count {
             let wrote = data.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + done, data.count - done) }
             if wrote < 0 {
                 if errno == EINTR { continue }
-                let error = failure(path, "write")
-                close(descriptor)
-                throw error
+                throw failure(path, "write")
             }
             done += wrote
         }
-        guard fsync(descriptor) == 0 else {
-            let error = failure(path, "fsync")
-            close(descriptor)
+    }
+
+    /// fsync, close, rename into place, fsync the directory: after this returns the file survives a power cut.
+    /// On failure the descriptor is closed and the temporary file removed.
+    func commitTemporaryFile(_ descriptor: Int32, _ temporary: String, to path: String) throws {
+        var closed = false
+        do {
+            let target = try full(path)
+            let directory = (target as NSString).deletingLastPathComponent
+            guard fsync(descriptor) == 0 else { throw failure(path, "fsync") }
+            closed = true
+            guard close(descriptor) == 0 else { throw failure(path, "close") }
+            if rename(temporary, target) != 0 {
+                guard errno == ENOENT else { throw failure(path, "rename") }
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                guard rename(temporary, target) == 0 else { throw failure(path, "rename") }
+            }
+            let directoryDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if directoryDescriptor >= 0 {
+                fsync(directoryDescriptor)
+                close(directoryDescriptor)
+            }
+        } catch {
+            if !closed { close(descriptor) }
+            unlink(temporary)
             throw error
-        }
-        close(descriptor)
-        guard rename(temporary, target) == 0 else { throw failure(path, "rename") }
-        ok = true
-        let directoryDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if directoryDescriptor >= 0 {
-            fsync(directoryDescriptor)
-            close(directoryDescriptor)
         }
     }
 

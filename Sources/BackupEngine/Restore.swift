@@ -18,7 +18,8 @@ extension Repository {
     /// the snapshot are validated, directories are created by us, and existing symlinks are never followed.
     /// Damaged files are listed in `errors`; everything else is restored.
     public func restore(_ snapshot: Snapshot, subpath: String? = nil, target: String) throws -> RestoreSummary {
-        var root = try loadTree(snapshot.tree)
+        let decompressor = ZstdDecompressor()
+        var root = try loadTree(snapshot.tree, decompressor: decompressor)
         var prefix = ""
         if let subpath, !subpath.isEmpty, subpath != "/" {
             let components = subpath.split(separator: "/").map(String.init)
@@ -30,30 +31,36 @@ extension Repository {
                     root = Tree(nodes: [node])
                 } else {
                     guard node.kind == .directory, let subtree = node.subtree else { throw RepositoryError("\(subpath) is not a directory in snapshot \(snapshot.shortID)") }
-                    root = try loadTree(subtree)
+                    root = try loadTree(subtree, decompressor: decompressor)
                     prefix = prefix.isEmpty ? component : prefix + "/" + component
                 }
             }
         }
+        // The whole snapshot is read and every name validated before anything is written.
+        var plan = RestorePlan()
+        try plan.collect(tree: root, directory: target, relative: prefix, repository: self, decompressor: decompressor)
         do {
             try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
         } catch {
             throw RepositoryError("cannot create restore target \(target): \(error.localizedDescription)")
         }
-        var plan = RestorePlan()
-        try plan.collect(tree: root, directory: target, relative: prefix, repository: self)
         return try plan.execute(repository: self, target: target, prefix: prefix)
     }
 
-    /// Writes the single file of a stream snapshot (a database dump) to `descriptor`.
+    /// Writes the single file of a stream snapshot (a database dump) to `handle`.
+    public func restoreStream(_ snapshot: Snapshot, to handle: FileHandle) throws {
+        try restoreStream(snapshot, to: handle.fileDescriptor)
+    }
+
+    /// Writes the single file of a stream snapshot (a database dump) to `descriptor`. Throws on the first damaged
+    /// blob (what was written so far must then be discarded by the caller).
     public func restoreStream(_ snapshot: Snapshot, to descriptor: Int32) throws {
         let root = try loadTree(snapshot.tree)
         guard root.nodes.count == 1, let node = root.nodes.first, node.kind == .file else {
             throw RepositoryError("snapshot \(snapshot.shortID) is not a single-stream snapshot")
         }
         let decompressor = ZstdDecompressor()
-        for hex in node.content ?? [] {
-            guard let id = BlobID(hex: hex) else { throw RepositoryError("snapshot \(snapshot.shortID) has a malformed blob id") }
+        for id in node.content {
             let bytes = try loadBlob(id, decompressor: decompressor)
             try writeAll(descriptor, bytes, what: "output")
         }
@@ -70,6 +77,46 @@ func writeAll(_ descriptor: Int32, _ bytes: [UInt8], what: String) throws {
         }
         done += wrote
     }
+}
+
+/// Writes `bytes` at `offset`, leaving aligned all-zero 4 KiB blocks unwritten: with the final ftruncate they
+/// become holes, so sparse files (and runs of zeros in any file) stay sparse.
+func writeSparse(_ descriptor: Int32, _ bytes: [UInt8], at offset: Int64, what: String) throws {
+    let block = 4096
+    try bytes.withUnsafeBytes { raw in
+        var index = 0
+        while index < raw.count {
+            // Extend a run of data blocks until the next all-zero block.
+            var end = index
+            while end < raw.count {
+                let length = min(block, raw.count - end)
+                if length == block && isZero(UnsafeRawBufferPointer(rebasing: raw[end..<end + block])) { break }
+                end += length
+            }
+            var done = index
+            while done < end {
+                let wrote = pwrite(descriptor, raw.baseAddress! + done, end - done, off_t(offset) + off_t(done))
+                if wrote < 0 {
+                    if errno == EINTR { continue }
+                    throw RepositoryError("writing \(what) failed: \(String(cString: strerror(errno)))")
+                }
+                done += wrote
+            }
+            index = end
+            while index + block <= raw.count && isZero(UnsafeRawBufferPointer(rebasing: raw[index..<index + block])) { index += block }
+        }
+    }
+}
+
+private func isZero(_ block: UnsafeRawBufferPointer) -> Bool {
+    var accumulated: UInt64 = 0
+    var index = 0
+    while index + 8 <= block.count {
+        accumulated |= block.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+        index += 8
+    }
+    while index < block.count { accumulated |= UInt64(block[index]); index += 1 }
+    return accumulated == 0
 }
 
 /// Creates a directory, refusing to reuse anything that is not a real directory (a symlink could lead outside).
@@ -91,7 +138,7 @@ struct RestorePlan {
     var hardlinks: [(path: String, relative: String, target: String)] = []
     var others: [(path: String, node: TreeNode)] = []
 
-    mutating func collect(tree: Tree, directory: String, relative: String, repository: Repository) throws {
+    mutating func collect(tree: Tree, directory: String, relative: String, repository: Repository, decompressor: ZstdDecompressor) throws {
         var seen = Set<String>()
         for node in tree.nodes {
             try validateTreeName(node.name)
@@ -102,9 +149,11 @@ struct RestorePlan {
             let childRelative = relative.isEmpty ? node.name : relative + "/" + node.name
             switch node.kind {
             case .directory:
-                try makeDirectory(path)
                 directories.append((path, node))
-                if let subtree = node.subtree { try collect(tree: try repository.loadTree(subtree), directory: path, relative: childRelative, repository: repository) }
+                if let subtree = node.subtree {
+                    try collect(tree: try repository.loadTree(subtree, decompressor: decompressor), directory: path, relative: childRelative,
+                                repository: repository, decompressor: decompressor)
+                }
             case .file: files.append(FileJob(path: path, relative: childRelative, node: node))
             case .symlink: symlinks.append((path, node))
             case .hardlink:
@@ -118,6 +167,8 @@ struct RestorePlan {
     }
 
     func execute(repository: Repository, target: String, prefix: String) throws -> RestoreSummary {
+        // Parents come before children in `directories`.
+        for (path, _) in directories { try makeDirectory(path) }
         let summary = Mutex(RestoreSummary())
         let next = Atomic<Int>(0)
         let isRoot = getuid() == 0
@@ -138,6 +189,15 @@ struct RestorePlan {
             }
         }
         var result = summary.withLock { $0 }
+        // Hard links before symlinks: no symlink exists yet in the target, so a link path cannot lead outside.
+        for link in hardlinks {
+            let relativeTarget = prefix.isEmpty ? link.target : (link.target.hasPrefix(prefix + "/") ? String(link.target.dropFirst(prefix.count + 1)) : link.target)
+            let source = target + "/" + relativeTarget
+            unlink(link.path)
+            if Glibc.link(source, link.path) == 0 { result.hardlinks += 1 } else {
+                result.errors.append("\(link.relative): cannot create hard link to \(link.target): \(String(cString: strerror(errno)))")
+            }
+        }
         for (path, node) in symlinks {
             unlink(path)
             guard symlink(node.target ?? "", path) == 0 else {
@@ -147,14 +207,6 @@ struct RestorePlan {
             if isRoot { lchown(path, node.uid, node.gid) }
             setTimes(path: path, node: node, followLinks: false)
             result.symlinks += 1
-        }
-        for link in hardlinks {
-            let relativeTarget = prefix.isEmpty ? link.target : (link.target.hasPrefix(prefix + "/") ? String(link.target.dropFirst(prefix.count + 1)) : link.target)
-            let source = target + "/" + relativeTarget
-            unlink(link.path)
-            if Glibc.link(source, link.path) == 0 { result.hardlinks += 1 } else {
-                result.errors.append("\(link.relative): cannot create hard link to \(link.target): \(String(cString: strerror(errno)))")
-            }
         }
         for (path, node) in others where node.mode & S_IFMT == S_IFIFO {
             mkfifo(path, node.mode & 0o7777)
@@ -174,15 +226,9 @@ struct RestorePlan {
         guard descriptor >= 0 else { throw RepositoryError("cannot create: \(String(cString: strerror(errno)))") }
         defer { close(descriptor) }
         var offset: Int64 = 0
-        for hex in job.node.content ?? [] {
-            guard let id = BlobID(hex: hex) else { throw RepositoryError("malformed blob id") }
+        for id in job.node.content {
             let bytes = try repository.loadBlob(id, decompressor: decompressor)
-            // All-zero chunks become holes, which keeps sparse files sparse.
-            if bytes.count >= 4096 && bytes.allSatisfy({ $0 == 0 }) {
-                lseek(descriptor, off_t(bytes.count), SEEK_CUR)
-            } else {
-                try writeAll(descriptor, bytes, what: job.relative)
-            }
+            try writeSparse(descriptor, bytes, at: offset, what: job.relative)
             offset += Int64(bytes.count)
         }
         guard ftruncate(descriptor, off_t(offset)) == 0 else { throw RepositoryError("cannot set size: \(String(cString: strerror(errno)))") }

@@ -45,15 +45,20 @@ public struct PruneReport: Codable, Sendable {
     public var removedSnapshots: [String] = []
     public var packsDeleted = 0
     public var packsRewritten = 0
+    /// Packs no index named (left by interrupted backups), deleted.
+    public var unindexedPacksDeleted = 0
     public var bytesFreed: Int64 = 0
 }
 
 extension Repository {
-    /// Applies `policy` to each group of snapshots (same tags apart from time), then frees the data no kept
-    /// snapshot needs. Crash-safe: snapshots are forgotten first, new packs and a new index are written before
-    /// any old index or pack is deleted, so a kill at any point leaves a repository that verifies.
+    /// Applies `policy` to each group of snapshots (same tags: account, kind, host and, for dumps, database), then
+    /// frees the data no kept snapshot needs. Holds an exclusive lease. Crash-safe: snapshots are forgotten first;
+    /// packs holding live blobs are rewritten and a new index is written before any old index or pack is deleted,
+    /// so a kill at any point leaves a repository that verifies (at worst with garbage the next prune removes).
     public func prune(policy: @escaping (_ tags: [String: String]) -> RetentionPolicy, dryRun: Bool) throws -> PruneReport {
         try withLock(exclusive: true) {
+            // Another process may have added index files or snapshots since we opened the repository.
+            try reloadIndex()
             var report = PruneReport(dryRun: dryRun)
             let all = try snapshots()
             let groups = Dictionary(grouping: all) { $0.tags }
@@ -65,6 +70,8 @@ extension Repository {
                     else { report.removedSnapshots.append(snapshot.id) }
                 }
             }
+            report.keptSnapshots.sort()
+            report.removedSnapshots.sort()
             if !dryRun {
                 for id in report.removedSnapshots { try storage.remove("snapshots/" + id) }
             }
@@ -88,25 +95,35 @@ extension Repository {
                     rewrite.append((pack, live))
                     report.bytesFreed += totalBytes - liveBytes
                 } else {
-                    liveEntries.append((pack, live.map { PackEntry(id: $0.0, kind: $0.1.kind, offset: $0.1.offset, length: $0.1.length, rawLength: $0.1.rawLength) }))
+                    liveEntries.append((pack, live.map { PackEntry(id: $0.0, kind: $0.1.kind, compressed: $0.1.compressed, offset: $0.1.offset,
+                                                                   length: $0.1.length, rawLength: $0.1.rawLength) }))
                 }
             }
+            let indexed = Set(index.packs)
+            let unindexed = try packNames().filter { !indexed.contains($0) }
+            for pack in unindexed { report.bytesFreed += Int64(try storage.size(Self.packPath(pack)) ?? 0) }
+            report.unindexedPacksDeleted = unindexed.count
             report.packsDeleted = deadPacks.count + rewrite.count
             report.packsRewritten = rewrite.count
             if dryRun { return report }
-            let writer = PackWriter(storage: storage, dataKey: keys.dataKey, known: [])
-            for (pack, live) in rewrite {
-                let bytes = try storage.read(Self.packPath(pack))
-                for (id, location) in live {
-                    try writer.addSealed(id: id, kind: location.kind, sealed: Array(bytes[Int(location.offset)..<Int(location.offset + location.length)]),
-                                         rawLength: location.rawLength)
+            let writer = PackWriter(storage: storage, dataKey: keys.dataKey)
+            do {
+                for (pack, live) in rewrite {
+                    let bytes = try storage.read(Self.packPath(pack))
+                    for (id, location) in live {
+                        try writer.addSealed(id: id, kind: location.kind, compressed: location.compressed,
+                                             sealed: Array(bytes[Int(location.offset)..<Int(location.offset + location.length)]), rawLength: location.rawLength)
+                    }
                 }
+                let (newPacks, _, _) = try writer.finish()
+                try writeIndex(liveEntries + newPacks)
+            } catch {
+                writer.abandon()
+                throw error
             }
-            let (newPacks, _) = try writer.finish()
-            let oldIndexFiles = index.indexFiles
-            _ = try writeIndex(liveEntries + newPacks)
-            for name in oldIndexFiles { try storage.remove("index/" + name) }
-            for pack in deadPacks + rewrite.map(\.pack) { try storage.remove(Self.packPath(pack)) }
+            for name in index.indexFiles { try storage.remove("index/" + name) }
+            for pack in deadPacks + rewrite.map(\.pack) + unindexed { try storage.remove(Self.packPath(pack)) }
+            (storage as? LocalStorage)?.removeTemporaryFiles()
             try reloadIndex()
             return report
         }

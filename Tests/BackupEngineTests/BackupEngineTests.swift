@@ -13,7 +13,7 @@ struct EngineScene {
     var storage: LocalStorage { LocalStorage(root: repoPath) }
 
     init(accounts: Int = 2, sizeMB: Int = 6, seed: Int = 3) throws {
-        try HostingFixtureTool.create(root, accounts: accounts, sizeMB: sizeMB, seed: seed)
+        try HostingFixture.create(root: root, accounts: accounts, sizeMB: sizeMB, seed: seed)
     }
 
     func initialize() throws -> Repository {
@@ -23,7 +23,7 @@ struct EngineScene {
 
     func open() throws -> Repository { try Repository.open(storage: storage, keySource: .keyFile(keyFile)) }
 
-    func manifest(_ path: String) throws -> String { try HostingFixtureTool.manifest(path) }
+    func manifest(_ path: String) throws -> String { try HostingFixture.manifest(root: path) }
 }
 
 struct RoundTripTests {
@@ -38,7 +38,7 @@ struct RoundTripTests {
         #expect(restored.errors.isEmpty, "\(restored.errors)")
         #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
 
-        try HostingFixtureTool.churn(scene.root, percent: 5)
+        try HostingFixture.churn(root: scene.root, percent: 5)
         let second = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
         #expect(second.parent == first.id)
         #expect(second.summary.filesUnchanged > 0)
@@ -138,8 +138,8 @@ struct DamageTests {
                 return node.kind == .file ? [(path, node)] : []
             }
         }
-        let (victimPath, victim) = try #require(try files(tree, "").filter { !($0.1.content ?? []).isEmpty }.max { $0.1.size < $1.1.size })
-        let (pack, location) = try #require(repository.location(of: BlobID(hex: victim.content![0])!))
+        let (victimPath, victim) = try #require(try files(tree, "").filter { !$0.1.content.isEmpty }.max { $0.1.size < $1.1.size })
+        let (pack, location) = try #require(repository.location(of: victim.content[0]))
         let packFile = scene.repoPath + "/" + Repository.packPath(pack)
         var bytes = [UInt8](FileManager.default.contents(atPath: packFile)!)
         bytes[Int(location.offset) + 20] ^= 0x01
@@ -160,16 +160,34 @@ struct DamageTests {
     @Test func hostileNamesInASnapshotAreRefused() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 1)
         let repository = try scene.initialize()
-        let writer = PackWriter(storage: scene.storage, dataKey: repository.keys.dataKey, known: [])
-        let evil = Tree(nodes: [TreeNode(name: "../escape", kind: .file, mode: 0o100644, uid: 0, gid: 0, mtime: 0, ctime: 0, inode: 1, size: 0, content: [])])
-        let bytes = try JSONEncoder().encode(evil)
-        let id = repository.blobID(bytes)
-        try bytes.withUnsafeBytes { try writer.add(id: id, kind: .tree, plaintext: $0, compressor: .init()) }
-        _ = try repository.writeIndex(try writer.finish().packs)
-        let snapshot = Snapshot(id: "x", time: Date(), tags: [:], tree: id.hex, parent: nil, summary: BackupSummary())
-        let target = scene.scratch.appending("target/inner")
-        #expect(throws: RepositoryError.self) { try repository.restore(snapshot, target: target) }
-        #expect(!FileManager.default.fileExists(atPath: scene.scratch.appending("target/escape")))
+        let writer = PackWriter(storage: scene.storage, dataKey: repository.keys.dataKey)
+        func store(_ tree: Tree) throws -> BlobID {
+            let bytes = tree.encoded()
+            let id = repository.blobID(bytes)
+            try bytes.withUnsafeBytes { try writer.add(id: id, kind: .tree, plaintext: $0, compressor: .init()) }
+            return id
+        }
+        let escape = try store(Tree(nodes: [TreeNode(name: "../escape", kind: .file, mode: 0o100644, size: 0)]))
+        // A hostile name deeper down, below an innocent directory: nothing at all may be written.
+        let inner = try store(Tree(nodes: [TreeNode(name: "a/b", kind: .file, mode: 0o100644)]))
+        let nested = try store(Tree(nodes: [TreeNode(name: "ok", kind: .file, mode: 0o100644),
+                                            TreeNode(name: "dir", kind: .directory, mode: 0o040755, subtree: inner)]))
+        let dots = try store(Tree(nodes: [TreeNode(name: "..", kind: .directory, mode: 0o040755, subtree: inner)]))
+        let nul = try store(Tree(nodes: [TreeNode(name: "x\0y", kind: .file, mode: 0o100644)]))
+        let linkOut = try store(Tree(nodes: [TreeNode(name: "h", kind: .hardlink, mode: 0o100644, target: "../../etc/passwd")]))
+        try repository.writeIndex(try writer.finish().packs)
+        for (label, tree) in [("../escape", escape), ("a/b", nested), ("..", dots), ("NUL", nul), ("hard link out", linkOut)] {
+            let snapshot = Snapshot(id: "x", time: Date(), tags: [:], tree: tree.hex, parent: nil, summary: BackupSummary())
+            let target = scene.scratch.appending("target-\(tree.description)/inner")
+            do {
+                _ = try repository.restore(snapshot, target: target)
+                Issue.record("snapshot with hostile name \(label) was restored")
+            } catch let error as RepositoryError {
+                #expect(error.message.contains("refusing"), "\(error)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: scene.scratch.appending("target-\(tree.description)/escape")))
+            #expect(!FileManager.default.fileExists(atPath: target + "/ok"), "\(label): wrote files before refusing")
+        }
     }
 
     @Test func wrongKeyIsAClearErrorAndChangesNothing() throws {
@@ -206,7 +224,7 @@ struct CrashSafetyTests {
         let scene = try EngineScene(accounts: 1, sizeMB: 4)
         let repository = try scene.initialize()
         let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
-        try HostingFixtureTool.churn(scene.root, percent: 20)
+        try HostingFixture.churn(root: scene.root, percent: 20)
         let crashing = BackupOptions(tags: ["kind": "files"], checkpoint: { name in if name.hasPrefix(point) { throw SimulatedCrash() } })
         #expect(throws: SimulatedCrash.self) { try repository.backup(directory: scene.root + "/home", options: crashing) }
         // A leftover temporary file and a stale lease from a killed process change nothing.
