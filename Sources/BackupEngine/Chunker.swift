@@ -15,9 +15,9 @@ public struct ChunkerParameters: Sendable, Equatable {
 
     /// Website files: 512 KiB / 1 MiB / 8 MiB, like restic. Large chunks keep the index small; most hosting files
     /// are smaller than the minimum anyway and become one chunk each.
-    public static let files = ChunkerParameters(minimum: 512 << 10, average: 1 << 20, maximum: 8 << 20)
+    public static let files = ChunkerParameters(minimum: 512 << 10, average: 1 << 20, maximum: 4 << 20)
     /// Database dumps: 4 KiB / 16 KiB / 64 KiB, so a day's changed rows touch few chunks and daily dumps deduplicate.
-    public static let streams = ChunkerParameters(minimum: 4 << 10, average: 16 << 10, maximum: 64 << 10)
+    public static let streams = ChunkerParameters(minimum: 8 << 10, average: 32 << 10, maximum: 128 << 10)
 }
 
 /// FastCDC with normalized chunking (Xia et al., 2016): a gear rolling hash, a stricter mask before the average
