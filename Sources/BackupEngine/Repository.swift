@@ -205,7 +205,7 @@ public final class Repository: Sendable {
         var result: [Snapshot] = []
         var damaged: [String] = []
         let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
+        decoder.dateDecodingStrategy = SnapshotTime.decoding
         for name in try storage.list("snapshots") {
             guard let sealed = try? storage.read("snapshots/" + name),
                   let plain = try? AES256GCM.open(sealed, key: keys.dataKey, aad: Self.snapshotAAD),
@@ -216,14 +216,14 @@ public final class Repository: Sendable {
             snapshot.id = name
             result.append(snapshot)
         }
-        return (result.sorted { $0.time < $1.time }, damaged)
+        return (result.sorted { ($0.time, $0.id) < ($1.time, $1.id) }, damaged)
     }
 
     static let snapshotAAD = Array("fleetkeep snapshot".utf8)
 
     func writeSnapshot(_ snapshot: Snapshot) throws -> String {
         let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = SnapshotTime.encoding
         encoder.outputFormatting = [.sortedKeys]
         let sealed = try AES256GCM.seal(try encoder.encode(snapshot), key: keys.dataKey, aad: Self.snapshotAAD)
         let name = SHA256.hex(sealed)
@@ -245,5 +245,22 @@ public final class Repository: Sendable {
             throw RepositoryError(found.isEmpty ? "no snapshot \(reference) in \(storage.location)" : "snapshot id \(reference) is ambiguous; give more characters")
         }
         return found[0]
+    }
+}
+
+/// Snapshot times in ISO 8601 UTC with fractional seconds, so two backups within one second still order correctly;
+/// times without a fraction are read too.
+enum SnapshotTime {
+    static let encoding = JSONEncoder.DateEncodingStrategy.custom { date, encoder in
+        var container = encoder.singleValueContainer()
+        try container.encode(date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
+    }
+
+    static let decoding = JSONDecoder.DateDecodingStrategy.custom { decoder in
+        let container = try decoder.singleValueContainer()
+        let text = try container.decode(String.self)
+        if let date = try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text) { return date }
+        if let date = try? Date.ISO8601FormatStyle().parse(text) { return date }
+        throw DecodingError.dataCorruptedError(in: container, debugDescription: "not an ISO 8601 time: \(text)")
     }
 }

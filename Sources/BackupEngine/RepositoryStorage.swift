@@ -77,7 +77,6 @@ public struct LocalStorage: RepositoryStorage {
     }
 
     public func write(_ path: String, _ data: [UInt8]) throws {
-        let directory = ((try full(path)) as NSString).deletingLastPathComponent
         let relativeDirectory = (path as NSString).deletingLastPathComponent
         let (descriptor, temporary) = try createTemporaryFile(in: relativeDirectory.isEmpty ? nil : relativeDirectory)
         do {
@@ -86,7 +85,6 @@ public struct LocalStorage: RepositoryStorage {
         } catch {
             close(descriptor)
             unlink(temporary)
-            _ = directory
             throw error
         }
     }

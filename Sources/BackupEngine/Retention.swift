@@ -21,7 +21,7 @@ public struct RetentionPolicy: Codable, Sendable, Equatable {
     /// The ids to keep among `snapshots` (one group: same account, kind and host).
     public func select(_ snapshots: [Snapshot]) -> Set<String> {
         if keepsEverything { return Set(snapshots.map(\.id)) }
-        let newestFirst = snapshots.sorted { $0.time > $1.time }
+        let newestFirst = snapshots.sorted { ($0.time, $0.id) > ($1.time, $1.id) }
         var keep = Set(newestFirst.prefix(keepLast).map(\.id))
         var calendar = Calendar(identifier: .iso8601)
         calendar.timeZone = TimeZone(identifier: "UTC")!

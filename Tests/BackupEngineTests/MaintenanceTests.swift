@@ -1,0 +1,156 @@
+@testable import BackupEngine
+import Crypto
+import Foundation
+import Testing
+import TestSupport
+
+/// Writes `count` files of fresh random bytes under `directory` (incompressible, so each backup adds real data).
+func writeRandomFiles(_ directory: String, count: Int, size: Int, prefix: String) throws {
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    for index in 0..<count {
+        try Data(SecureRandom.bytes(size)).write(to: URL(fileURLWithPath: "\(directory)/\(prefix)-\(index).bin"))
+    }
+}
+
+func directorySize(_ path: String) -> Int {
+    let walker = FileManager.default.enumerator(atPath: path)
+    var total = 0
+    while let relative = walker?.nextObject() as? String {
+        total += (try? FileManager.default.attributesOfItem(atPath: path + "/" + relative)[.size] as? Int) ?? 0
+    }
+    return total
+}
+
+struct PruneAndCopyTests {
+    @Test func pruneKeepsTheRightSnapshotsFreesSpaceAndVerifies() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-prune")
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        let repository = try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let source = scratch.appending("src")
+        let day: TimeInterval = 86_400
+        let start = Date(timeIntervalSince1970: 1_790_000_000)
+        var made: [Snapshot] = []
+        for index in 0..<6 {
+            // Each day replaces the data: old snapshots own data nobody else needs.
+            try? FileManager.default.removeItem(atPath: source)
+            try writeRandomFiles(source, count: 2, size: 300_000, prefix: "day\(index)")
+            var options = BackupOptions(tags: ["account": "a", "kind": "files", "host": "h"])
+            options.time = start.addingTimeInterval(Double(index) * day)
+            made.append(try repository.backup(directory: source, options: options))
+        }
+        // Another group must follow its own policy, untouched by this one's.
+        var other = BackupOptions(tags: ["account": "b", "kind": "files", "host": "h"])
+        other.time = start
+        let otherSnapshot = try repository.backup(directory: source, options: other)
+
+        let dry = try repository.prune(policy: { tags in tags["account"] == "a" ? RetentionPolicy(keepDaily: 2) : RetentionPolicy(keepLast: 1) }, dryRun: true)
+        #expect(dry.removedSnapshots == made.prefix(4).map(\.id).sorted())
+        #expect(try repository.snapshots().count == 7, "dry run changed something")
+
+        let before = directorySize(storage.root + "/data")
+        let report = try repository.prune(policy: { tags in tags["account"] == "a" ? RetentionPolicy(keepDaily: 2) : RetentionPolicy(keepLast: 1) }, dryRun: false)
+        #expect(report.removedSnapshots == dry.removedSnapshots)
+        #expect(Set(try repository.snapshots().map(\.id)) == Set([made[4].id, made[5].id, otherSnapshot.id]))
+        let after = directorySize(storage.root + "/data")
+        #expect(after < before / 2, "prune freed too little: \(before) -> \(after)")
+        #expect(report.bytesFreed > 0)
+
+        let reopened = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        #expect(try reopened.verify(readData: true).isHealthy)
+        let target = scratch.appending("out")
+        let restored = try reopened.restore(made[5], target: target)
+        #expect(restored.errors.isEmpty)
+        #expect(try HostingFixture.manifest(root: target) == HostingFixture.manifest(root: source))
+    }
+
+    @Test func copyTransfersOnlyMissingFilesAndTheCopyRestores() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 3)
+        let repository = try scene.initialize()
+        let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        let remote = LocalStorage(root: scene.scratch.appending("offsite"))
+        let copied = try Repository.copy(from: scene.storage, to: remote)
+        #expect(copied.filesCopied > 3)
+        #expect(try Repository.files(in: remote) == Repository.files(in: scene.storage))
+        let again = try Repository.copy(from: scene.storage, to: remote)
+        #expect(again.filesCopied == 1, "only config is rewritten") // config has no content-derived name
+        #expect(again.bytesCopied < 200)
+
+        try HostingFixture.churn(root: scene.root, percent: 10)
+        _ = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        _ = try repository.prune(policy: { _ in RetentionPolicy(keepLast: 1) }, dryRun: false)
+        let mirrored = try Repository.copy(from: scene.storage, to: remote)
+        #expect(mirrored.filesRemoved >= 1)
+        #expect(try Repository.files(in: remote) == Repository.files(in: scene.storage))
+
+        let offsite = try Repository.open(storage: remote, keySource: .keyFile(scene.keyFile))
+        #expect(try offsite.verify(readData: true).isHealthy)
+        #expect(try offsite.snapshots().map(\.id) != [first.id])
+        let target = scene.scratch.appending("from-offsite")
+        _ = try offsite.restore(try offsite.findSnapshot("latest"), target: target)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+    }
+
+    @Test func liveExclusiveLeaseBlocksAndExpiredOneDoesNot() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        let repository = try scene.initialize()
+        try FileManager.default.createDirectory(atPath: scene.repoPath + "/locks", withIntermediateDirectories: true)
+        let lease = scene.repoPath + "/locks/other"
+        let host = ProcessInfo.processInfo.hostName
+        try Data(#"{"exclusive":true,"host":"\#(host)","pid":\#(getpid()),"expires":"2099-01-01T00:00:00Z"}"#.utf8).write(to: URL(fileURLWithPath: lease))
+        do {
+            _ = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+            Issue.record("backup ran despite a live exclusive lease")
+        } catch let error as RepositoryError {
+            #expect(error.message.contains("locked"))
+        }
+        try Data(#"{"exclusive":true,"host":"elsewhere","pid":1,"expires":"2001-01-01T00:00:00Z"}"#.utf8).write(to: URL(fileURLWithPath: lease))
+        _ = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: scene.repoPath + "/locks").isEmpty)
+    }
+}
+
+struct FileKindTests {
+    @Test func sparseFilesHardLinksSymlinksFifosAndOddNamesComeBack() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-kinds")
+        let source = scratch.appending("src")
+        try FileManager.default.createDirectory(atPath: source + "/sub dir", withIntermediateDirectories: true)
+        // Sparse: 64 MiB with 5 bytes of data in the middle.
+        let sparse = source + "/sparse.img"
+        let descriptor = open(sparse, O_CREAT | O_WRONLY, 0o640)
+        #expect(ftruncate(descriptor, 64 << 20) == 0)
+        #expect(pwrite(descriptor, "hello", 5, 40 << 20) == 5)
+        close(descriptor)
+        try Data("shared".utf8).write(to: URL(fileURLWithPath: source + "/a"))
+        #expect(link(source + "/a", source + "/sub dir/b") == 0)
+        #expect(symlink("../a", source + "/sub dir/link") == 0)
+        #expect(symlink("/nonexistent/target", source + "/dangling") == 0)
+        #expect(mkfifo(source + "/pipe", 0o600) == 0)
+        FileManager.default.createFile(atPath: source + "/-empty ünïcode", contents: nil)
+        chmod(source + "/a", 0o4751)
+
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        let repository = try Repository.initialize(storage: storage, keySource: .passphrase("pw"))
+        let snapshot = try repository.backup(directory: source, options: BackupOptions(tags: [:]))
+        #expect(snapshot.summary.errors.isEmpty, "\(snapshot.summary.errors)")
+        #expect(snapshot.summary.bytesStored < 1 << 20, "zeros should deduplicate and compress")
+        let target = scratch.appending("out")
+        let summary = try repository.restore(snapshot, target: target)
+        #expect(summary.errors.isEmpty, "\(summary.errors)")
+        var info = stat()
+        #expect(lstat(target + "/pipe", &info) == 0 && info.st_mode & S_IFMT == S_IFIFO)
+        // The manifest tool would block opening a fifo.
+        unlink(target + "/pipe")
+        unlink(source + "/pipe")
+        #expect(try HostingFixture.manifest(root: target) == HostingFixture.manifest(root: source))
+
+        #expect(stat(target + "/sparse.img", &info) == 0)
+        #expect(info.st_size == 64 << 20)
+        #expect(info.st_blocks * 512 < 1 << 20, "holes were written out: \(info.st_blocks) blocks")
+        var first = stat(), second = stat()
+        #expect(stat(target + "/a", &first) == 0 && stat(target + "/sub dir/b", &second) == 0)
+        #expect(first.st_ino == second.st_ino, "hard link restored as a copy")
+        #expect(first.st_mode & 0o7777 == 0o4751)
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: target + "/sub dir/link")) == "../a")
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: target + "/dangling")) == "/nonexistent/target")
+    }
+}
