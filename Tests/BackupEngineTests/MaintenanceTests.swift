@@ -154,3 +154,30 @@ struct FileKindTests {
         #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: target + "/dangling")) == "/nonexistent/target")
     }
 }
+
+/// A storage that only has the protocol's whole-file operations (like the SFTP adapter), over real files.
+struct WholeFileStorage: RepositoryStorage {
+    let base: LocalStorage
+    func read(_ path: String) throws -> [UInt8] { try base.read(path) }
+    func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] { try base.read(path, offset: offset, length: length) }
+    func write(_ path: String, _ data: [UInt8]) throws { try base.write(path, data) }
+    func list(_ directory: String) throws -> [String] { try base.list(directory) }
+    func remove(_ path: String) throws { try base.remove(path) }
+    func size(_ path: String) throws -> Int? { try base.size(path) }
+    var location: String { "whole-file:" + base.root }
+}
+
+struct RemoteStorageTests {
+    @Test func repositoryWorksOverAStorageWithOnlyWholeFileWrites() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 2)
+        let storage = WholeFileStorage(base: scene.storage)
+        try Repository.initialize(storage: storage, keySource: .keyFile(scene.keyFile))
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scene.keyFile))
+        let snapshot = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(try repository.verify(readData: true).isHealthy)
+        let target = scene.scratch.appending("out")
+        #expect(try repository.restore(snapshot, target: target).errors.isEmpty)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+        #expect(try Repository.files(in: storage).files.keys.contains { $0.hasPrefix("data/") })
+    }
+}
