@@ -14,6 +14,7 @@ let commands: [String: ([String]) throws -> Int32] = [
     "restore": BackupCommands.restore,
     "verify": BackupCommands.verify,
     "prune": BackupCommands.prune,
+    "offsite": OffsiteCommands.run,
 ]
 
 exit(CommandRunner.run(program: "fleetkeep-agent", commands: commands, usage: AgentCommands.usage))

@@ -68,7 +68,9 @@ public enum BackupCommands {
                             if kind == .email { continue }
                             throw AgentError("home directory \(directory) does not exist")
                         }
-                        let options = BackupOptions(tags: tags, excludes: kind == .files ? ["mail"] : [], progress: progress)
+                        // The home, relative to the server root, lets a disaster-recovery restore put it back in place.
+                        let home = String(account.home.dropFirst(config.root.hasSuffix("/") ? config.root.count - 1 : config.root.count))
+                        let options = BackupOptions(tags: tags.merging(["home": home]) { $1 }, excludes: kind == .files ? ["mail"] : [], progress: progress)
                         let snapshot = try repository.backup(directory: directory, options: options)
                         result.snapshot = snapshot.id
                         result.summary = snapshot.summary
