@@ -17,4 +17,5 @@ let commands: [String: ([String]) throws -> Int32] = [
     "offsite": OffsiteCommands.run,
 ]
 
+MemoryTuning.apply()
 exit(CommandRunner.run(program: "fleetkeep-agent", commands: commands, usage: AgentCommands.usage))

@@ -106,7 +106,7 @@ final class BackupJob: @unchecked Sendable {
     private let workers = DispatchQueue(label: "fleetkeep.backup.workers", attributes: .concurrent)
     private let group = DispatchGroup()
     /// Bounds the chunks in flight, and so memory: at most this many chunk copies exist at once.
-    private let inFlight = DispatchSemaphore(value: 2 * ProcessInfo.processInfo.activeProcessorCount + 2)
+    private let inFlight = DispatchSemaphore(value: ProcessInfo.processInfo.activeProcessorCount + 2)
     private let compressors = CompressorPool()
     private let failure = Mutex<(any Error)?>(nil)
     private var buffer: [UInt8]

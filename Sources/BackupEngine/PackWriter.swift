@@ -3,10 +3,20 @@ import Foundation
 import Synchronization
 import Zstd
 
-/// Collects sealed blobs into packs (~16 MiB) and writes each full pack atomically.
+/// Collects sealed blobs into packs (~8 MiB) and writes each full pack atomically.
 /// Thread-safe: workers reserve ids and append blobs concurrently; everything mutable sits behind one Mutex.
 final class PackWriter: Sendable {
-    static let targetPackSize = 16 << 20
+    static let targetPackSize = 8 << 20
+    /// Room for a full pack plus the largest blob and the header, so appending never reallocates (and copies).
+    static let bufferCapacity = targetPackSize + (9 << 20)
+
+    /// Moves the current pack out of the state, leaving an empty one behind.
+    private static func takePack(_ state: inout State) -> ([UInt8], [PackEntry]) {
+        var buffer: [UInt8] = []
+        swap(&buffer, &state.buffer)
+        defer { state.entries = [] }
+        return (buffer, state.entries)
+    }
 
     private struct State {
         var buffer: [UInt8] = []
@@ -58,33 +68,31 @@ final class PackWriter: Sendable {
     func addSealed(id: BlobID, kind: BlobKind, sealed: [UInt8], rawLength: UInt32) throws {
         let full: ([UInt8], [PackEntry])? = state.withLock { state in
             state.entries.append(PackEntry(id: id, kind: kind, offset: UInt32(state.buffer.count), length: UInt32(sealed.count), rawLength: rawLength))
+            if state.buffer.capacity == 0 { state.buffer.reserveCapacity(Self.bufferCapacity) }
             state.buffer.append(contentsOf: sealed)
             state.bytesStored += Int64(sealed.count)
             guard state.buffer.count >= Self.targetPackSize else { return nil }
-            defer { state.buffer = []; state.entries = [] }
-            return (state.buffer, state.entries)
+            return Self.takePack(&state)
         }
-        if let (buffer, entries) = full { try writePack(buffer, entries) }
+        if case (var buffer, let entries)? = full { try writePack(&buffer, entries) }
     }
 
     /// Writes the partial last pack. Returns every pack written, for the index.
     func finish() throws -> (packs: [(pack: String, entries: [PackEntry])], bytesStored: Int64) {
         let last: ([UInt8], [PackEntry])? = state.withLock { state in
             guard !state.entries.isEmpty else { return nil }
-            defer { state.buffer = []; state.entries = [] }
-            return (state.buffer, state.entries)
+            return Self.takePack(&state)
         }
-        if let (buffer, entries) = last { try writePack(buffer, entries) }
+        if case (var buffer, let entries)? = last { try writePack(&buffer, entries) }
         return state.withLock { ($0.written, $0.bytesStored) }
     }
 
     /// A pack is its sealed blobs, then its sealed header, then the header's length (4 bytes, little endian).
     /// Its name is the SHA-256 of its bytes, so a damaged pack can be recognized by name alone.
-    private func writePack(_ blobs: [UInt8], _ entries: [PackEntry]) throws {
+    private func writePack(_ pack: inout [UInt8], _ entries: [PackEntry]) throws {
         var header = [UInt8]()
         BinaryCodec.encode(entries, into: &header)
         let sealedHeader = try AES256GCM.seal(header, key: dataKey)
-        var pack = blobs
         pack.append(contentsOf: sealedHeader)
         BinaryCodec.append(UInt32(sealedHeader.count), to: &pack)
         let name = SHA256.hex(pack)

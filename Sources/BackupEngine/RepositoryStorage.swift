@@ -98,7 +98,9 @@ public struct LocalStorage: RepositoryStorage {
             }
             done += wrote
         }
-        guard fsync(descriptor) == 0 else {
+        // Lock leases are advisory and expire on their own, so they skip the (slow) flush to disk.
+        let durable = !path.hasPrefix("locks/")
+        guard !durable || fsync(descriptor) == 0 else {
             let error = failure(path, "fsync")
             close(descriptor)
             throw error
@@ -106,7 +108,7 @@ public struct LocalStorage: RepositoryStorage {
         close(descriptor)
         guard rename(temporary, target) == 0 else { throw failure(path, "rename") }
         ok = true
-        let directoryDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let directoryDescriptor = durable ? open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1
         if directoryDescriptor >= 0 {
             fsync(directoryDescriptor)
             close(directoryDescriptor)
