@@ -15,6 +15,7 @@ let commands: [String: ([String]) throws -> Int32] = [
     "verify": BackupCommands.verify,
     "prune": BackupCommands.prune,
     "offsite": OffsiteCommands.run,
+    "escrow": KeyEscrow.command,
 ]
 
 MemoryTuning.apply()

@@ -14,9 +14,12 @@ public enum ControllerCommands {
       agents [--json]                                  list enrolled agents
       agents remove AGENT_ID                           revoke an agent: its requests are refused from then on
       report [--json]                                  the fleet: host, OS, kernel, panel, last seen, online/stale
+      recovery-key create --out FILE                   make the operator's recovery key pair (keep FILE offline)
+      recovery-key set PUBLIC_KEY                      agents escrow their repository keys to this public key
+      escrow open AGENT_ID --recovery-key FILE --out FILE   recover a dead server's repository key file
     """
 
-    static func paths(_ arguments: Arguments) -> ControllerPaths {
+    public static func paths(_ arguments: Arguments) -> ControllerPaths {
         ControllerPaths(directory: arguments.value("data") ?? ControllerPaths.defaultDirectory)
     }
 

@@ -25,6 +25,11 @@ public final class ControllerService: Sendable {
         router.add("GET", APIPath.health) { _ in .json(["status": "ok"]) }
         router.add("POST", APIPath.enroll) { [self] in try enroll($0) }
         router.add("POST", APIPath.heartbeat) { [self] in try heartbeat($0) }
+        router.add("POST", APIPath.escrowRecipient) { [self] request in
+            _ = try authenticate(request)
+            return .json(EscrowRecipient(recoveryPublicKey: try store.setting("recovery_public_key")))
+        }
+        router.add("POST", APIPath.escrow) { [self] in try depositEscrow($0) }
         return router
     }
 
@@ -58,6 +63,22 @@ public final class ControllerService: Sendable {
         let now = clock()
         try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now)
         return .json(HeartbeatResponse(heartbeatIntervalSeconds: try store.heartbeatInterval(), licence: licence(now: now)))
+    }
+
+    /// Stores a repository key sealed to the operator's recovery key; only that exact key is accepted, so an agent
+    /// cannot escrow to a key the operator does not hold.
+    func depositEscrow(_ request: HTTPRequest) throws -> HTTPResponse {
+        let agentID = try authenticate(request)
+        let body = try decode(EscrowDeposit.self, request)
+        guard let expected = try store.setting("recovery_public_key") else {
+            throw HTTPError(409, "no recovery key is configured on the controller; run `fleetkeep-controller recovery-key set`")
+        }
+        guard body.recoveryPublicKey == expected else { throw HTTPError(409, "sealed to a recovery key this controller does not use") }
+        guard let sealed = Base64URL.decode(body.sealedKey), sealed.count >= 60, sealed.count <= 4096 else {
+            throw HTTPError(400, "sealedKey is not a base64url sealed box")
+        }
+        try store.depositEscrow(agentID: agentID, recoveryPublicKey: expected, sealedKey: sealed, now: clock())
+        return .json(["status": "stored"])
     }
 
     /// Verifies the signature headers of an agent request and returns the agent id.
