@@ -4,7 +4,7 @@ import Synchronization
 
 /// Per-request state living in libmicrohttpd's `con_cls` slot, from the first access-handler call to the
 /// completion notification. Touched by the I/O thread that owns the connection, except while the connection is
-/// suspended, when only the handler thread holding its `HandlerJob` touches it; so it needs no lock.
+/// suspended (handler-pool mode), when only the handler thread holding its `HandlerJob` touches it; so no lock.
 final class RequestState {
     var body: [UInt8] = []
     var bodyTooLarge = false
@@ -26,12 +26,17 @@ final class RequestDispatcher: Sendable {
     /// Set once at start, before the daemon exists, so the callbacks never see nil.
     private let pool = Mutex<HandlerPool?>(nil)
 
-    init(router: Router, maxBodyBytes: Int) {
+    /// false: handlers run inline on the libmicrohttpd I/O thread (fastest); true: on `HandlerPool` threads.
+    let usesHandlerPool: Bool
+
+    init(router: Router, maxBodyBytes: Int, handlerThreads: Int) {
         self.router = router
         self.maxBodyBytes = maxBodyBytes
+        usesHandlerPool = handlerThreads > 0
     }
 
     func startHandlers(threads: Int) {
+        guard threads > 0 else { return }
         let pool = HandlerPool(threads: threads, name: "http-handler") { [self] job in runHandler(job) }
         self.pool.withLock { $0 = pool }
     }
@@ -95,6 +100,7 @@ final class RequestDispatcher: Sendable {
                                       headers: Self.values(of: connection, kind: .HEADER_KIND, lowercaseKeys: true),
                                       body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)))
             state.body = []
+            guard usesHandlerPool else { return queue(Self.run(handler, request), on: connection) }
             guard let pool = pool.withLock({ $0 }) else {
                 return queue(.error(503, "server is shutting down"), on: connection)
             }
@@ -107,16 +113,7 @@ final class RequestDispatcher: Sendable {
 
     /// Runs on a handler thread. Resuming is the last touch of the job's state and connection.
     private func runHandler(_ job: HandlerJob) {
-        let response: HTTPResponse
-        do {
-            response = try job.handler(job.request)
-        } catch let error as HTTPError {
-            response = .error(error.status, error.message)
-        } catch {
-            // Internal details stay in the server; handlers that want to explain throw HTTPError.
-            response = .error(500, "internal server error handling \(job.request.method) \(job.request.path)")
-        }
-        job.state.response = response
+        job.state.response = Self.run(job.handler, job.request)
         MHD_resume_connection(job.connection)
         suspended.subtract(1, ordering: .releasing)
     }
@@ -134,6 +131,17 @@ final class RequestDispatcher: Sendable {
 
     private func bodyTooLargeResponse() -> HTTPResponse {
         .error(413, "request body larger than the limit of \(maxBodyBytes) bytes")
+    }
+
+    private static func run(_ handler: HTTPHandler, _ request: HTTPRequest) -> HTTPResponse {
+        do {
+            return try handler(request)
+        } catch let error as HTTPError {
+            return .error(error.status, error.message)
+        } catch {
+            // Internal details stay in the server; handlers that want to explain throw HTTPError.
+            return .error(500, "internal server error handling \(request.method) \(request.path)")
+        }
     }
 
     private struct Collected {
