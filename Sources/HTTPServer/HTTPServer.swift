@@ -114,7 +114,8 @@ public final class HTTPServer: @unchecked Sendable {
         }
         // Stopping libmicrohttpd with a suspended connection is undefined behaviour, so running handlers are
         // always waited for, even past the deadline.
-        while dispatcher.suspended.load(ordering: .acquiring) > 0 { usleep(2_000) }
+        dispatcher.stopping.store(true, ordering: .sequentiallyConsistent)
+        while dispatcher.suspended.load(ordering: .sequentiallyConsistent) > 0 { usleep(2_000) }
         MHD_stop_daemon(daemon)
         if listenSocket >= 0 { close(listenSocket) }
         dispatcher.stopHandlers()

@@ -21,6 +21,8 @@ final class RequestDispatcher: Sendable {
     let inFlight = Atomic<Int>(0)
     /// Connections suspended while a handler runs; libmicrohttpd must not be stopped while this is above 0.
     let suspended = Atomic<Int>(0)
+    /// Set by shutdown once it stops waiting for in-flight requests; later requests get 503 instead of a handler thread.
+    let stopping = Atomic<Bool>(false)
     /// Last message libmicrohttpd logged; included in startup errors.
     let lastLogMessage = Mutex<String>("")
     /// Set once at start, before the daemon exists, so the callbacks never see nil.
@@ -104,7 +106,13 @@ final class RequestDispatcher: Sendable {
             guard let pool = pool.withLock({ $0 }) else {
                 return queue(.error(503, "server is shutting down"), on: connection)
             }
-            suspended.add(1, ordering: .relaxed)
+            // Counted before checking `stopping` (and shutdown sets `stopping` before waiting for the count to reach
+            // 0), so no connection can be suspended after shutdown decided to stop libmicrohttpd.
+            suspended.add(1, ordering: .sequentiallyConsistent)
+            if stopping.load(ordering: .sequentiallyConsistent) {
+                suspended.subtract(1, ordering: .sequentiallyConsistent)
+                return queue(.error(503, "server is shutting down"), on: connection)
+            }
             MHD_suspend_connection(connection)
             pool.submit(HandlerJob(handler: handler, request: request, state: state, connection: connection))
             return .YES
@@ -115,7 +123,7 @@ final class RequestDispatcher: Sendable {
     private func runHandler(_ job: HandlerJob) {
         job.state.response = Self.run(job.handler, job.request)
         MHD_resume_connection(job.connection)
-        suspended.subtract(1, ordering: .releasing)
+        suspended.subtract(1, ordering: .sequentiallyConsistent)
     }
 
     func completed(context: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) {
