@@ -48,13 +48,14 @@ public enum ControllerCommands {
         if let text = arguments.value("heartbeat-interval") {
             try store.setSetting("heartbeat_interval", String(Int(try Arguments.parseDuration(text, option: "heartbeat-interval"))))
         }
-        let (server, _) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads)
+        let (server, service) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads)
         let advertised = arguments.value("url") ?? "https://\(host == "0.0.0.0" || host == "::" ? ProcessInfo.processInfo.hostName : host):\(server.port)"
         try store.setSetting("url", advertised)
         print("fleetkeep-controller listening on \(host):\(server.port) (agents use \(advertised))")
         fflush(nil)
         SignalWaiter.waitForTermination()
         server.shutdown()
+        try service.flushHeartbeats()
         print("fleetkeep-controller stopped")
         return 0
     }

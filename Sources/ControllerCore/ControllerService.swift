@@ -12,12 +12,44 @@ public final class ControllerService: Sendable {
     let clock: @Sendable () -> Int64
     /// Public keys of active agents, so a heartbeat costs no key lookup in SQLite.
     private let keyCache = Mutex<[String: Ed25519PublicKey]>([:])
+    /// Latest heartbeat per agent not yet written, when writes are batched (see `startBatchedWrites`).
+    private let pendingHeartbeats = Mutex<[String: (facts: [String: String], problems: [String: String], at: Int64)]?>(nil)
+    private let interval: Int
 
     public init(store: ControllerStore, certificatePin: String,
                 clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
         self.store = store
         self.certificatePin = certificatePin
         self.clock = clock
+        interval = (try? store.heartbeatInterval()) ?? 300
+    }
+
+    /// Batches heartbeat writes: each heartbeat updates memory, and one transaction per `period` writes the latest
+    /// heartbeat of every agent. At thousands of heartbeats a second this turns thousands of commits into one;
+    /// the report lags by at most `period`. Call `flushHeartbeats` before exiting.
+    public func startBatchedWrites(period: Double = 1) {
+        pendingHeartbeats.withLock { if $0 == nil { $0 = [:] } }
+        Thread.detachNewThread { [self] in
+            while true {
+                Thread.sleep(forTimeInterval: period)
+                try? flushHeartbeats()
+            }
+        }
+    }
+
+    /// Writes batched heartbeats now, in one transaction.
+    public func flushHeartbeats() throws {
+        let batch = pendingHeartbeats.withLock { pending -> [String: (facts: [String: String], problems: [String: String], at: Int64)] in
+            guard let current = pending else { return [:] }
+            pending = [:]
+            return current
+        }
+        guard !batch.isEmpty else { return }
+        try store.database.transaction { _ in
+            for (agentID, beat) in batch {
+                try store.recordHeartbeat(agentID: agentID, facts: beat.facts, problems: beat.problems, now: beat.at)
+            }
+        }
     }
 
     public var router: Router {
@@ -50,7 +82,7 @@ public final class ControllerService: Sendable {
                                           publicKey: key, now: now)
             let agentID = try store.enroll(tokenID: body.tokenID, secret: body.tokenSecret, publicKey: key,
                                            facts: body.facts, problems: body.problems, now: now)
-            return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: try store.heartbeatInterval(), licence: licence(now: now)))
+            return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: interval, licence: licence(now: now)))
         } catch let rejection as RequestSigning.Rejection {
             throw HTTPError(rejection.status, rejection.message)
         }
@@ -61,8 +93,13 @@ public final class ControllerService: Sendable {
         let body = try decode(HeartbeatRequest.self, request)
         if let field = DataInventory.undeclared(body.facts.keys) { throw HTTPError(400, "fact '\(field)' is not in the controller's data inventory; it was not stored") }
         let now = clock()
-        try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now)
-        return .json(HeartbeatResponse(heartbeatIntervalSeconds: try store.heartbeatInterval(), licence: licence(now: now)))
+        let batched = pendingHeartbeats.withLock { pending -> Bool in
+            guard pending != nil else { return false }
+            pending?[agentID] = (body.facts, body.problems, now)
+            return true
+        }
+        if !batched { try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now) }
+        return .json(HeartbeatResponse(heartbeatIntervalSeconds: interval, licence: licence(now: now)))
     }
 
     /// Stores a repository key sealed to the operator's recovery key; only that exact key is accepted, so an agent
