@@ -11,10 +11,10 @@ public enum MemoryTuning {
     private static let arenaMax: Int32 = -8
 
     /// glibc raises its mmap threshold after large frees and then keeps multi-megabyte chunk buffers in per-thread
-    /// arenas for good. A fixed 1 MiB threshold returns big buffers to the system at once, and two arenas stop
+    /// arenas for good. A fixed 4 MiB threshold returns big buffers (packs, large chunks) to the system at once, and two arenas stop
     /// worker threads from each holding their own high-water mark.
     public static func apply() {
-        _ = glibcMallopt(mmapThreshold, 1 << 20)
+        _ = glibcMallopt(mmapThreshold, 4 << 20)
         _ = glibcMallopt(arenaMax, 2)
     }
 }

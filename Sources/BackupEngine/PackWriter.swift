@@ -54,7 +54,8 @@ final class PackWriter: Sendable {
     func add(id: BlobID, kind: BlobKind, plaintext: UnsafeRawBufferPointer, compressor: ZstdCompressor) throws {
         var payload = [UInt8]()
         payload.reserveCapacity(plaintext.count + 1)
-        if plaintext.count >= 64, let compressed = try? compressor.compress(plaintext), compressed.count < plaintext.count - plaintext.count / 32 {
+        if plaintext.count >= 64, Self.looksCompressible(plaintext, compressor: compressor),
+           let compressed = try? compressor.compress(plaintext), compressed.count < plaintext.count - plaintext.count / 32 {
             payload.append(1)
             payload.append(contentsOf: compressed)
         } else {
@@ -62,6 +63,17 @@ final class PackWriter: Sendable {
             payload.append(contentsOf: plaintext)
         }
         try addSealed(id: id, kind: kind, sealed: try AES256GCM.seal(payload, key: dataKey), rawLength: UInt32(plaintext.count))
+    }
+
+    /// Large chunks are tried on a 32 KiB sample first: media files (most of a hosting account's bytes) do not
+    /// compress, and compressing them whole only to throw the result away was a third of the backup's CPU time.
+    static func looksCompressible(_ plaintext: UnsafeRawBufferPointer, compressor: ZstdCompressor) -> Bool {
+        let sampleSize = 32 << 10
+        guard plaintext.count >= 4 * sampleSize else { return true }
+        let start = plaintext.count / 2 - sampleSize / 2
+        let sample = UnsafeRawBufferPointer(rebasing: plaintext[start..<start + sampleSize])
+        guard let compressed = try? compressor.compress(sample) else { return false }
+        return compressed.count < sampleSize - sampleSize / 16
     }
 
     /// Appends a blob that is already sealed (prune copies live blobs out of mostly-dead packs this way).
