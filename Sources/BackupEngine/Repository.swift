@@ -187,7 +187,13 @@ public final class Repository: Sendable {
         var result: [Snapshot] = []
         var damaged: [String] = []
         let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let date = SnapshotTime.parse(text) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "bad time \(text)"))
+            }
+            return date
+        }
         for name in try storage.list("snapshots") {
             guard let sealed = try? storage.read("snapshots/" + name),
                   let plain = try? AES256GCM.open(sealed, key: keys.dataKey),
@@ -203,7 +209,10 @@ public final class Repository: Sendable {
 
     func writeSnapshot(_ snapshot: Snapshot) throws -> String {
         let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(SnapshotTime.format(date))
+        }
         encoder.outputFormatting = [.sortedKeys]
         let sealed = try AES256GCM.seal(try encoder.encode(snapshot), key: keys.dataKey)
         let name = SHA256.hex(sealed)
@@ -225,5 +234,17 @@ public final class Repository: Sendable {
             throw RepositoryError(found.isEmpty ? "no snapshot \(reference) in \(storage.location)" : "snapshot id \(reference) is ambiguous; give more characters")
         }
         return found[0]
+    }
+}
+
+/// Snapshot times are ISO 8601 with milliseconds, so two backups in the same second still sort in order.
+enum SnapshotTime {
+    static func format(_ date: Date) -> String {
+        date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+    }
+
+    static func parse(_ text: String) -> Date? {
+        (try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)))
+            ?? (try? Date(text, strategy: .iso8601))
     }
 }
