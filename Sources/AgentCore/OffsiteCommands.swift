@@ -167,13 +167,7 @@ public enum OffsiteCommands {
                     try DatabaseDumper(settings: config.database).load(into: name) { try remote.restoreStream(snapshot, to: $0) }
                     print("\(account): database \(name) loaded")
                 } else {
-                    let directory = destination + "/var/lib/fleetkeep/restored-databases"
-                    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-                    let path = directory + "/" + name + ".sql"
-                    let descriptor = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
-                    guard descriptor >= 0 else { throw AgentError("cannot create \(path)") }
-                    defer { close(descriptor) }
-                    try remote.restoreStream(snapshot, to: descriptor)
+                    let path = try BackupCommands.writeDump(snapshot, from: remote, into: destination + "/var/lib/fleetkeep/restored-databases")
                     print("\(account): database \(name) written to \(path)")
                 }
                 continue
