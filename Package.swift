@@ -35,6 +35,8 @@ var targets: [Target] = [
     // The two thin programs.
     .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport"], path: "Agent/Sources"),
     .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore", "CommandLineSupport"], path: "Controller/Sources"),
+    // Load generator for `ops/bench controller`: many simulated agents sending signed heartbeats.
+    .executableTarget(name: "fleetkeep-loadgen", dependencies: ["FleetkeepProtocol", "HTTPClient", "Crypto"], path: "ops/loadgen"),
 
     // Tests mirror the modules.
     .target(name: "TestSupport", dependencies: ["Crypto"], path: "Tests/TestSupport"),

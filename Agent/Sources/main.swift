@@ -14,6 +14,9 @@ let commands: [String: ([String]) throws -> Int32] = [
     "restore": BackupCommands.restore,
     "verify": BackupCommands.verify,
     "prune": BackupCommands.prune,
+    "offsite": OffsiteCommands.run,
+    "escrow": KeyEscrow.command,
 ]
 
+MemoryTuning.apply()
 exit(CommandRunner.run(program: "fleetkeep-agent", commands: commands, usage: AgentCommands.usage))

@@ -9,6 +9,8 @@ let commands: [String: ([String]) throws -> Int32] = [
     "token": ControllerCommands.token,
     "agents": ControllerCommands.agents,
     "report": ControllerCommands.report,
+    "recovery-key": RecoveryCommands.recoveryKey,
+    "escrow": RecoveryCommands.escrow,
 ]
 
 exit(CommandRunner.run(program: "fleetkeep-controller", commands: commands, usage: ControllerCommands.usage))

@@ -12,6 +12,7 @@ public enum AgentCommands {
       facts [--root DIR] [--json]                 what the agent reports about this server
       run [--state DIR] [--root DIR] [--interval 5m]   the daemon: heartbeats with facts
       status [--state DIR] [--json]               enrollment, last heartbeat, licence
+      escrow [--state DIR] [--key-file FILE]      escrow the repository key, sealed to the operator's recovery key
 
     backup (every command takes --config FILE, default /etc/fleetkeep/agent.conf, and --key-file FILE):
       repo init [--repo DIR]
@@ -20,7 +21,8 @@ public enum AgentCommands {
       restore latest|SNAPSHOT [--account USER] [--kind KIND] [--path P] --target DIR
       verify [--read-data]
       prune [--dry-run]
-      offsite push|snapshots|verify|restore|prune|trust [--target sftp://user@host:port/path]
+      offsite push|snapshots|verify|prune|trust [--target sftp://user@host:port/path] [--host-key SHA256] [--identity KEY]
+      offsite restore latest|SNAPSHOT|--all --to DIR [--account U] [--kind K] [--load-databases]
     """
 
     static func state(_ arguments: Arguments) -> AgentState {

@@ -68,7 +68,9 @@ public enum BackupCommands {
                             if kind == .email { continue }
                             throw AgentError("home directory \(directory) does not exist")
                         }
-                        let options = BackupOptions(tags: tags, excludes: kind == .files ? ["mail"] : [], progress: progress)
+                        // The home, relative to the server root, lets a disaster-recovery restore put it back in place.
+                        let home = String(account.home.dropFirst(config.root.hasSuffix("/") ? config.root.count - 1 : config.root.count))
+                        let options = BackupOptions(tags: tags.merging(["home": home]) { $1 }, excludes: kind == .files ? ["mail"] : [], progress: progress)
                         let snapshot = try repository.backup(directory: directory, options: options)
                         result.snapshot = snapshot.id
                         result.summary = snapshot.summary
@@ -190,12 +192,7 @@ public enum BackupCommands {
                     print("snapshot \(snapshot.shortID): database \(name) loaded into \(database)")
                 } else {
                     guard let target = arguments.value("target") else { throw UsageError("--target DIR (or --into-database NAME) is required") }
-                    try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
-                    let path = target + "/" + name + ".sql"
-                    let descriptor = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
-                    guard descriptor >= 0 else { throw AgentError("cannot create \(path): \(String(cString: strerror(errno)))") }
-                    defer { close(descriptor) }
-                    try repository.restoreStream(snapshot, to: descriptor)
+                    let path = try writeDump(snapshot, from: repository, into: target)
                     print("snapshot \(snapshot.shortID): database \(name) written to \(path)")
                 }
                 continue
@@ -212,6 +209,20 @@ public enum BackupCommands {
             }
         }
         return 0
+    }
+
+    /// Writes a database snapshot to `directory/<database>.sql` (mode 0600) and returns the path. The database
+    /// name comes from the snapshot's tags, so it is checked before it becomes part of a path.
+    static func writeDump(_ snapshot: Snapshot, from repository: Repository, into directory: String) throws -> String {
+        let name = snapshot.tags["database"] ?? "database"
+        try HostingAccounts.validateName(name, source: "snapshot \(snapshot.shortID)")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = directory + "/" + name + ".sql"
+        let descriptor = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw AgentError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        try repository.restoreStream(snapshot, to: descriptor)
+        return path
     }
 
     public static func verify(_ raw: [String]) throws -> Int32 {

@@ -9,12 +9,22 @@ public struct RepositoryFileList: Codable, Sendable, Equatable {
     public init(files: [String: Int]) { self.files = files }
 }
 
-/// What `Repository.copy` did.
-public struct CopyReport: Codable, Sendable {
+/// What `Repository.mirror` did.
+public struct MirrorReport: Codable, Sendable {
     public var filesCopied = 0
     public var bytesCopied: Int64 = 0
     public var filesSkipped = 0
     public var filesRemoved = 0
+}
+
+/// What a copy to another repository (the off-site push) did.
+public struct CopyReport: Codable, Sendable {
+    public var snapshotsCopied = 0
+    public var snapshotsAlreadyThere = 0
+    public var packsUploaded = 0
+    public var packsAlreadyThere = 0
+    public var bytesUploaded: Int64 = 0
+    public var seconds: Double = 0
 }
 
 extension Repository {
@@ -34,14 +44,14 @@ extension Repository {
         return RepositoryFileList(files: files)
     }
 
-    /// Makes `destination` a copy of the repository on `source`, transferring only missing (or differently sized)
+    /// Makes `destination` a mirror of the whole repository on `source`, transferring only missing (or differently sized)
     /// files. Order keeps every intermediate state of the destination consistent: config and keys, then packs,
     /// then index files, then snapshots; with `mirrorDeletes`, snapshots, then index files, then packs that the
     /// source no longer has are removed last (so what prune freed locally is freed remotely too).
     /// The destination is a full repository: `Repository.open(storage: destination, keySource:)` restores from it.
-    public static func copy(from source: any RepositoryStorage, to destination: any RepositoryStorage, mirrorDeletes: Bool = true,
-                            progress: (@Sendable (_ path: String, _ bytes: Int) -> Void)? = nil) throws -> CopyReport {
-        var report = CopyReport()
+    public static func mirror(from source: any RepositoryStorage, to destination: any RepositoryStorage, mirrorDeletes: Bool = true,
+                              progress: (@Sendable (_ path: String, _ bytes: Int) -> Void)? = nil) throws -> MirrorReport {
+        var report = MirrorReport()
         let have = try files(in: source).files
         let remote = try files(in: destination).files
         func rank(_ path: String) -> Int {
@@ -66,6 +76,73 @@ extension Repository {
             try destination.remove(path)
             report.filesRemoved += 1
         }
+        return report
+    }
+
+    /// Makes `storage` a second home of this repository: the same config and sealed keys, so it stays encrypted
+    /// with the same keys and the remote host never sees plaintext. Does nothing when it is already there.
+    public func replicateConfiguration(to storage: any RepositoryStorage) throws {
+        if try storage.size("config") != nil { return }
+        for name in try self.storage.list("keys") { try storage.write("keys/" + name, try self.storage.read("keys/" + name)) }
+        try storage.write("config", try self.storage.read("config"))
+    }
+
+    /// Copies `snapshots` and the packs they need to `remote` (same keys: see `replicateConfiguration`), uploading
+    /// only packs the remote lacks; other snapshots' data (e.g. email) stays local unless it shares a pack.
+    /// Order keeps the remote consistent at every moment: packs, then an index for them, then snapshot files.
+    /// An interrupted copy resumes: packs that finished uploading are found by name and size and not sent again.
+    public func copy(_ snapshots: [Snapshot], to remote: Repository, progress: (@Sendable (CopyReport) -> Void)? = nil) throws -> CopyReport {
+        let started = Date()
+        var report = CopyReport()
+        let index = indexSnapshot
+        let needed = try reachableBlobs(snapshots)
+        var entriesByPack: [Int32: [PackEntry]] = [:]
+        var neededPacks = Set<Int32>()
+        for id in needed {
+            guard let location = index.blobs[id] else { throw RepositoryError("blob \(id) needed by a snapshot is missing locally; run verify") }
+            neededPacks.insert(location.pack)
+        }
+        for (id, location) in index.blobs where neededPacks.contains(location.pack) {
+            entriesByPack[location.pack, default: []].append(PackEntry(id: id, kind: location.kind, compressed: location.compressed,
+                                                                        offset: location.offset, length: location.length, rawLength: location.rawLength))
+        }
+        let remoteIndexed = Set(remote.indexSnapshot.packs)
+        var newlyIndexed: [(pack: String, entries: [PackEntry])] = []
+        for number in neededPacks.sorted() {
+            let pack = index.packs[Int(number)]
+            let entries = entriesByPack[number] ?? []
+            if remoteIndexed.contains(pack) {
+                report.packsAlreadyThere += 1
+                continue
+            }
+            let path = Self.packPath(pack)
+            let localSize = try storage.size(path)
+            if let remoteSize = try remote.storage.size(path), remoteSize == localSize {
+                report.packsAlreadyThere += 1
+            } else {
+                let bytes = try storage.read(path)
+                try remote.storage.write(path, bytes)
+                report.packsUploaded += 1
+                report.bytesUploaded += Int64(bytes.count)
+                progress?(report)
+            }
+            newlyIndexed.append((pack, entries))
+        }
+        if let name = try remote.writeIndex(newlyIndexed) {
+            report.bytesUploaded += Int64(try remote.storage.size("index/" + name) ?? 0)
+        }
+        let remoteSnapshots = Set(try remote.storage.list("snapshots"))
+        for snapshot in snapshots {
+            if remoteSnapshots.contains(snapshot.id) {
+                report.snapshotsAlreadyThere += 1
+                continue
+            }
+            let bytes = try storage.read("snapshots/" + snapshot.id)
+            try remote.storage.write("snapshots/" + snapshot.id, bytes)
+            report.snapshotsCopied += 1
+            report.bytesUploaded += Int64(bytes.count)
+        }
+        report.seconds = Date().timeIntervalSince(started)
         return report
     }
 

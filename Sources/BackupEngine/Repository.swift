@@ -248,19 +248,27 @@ public final class Repository: Sendable {
     }
 }
 
-/// Snapshot times in ISO 8601 UTC with fractional seconds, so two backups within one second still order correctly;
+/// Snapshot times are ISO 8601 with milliseconds, so two backups in the same second still sort in order;
 /// times without a fraction are read too.
 enum SnapshotTime {
+    static func format(_ date: Date) -> String {
+        date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+    }
+
+    static func parse(_ text: String) -> Date? {
+        (try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)))
+            ?? (try? Date(text, strategy: .iso8601))
+    }
+
     static let encoding = JSONEncoder.DateEncodingStrategy.custom { date, encoder in
         var container = encoder.singleValueContainer()
-        try container.encode(date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
+        try container.encode(format(date))
     }
 
     static let decoding = JSONDecoder.DateDecodingStrategy.custom { decoder in
         let container = try decoder.singleValueContainer()
         let text = try container.decode(String.self)
-        if let date = try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text) { return date }
-        if let date = try? Date.ISO8601FormatStyle().parse(text) { return date }
-        throw DecodingError.dataCorruptedError(in: container, debugDescription: "not an ISO 8601 time: \(text)")
+        guard let date = parse(text) else { throw DecodingError.dataCorruptedError(in: container, debugDescription: "not an ISO 8601 time: \(text)") }
+        return date
     }
 }

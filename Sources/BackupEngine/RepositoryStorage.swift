@@ -81,7 +81,8 @@ public struct LocalStorage: RepositoryStorage {
         let (descriptor, temporary) = try createTemporaryFile(in: relativeDirectory.isEmpty ? nil : relativeDirectory)
         do {
             try writeAll(descriptor, data, path: path)
-            try commitTemporaryFile(descriptor, temporary, to: path)
+            // Lock leases are advisory and expire on their own, so they skip the (slow) flushes to disk.
+            try commitTemporaryFile(descriptor, temporary, to: path, durable: !path.hasPrefix("locks/"))
         } catch {
             close(descriptor)
             unlink(temporary)
@@ -118,12 +119,12 @@ public struct LocalStorage: RepositoryStorage {
 
     /// fsync, close, rename into place, fsync the directory: after this returns the file survives a power cut.
     /// On failure the descriptor is closed and the temporary file removed.
-    func commitTemporaryFile(_ descriptor: Int32, _ temporary: String, to path: String) throws {
+    func commitTemporaryFile(_ descriptor: Int32, _ temporary: String, to path: String, durable: Bool = true) throws {
         var closed = false
         do {
             let target = try full(path)
             let directory = (target as NSString).deletingLastPathComponent
-            guard fsync(descriptor) == 0 else { throw failure(path, "fsync") }
+            guard !durable || fsync(descriptor) == 0 else { throw failure(path, "fsync") }
             closed = true
             guard close(descriptor) == 0 else { throw failure(path, "close") }
             if rename(temporary, target) != 0 {
@@ -131,7 +132,7 @@ public struct LocalStorage: RepositoryStorage {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
                 guard rename(temporary, target) == 0 else { throw failure(path, "rename") }
             }
-            let directoryDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            let directoryDescriptor = durable ? open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1
             if directoryDescriptor >= 0 {
                 fsync(directoryDescriptor)
                 close(directoryDescriptor)

@@ -14,9 +14,12 @@ public enum ControllerCommands {
       agents [--json]                                  list enrolled agents
       agents remove AGENT_ID                           revoke an agent: its requests are refused from then on
       report [--json]                                  the fleet: host, OS, kernel, panel, last seen, online/stale
+      recovery-key create --out FILE                   make the operator's recovery key pair (keep FILE offline)
+      recovery-key set PUBLIC_KEY                      agents escrow their repository keys to this public key
+      escrow open AGENT_ID --recovery-key FILE --out FILE   recover a dead server's repository key file
     """
 
-    static func paths(_ arguments: Arguments) -> ControllerPaths {
+    public static func paths(_ arguments: Arguments) -> ControllerPaths {
         ControllerPaths(directory: arguments.value("data") ?? ControllerPaths.defaultDirectory)
     }
 
@@ -38,20 +41,25 @@ public enum ControllerCommands {
             throw UsageError("--listen '\(listen)' must be HOST:PORT, e.g. 0.0.0.0:8443")
         }
         let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        let threads = Int(arguments.value("threads") ?? "4") ?? 4
+        // One MHD thread per core measured best (5,000 vs 4,500 heartbeats/s with 8 threads on 2 cores).
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        guard let threads = Int(arguments.value("threads") ?? String(cores)), (1...256).contains(threads) else {
+            throw UsageError("--threads must be a number from 1 to 256")
+        }
         let (store, _) = try ControllerSetup.open(paths: paths(arguments))
         // Block SIGINT/SIGTERM before the server's threads exist, so they inherit the mask and the signal reaches sigwait.
         SignalWaiter.blockTerminationSignals()
         if let text = arguments.value("heartbeat-interval") {
             try store.setSetting("heartbeat_interval", String(Int(try Arguments.parseDuration(text, option: "heartbeat-interval"))))
         }
-        let (server, _) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads)
+        let (server, service) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads)
         let advertised = arguments.value("url") ?? "https://\(host == "0.0.0.0" || host == "::" ? ProcessInfo.processInfo.hostName : host):\(server.port)"
         try store.setSetting("url", advertised)
         print("fleetkeep-controller listening on \(host):\(server.port) (agents use \(advertised))")
         fflush(nil)
         SignalWaiter.waitForTermination()
         server.shutdown()
+        try service.flushHeartbeats()
         print("fleetkeep-controller stopped")
         return 0
     }

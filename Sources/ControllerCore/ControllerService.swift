@@ -12,12 +12,44 @@ public final class ControllerService: Sendable {
     let clock: @Sendable () -> Int64
     /// Public keys of active agents, so a heartbeat costs no key lookup in SQLite.
     private let keyCache = Mutex<[String: Ed25519PublicKey]>([:])
+    /// Latest heartbeat per agent not yet written, when writes are batched (see `startBatchedWrites`).
+    private let pendingHeartbeats = Mutex<[String: (facts: [String: String], problems: [String: String], at: Int64)]?>(nil)
+    private let interval: Int
 
     public init(store: ControllerStore, certificatePin: String,
                 clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
         self.store = store
         self.certificatePin = certificatePin
         self.clock = clock
+        interval = (try? store.heartbeatInterval()) ?? 300
+    }
+
+    /// Batches heartbeat writes: each heartbeat updates memory, and one transaction per `period` writes the latest
+    /// heartbeat of every agent. At thousands of heartbeats a second this turns thousands of commits into one;
+    /// the report lags by at most `period`. Call `flushHeartbeats` before exiting.
+    public func startBatchedWrites(period: Double = 1) {
+        pendingHeartbeats.withLock { if $0 == nil { $0 = [:] } }
+        Thread.detachNewThread { [self] in
+            while true {
+                Thread.sleep(forTimeInterval: period)
+                try? flushHeartbeats()
+            }
+        }
+    }
+
+    /// Writes batched heartbeats now, in one transaction.
+    public func flushHeartbeats() throws {
+        let batch = pendingHeartbeats.withLock { pending -> [String: (facts: [String: String], problems: [String: String], at: Int64)] in
+            guard let current = pending else { return [:] }
+            pending = [:]
+            return current
+        }
+        guard !batch.isEmpty else { return }
+        try store.database.transaction { _ in
+            for (agentID, beat) in batch {
+                try store.recordHeartbeat(agentID: agentID, facts: beat.facts, problems: beat.problems, now: beat.at)
+            }
+        }
     }
 
     public var router: Router {
@@ -25,6 +57,11 @@ public final class ControllerService: Sendable {
         router.add("GET", APIPath.health) { _ in .json(["status": "ok"]) }
         router.add("POST", APIPath.enroll) { [self] in try enroll($0) }
         router.add("POST", APIPath.heartbeat) { [self] in try heartbeat($0) }
+        router.add("POST", APIPath.escrowRecipient) { [self] request in
+            _ = try authenticate(request)
+            return .json(EscrowRecipient(recoveryPublicKey: try store.setting("recovery_public_key")))
+        }
+        router.add("POST", APIPath.escrow) { [self] in try depositEscrow($0) }
         return router
     }
 
@@ -45,7 +82,7 @@ public final class ControllerService: Sendable {
                                           publicKey: key, now: now)
             let agentID = try store.enroll(tokenID: body.tokenID, secret: body.tokenSecret, publicKey: key,
                                            facts: body.facts, problems: body.problems, now: now)
-            return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: try store.heartbeatInterval(), licence: licence(now: now)))
+            return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: interval, licence: licence(now: now)))
         } catch let rejection as RequestSigning.Rejection {
             throw HTTPError(rejection.status, rejection.message)
         }
@@ -56,8 +93,29 @@ public final class ControllerService: Sendable {
         let body = try decode(HeartbeatRequest.self, request)
         if let field = DataInventory.undeclared(body.facts.keys) { throw HTTPError(400, "fact '\(field)' is not in the controller's data inventory; it was not stored") }
         let now = clock()
-        try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now)
-        return .json(HeartbeatResponse(heartbeatIntervalSeconds: try store.heartbeatInterval(), licence: licence(now: now)))
+        let batched = pendingHeartbeats.withLock { pending -> Bool in
+            guard pending != nil else { return false }
+            pending?[agentID] = (body.facts, body.problems, now)
+            return true
+        }
+        if !batched { try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now) }
+        return .json(HeartbeatResponse(heartbeatIntervalSeconds: interval, licence: licence(now: now)))
+    }
+
+    /// Stores a repository key sealed to the operator's recovery key; only that exact key is accepted, so an agent
+    /// cannot escrow to a key the operator does not hold.
+    func depositEscrow(_ request: HTTPRequest) throws -> HTTPResponse {
+        let agentID = try authenticate(request)
+        let body = try decode(EscrowDeposit.self, request)
+        guard let expected = try store.setting("recovery_public_key") else {
+            throw HTTPError(409, "no recovery key is configured on the controller; run `fleetkeep-controller recovery-key set`")
+        }
+        guard body.recoveryPublicKey == expected else { throw HTTPError(409, "sealed to a recovery key this controller does not use") }
+        guard let sealed = Base64URL.decode(body.sealedKey), sealed.count >= 60, sealed.count <= 4096 else {
+            throw HTTPError(400, "sealedKey is not a base64url sealed box")
+        }
+        try store.depositEscrow(agentID: agentID, recoveryPublicKey: expected, sealedKey: sealed, now: clock())
+        return .json(["status": "stored"])
     }
 
     /// Verifies the signature headers of an agent request and returns the agent id.

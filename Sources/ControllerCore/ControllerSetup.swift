@@ -44,9 +44,10 @@ public enum ControllerSetup {
     }
 
     /// Starts serving HTTPS on `host:port`.
-    public static func serve(paths: ControllerPaths, host: String, port: UInt16, threads: Int = 4) throws -> (HTTPServer, ControllerService) {
+    public static func serve(paths: ControllerPaths, host: String, port: UInt16, threads: Int = ProcessInfo.processInfo.activeProcessorCount) throws -> (HTTPServer, ControllerService) {
         let (store, pin) = try open(paths: paths)
         let service = ControllerService(store: store, certificatePin: pin)
+        service.startBatchedWrites()
         var configuration = HTTPServerConfiguration(host: host, port: port, tlsCertificatePath: paths.certificate,
                                                     tlsPrivateKeyPath: paths.privateKey, threads: threads)
         // Agent messages are a few hundred bytes; anything near this limit is a mistake or an attack.

@@ -27,6 +27,11 @@ public final class ControllerStore: Sendable {
                                  enrolled_at INTEGER NOT NULL, removed_at INTEGER, last_seen INTEGER,
                                  facts TEXT NOT NULL DEFAULT '{}', problems TEXT NOT NULL DEFAULT '{}');
             """),
+        Migration(version: 2, sql: """
+            CREATE TABLE escrow (agent_id TEXT NOT NULL REFERENCES agents(id), created_at INTEGER NOT NULL,
+                                 recovery_public_key TEXT NOT NULL, sealed_key BLOB NOT NULL);
+            CREATE INDEX escrow_agent ON escrow (agent_id, created_at);
+            """),
     ]
 
     public init(path: String) throws {
@@ -83,6 +88,20 @@ public final class ControllerStore: Sendable {
                         .integer(now), .text(Self.json(facts)), .text(Self.json(problems))])
             return agentID
         }
+    }
+
+    // MARK: Key escrow
+
+    func depositEscrow(agentID: String, recoveryPublicKey: String, sealedKey: [UInt8], now: Int64) throws {
+        try database.run("INSERT INTO escrow (agent_id, created_at, recovery_public_key, sealed_key) VALUES (?, ?, ?, ?)",
+                         [.text(agentID), .integer(now), .text(recoveryPublicKey), .blob(sealedKey)])
+    }
+
+    /// The newest escrowed repository key of an agent, still sealed to the operator's recovery key.
+    public func latestEscrow(agentID: String) throws -> (sealedKey: [UInt8], createdAt: Int64)? {
+        guard let row = try database.query("SELECT sealed_key, created_at FROM escrow WHERE agent_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                                           [.text(agentID)]).first, let sealed = row.blob("sealed_key") else { return nil }
+        return (sealed, row.int("created_at") ?? 0)
     }
 
     // MARK: Agents

@@ -71,3 +71,25 @@ public enum APIPath {
     public static let heartbeat = "/v1/heartbeat"
     public static let health = "/v1/health"
 }
+
+/// Answer to `POST /v1/escrow/recipient`: the operator's X25519 recovery public key (base64url), if configured.
+public struct EscrowRecipient: Codable, Sendable {
+    public var recoveryPublicKey: String?
+    public init(recoveryPublicKey: String?) { self.recoveryPublicKey = recoveryPublicKey }
+}
+
+/// Body of `POST /v1/escrow`: the repository key sealed to the operator's recovery key. The controller stores it
+/// but cannot open it.
+public struct EscrowDeposit: Codable, Sendable {
+    public var sealedKey: String
+    public var recoveryPublicKey: String
+    public init(sealedKey: String, recoveryPublicKey: String) {
+        self.sealedKey = sealedKey
+        self.recoveryPublicKey = recoveryPublicKey
+    }
+}
+
+extension APIPath {
+    public static let escrowRecipient = "/v1/escrow/recipient"
+    public static let escrow = "/v1/escrow"
+}

@@ -2,9 +2,9 @@ import CMicroHTTPD
 import Foundation
 import Synchronization
 
-/// An HTTP/1.1 (optionally TLS) server on libmicrohttpd: a pool of `configuration.threads` epoll I/O threads, plus
-/// as many handler threads. A request's connection is suspended while its handler runs, so slow handlers never
-/// stall the other connections an I/O thread serves.
+/// An HTTP/1.1 (optionally TLS) server on libmicrohttpd with a pool of `configuration.threads` epoll I/O threads.
+/// Handlers run inline on those threads (fastest), or with `handlerThreads > 0` on a separate pool while the
+/// request's connection is suspended, so a slow handler never stalls the other connections of its I/O thread.
 ///
 /// `@unchecked Sendable`: the daemon pointer and PEM buffers are only touched under `state`'s lock (start/shutdown/deinit);
 /// libmicrohttpd itself is thread-safe for these calls, and request handling state lives in the Sendable dispatcher.
@@ -29,9 +29,9 @@ public final class HTTPServer: @unchecked Sendable {
         self.configuration = configuration
         bindAddress = try BindAddress(host: configuration.host, port: configuration.port)
         guard configuration.threads >= 1, configuration.maxConnections >= 1, configuration.maxBodyBytes >= 0,
-              configuration.connectionTimeoutSeconds >= 0 else {
+              configuration.connectionTimeoutSeconds >= 0, configuration.handlerThreads >= 0 else {
             throw HTTPServerError(operation: "validating configuration",
-                                  message: "threads and maxConnections must be >= 1, maxBodyBytes and connectionTimeoutSeconds >= 0")
+                                  message: "threads and maxConnections must be >= 1; maxBodyBytes, connectionTimeoutSeconds and handlerThreads >= 0")
         }
         switch (configuration.tlsCertificatePath, configuration.tlsPrivateKeyPath) {
         case let (certificatePath?, keyPath?):
@@ -50,7 +50,8 @@ public final class HTTPServer: @unchecked Sendable {
             throw HTTPServerError(operation: "configuring TLS",
                                   message: "tlsCertificatePath and tlsPrivateKeyPath must be set together")
         }
-        dispatcher = RequestDispatcher(router: router, maxBodyBytes: configuration.maxBodyBytes)
+        dispatcher = RequestDispatcher(router: router, maxBodyBytes: configuration.maxBodyBytes,
+                                       handlerThreads: configuration.handlerThreads)
     }
 
     deinit {
@@ -65,13 +66,14 @@ public final class HTTPServer: @unchecked Sendable {
             guard !state.started else {
                 throw HTTPServerError(operation: "starting", message: "server was already started")
             }
-            var flags = MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue
+            var flags = MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue | MHD_USE_ITC.rawValue
                 | MHD_USE_ERROR_LOG.rawValue | MHD_USE_TURBO.rawValue
+            if configuration.handlerThreads > 0 { flags |= MHD_ALLOW_SUSPEND_RESUME.rawValue }
             if certificatePEM != nil { flags |= MHD_USE_TLS.rawValue }
             if bindAddress.isIPv6 { flags |= MHD_USE_IPv6.rawValue }
             let context = Unmanaged.passUnretained(dispatcher).toOpaque()
             dispatcher.log("")
-            dispatcher.startHandlers(threads: configuration.threads)
+            dispatcher.startHandlers(threads: configuration.handlerThreads)
             let daemon = bindAddress.storage.withUnsafeBytes { raw in
                 fk_mhd_start_daemon(
                     UInt32(flags), raw.baseAddress!.assumingMemoryBound(to: sockaddr.self),
@@ -112,7 +114,8 @@ public final class HTTPServer: @unchecked Sendable {
         }
         // Stopping libmicrohttpd with a suspended connection is undefined behaviour, so running handlers are
         // always waited for, even past the deadline.
-        while dispatcher.suspended.load(ordering: .acquiring) > 0 { usleep(2_000) }
+        dispatcher.stopping.store(true, ordering: .sequentiallyConsistent)
+        while dispatcher.suspended.load(ordering: .sequentiallyConsistent) > 0 { usleep(2_000) }
         MHD_stop_daemon(daemon)
         if listenSocket >= 0 { close(listenSocket) }
         dispatcher.stopHandlers()

@@ -13,11 +13,16 @@ public struct HTTPServerConfiguration: Sendable {
     public var maxConnections: Int = 2048
     /// Idle connections are closed after this long; also bounds how long `shutdown()` waits for in-flight requests.
     public var connectionTimeoutSeconds: Int = 30
-    /// Size of libmicrohttpd's I/O thread pool, and the number of threads running handlers concurrently.
+    /// Size of libmicrohttpd's I/O thread pool. With `handlerThreads == 0` handlers run inline on these threads, so
+    /// this is also the handler concurrency, and a slow handler delays the other connections of its thread.
     public var threads: Int = 2
+    /// 0 (default, fastest: about twice the single-connection request rate): handlers run inline on the I/O threads.
+    /// N > 0: handlers run on N dedicated threads while the connection is suspended; use for handlers that may block.
+    public var handlerThreads: Int = 0
 
     public init(host: String = "127.0.0.1", port: UInt16 = 0, tlsCertificatePath: String? = nil, tlsPrivateKeyPath: String? = nil,
-                maxBodyBytes: Int = 1 << 20, maxConnections: Int = 2048, connectionTimeoutSeconds: Int = 30, threads: Int = 2) {
+                maxBodyBytes: Int = 1 << 20, maxConnections: Int = 2048, connectionTimeoutSeconds: Int = 30, threads: Int = 2,
+                handlerThreads: Int = 0) {
         self.host = host
         self.port = port
         self.tlsCertificatePath = tlsCertificatePath
@@ -26,6 +31,7 @@ public struct HTTPServerConfiguration: Sendable {
         self.maxConnections = maxConnections
         self.connectionTimeoutSeconds = connectionTimeoutSeconds
         self.threads = threads
+        self.handlerThreads = handlerThreads
     }
 }
 

@@ -4,7 +4,7 @@ import Synchronization
 
 /// Per-request state living in libmicrohttpd's `con_cls` slot, from the first access-handler call to the
 /// completion notification. Touched by the I/O thread that owns the connection, except while the connection is
-/// suspended, when only the handler thread holding its `HandlerJob` touches it; so it needs no lock.
+/// suspended (handler-pool mode), when only the handler thread holding its `HandlerJob` touches it; so no lock.
 final class RequestState {
     var body: [UInt8] = []
     var bodyTooLarge = false
@@ -21,17 +21,24 @@ final class RequestDispatcher: Sendable {
     let inFlight = Atomic<Int>(0)
     /// Connections suspended while a handler runs; libmicrohttpd must not be stopped while this is above 0.
     let suspended = Atomic<Int>(0)
+    /// Set by shutdown once it stops waiting for in-flight requests; later requests get 503 instead of a handler thread.
+    let stopping = Atomic<Bool>(false)
     /// Last message libmicrohttpd logged; included in startup errors.
     let lastLogMessage = Mutex<String>("")
     /// Set once at start, before the daemon exists, so the callbacks never see nil.
     private let pool = Mutex<HandlerPool?>(nil)
 
-    init(router: Router, maxBodyBytes: Int) {
+    /// false: handlers run inline on the libmicrohttpd I/O thread (fastest); true: on `HandlerPool` threads.
+    let usesHandlerPool: Bool
+
+    init(router: Router, maxBodyBytes: Int, handlerThreads: Int) {
         self.router = router
         self.maxBodyBytes = maxBodyBytes
+        usesHandlerPool = handlerThreads > 0
     }
 
     func startHandlers(threads: Int) {
+        guard threads > 0 else { return }
         let pool = HandlerPool(threads: threads, name: "http-handler") { [self] job in runHandler(job) }
         self.pool.withLock { $0 = pool }
     }
@@ -95,10 +102,17 @@ final class RequestDispatcher: Sendable {
                                       headers: Self.values(of: connection, kind: .HEADER_KIND, lowercaseKeys: true),
                                       body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)))
             state.body = []
+            guard usesHandlerPool else { return queue(Self.run(handler, request), on: connection) }
             guard let pool = pool.withLock({ $0 }) else {
                 return queue(.error(503, "server is shutting down"), on: connection)
             }
-            suspended.add(1, ordering: .relaxed)
+            // Counted before checking `stopping` (and shutdown sets `stopping` before waiting for the count to reach
+            // 0), so no connection can be suspended after shutdown decided to stop libmicrohttpd.
+            suspended.add(1, ordering: .sequentiallyConsistent)
+            if stopping.load(ordering: .sequentiallyConsistent) {
+                suspended.subtract(1, ordering: .sequentiallyConsistent)
+                return queue(.error(503, "server is shutting down"), on: connection)
+            }
             MHD_suspend_connection(connection)
             pool.submit(HandlerJob(handler: handler, request: request, state: state, connection: connection))
             return .YES
@@ -107,18 +121,9 @@ final class RequestDispatcher: Sendable {
 
     /// Runs on a handler thread. Resuming is the last touch of the job's state and connection.
     private func runHandler(_ job: HandlerJob) {
-        let response: HTTPResponse
-        do {
-            response = try job.handler(job.request)
-        } catch let error as HTTPError {
-            response = .error(error.status, error.message)
-        } catch {
-            // Internal details stay in the server; handlers that want to explain throw HTTPError.
-            response = .error(500, "internal server error handling \(job.request.method) \(job.request.path)")
-        }
-        job.state.response = response
+        job.state.response = Self.run(job.handler, job.request)
         MHD_resume_connection(job.connection)
-        suspended.subtract(1, ordering: .releasing)
+        suspended.subtract(1, ordering: .sequentiallyConsistent)
     }
 
     func completed(context: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) {
@@ -134,6 +139,17 @@ final class RequestDispatcher: Sendable {
 
     private func bodyTooLargeResponse() -> HTTPResponse {
         .error(413, "request body larger than the limit of \(maxBodyBytes) bytes")
+    }
+
+    private static func run(_ handler: HTTPHandler, _ request: HTTPRequest) -> HTTPResponse {
+        do {
+            return try handler(request)
+        } catch let error as HTTPError {
+            return .error(error.status, error.message)
+        } catch {
+            // Internal details stay in the server; handlers that want to explain throw HTTPError.
+            return .error(500, "internal server error handling \(request.method) \(request.path)")
+        }
     }
 
     private struct Collected {

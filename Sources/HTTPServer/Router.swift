@@ -1,4 +1,4 @@
-/// Handles one request. Runs on one of the server's handler threads; up to `threads` handlers run concurrently.
+/// Handles one request. Runs on a libmicrohttpd I/O thread (or a handler-pool thread); handlers run concurrently.
 public typealias HTTPHandler = @Sendable (HTTPRequest) throws -> HTTPResponse
 
 /// Exact-path routing table: path -> method -> handler. Built before the server starts, immutable afterwards.

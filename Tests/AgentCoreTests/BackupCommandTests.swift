@@ -30,6 +30,14 @@ struct AgentConfigTests {
         #expect(config.offsite.keepWeekly == 6 && config.offsite.kinds == [.files, .databases])
     }
 
+    @Test func shippedDefaultConfigParsesToTheDocumentedDefaults() throws {
+        let config = try AgentConfig.load(path: ProcessRunner.packageRoot + "/Agent/agent.conf")
+        let defaults = AgentConfig()
+        #expect(config.repository == defaults.repository && config.keyFile == defaults.keyFile)
+        #expect(config.retention == defaults.retention)
+        #expect(config.offsite.keepWeekly == 4 && config.offsite.kinds == [.files, .databases])
+    }
+
     @Test(arguments: [("bogus = 1", "agent.conf:1: unknown key 'bogus'"), ("[nope]", "unknown section [nope]"),
                       ("[database]\nport = many", "agent.conf:2: port must be a whole number"),
                       ("repository = relative/path", "must be an absolute path"), ("just words", "expected `key = value`"),

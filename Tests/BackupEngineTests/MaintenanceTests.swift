@@ -63,22 +63,22 @@ struct PruneAndCopyTests {
         #expect(try HostingFixture.manifest(root: target) == HostingFixture.manifest(root: source))
     }
 
-    @Test func copyTransfersOnlyMissingFilesAndTheCopyRestores() throws {
+    @Test func mirrorTransfersOnlyMissingFilesAndTheCopyRestores() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 3)
         let repository = try scene.initialize()
         let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
         let remote = LocalStorage(root: scene.scratch.appending("offsite"))
-        let copied = try Repository.copy(from: scene.storage, to: remote)
+        let copied = try Repository.mirror(from: scene.storage, to: remote)
         #expect(copied.filesCopied > 3)
         #expect(try Repository.files(in: remote) == Repository.files(in: scene.storage))
-        let again = try Repository.copy(from: scene.storage, to: remote)
+        let again = try Repository.mirror(from: scene.storage, to: remote)
         #expect(again.filesCopied == 1, "only config is rewritten") // config has no content-derived name
         #expect(again.bytesCopied < 200)
 
         try HostingFixture.churn(root: scene.root, percent: 10)
         _ = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
         _ = try repository.prune(policy: { _ in RetentionPolicy(keepLast: 1) }, dryRun: false)
-        let mirrored = try Repository.copy(from: scene.storage, to: remote)
+        let mirrored = try Repository.mirror(from: scene.storage, to: remote)
         #expect(mirrored.filesRemoved >= 1)
         #expect(try Repository.files(in: remote) == Repository.files(in: scene.storage))
 
@@ -88,6 +88,32 @@ struct PruneAndCopyTests {
         let target = scene.scratch.appending("from-offsite")
         _ = try offsite.restore(try offsite.findSnapshot("latest"), target: target)
         #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+    }
+
+    @Test func copyOfChosenSnapshotsUploadsOnlyTheirPacksOnce() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 3)
+        let repository = try scene.initialize()
+        let files = try repository.backup(directory: scene.root + "/home/user000", options: BackupOptions(tags: ["kind": "files"], excludes: ["mail"]))
+        let mail = scene.scratch.appending("mail-only")
+        try writeRandomFiles(mail, count: 3, size: 200_000, prefix: "msg")
+        _ = try repository.backup(directory: mail, options: BackupOptions(tags: ["kind": "email"]))
+
+        let remoteStorage = LocalStorage(root: scene.scratch.appending("offsite"))
+        try repository.replicateConfiguration(to: remoteStorage)
+        let remote = try Repository.open(storage: remoteStorage, keySource: .keyFile(scene.keyFile))
+        let first = try repository.copy([files], to: remote)
+        #expect(first.snapshotsCopied == 1 && first.packsUploaded >= 1)
+        let again = try repository.copy([files], to: remote)
+        #expect(again.packsUploaded == 0 && again.snapshotsAlreadyThere == 1)
+
+        let reopened = try Repository.open(storage: remoteStorage, keySource: .keyFile(scene.keyFile))
+        #expect(try reopened.snapshots().map(\.id) == [files.id])
+        #expect(try reopened.verify(readData: true).isHealthy)
+        let target = scene.scratch.appending("restored")
+        #expect(try reopened.restore(files, target: target).errors.isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: target + "/mail"))
+        #expect(try scene.manifest(target) == HostingFixture.manifest(root: scene.root + "/home/user000").split(separator: "\n")
+            .filter { !$0.hasSuffix(" mail") && !$0.contains(" mail/") }.joined(separator: "\n") + "\n")
     }
 
     @Test func liveExclusiveLeaseBlocksAndExpiredOneDoesNot() throws {

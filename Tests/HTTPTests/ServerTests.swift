@@ -120,12 +120,43 @@ struct ServerTests {
         #expect(try client.send(method: "GET", path: "/teapot").status == 418)
     }
 
-    @Test func concurrentRequestsOverlapInHandlers() throws {
+    @Test func inlineHandlersOnDifferentIOThreadsOverlap() throws {
+        // Busy I/O threads do not accept, so starting each client after the previous handler began puts every
+        // connection on its own thread: 4 x 200 ms must take about 200 ms, not 800.
+        let active = Atomic<Int>(0), peak = Atomic<Int>(0), entered = Atomic<Int>(0)
         let running = try RunningServer(configuration: HTTPServerConfiguration(threads: 4)) { router in
+            router.add("GET", "/slow") { _ in
+                let now = active.add(1, ordering: .relaxed).newValue
+                peak.max(now, ordering: .relaxed)
+                entered.add(1, ordering: .relaxed)
+                Thread.sleep(forTimeInterval: 0.2)
+                active.subtract(1, ordering: .relaxed)
+                return .text("done")
+            }
+        }
+        let base = running.baseURL
+        var statuses: [Int] = []
+        let elapsed = measure {
+            statuses = onThreads(4) { index in
+                let deadline = ContinuousClock.now + .seconds(2)
+                while entered.load(ordering: .relaxed) < index && ContinuousClock.now < deadline { usleep(500) }
+                let client = try? HTTPClient(configuration: HTTPClientConfiguration(baseURL: base, retry: .none))
+                return (try? client?.send(method: "GET", path: "/slow").status) ?? -1
+            }
+        }
+        #expect(statuses == [200, 200, 200, 200])
+        #expect(peak.load(ordering: .relaxed) == 4)
+        #expect(elapsed < 0.5, "4 x 200 ms handlers took \(elapsed)s; they did not run concurrently")
+    }
+
+    @Test func handlerPoolRunsSlowHandlersConcurrentlyOnOneIOThread() throws {
+        // One I/O thread, four simultaneous clients: only the handler pool can make these overlap.
+        let running = try RunningServer(configuration: HTTPServerConfiguration(threads: 1, handlerThreads: 4)) { router in
             router.add("GET", "/slow") { _ in
                 Thread.sleep(forTimeInterval: 0.2)
                 return .text("done")
             }
+            router.add("POST", "/echo") { request in HTTPResponse(status: 200, body: request.body) }
         }
         let base = running.baseURL
         var statuses: [Int] = []
@@ -136,7 +167,14 @@ struct ServerTests {
             }
         }
         #expect(statuses == [200, 200, 200, 200])
-        #expect(elapsed < 0.6, "4 x 200 ms handlers took \(elapsed)s; they did not run concurrently")
+        #expect(elapsed < 0.5, "4 x 200 ms handlers took \(elapsed)s; they did not run concurrently")
+        // Keep-alive reuse across suspend/resume, with bodies.
+        let client = try running.client()
+        for index in 0..<50 {
+            let body = Array("payload \(index)".utf8)
+            let response = try client.send(method: "POST", path: "/echo", body: body)
+            #expect(response.status == 200 && response.body == body)
+        }
     }
 
     @Test func keepAliveLoopServesManyRequests() throws {
@@ -160,9 +198,10 @@ struct ServerTests {
         print("keep-alive loop: \(Int(Double(count) / elapsed)) requests/s")
     }
 
-    @Test func gracefulShutdownLetsInFlightRequestFinish() throws {
+    @Test(arguments: [0, 2])
+    func gracefulShutdownLetsInFlightRequestFinish(handlerThreads: Int) throws {
         let entered = Atomic<Bool>(false)
-        let running = try RunningServer { router in
+        let running = try RunningServer(configuration: HTTPServerConfiguration(handlerThreads: handlerThreads)) { router in
             router.add("GET", "/slow") { _ in
                 entered.store(true, ordering: .relaxed)
                 Thread.sleep(forTimeInterval: 0.4)

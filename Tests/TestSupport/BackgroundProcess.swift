@@ -3,27 +3,20 @@ import Foundation
 /// A long-running program started by a test (a server, a daemon). Output goes to a log file the test can poll;
 /// the process is terminated when the value is released.
 public final class BackgroundProcess: @unchecked Sendable {
-    // @unchecked: `process` is only started in init and signalled afterwards; Process itself is thread-safe for that.
+    // @unchecked: the process object is thread-safe (it locks), the rest is immutable.
     public let logPath: String
-    private let process = Process()
+    private let process: SpawnedProcess
     private let scratch = TemporaryDirectory(prefix: "fleetkeep-bg")
 
     public init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
         logPath = scratch.appending("output.log")
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        process = try SpawnedProcess(executable, arguments, logPath: logPath, environment: environment)
     }
 
     public var output: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
     public var isRunning: Bool { process.isRunning }
-    public var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.pid }
 
     /// Polls the output until `predicate` matches it, or fails after `timeout` seconds.
     @discardableResult
@@ -40,13 +33,7 @@ public final class BackgroundProcess: @unchecked Sendable {
 
     /// Sends SIGTERM and waits for the exit status.
     @discardableResult
-    public func stop() -> Int32 {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-        return process.terminationStatus
-    }
+    public func stop() -> Int32 { process.stop() }
 
     deinit { stop() }
 }

@@ -1,0 +1,187 @@
+import BackupEngine
+import CommandLineSupport
+import Foundation
+import SFTP
+
+/// `fleetkeep-agent offsite …`: the weekly off-site copy over SFTP. The remote is a repository in the same format
+/// and with the same keys, so it stays encrypted; restores read straight from it.
+public enum OffsiteCommands {
+    static let defaultKnownHosts = "/etc/fleetkeep/offsite_known_hosts"
+    static let options: Set<String> = BackupCommands.common.union(["target", "host-key", "known-hosts", "identity", "password-file",
+                                                                   "keep-weekly", "account", "kind", "to", "path", "into-database"])
+
+    public static func run(_ raw: [String]) throws -> Int32 {
+        let arguments = try Arguments(raw, options: options, flags: ["json", "read-data", "dry-run", "all", "load-databases"])
+        guard let action = arguments.positionals.first else {
+            throw UsageError("expected `offsite push|snapshots|verify|restore|prune|trust`")
+        }
+        var config = try BackupCommands.settings(arguments)
+        if let target = arguments.value("target") { config.offsite.target = target }
+        if let pin = arguments.value("host-key") { config.offsite.hostKey = pin }
+        if let knownHosts = arguments.value("known-hosts") { config.offsite.knownHosts = knownHosts }
+        if let identity = arguments.value("identity") { config.offsite.identity = identity }
+        if let passwordFile = arguments.value("password-file") { config.offsite.passwordFile = passwordFile }
+        if let keep = arguments.value("keep-weekly") {
+            guard let number = Int(keep), number >= 0 else { throw UsageError("--keep-weekly must be a whole number") }
+            config.offsite.keepWeekly = number
+        }
+        guard let targetText = config.offsite.target else {
+            throw UsageError("no off-site target: pass --target sftp://user@host:port/path or set target in [offsite]")
+        }
+        let target = try OffsiteTarget(url: targetText)
+        switch action {
+        case "trust": return try trust(target: target, config: config)
+        case "push": return try push(target: target, config: config, arguments: arguments)
+        case "snapshots", "verify", "restore", "prune":
+            let (remote, _) = try openRemote(target: target, config: config, create: false)
+            switch action {
+            case "snapshots":
+                let list = try remote.snapshots()
+                if arguments.flag("json") { print(try BackupCommands.jsonText(list)) } else {
+                    for snapshot in list {
+                        print("\(snapshot.shortID)  \(ISO8601DateFormatter().string(from: snapshot.time))  \(snapshot.tags["account"] ?? "-")  \(snapshot.tags["kind"] ?? "-")  \(snapshot.tags["database"] ?? "")")
+                    }
+                    print("\(list.count) snapshots at \(target.description)")
+                }
+                return 0
+            case "verify":
+                let report = try remote.verify(readData: arguments.flag("read-data"))
+                if arguments.flag("json") { print(try BackupCommands.jsonText(report)) } else {
+                    print("checked \(report.snapshots) snapshots, \(report.packs) packs at \(target.description)")
+                    for problem in report.problems { print("problem: \(problem)") }
+                    for (snapshot, files) in report.damagedFiles { print("snapshot \(snapshot.prefix(8)): damaged \(files.prefix(20).joined(separator: ", "))") }
+                    print(report.isHealthy ? "off-site copy is healthy" : "off-site copy is DAMAGED: run a new push")
+                }
+                return report.isHealthy ? 0 : 1
+            case "prune":
+                let keep = config.offsite.keepWeekly
+                let report = try remote.prune(policy: { _ in RetentionPolicy(keepWeekly: keep) }, dryRun: arguments.flag("dry-run"))
+                print("off-site: kept \(report.keptSnapshots.count) snapshots, removed \(report.removedSnapshots.count), \(report.bytesFreed / 1_048_576) MiB freed")
+                return 0
+            default:
+                return try restore(remote: remote, config: config, arguments: arguments)
+            }
+        default:
+            throw UsageError("unknown offsite action '\(action)' (push, snapshots, verify, restore, prune, trust)")
+        }
+    }
+
+    /// Connects with the pinned key or the known_hosts file; an unknown host says how to trust it.
+    static func connect(target: OffsiteTarget, config: AgentConfig) throws -> SFTPSession {
+        let policy: SSHHostKeyPolicy
+        if let pin = config.offsite.hostKey {
+            policy = .pinnedSHA256(pin)
+        } else {
+            let knownHosts = config.offsite.knownHosts ?? defaultKnownHosts
+            guard FileManager.default.fileExists(atPath: knownHosts) else {
+                throw AgentError("the host key of \(target.host):\(target.port) is not trusted yet; check it and run `fleetkeep-agent offsite trust --target \(target.description)` (or set host-key in [offsite])")
+            }
+            policy = .knownHosts(path: knownHosts)
+        }
+        let credentials: SSHCredentials
+        if let passwordFile = config.offsite.passwordFile {
+            guard let password = try? String(contentsOfFile: passwordFile, encoding: .utf8) else { throw AgentError("cannot read password file \(passwordFile)") }
+            credentials = .password(password.trimmingCharacters(in: .newlines))
+        } else {
+            credentials = .privateKeyFile(path: config.offsite.identity ?? "/etc/fleetkeep/offsite_ed25519", passphrase: nil)
+        }
+        do {
+            return try SFTPSession.connect(SFTPConnectionOptions(host: target.host, port: target.port, username: target.user,
+                                                                 hostKeyPolicy: policy, credentials: credentials))
+        } catch let error as SFTPError {
+            throw AgentError("cannot connect to \(target.description): \(error)")
+        }
+    }
+
+    static func openRemote(target: OffsiteTarget, config: AgentConfig, create: Bool, local: Repository? = nil) throws -> (Repository, SFTPStorage) {
+        let storage = SFTPStorage(session: try connect(target: target, config: config), target: target)
+        if create, let local {
+            try local.replicateConfiguration(to: storage)
+        }
+        return (try Repository.open(storage: storage, keySource: .keyFile(config.keyFile)), storage)
+    }
+
+    static func trust(target: OffsiteTarget, config: AgentConfig) throws -> Int32 {
+        let key: SSHHostKey
+        do { key = try SSHSession.fetchHostKey(host: target.host, port: target.port) } catch let error as SFTPError {
+            throw AgentError("cannot reach \(target.host):\(target.port) to read its host key: \(error)")
+        }
+        let path = config.offsite.knownHosts ?? defaultKnownHosts
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let existing = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        let line = key.knownHostsLine(host: target.host, port: target.port)
+        if !existing.contains(line) { try PrivateFile.write(path, Array((existing + line + "\n").utf8)) }
+        print("trusted \(target.host):\(target.port) \(key.algorithm) SHA256:\(key.sha256Fingerprint) (written to \(path))")
+        return 0
+    }
+
+    static func push(target: OffsiteTarget, config: AgentConfig, arguments: Arguments) throws -> Int32 {
+        let local = try BackupCommands.open(config)
+        let kinds = Set(config.offsite.kinds.map(\.rawValue))
+        // The newest snapshot of every account/kind/database group: that is this week's off-site copy.
+        let groups = Dictionary(grouping: try local.snapshots().filter { kinds.contains($0.tags["kind"] ?? "") }) { $0.tags }
+        let latest = groups.values.compactMap { $0.last }.sorted { $0.time < $1.time }
+        let (remote, storage) = try openRemote(target: target, config: config, create: true, local: local)
+        for directory in ["data", "index", "snapshots"] { storage.removeTemporaryUploads(in: directory) }
+        var progress: (@Sendable (CopyReport) -> Void)?
+        if Console.isTerminal && !arguments.flag("json") { progress = showProgress }
+        let report = try local.copy(latest, to: remote, progress: progress)
+        let keep = config.offsite.keepWeekly
+        let pruned = keep > 0 ? try remote.prune(policy: { _ in RetentionPolicy(keepWeekly: keep) }, dryRun: false) : nil
+        if arguments.flag("json") { print(try BackupCommands.jsonText(report)) } else {
+            if Console.isTerminal { FileHandle.standardOutput.write(Data("\r".utf8)) }
+            print(String(format: "pushed %d snapshots (%d already there) to %@: %d packs uploaded, %d already there, %.1f MiB sent in %.1fs",
+                         report.snapshotsCopied, report.snapshotsAlreadyThere, target.description, report.packsUploaded,
+                         report.packsAlreadyThere, Double(report.bytesUploaded) / 1_048_576, report.seconds))
+            if let pruned { print("off-site retention (keep \(keep) weekly): removed \(pruned.removedSnapshots.count) snapshots") }
+        }
+        return 0
+    }
+
+    @Sendable static func showProgress(_ report: CopyReport) {
+        FileHandle.standardOutput.write(Data("\r  \(report.packsUploaded) packs, \(report.bytesUploaded / 1_048_576) MiB sent".utf8))
+    }
+
+    /// Restores from the remote. With `--all`, rebuilds every account under `--to` (a new server's root):
+    /// the latest files snapshot of each account goes back to its home, and databases are written as .sql files
+    /// (or loaded into the local MariaDB with `--load-databases`).
+    static func restore(remote: Repository, config: AgentConfig, arguments: Arguments) throws -> Int32 {
+        guard let destination = arguments.value("to") else { throw UsageError("--to DIR is required (where to restore)") }
+        var chosen: [Snapshot]
+        if arguments.flag("all") {
+            let groups = Dictionary(grouping: try remote.snapshots()) { $0.tags }
+            chosen = groups.values.compactMap { $0.last }.sorted { $0.time < $1.time }
+        } else {
+            let reference = try arguments.positional(1, "snapshot (an id, `latest`, or --all)")
+            var tags: [String: String] = [:]
+            tags["account"] = arguments.value("account")
+            tags["kind"] = arguments.value("kind")
+            chosen = [try remote.findSnapshot(reference, tags: tags)]
+        }
+        var failures = 0
+        for snapshot in chosen {
+            let account = snapshot.tags["account"] ?? "unknown"
+            if snapshot.tags["kind"] == BackupKind.databases.rawValue {
+                let name = snapshot.tags["database"] ?? "database"
+                if arguments.flag("load-databases") {
+                    try DatabaseDumper(settings: config.database).load(into: name) { try remote.restoreStream(snapshot, to: $0) }
+                    print("\(account): database \(name) loaded")
+                } else {
+                    let path = try BackupCommands.writeDump(snapshot, from: remote, into: destination + "/var/lib/fleetkeep/restored-databases")
+                    print("\(account): database \(name) written to \(path)")
+                }
+                continue
+            }
+            let home = snapshot.tags["home"] ?? "/home/\(account)" + (snapshot.tags["kind"] == "email" ? "/mail" : "")
+            guard !home.split(separator: "/").contains("..") else { throw AgentError("snapshot \(snapshot.shortID) has an unsafe home tag") }
+            let where_ = arguments.flag("all") ? destination + home : destination
+            let summary = try remote.restore(snapshot, subpath: arguments.value("path"), target: where_)
+            print("\(account) \(snapshot.tags["kind"] ?? ""): restored \(summary.files) files to \(where_)")
+            if !summary.errors.isEmpty {
+                failures += summary.errors.count
+                for error in summary.errors.prefix(20) { Console.error("  could not restore \(error)") }
+            }
+        }
+        return failures == 0 ? 0 : 1
+    }
+}

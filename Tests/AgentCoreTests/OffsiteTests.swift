@@ -1,0 +1,156 @@
+@testable import AgentCore
+import BackupEngine
+import Foundation
+import SFTP
+import Testing
+import TestSupport
+
+/// A fixture server with a local repository holding one backup of every account, and a real sshd as the off-site host.
+struct OffsiteScene {
+    let scratch = TemporaryDirectory(prefix: "fk-offsite")
+    let server: SSHDServer
+    let local: Repository
+    var config = AgentConfig()
+    var root: String { scratch.appending("server") }
+
+    init(sizeMB: Int = 6, sftpArguments: [String] = []) throws {
+        server = try SSHDServer(sftpArguments: sftpArguments)
+        try HostingFixtureTool.create(scratch.appending("server"), accounts: 2, sizeMB: sizeMB, seed: 5)
+        config.root = scratch.appending("server")
+        config.repository = scratch.appending("repo")
+        config.keyFile = scratch.appending("repo.key")
+        config.database.enabled = false
+        config.offsite.target = "sftp://\(server.user)@127.0.0.1:\(server.port)\(server.root)/offsite"
+        config.offsite.hostKey = server.hostKeyFingerprintSHA256
+        config.offsite.identity = server.clientKeyPath
+        local = try Repository.initialize(storage: LocalStorage(root: config.repository), keySource: .keyFile(config.keyFile))
+        try backupAll()
+    }
+
+    func backupAll() throws {
+        for account in try HostingAccounts.discover(root: config.root, configured: [:]) {
+            for kind in [BackupKind.files, .email] {
+                let home = String(account.home.dropFirst(config.root.count))
+                _ = try local.backup(directory: kind == .files ? account.home : account.mailDirectory,
+                                     options: BackupOptions(tags: ["account": account.user, "kind": kind.rawValue, "host": "h", "home": home],
+                                                            excludes: kind == .files ? ["mail"] : []))
+            }
+        }
+    }
+
+    var target: OffsiteTarget { try! OffsiteTarget(url: config.offsite.target!) }
+
+    func remote() throws -> Repository { try OffsiteCommands.openRemote(target: target, config: config, create: true, local: local).0 }
+
+    func push() throws -> CopyReport {
+        let remote = try remote()
+        let latest = Dictionary(grouping: try local.snapshots().filter { $0.tags["kind"] != "email" }) { $0.tags }.values.compactMap(\.last)
+        return try local.copy(latest, to: remote)
+    }
+}
+
+@Suite(.serialized) struct OffsiteTests {
+    @Test func pushSendsOnlyNewPacksAndDisasterRecoveryRebuildsFromTheRemote() throws {
+        let scene = try OffsiteScene()
+        let first = try scene.push()
+        #expect(first.packsUploaded > 0)
+        #expect(first.snapshotsCopied == 2)   // files of two accounts; email stays home
+        let again = try scene.push()
+        #expect(again.packsUploaded == 0 && again.bytesUploaded < 10_000)
+        try HostingFixtureTool.churn(scene.root, percent: 1)
+        try scene.backupAll()
+        let weekly = try scene.push()
+        #expect(weekly.bytesUploaded < first.bytesUploaded / 4)
+
+        let remote = try scene.remote()
+        #expect(try remote.verify(readData: true).isHealthy)
+        #expect(try remote.snapshots().allSatisfy { $0.tags["kind"] == "files" })
+
+        // A brand-new server: only the remote and the key file.
+        let rebuilt = scene.scratch.appending("new-server")
+        let status = try OffsiteCommands.run(["restore", "--all", "--to", rebuilt, "--key-file", scene.config.keyFile,
+                                              "--target", scene.config.offsite.target!, "--host-key", scene.config.offsite.hostKey!,
+                                              "--identity", scene.config.offsite.identity!])
+        #expect(status == 0)
+        for user in ["user000", "user001"] {
+            let under = "home/\(user)/public_html"
+            #expect(try HostingFixtureTool.manifest(rebuilt, under: under) == HostingFixtureTool.manifest(scene.root, under: under))
+        }
+        #expect(!FileManager.default.fileExists(atPath: rebuilt + "/home/user000/mail"))
+    }
+
+    @Test func connectionKilledMidPushResumesWithoutResendingFinishedPacks() throws {
+        let scene = try OffsiteScene(sizeMB: 40)
+        let remote = try scene.remote()
+        let server = scene.server
+        let latest = Dictionary(grouping: try scene.local.snapshots().filter { $0.tags["kind"] == "files" }) { $0.tags }.values.compactMap(\.last)
+        #expect(throws: (any Error).self) {
+            try scene.local.copy(latest, to: remote) { report in
+                if report.packsUploaded == 2 { server.killSessions() }
+            }
+        }
+        // Nothing half-written is visible under a real name, and the next push resumes.
+        let resumed = try scene.push()
+        #expect(resumed.packsAlreadyThere >= 2)
+        let fresh = try scene.remote()
+        #expect(try fresh.verify(readData: true).isHealthy)
+        #expect(try fresh.snapshots().count == 2)
+    }
+
+    @Test func wrongHostKeyUnknownHostAndBadCredentialsAreRefused() throws {
+        var scene = try OffsiteScene(sizeMB: 1)
+        scene.config.offsite.hostKey = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        #expect(throws: AgentError.self) { _ = try scene.remote() }
+        do { _ = try scene.remote() } catch { #expect("\(error)".contains("host key") || "\(error)".contains("fingerprint"), "\(error)") }
+
+        scene.config.offsite.hostKey = nil
+        scene.config.offsite.knownHosts = scene.scratch.appending("known_hosts")
+        do {
+            _ = try scene.remote()
+            Issue.record("unknown host accepted")
+        } catch {
+            #expect("\(error)".contains("offsite trust"), "\(error)")
+        }
+        #expect(try OffsiteCommands.trust(target: scene.target, config: scene.config) == 0)
+        _ = try scene.remote()
+
+        scene.config.offsite.identity = scene.server.unauthorizedClientKeyPath
+        do {
+            _ = try scene.remote()
+            Issue.record("unauthorized key accepted")
+        } catch {
+            #expect("\(error)".contains("cannot connect"), "\(error)")
+        }
+    }
+
+    @Test func readOnlyRemoteGivesAClearErrorAndLeavesLocalDataIntact() throws {
+        let scene = try OffsiteScene(sizeMB: 1, sftpArguments: ["-R"])
+        do {
+            _ = try scene.push()
+            Issue.record("push to a read-only server succeeded")
+        } catch {
+            #expect("\(error)".lowercased().contains("permission") || "\(error)".contains("denied") || "\(error)".contains("read-only") || "\(error)".contains("FAILURE"), "\(error)")
+        }
+        #expect(try scene.local.verify(readData: true).isHealthy)
+    }
+
+    @Test func hostileRemoteNamesAreRefused() throws {
+        let scene = try OffsiteScene(sizeMB: 1)
+        _ = try scene.push()
+        let snapshots = scene.server.root + "/offsite/snapshots"
+        _ = FileManager.default.createFile(atPath: snapshots + "/evil\nname", contents: Data("x".utf8))
+        do {
+            _ = try scene.remote().snapshots()
+            Issue.record("hostile name accepted")
+        } catch {
+            #expect("\(error)".contains("not safe"), "\(error)")
+        }
+    }
+
+    @Test func targetURLsAreValidated() {
+        #expect((try? OffsiteTarget(url: "sftp://backup@host.example:2222/srv/fk"))?.port == 2222)
+        for bad in ["ftp://x@h/p", "sftp://host/path", "sftp://u@h:99999/p", "sftp://u@h/../etc", "sftp://u@h"] {
+            #expect(throws: AgentError.self) { try OffsiteTarget(url: bad) }
+        }
+    }
+}
