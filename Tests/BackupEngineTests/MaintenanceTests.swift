@@ -151,7 +151,7 @@ struct FileKindTests {
         #expect(symlink("../a", source + "/sub dir/link") == 0)
         #expect(symlink("/nonexistent/target", source + "/dangling") == 0)
         #expect(mkfifo(source + "/pipe", 0o600) == 0)
-        FileManager.default.createFile(atPath: source + "/-empty ünïcode", contents: nil)
+        _ = FileManager.default.createFile(atPath: source + "/-empty ünïcode", contents: nil)
         chmod(source + "/a", 0o4751)
 
         let storage = LocalStorage(root: scratch.appending("repo"))
