@@ -16,8 +16,8 @@ public enum Enrollment {
         let key = Ed25519PrivateKey()
         let connection = try ControllerConnection(url: token.controllerURL, pin: token.certificatePin, key: key,
                                                   identity: (RequestSigning.keyHeader, Base64URL.encode(key.publicKey.rawRepresentation)),
-                                                  retry: RetryPolicy(maxAttempts: 3, baseDelay: 0.5, maxDelay: 5))
-        let request = EnrollRequest(tokenID: token.id, tokenSecret: token.secret, publicKey: Base64URL.encode(key.publicKey.rawRepresentation),
+                                                  retry: RetryPolicy(maxAttempts: 3, baseDelay: 0.5, maxDelay: 5), sessions: false)
+        let request = EnrollRequest(tokenID: token.id, tokenSecret: token.secret, controllerPin: token.certificatePin, publicKey: Base64URL.encode(key.publicKey.rawRepresentation),
                                     facts: facts.fields, problems: facts.problems)
         let answer: EnrollResponse
         do {

@@ -9,7 +9,8 @@ public enum ControllerCommands {
 
       init   [--heartbeat-interval 5m]                 create database, signing key and TLS certificate; print the fingerprint
       serve  [--listen HOST:PORT] [--url URL]          serve the agent API over HTTPS (default listen 0.0.0.0:8443)
-             [--heartbeat-interval 5m] [--threads N]
+             [--heartbeat-interval 5m] [--threads N]   --plain-http: plain HTTP, loopback addresses only (tests, a local
+             [--plain-http]                            TLS-terminating proxy)
       token create [--expires 24h] [--url URL] [--count N]   print single-use enrollment token(s)
       agents [--json]                                  list enrolled agents
       agents remove AGENT_ID                           revoke an agent: its requests are refused from then on
@@ -34,7 +35,7 @@ public enum ControllerCommands {
     }
 
     public static func serve(_ raw: [String]) throws -> Int32 {
-        let arguments = try Arguments(raw, options: ["data", "listen", "url", "heartbeat-interval", "threads"])
+        let arguments = try Arguments(raw, options: ["data", "listen", "url", "heartbeat-interval", "threads"], flags: ["plain-http"])
         try arguments.expectPositionals(atMost: 0)
         let listen = arguments.value("listen") ?? "0.0.0.0:8443"
         guard let colon = listen.lastIndex(of: ":"), let port = UInt16(listen[listen.index(after: colon)...]) else {
@@ -46,14 +47,19 @@ public enum ControllerCommands {
         guard let threads = Int(arguments.value("threads") ?? String(cores)), (1...256).contains(threads) else {
             throw UsageError("--threads must be a number from 1 to 256")
         }
+        let plainHTTP = arguments.flag("plain-http")
+        if plainHTTP && !ControllerSetup.isLoopback(host) {
+            throw UsageError("--plain-http is only allowed with a loopback --listen address (127.0.0.1, [::1], localhost), not '\(host)'")
+        }
         let (store, _) = try ControllerSetup.open(paths: paths(arguments))
         // Block SIGINT/SIGTERM before the server's threads exist, so they inherit the mask and the signal reaches sigwait.
         SignalWaiter.blockTerminationSignals()
         if let text = arguments.value("heartbeat-interval") {
             try store.setSetting("heartbeat_interval", String(Int(try Arguments.parseDuration(text, option: "heartbeat-interval"))))
         }
-        let (server, service) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads)
-        let advertised = arguments.value("url") ?? "https://\(host == "0.0.0.0" || host == "::" ? ProcessInfo.processInfo.hostName : host):\(server.port)"
+        let (server, service) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads,
+                                                           plainHTTP: plainHTTP)
+        let advertised = arguments.value("url") ?? "\(plainHTTP ? "http" : "https")://\(host == "0.0.0.0" || host == "::" ? ProcessInfo.processInfo.hostName : host):\(server.port)"
         try store.setSetting("url", advertised)
         print("fleetkeep-controller listening on \(host):\(server.port) (agents use \(advertised))")
         fflush(nil)

@@ -4,11 +4,12 @@ import Foundation
 import HTTPServer
 import Synchronization
 
-/// The controller's request handlers: enrollment and signed heartbeats.
+/// The controller's request handlers: enrollment, sessions and signed heartbeats.
 public final class ControllerService: Sendable {
     public let store: ControllerStore
     let replayGuard = ReplayGuard(window: RequestSigning.allowedSkew)
     let certificatePin: String
+    let sessions: SessionTickets
     let clock: @Sendable () -> Int64
     /// Public keys of active agents, so a heartbeat costs no key lookup in SQLite.
     private let keyCache = Mutex<[String: Ed25519PublicKey]>([:])
@@ -16,10 +17,12 @@ public final class ControllerService: Sendable {
     private let pendingHeartbeats = Mutex<[String: (facts: [String: String], problems: [String: String], at: Int64)]?>(nil)
     private let interval: Int
 
-    public init(store: ControllerStore, certificatePin: String,
+    /// `sessionSecret` keys the session tokens (see `SessionTickets`); serving processes derive it from the signing key.
+    public init(store: ControllerStore, certificatePin: String, sessionSecret: [UInt8] = SecureRandom.bytes(32),
                 clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
         self.store = store
         self.certificatePin = certificatePin
+        sessions = SessionTickets(secret: sessionSecret)
         self.clock = clock
         interval = (try? store.heartbeatInterval()) ?? 300
     }
@@ -30,9 +33,16 @@ public final class ControllerService: Sendable {
     public func startBatchedWrites(period: Double = 1) {
         pendingHeartbeats.withLock { if $0 == nil { $0 = [:] } }
         Thread.detachNewThread { [self] in
+            var removalsCheckedAt = clock()
             while true {
                 Thread.sleep(forTimeInterval: period)
                 try? flushHeartbeats()
+                // `agents remove` runs in another process: pick its removals up here, within about a period.
+                let now = clock()
+                if let removed = try? store.removedAgents(since: removalsCheckedAt - 2) {
+                    keyCache.withLock { cache in for agentID in removed { cache.removeValue(forKey: agentID) } }
+                }
+                removalsCheckedAt = now
             }
         }
     }
@@ -57,6 +67,7 @@ public final class ControllerService: Sendable {
         router.add("GET", APIPath.health) { _ in .json(["status": "ok"]) }
         router.add("POST", APIPath.enroll) { [self] in try enroll($0) }
         router.add("POST", APIPath.heartbeat) { [self] in try heartbeat($0) }
+        router.add("POST", APIPath.session) { [self] in try openSession($0) }
         router.add("POST", APIPath.escrowRecipient) { [self] request in
             _ = try authenticate(request)
             return .json(EscrowRecipient(recoveryPublicKey: try store.setting("recovery_public_key")))
@@ -75,6 +86,9 @@ public final class ControllerService: Sendable {
             throw HTTPError(400, "publicKey is not a base64url Ed25519 public key")
         }
         if let field = DataInventory.undeclared(body.facts.keys) { throw HTTPError(400, "fact '\(field)' is not in the controller's data inventory; it was not stored") }
+        guard body.controllerPin == certificatePin else {
+            throw HTTPError(403, "enrollment token was made for another controller (its certificate fingerprint \(body.controllerPin) is not this controller's); create a token on this controller")
+        }
         let now = clock()
         do {
             // Proof of possession: the enrollment body is signed by the key being registered.
@@ -118,18 +132,44 @@ public final class ControllerService: Sendable {
         return .json(["status": "stored"])
     }
 
-    /// Verifies the signature headers of an agent request and returns the agent id.
-    func authenticate(_ request: HTTPRequest) throws -> String {
-        guard let agentID = request.headers[RequestSigning.agentHeader] else {
-            throw HTTPError(401, "request is not signed: missing \(RequestSigning.agentHeader) header")
+    /// Opens a session: the request must carry the agent's own Ed25519 signature; the answer is a token and HMAC key
+    /// for the cheaper per-request scheme.
+    func openSession(_ request: HTTPRequest) throws -> HTTPResponse {
+        guard request.headers[RequestSigning.sessionHeader] == nil else {
+            throw HTTPError(401, "a session must be opened with the agent's Ed25519 signature, not with another session")
         }
-        guard let key = try cachedKey(agentID) else {
-            throw HTTPError(403, "agent \(agentID) is not enrolled or was removed; enroll it again with a new token")
-        }
+        let agentID = try authenticate(request)
         let now = clock()
+        let credentials = sessions.mint(agentID: agentID, now: now)
+        return .json(SessionResponse(sessionToken: credentials.token, sessionKey: Base64URL.encode(credentials.key),
+                                     expiresAt: credentials.expiresAt, expiresInSeconds: credentials.expiresAt - now))
+    }
+
+    /// Verifies the signature headers of an agent request (Ed25519 or session HMAC) and returns the agent id.
+    func authenticate(_ request: HTTPRequest) throws -> String {
+        let now = clock()
+        let agentID: String
+        let verify: () throws -> (timestamp: Int64, nonce: String)
+        if let token = request.headers[RequestSigning.sessionHeader] {
+            let session: (agentID: String, key: [UInt8])
+            do { session = try sessions.open(token, now: now) } catch let rejection as RequestSigning.Rejection {
+                throw HTTPError(rejection.status, rejection.message)
+            }
+            agentID = session.agentID
+            verify = { try RequestSigning.verify(method: request.method, path: request.path, headers: request.headers,
+                                                 body: request.body, sessionKey: session.key, now: now) }
+        } else if let claimed = request.headers[RequestSigning.agentHeader] {
+            agentID = claimed
+            guard let key = try cachedKey(agentID) else { throw Self.notEnrolled(agentID) }
+            verify = { try RequestSigning.verify(method: request.method, path: request.path, headers: request.headers,
+                                                 body: request.body, publicKey: key, now: now) }
+        } else {
+            throw HTTPError(401, "request is not signed: missing \(RequestSigning.agentHeader) or \(RequestSigning.sessionHeader) header")
+        }
+        // A removed agent's unexpired sessions die with it.
+        guard try cachedKey(agentID) != nil else { throw Self.notEnrolled(agentID) }
         do {
-            let (timestamp, nonce) = try RequestSigning.verify(method: request.method, path: request.path, headers: request.headers,
-                                                               body: request.body, publicKey: key, now: now)
+            let (timestamp, nonce) = try verify()
             guard replayGuard.admit(agentID: agentID, nonce: nonce, timestamp: timestamp, now: now) else {
                 throw HTTPError(409, "replayed request: this nonce was already used")
             }
@@ -137,6 +177,10 @@ public final class ControllerService: Sendable {
             throw HTTPError(rejection.status, rejection.message)
         }
         return agentID
+    }
+
+    static func notEnrolled(_ agentID: String) -> HTTPError {
+        HTTPError(403, "agent \(agentID) is not enrolled or was removed; enroll it again with a new token")
     }
 
     private func cachedKey(_ agentID: String) throws -> Ed25519PublicKey? {

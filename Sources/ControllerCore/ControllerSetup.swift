@@ -43,17 +43,34 @@ public enum ControllerSetup {
         return (store, try SelfSignedCertificate.publicKeySHA256(certificatePEM: pem))
     }
 
-    /// Starts serving HTTPS on `host:port`.
-    public static func serve(paths: ControllerPaths, host: String, port: UInt16, threads: Int = ProcessInfo.processInfo.activeProcessorCount) throws -> (HTTPServer, ControllerService) {
+    /// The secret that keys session tokens, derived from the controller's Ed25519 signing key.
+    public static func sessionSecret(paths: ControllerPaths) throws -> [UInt8] {
+        guard let text = try? String(contentsOfFile: paths.signingKey, encoding: .utf8),
+              let raw = Base64URL.decode(text.trimmingCharacters(in: .whitespacesAndNewlines)), raw.count == 32 else {
+            throw ControllerError("signing key \(paths.signingKey) is missing or damaged; restore the data directory from a backup")
+        }
+        return try SessionTickets.secret(fromSigningKey: raw)
+    }
+
+    /// Starts serving on `host:port`: HTTPS, or plain HTTP when `plainHTTP` is set (loopback hosts only).
+    public static func serve(paths: ControllerPaths, host: String, port: UInt16, threads: Int = ProcessInfo.processInfo.activeProcessorCount,
+                             plainHTTP: Bool = false) throws -> (HTTPServer, ControllerService) {
         let (store, pin) = try open(paths: paths)
-        let service = ControllerService(store: store, certificatePin: pin)
+        let service = ControllerService(store: store, certificatePin: pin, sessionSecret: try sessionSecret(paths: paths))
         service.startBatchedWrites()
-        var configuration = HTTPServerConfiguration(host: host, port: port, tlsCertificatePath: paths.certificate,
-                                                    tlsPrivateKeyPath: paths.privateKey, threads: threads)
+        if plainHTTP && !isLoopback(host) {
+            throw ControllerError("plain HTTP is only allowed on a loopback address (127.0.0.1, ::1, localhost), not \(host); drop --plain-http to serve HTTPS")
+        }
+        var configuration = HTTPServerConfiguration(host: host, port: port, tlsCertificatePath: plainHTTP ? nil : paths.certificate,
+                                                    tlsPrivateKeyPath: plainHTTP ? nil : paths.privateKey, threads: threads)
         // Agent messages are a few hundred bytes; anything near this limit is a mistake or an attack.
         configuration.maxBodyBytes = 64 * 1024
         let server = try HTTPServer(configuration: configuration, router: service.router)
         try server.start()
         return (server, service)
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 }

@@ -123,6 +123,11 @@ public final class ControllerStore: Sendable {
         try database.run("UPDATE agents SET removed_at = ? WHERE id = ? AND removed_at IS NULL", [.integer(now), .text(agentID)]) == 1
     }
 
+    /// Agents removed at or after `since` (Unix seconds), so a running server can forget their keys.
+    func removedAgents(since: Int64) throws -> [String] {
+        try database.query("SELECT id FROM agents WHERE removed_at >= ?", [.integer(since)]).compactMap { $0.string("id") }
+    }
+
     public func agents() throws -> [AgentRecord] {
         try database.query("SELECT * FROM agents ORDER BY hostname, id").map { row in
             AgentRecord(agentID: row.string("id") ?? "", hostname: row.string("hostname") ?? "", enrolledAt: row.int("enrolled_at") ?? 0,

@@ -2,14 +2,17 @@
 public struct EnrollRequest: Codable, Sendable {
     public var tokenID: String
     public var tokenSecret: String
+    /// The certificate pin the token carries: the controller refuses a token that was made for another controller.
+    public var controllerPin: String
     /// The agent's Ed25519 public key, base64url.
     public var publicKey: String
     public var facts: [String: String]
     public var problems: [String: String]
 
-    public init(tokenID: String, tokenSecret: String, publicKey: String, facts: [String: String], problems: [String: String]) {
+    public init(tokenID: String, tokenSecret: String, controllerPin: String, publicKey: String, facts: [String: String], problems: [String: String]) {
         self.tokenID = tokenID
         self.tokenSecret = tokenSecret
+        self.controllerPin = controllerPin
         self.publicKey = publicKey
         self.facts = facts
         self.problems = problems

@@ -17,12 +17,13 @@ final class ControllerHarness: @unchecked Sendable {
     init() throws {
         store = try ControllerStore(path: directory.appending("controller.db"))
         let clockBox = ClockBox()
-        service = ControllerService(store: store, certificatePin: "pin", clock: { clockBox.now })
+        service = ControllerService(store: store, certificatePin: Self.pin, clock: { clockBox.now })
         router = service.router
         self.clock = clockBox
         clockBox.now = now
     }
     let clock: ClockBox
+    static let pin = Base64URL.encode(SHA256.hash(Array("this controller".utf8)))
 
     final class ClockBox: @unchecked Sendable { var now: Int64 = 0 }  // tests set it from one thread
 
@@ -30,8 +31,9 @@ final class ControllerHarness: @unchecked Sendable {
         router.handle(HTTPRequest(method: "POST", path: path, headers: headers, body: body))
     }
 
-    func enrollBody(key: Ed25519PrivateKey, token: (id: String, secret: String), facts: [String: String] = ["hostname": "web1"]) throws -> [UInt8] {
-        Array(try JSONEncoder().encode(EnrollRequest(tokenID: token.id, tokenSecret: token.secret,
+    func enrollBody(key: Ed25519PrivateKey, token: (id: String, secret: String), facts: [String: String] = ["hostname": "web1"],
+                    pin: String = ControllerHarness.pin) throws -> [UInt8] {
+        Array(try JSONEncoder().encode(EnrollRequest(tokenID: token.id, tokenSecret: token.secret, controllerPin: pin,
                                                      publicKey: Base64URL.encode(key.publicKey.rawRepresentation), facts: facts, problems: [:])))
     }
 

@@ -2,10 +2,8 @@ import Foundation
 
 /// The synthetic hosting server generator from shared/tools (override its path with FLEETKEEP_FIXTURE).
 public enum HostingFixtureTool {
-    public static var path: String {
-        if let path = ProcessInfo.processInfo.environment["FLEETKEEP_FIXTURE"] { return path }
-        return URL(fileURLWithPath: ProcessRunner.packageRoot + "/../shared/tools/hosting-fixture").standardized.path
-    }
+    /// The same lookup as `HostingFixture.toolPath` (which also finds it from a git worktree).
+    public static var path: String { HostingFixture.toolPath }
 
     /// Runs the tool and fails with its output when it fails.
     @discardableResult

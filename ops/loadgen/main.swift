@@ -5,13 +5,18 @@ import HTTPClient
 import Synchronization
 
 // fleetkeep-loadgen: simulates many enrolled agents sending signed heartbeats to a running controller.
-//   fleetkeep-loadgen --tokens FILE --seconds 10
+//   fleetkeep-loadgen --tokens FILE [--seconds 10] [--scheme session|ed25519]
 // FILE holds one enrollment token per line (`fleetkeep-controller token create --count N`); each token becomes one
-// agent with its own Ed25519 key and its own keep-alive HTTPS connection. Prints one JSON object with the figures.
+// agent with its own Ed25519 key and its own keep-alive HTTPS connection. With `--scheme session` (the default, what
+// the agent daemon does) each agent opens a session with one Ed25519-signed request and signs its heartbeats with
+// HMAC-SHA256; `--scheme ed25519` signs every heartbeat with Ed25519. Prints one JSON object with the figures.
+
+enum Scheme: String { case session, ed25519 }
 
 struct Options {
     var tokens: [String] = []
     var seconds = 10.0
+    var scheme = Scheme.session
 }
 
 func parseOptions() -> Options {
@@ -24,7 +29,10 @@ func parseOptions() -> Options {
             let text = (try? String(contentsOfFile: value, encoding: .utf8)) ?? ""
             options.tokens = text.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
         case "--seconds": options.seconds = Double(value) ?? 10
-        default: fatalError("unknown option \(flag); usage: fleetkeep-loadgen --tokens FILE [--seconds 10]")
+        case "--scheme":
+            guard let scheme = Scheme(rawValue: value) else { fatalError("--scheme must be session or ed25519") }
+            options.scheme = scheme
+        default: fatalError("unknown option \(flag); usage: fleetkeep-loadgen --tokens FILE [--seconds 10] [--scheme session|ed25519]")
         }
     }
     guard !options.tokens.isEmpty else { fatalError("no tokens: pass --tokens FILE") }
@@ -37,8 +45,9 @@ final class SimulatedAgent: Sendable {
     let key = Ed25519PrivateKey()
     let agentID: String
     let body: [UInt8]
+    let session: SessionCredentials?
 
-    init(tokenText: String, index: Int) throws {
+    init(tokenText: String, index: Int, scheme: Scheme) throws {
         let token = try EnrollmentToken(text: tokenText)
         client = try HTTPClient(configuration: HTTPClientConfiguration(baseURL: token.controllerURL, pinnedPublicKeySHA256: token.certificatePin,
                                                                        timeoutSeconds: 10, retry: .none))
@@ -46,7 +55,7 @@ final class SimulatedAgent: Sendable {
                                kernelRelease: "4.18.0-553.el8_10.x86_64", kernelVersion: "#1 SMP", panel: "cpanel",
                                panelVersion: "11.118.0.12", primaryIP: "192.0.2.\(index % 250 + 1)")
         let key = self.key
-        let enroll = Array(try JSONEncoder().encode(EnrollRequest(tokenID: token.id, tokenSecret: token.secret,
+        let enroll = Array(try JSONEncoder().encode(EnrollRequest(tokenID: token.id, tokenSecret: token.secret, controllerPin: token.certificatePin,
                                                                   publicKey: Base64URL.encode(key.publicKey.rawRepresentation),
                                                                   facts: facts.fields, problems: [:])))
         let response = try client.send(method: "POST", path: APIPath.enroll, body: enroll) { method, path, body in
@@ -54,16 +63,26 @@ final class SimulatedAgent: Sendable {
                                     identity: (RequestSigning.keyHeader, Base64URL.encode(key.publicKey.rawRepresentation)))
         }
         guard response.status == 200 else { throw ProtocolError("enroll failed: HTTP \(response.status) \(String(decoding: response.body, as: UTF8.self))") }
-        agentID = RequestSigning.agentID(for: key.publicKey)
+        let agentID = RequestSigning.agentID(for: key.publicKey)
+        self.agentID = agentID
         body = Array(try JSONEncoder().encode(HeartbeatRequest(facts: facts.fields, problems: [:])))
+        guard scheme == .session else { session = nil; return }
+        let opened = try client.send(method: "POST", path: APIPath.session, body: Array("{}".utf8)) { method, path, body in
+            try RequestSigning.sign(method: method, path: path, body: body, key: key, identity: (RequestSigning.agentHeader, agentID))
+        }
+        guard opened.status == 200, let answer = try? opened.decode(SessionResponse.self), let sessionKey = Base64URL.decode(answer.sessionKey) else {
+            throw ProtocolError("session failed: HTTP \(opened.status) \(String(decoding: opened.body, as: UTF8.self))")
+        }
+        session = SessionCredentials(token: answer.sessionToken, key: sessionKey, expiresAt: answer.expiresAt)
     }
 
     /// Sends one signed heartbeat; returns its latency in milliseconds, or nil on failure.
     func beat() -> Double? {
         let started = ContinuousClock.now
-        let key = self.key, agentID = self.agentID
+        let key = self.key, agentID = self.agentID, session = self.session
         guard let response = try? client.send(method: "POST", path: APIPath.heartbeat, body: body, authorize: { method, path, body in
-            try RequestSigning.sign(method: method, path: path, body: body, key: key, identity: (RequestSigning.agentHeader, agentID))
+            if let session { return RequestSigning.sign(method: method, path: path, body: body, session: session) }
+            return try RequestSigning.sign(method: method, path: path, body: body, key: key, identity: (RequestSigning.agentHeader, agentID))
         }), response.status == 200 else { return nil }
         let elapsed = ContinuousClock.now - started
         return Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
@@ -72,7 +91,7 @@ final class SimulatedAgent: Sendable {
 
 let options = parseOptions()
 let agents = options.tokens.enumerated().map { index, token -> SimulatedAgent in
-    do { return try SimulatedAgent(tokenText: token, index: index) } catch { fatalError("agent \(index): \(error)") }
+    do { return try SimulatedAgent(tokenText: token, index: index, scheme: options.scheme) } catch { fatalError("agent \(index): \(error)") }
 }
 let latencies = Mutex<[Double]>([])
 let errors = Atomic<Int>(0)
@@ -95,9 +114,12 @@ finished.wait()
 let elapsed = Date().timeIntervalSince(started)
 let sorted = latencies.withLock { $0.sorted() }
 func percentile(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
-let result: [String: Double] = ["agents": Double(agents.count), "requests": Double(sorted.count), "seconds": elapsed,
-                                "rps": Double(sorted.count) / elapsed, "p50_ms": percentile(0.5), "p99_ms": percentile(0.99),
-                                "errors": Double(errors.load(ordering: .relaxed))]
+struct Figures: Encodable {
+    let scheme: String, agents: Int, requests: Int, seconds: Double, rps: Double, p50_ms: Double, p99_ms: Double, errors: Int
+}
+let figures = Figures(scheme: options.scheme.rawValue, agents: agents.count, requests: sorted.count, seconds: elapsed,
+                      rps: Double(sorted.count) / elapsed, p50_ms: percentile(0.5), p99_ms: percentile(0.99),
+                      errors: errors.load(ordering: .relaxed))
 let encoder = JSONEncoder()
 encoder.outputFormatting = [.sortedKeys]
-print(String(decoding: try encoder.encode(result), as: UTF8.self))
+print(String(decoding: try encoder.encode(figures), as: UTF8.self))
