@@ -63,6 +63,8 @@ public struct HeartbeatDaemon: Sendable {
                 wait = Double.random(in: 1...max(ceiling, 1))
                 log("heartbeat failed (\(error)); retrying in \(Int(wait))s")
             }
+            // Minutes of idling ahead: hand back clean library pages (see IdleMemory); the next beat maps back what it uses.
+            if wait >= 10 { IdleMemory.releaseCleanFilePages() }
             if SignalWaiter.waitForTermination(seconds: wait) {
                 log("stopping")
                 return

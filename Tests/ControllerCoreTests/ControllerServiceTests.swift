@@ -44,8 +44,8 @@ final class ControllerHarness: @unchecked Sendable {
         return send(APIPath.enroll, body: body, headers: headers)
     }
 
-    func heartbeatHeaders(key: Ed25519PrivateKey, body: [UInt8], at time: Int64? = nil) throws -> [String: String] {
-        try RequestSigning.sign(method: "POST", path: APIPath.heartbeat, body: body, key: key,
+    func heartbeatHeaders(key: Ed25519PrivateKey, body: [UInt8], at time: Int64? = nil, path: String = APIPath.heartbeat) throws -> [String: String] {
+        try RequestSigning.sign(method: "POST", path: path, body: body, key: key,
                                 identity: (RequestSigning.agentHeader, RequestSigning.agentID(for: key.publicKey)), now: time ?? clock.now)
     }
 

@@ -80,3 +80,44 @@ struct RequestSigningTests {
         #expect(facts.fields.keys.contains("kernelRelease") && facts.fields.keys.contains("kernelVersion"))
     }
 }
+
+struct SessionSigningTests {
+    let session = SessionCredentials(token: "s1.fk-abc.2000000000.xyz", key: SecureRandom.bytes(32), expiresAt: 2_000_000_000)
+    let body = Array(#"{"facts":{}}"#.utf8)
+
+    @Test func sessionSignedRequestVerifiesWithTheSameCanonicalString() throws {
+        let headers = RequestSigning.sign(method: "POST", path: "/v1/heartbeat", body: body, session: session, now: 1_000_000)
+        #expect(headers[RequestSigning.sessionHeader] == session.token)
+        let result = try RequestSigning.verify(method: "POST", path: "/v1/heartbeat", headers: headers, body: body, sessionKey: session.key, now: 1_000_100)
+        #expect(result.nonce == headers[RequestSigning.nonceHeader])
+        // The signature is HMAC-SHA256 over exactly the documented canonical string.
+        let canonical = "FLEETKEEP-V1\nPOST\n/v1/heartbeat\n1000000\n\(headers[RequestSigning.nonceHeader]!)\n\(SHA256.hex(body))"
+        #expect(headers[RequestSigning.signatureHeader] == Base64URL.encode(HMACSHA256.authenticate(Array(canonical.utf8), key: session.key)))
+    }
+
+    @Test func wrongKeyChangedBodyAndSkewAreRefused() throws {
+        let headers = RequestSigning.sign(method: "POST", path: "/v1/heartbeat", body: body, session: session, now: 1_000_000)
+        #expect(throws: RequestSigning.Rejection.self) {
+            try RequestSigning.verify(method: "POST", path: "/v1/heartbeat", headers: headers, body: body, sessionKey: SecureRandom.bytes(32), now: 1_000_000)
+        }
+        #expect(throws: RequestSigning.Rejection.self) {
+            try RequestSigning.verify(method: "POST", path: "/v1/heartbeat", headers: headers, body: body + [10], sessionKey: session.key, now: 1_000_000)
+        }
+        #expect(throws: RequestSigning.Rejection.self) {
+            try RequestSigning.verify(method: "POST", path: "/v1/session", headers: headers, body: body, sessionKey: session.key, now: 1_000_000)
+        }
+        do {
+            _ = try RequestSigning.verify(method: "POST", path: "/v1/heartbeat", headers: headers, body: body, sessionKey: session.key, now: 999_000)
+            Issue.record("skewed request accepted")
+        } catch let rejection as RequestSigning.Rejection {
+            #expect(rejection.status == 401)
+            #expect(rejection.message.contains("clock"))
+        }
+    }
+
+    @Test func enrollRequestCarriesTheControllerPin() throws {
+        let request = EnrollRequest(tokenID: "i", tokenSecret: "s", controllerPin: "PIN", publicKey: "k", facts: [:], problems: [:])
+        let json = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(request)) as? [String: Any])
+        #expect(json["controllerPin"] as? String == "PIN")
+    }
+}
