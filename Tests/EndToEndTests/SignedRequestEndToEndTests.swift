@@ -74,7 +74,8 @@ struct SignedRequestEndToEndTests {
         #expect(opened.status == 200, "\(text(opened))")
         let session = try #require(try JSONSerialization.jsonObject(with: Data(opened.body)) as? [String: Any])
         let token = try #require(session["sessionToken"] as? String)
-        let sessionKey = try #require(Base64URL.decode(try #require(session["sessionKey"] as? String)))
+        let sessionKeyText = try #require(session["sessionKey"] as? String)
+        let sessionKey = try #require(Base64URL.decode(sessionKeyText))
         let viaSession = try client.send(method: "POST", path: "/v1/heartbeat", body: body,
                                          headers: Self.sessionHeaders(token: token, key: sessionKey, "/v1/heartbeat", body))
         #expect(viaSession.status == 200, "\(text(viaSession))")
