@@ -14,7 +14,10 @@ public final class ControllerService: Sendable {
     /// Public keys of active agents, so a heartbeat costs no key lookup in SQLite.
     private let keyCache = Mutex<[String: Ed25519PublicKey]>([:])
     /// Latest heartbeat per agent not yet written, when writes are batched (see `startBatchedWrites`).
-    private let pendingHeartbeats = Mutex<[String: (facts: [String: String], problems: [String: String], at: Int64)]?>(nil)
+    private let pendingHeartbeats = Mutex<[String: PendingHeartbeat]?>(nil)
+    /// Per agent, the signed timestamp of the last heartbeat stored before this process started. The nonce cache
+    /// starts empty after a restart, so a heartbeat signed at or before that time is refused as a possible replay.
+    private let restartFloor: [String: Int64]
     private let interval: Int
 
     /// `sessionSecret` keys the session tokens (see `SessionTickets`); serving processes derive it from the signing key.
@@ -23,6 +26,7 @@ public final class ControllerService: Sendable {
         self.store = store
         self.certificatePin = certificatePin
         sessions = SessionTickets(secret: sessionSecret)
+        restartFloor = (try? store.lastSignedHeartbeats(since: clock() - RequestSigning.allowedSkew - 60)) ?? [:]
         self.clock = clock
         interval = (try? store.heartbeatInterval()) ?? 300
     }
@@ -49,7 +53,7 @@ public final class ControllerService: Sendable {
 
     /// Writes batched heartbeats now, in one transaction.
     public func flushHeartbeats() throws {
-        let batch = pendingHeartbeats.withLock { pending -> [String: (facts: [String: String], problems: [String: String], at: Int64)] in
+        let batch = pendingHeartbeats.withLock { pending -> [String: PendingHeartbeat] in
             guard let current = pending else { return [:] }
             pending = [:]
             return current
@@ -57,7 +61,7 @@ public final class ControllerService: Sendable {
         guard !batch.isEmpty else { return }
         try store.database.transaction { _ in
             for (agentID, beat) in batch {
-                try store.recordHeartbeat(agentID: agentID, facts: beat.facts, problems: beat.problems, now: beat.at)
+                try store.recordHeartbeat(agentID: agentID, facts: beat.facts, problems: beat.problems, now: beat.at, signedAt: beat.signedAt)
             }
         }
     }
@@ -103,16 +107,20 @@ public final class ControllerService: Sendable {
     }
 
     func heartbeat(_ request: HTTPRequest) throws -> HTTPResponse {
-        let agentID = try authenticate(request)
+        let (agentID, signedAt) = try authenticateRequest(request)
+        if let floor = restartFloor[agentID], signedAt <= floor {
+            throw HTTPError(409, "replayed request: signed at or before the last heartbeat stored before the controller restarted; sign it again")
+        }
         let body = try decode(HeartbeatRequest.self, request)
         if let field = DataInventory.undeclared(body.facts.keys) { throw HTTPError(400, "fact '\(field)' is not in the controller's data inventory; it was not stored") }
         let now = clock()
         let batched = pendingHeartbeats.withLock { pending -> Bool in
             guard pending != nil else { return false }
-            pending?[agentID] = (body.facts, body.problems, now)
+            let latest = max(pending?[agentID]?.signedAt ?? signedAt, signedAt)
+            pending?[agentID] = PendingHeartbeat(facts: body.facts, problems: body.problems, at: now, signedAt: latest)
             return true
         }
-        if !batched { try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now) }
+        if !batched { try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now, signedAt: signedAt) }
         return .json(HeartbeatResponse(heartbeatIntervalSeconds: interval, licence: licence(now: now)))
     }
 
@@ -146,7 +154,10 @@ public final class ControllerService: Sendable {
     }
 
     /// Verifies the signature headers of an agent request (Ed25519 or session HMAC) and returns the agent id.
-    func authenticate(_ request: HTTPRequest) throws -> String {
+    func authenticate(_ request: HTTPRequest) throws -> String { try authenticateRequest(request).agentID }
+
+    /// Verifies the signature headers and returns the agent id and the request's signed timestamp.
+    func authenticateRequest(_ request: HTTPRequest) throws -> (agentID: String, timestamp: Int64) {
         let now = clock()
         let agentID: String
         let verify: () throws -> (timestamp: Int64, nonce: String)
@@ -173,10 +184,10 @@ public final class ControllerService: Sendable {
             guard replayGuard.admit(agentID: agentID, nonce: nonce, timestamp: timestamp, now: now) else {
                 throw HTTPError(409, "replayed request: this nonce was already used")
             }
+            return (agentID, timestamp)
         } catch let rejection as RequestSigning.Rejection {
             throw HTTPError(rejection.status, rejection.message)
         }
-        return agentID
     }
 
     static func notEnrolled(_ agentID: String) -> HTTPError {
@@ -213,4 +224,14 @@ public final class ControllerService: Sendable {
         default: return "\(error)"
         }
     }
+}
+
+/// The latest heartbeat of one agent, waiting for the next batched write.
+struct PendingHeartbeat: Sendable {
+    var facts: [String: String]
+    var problems: [String: String]
+    /// Controller clock when it arrived (last seen).
+    var at: Int64
+    /// The newest signed timestamp among this agent's batched heartbeats (the restart replay floor).
+    var signedAt: Int64
 }

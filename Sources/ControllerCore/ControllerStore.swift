@@ -32,6 +32,8 @@ public final class ControllerStore: Sendable {
                                  recovery_public_key TEXT NOT NULL, sealed_key BLOB NOT NULL);
             CREATE INDEX escrow_agent ON escrow (agent_id, created_at);
             """),
+        // The signed timestamp of each agent's last stored heartbeat: the replay floor after a restart.
+        Migration(version: 3, sql: "ALTER TABLE agents ADD COLUMN last_request_at INTEGER;"),
     ]
 
     public init(path: String) throws {
@@ -113,9 +115,19 @@ public final class ControllerStore: Sendable {
         return try Ed25519PublicKey(rawRepresentation: raw)
     }
 
-    func recordHeartbeat(agentID: String, facts: [String: String], problems: [String: String], now: Int64) throws {
-        try database.run("UPDATE agents SET last_seen = ?, hostname = ?, facts = ?, problems = ? WHERE id = ?",
-                         [.integer(now), .text(facts["hostname"] ?? "unknown"), .text(Self.json(facts)), .text(Self.json(problems)), .text(agentID)])
+    func recordHeartbeat(agentID: String, facts: [String: String], problems: [String: String], now: Int64, signedAt: Int64) throws {
+        try database.run("UPDATE agents SET last_seen = ?, last_request_at = MAX(COALESCE(last_request_at, 0), ?), hostname = ?, facts = ?, problems = ? WHERE id = ?",
+                         [.integer(now), .integer(signedAt), .text(facts["hostname"] ?? "unknown"), .text(Self.json(facts)),
+                          .text(Self.json(problems)), .text(agentID)])
+    }
+
+    /// Signed timestamps of the last stored heartbeats at or after `since`, by agent.
+    func lastSignedHeartbeats(since: Int64) throws -> [String: Int64] {
+        var floors: [String: Int64] = [:]
+        for row in try database.query("SELECT id, last_request_at FROM agents WHERE last_request_at >= ? AND removed_at IS NULL", [.integer(since)]) {
+            if let id = row.string("id"), let at = row.int("last_request_at") { floors[id] = at }
+        }
+        return floors
     }
 
     /// Marks an agent removed: its requests are refused from then on.

@@ -145,3 +145,24 @@ struct ReplayGuardTests {
         #expect(guardian.count == 1)
     }
 }
+
+struct RestartReplayTests {
+    @Test func aHeartbeatCapturedBeforeARestartIsRefusedAfterIt() throws {
+        let harness = try ControllerHarness()
+        let token = try harness.store.createToken(expiresIn: 3600, now: Date(timeIntervalSince1970: TimeInterval(harness.clock.now)))
+        let key = Ed25519PrivateKey()
+        #expect(try harness.enroll(key: key, token: token).status == 200)
+        let body = Array(try JSONEncoder().encode(HeartbeatRequest(facts: ["hostname": "web1"], problems: [:])))
+        let captured = try harness.heartbeatHeaders(key: key, body: body)
+        #expect(harness.send(APIPath.heartbeat, body: body, headers: captured).status == 200)
+
+        // A new service on the same database (a restart): its nonce cache is empty, the stored floor is not.
+        let clock = harness.clock
+        let restarted = ControllerService(store: harness.store, certificatePin: ControllerHarness.pin, clock: { clock.now + 5 })
+        let replay = restarted.router.handle(HTTPRequest(method: "POST", path: APIPath.heartbeat, headers: captured, body: body))
+        #expect(replay.status == 409)
+        #expect(String(decoding: replay.body, as: UTF8.self).contains("restarted"))
+        let fresh = try harness.heartbeatHeaders(key: key, body: body, at: clock.now + 5)
+        #expect(restarted.router.handle(HTTPRequest(method: "POST", path: APIPath.heartbeat, headers: fresh, body: body)).status == 200)
+    }
+}
