@@ -39,8 +39,12 @@ public struct FactsCollector: Sendable {
         }
 
         (facts.panel, facts.panelVersion) = detectPanel(&problems)
-        facts.primaryIP = PrimaryAddress.ipv4() ?? AgentFacts.unknown
-        if facts.primaryIP == AgentFacts.unknown { problems["primaryIP"] = "no non-loopback IPv4 address is configured" }
+        if let address = PrimaryAddress.ipv4() {
+            facts.primaryIP = address
+        } else {
+            facts.primaryIP = "127.0.0.1"
+            problems["primaryIP"] = "no non-loopback IPv4 address is configured; reporting loopback"
+        }
         facts.problems = problems
         return facts
     }
@@ -130,12 +134,39 @@ public struct FactsCollector: Sendable {
     }
 }
 
-/// Finds the server's primary IPv4 address: the first up, non-loopback interface address.
+/// Finds the server's primary IPv4 address: the address of the interface holding the default route
+/// (`/proc/net/route`), else the first up, non-loopback interface address. Network state is live, so this reads the
+/// running system even when facts come from a fixture root.
 enum PrimaryAddress {
     static func ipv4() -> String? {
+        let addresses = interfaceAddresses()
+        if let interface = defaultRouteInterface(), let address = addresses.first(where: { $0.interface == interface }) {
+            return address.address
+        }
+        return addresses.first?.address
+    }
+
+    /// The interface of the first default route (destination 00000000) in /proc/net/route.
+    static func defaultRouteInterface(table: String? = nil) -> String? {
+        let text: String
+        if let table { text = table } else {
+            guard let handle = FileHandle(forReadingAtPath: "/proc/net/route"), let data = try? handle.readToEnd() else { return nil }
+            try? handle.close()
+            text = String(decoding: data, as: UTF8.self)
+        }
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            if fields.count >= 2, fields[1] == "00000000" { return String(fields[0]) }
+        }
+        return nil
+    }
+
+    /// Up, non-loopback IPv4 addresses in interface order.
+    static func interfaceAddresses() -> [(interface: String, address: String)] {
         var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let first = list else { return nil }
+        guard getifaddrs(&list) == 0, let first = list else { return [] }
         defer { freeifaddrs(list) }
+        var found: [(interface: String, address: String)] = []
         var cursor: UnsafeMutablePointer<ifaddrs>? = first
         while let entry = cursor {
             defer { cursor = entry.pointee.ifa_next }
@@ -147,8 +178,8 @@ enum PrimaryAddress {
                 guard inet_ntop(AF_INET, &inAddress, &buffer, socklen_t(buffer.count)) != nil else { return nil }
                 return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             }
-            if let text { return text }
+            if let text { found.append((String(cString: entry.pointee.ifa_name), text)) }
         }
-        return nil
+        return found
     }
 }

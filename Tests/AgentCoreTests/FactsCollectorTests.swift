@@ -42,6 +42,33 @@ struct FactsCollectorTests {
         #expect(facts.problems["kernelVersion"]?.contains("larger than") == true)
         #expect(facts.panel == "none")
     }
+
+    @Test func directAdminVersionComesFromItsConfFile() throws {
+        let root = TemporaryDirectory(prefix: "fk-facts-da")
+        try FileManager.default.createDirectory(atPath: root.path + "/usr/local/directadmin/conf", withIntermediateDirectories: true)
+        try Data("port=2222\nversion=1.662\n".utf8).write(to: URL(fileURLWithPath: root.path + "/usr/local/directadmin/conf/directadmin.conf"))
+        let facts = FactsCollector(root: root.path).collect()
+        #expect(facts.panel == "directadmin")
+        #expect(facts.panelVersion == "1.662")
+        try Data("port=2222\n".utf8).write(to: URL(fileURLWithPath: root.path + "/usr/local/directadmin/conf/directadmin.conf"))
+        let versionless = FactsCollector(root: root.path).collect()
+        #expect(versionless.panelVersion == "unknown")
+        #expect(versionless.problems["panelVersion"]?.contains("version=") == true)
+    }
+
+    @Test func primaryAddressFollowsTheDefaultRoute() {
+        let table = """
+        Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+        eth1\t0010A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+        eth0\t00000000\t0100A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
+        """
+        #expect(PrimaryAddress.defaultRouteInterface(table: table) == "eth0")
+        #expect(PrimaryAddress.defaultRouteInterface(table: "Iface\tDestination\n") == nil)
+        // On this machine: an address, and never the loopback one unless nothing else exists.
+        let facts = FactsCollector(root: "/").collect()
+        #expect(facts.primaryIP.split(separator: ".").count == 4)
+        if facts.primaryIP == "127.0.0.1" { #expect(facts.problems["primaryIP"] != nil) }
+    }
 }
 
 struct AgentStateTests {
