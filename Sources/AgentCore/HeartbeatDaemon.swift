@@ -40,6 +40,13 @@ public struct HeartbeatDaemon: Sendable {
         }
     }
 
+    /// The longest wait before retry number `failures`: 10 s, 20 s, 40 s, ... doubling, never beyond the heartbeat
+    /// interval (and at least 1 s). The actual wait is drawn uniformly from 1 s up to it (full jitter), so a fleet
+    /// whose controller comes back does not return all at once.
+    public static func retryCeiling(failures: Int, interval: Double) -> Double {
+        max(1, min(interval, 5 * pow(2, Double(min(max(failures, 1), 20)))))
+    }
+
     /// Runs until SIGINT or SIGTERM. The caller must have called `SignalWaiter.blockTerminationSignals()` first.
     public func run() throws {
         let enrollment = try state.loadEnrollment()
@@ -59,8 +66,7 @@ public struct HeartbeatDaemon: Sendable {
                 wait = interval * Double.random(in: 0.9...1.1)
             } catch {
                 failures += 1
-                let ceiling = min(interval, 5 * pow(2, Double(min(failures, 10))))
-                wait = Double.random(in: 1...max(ceiling, 1))
+                wait = Double.random(in: 1...Self.retryCeiling(failures: failures, interval: interval))
                 log("heartbeat failed (\(error)); retrying in \(Int(wait))s")
             }
             // Minutes of idling ahead: hand back clean library pages (see IdleMemory); the next beat maps back what it uses.

@@ -76,6 +76,29 @@ struct FleetEndToEndTests {
         #expect(status.stdout.contains("licence:        active"))
     }
 
+    @Test func daemonBacksOffWhileTheControllerIsDownAndResumesAfterARestart() throws {
+        let controller = try RunningController()
+        let state = TemporaryDirectory(prefix: "fk-e2e-state")
+        #expect(try agent(["enroll", try controller.token(), "--state", state.path + "/agent"]).status == 0)
+        let daemon = try BackgroundProcess(RunningController.bin + "/fleetkeep-agent", ["run", "--state", state.path + "/agent", "--interval", "1s"])
+        try daemon.waitForOutput { $0.contains("heartbeat ok") }
+
+        #expect(controller.server.stop() == 0)
+        try daemon.waitForOutput { $0.contains("heartbeat failed") && $0.contains("retrying in") }
+        let status = try agent(["status", "--state", state.path + "/agent"])
+        #expect(status.stdout.contains("last error:"), "\(status.stdout)")
+
+        // Same data directory and port: the agent's session (keyed by the signing key) and the replay floor carry over.
+        let restarted = try BackgroundProcess(RunningController.bin + "/fleetkeep-controller",
+                                              ["serve", "--data", controller.data.path, "--listen", "127.0.0.1:\(controller.port)"])
+        try restarted.waitForOutput { $0.contains("listening on") }
+        try daemon.waitForOutput(timeout: 30) { $0.contains("controller reachable again") }
+        #expect(daemon.stop() == 0)
+        #expect(restarted.stop() == 0)
+        let after = try agent(["status", "--state", state.path + "/agent"])
+        #expect(!after.stdout.contains("last error:"), "\(after.stdout)")
+    }
+
     @Test func badTokensAndFingerprintsAreRefusedWithoutStoringAnything() throws {
         let controller = try RunningController()
         let other = try RunningController()
