@@ -346,12 +346,13 @@ public final class SFTPSession: @unchecked Sendable {
         return result
     }
 
-    /// Returns false when the server lacks fsync@openssh.com (nothing to do then).
+    /// Returns false when the server lacks fsync@openssh.com (OP_UNSUPPORTED) or its administrator denied
+    /// the request (OpenSSH `sftp-server -P fsync` answers PERMISSION_DENIED); there is nothing to do then.
     func fsyncLocked(_ file: OpaquePointer, path: String) throws -> Bool {
         let rc = try handle.call("fsync", path: path) { libssh2_sftp_fsync(file) }
         if rc == 0 { return true }
         let error = handle.error(rc, "fsync", path: path, sftp: raw)
-        if error.status == .operationUnsupported { return false }
+        if error.status == .operationUnsupported || error.status == .permissionDenied { return false }
         throw error
     }
 
