@@ -40,10 +40,10 @@ var targets: [Target] = [
 
     // Tests mirror the modules.
     .target(name: "TestSupport", dependencies: ["Crypto"], path: "Tests/TestSupport"),
-    .testTarget(name: "SQLiteTests", dependencies: ["SQLite"]),
+    .testTarget(name: "SQLiteTests", dependencies: ["SQLite", "TestSupport"]),
     .testTarget(name: "HTTPTests", dependencies: ["HTTPServer", "HTTPClient", "Crypto", "TestSupport"]),
     .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
-    .testTarget(name: "ZstdTests", dependencies: ["Zstd"]),
+    .testTarget(name: "ZstdTests", dependencies: ["Zstd", "TestSupport"]),
     .testTarget(name: "SFTPTests", dependencies: ["SFTP", "TestSupport"]),
     .testTarget(name: "ProtocolTests", dependencies: ["FleetkeepProtocol", "CommandLineSupport"]),
     .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),

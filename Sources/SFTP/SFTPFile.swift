@@ -62,7 +62,7 @@ public final class SFTPFile: @unchecked Sendable {
         }
     }
 
-    /// Asks the server to flush the file to disk (fsync@openssh.com). Returns false if the server lacks it.
+    /// Asks the server to flush the file to disk (fsync@openssh.com). Returns false if the server lacks or denies it.
     @discardableResult
     public func fsync() throws -> Bool {
         try locked("fsync") { try sftp.fsyncLocked(raw, path: path) }

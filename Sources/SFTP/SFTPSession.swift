@@ -17,8 +17,9 @@ public final class SFTPSession: @unchecked Sendable {
     /// Bytes handed to one `libssh2_sftp_write` call. libssh2 1.10 splits them into ~30 KB packets and keeps
     /// them all in flight, so this is the pipelining window (32 KiB: ~35 MB/s, 1 MiB: ~150-180 MB/s on loopback).
     static let writeWindow = 1 << 20
-    /// Bytes asked from one `libssh2_sftp_read` call; libssh2 issues read-ahead requests for up to this much.
-    static let readWindow = 1 << 20
+    /// Bytes asked from one `libssh2_sftp_read` call; libssh2 issues read-ahead requests for up to this much
+    /// (4 MiB read back ~1.4x faster than 1 MiB on loopback).
+    static let readWindow = 4 << 20
 
     /// Starts the SFTP subsystem on `ssh`.
     public init(ssh: SSHSession) throws {
@@ -346,12 +347,13 @@ public final class SFTPSession: @unchecked Sendable {
         return result
     }
 
-    /// Returns false when the server lacks fsync@openssh.com (nothing to do then).
+    /// Returns false when the server lacks fsync@openssh.com (OP_UNSUPPORTED) or its administrator denied
+    /// the request (OpenSSH `sftp-server -P fsync` answers PERMISSION_DENIED); there is nothing to do then.
     func fsyncLocked(_ file: OpaquePointer, path: String) throws -> Bool {
         let rc = try handle.call("fsync", path: path) { libssh2_sftp_fsync(file) }
         if rc == 0 { return true }
         let error = handle.error(rc, "fsync", path: path, sftp: raw)
-        if error.status == .operationUnsupported { return false }
+        if error.status == .operationUnsupported || error.status == .permissionDenied { return false }
         throw error
     }
 

@@ -17,60 +17,10 @@ extension SQLValue: ExpressibleByIntegerLiteral, ExpressibleByStringLiteral, Exp
 extension SQLValue {
     /// Wraps an optional string, mapping nil to NULL.
     public static func optional(_ text: String?) -> SQLValue { text.map(SQLValue.text) ?? .null }
+    /// Wraps an optional integer, mapping nil to NULL.
+    public static func optional(_ value: Int64?) -> SQLValue { value.map(SQLValue.integer) ?? .null }
+    /// Wraps optional bytes, mapping nil to NULL.
+    public static func optional(_ bytes: [UInt8]?) -> SQLValue { bytes.map(SQLValue.blob) ?? .null }
+    /// An `Int` as a 64-bit integer value.
     public static func int(_ value: Int) -> SQLValue { .integer(Int64(value)) }
-}
-
-/// One result row, read by column name.
-public struct Row: Sendable {
-    let columns: [String: Int]
-    let values: [SQLValue]
-
-    public subscript(_ column: String) -> SQLValue {
-        guard let index = columns[column] else { return .null }
-        return values[index]
-    }
-
-    public func int(_ column: String) -> Int64? {
-        switch self[column] {
-        case .integer(let v): return v
-        case .real(let v): return Int64(v)
-        default: return nil
-        }
-    }
-
-    public func string(_ column: String) -> String? {
-        switch self[column] {
-        case .text(let v): return v
-        case .integer(let v): return String(v)
-        case .real(let v): return String(v)
-        case .blob(let v): return String(decoding: v, as: UTF8.self)
-        case .null: return nil
-        }
-    }
-
-    public func blob(_ column: String) -> [UInt8]? {
-        switch self[column] {
-        case .blob(let v): return v
-        case .text(let v): return Array(v.utf8)
-        default: return nil
-        }
-    }
-
-    public func double(_ column: String) -> Double? {
-        switch self[column] {
-        case .real(let v): return v
-        case .integer(let v): return Double(v)
-        default: return nil
-        }
-    }
-}
-
-/// A schema change, applied once, in version order.
-public struct Migration: Sendable {
-    public let version: Int
-    public let sql: String
-    public init(version: Int, sql: String) {
-        self.version = version
-        self.sql = sql
-    }
 }

@@ -3,7 +3,7 @@ import SFTP
 import Testing
 import TestSupport
 
-@Suite(.serialized) struct ConnectionTests {
+@Suite struct ConnectionTests {
     @Test func ed25519KeyAuthenticatesAndHostKeyMatchesSSHKeygen() throws {
         let server = try SSHDServer()
         let sftp = try SFTPSession.connect(options(for: server))

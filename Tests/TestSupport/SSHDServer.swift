@@ -8,7 +8,10 @@ import Glibc
 /// in a temporary directory. The port is picked from 2200-2299 and confirmed by sshd's own "Server listening"
 /// log line, so parallel tests (and other test processes) never connect to each other's servers.
 ///
-/// `@unchecked Sendable`: the `Process` is only touched in init and in `stop()`, which a Mutex guards.
+/// Processes are started with posix_spawn and reaped with waitpid, not Foundation's `Process`: with many
+/// tests starting servers in parallel, `Process.waitUntilExit` sometimes never returned (children left as zombies).
+///
+/// `@unchecked Sendable`: the only mutable state (whether the listener still runs) is guarded by a Mutex.
 public final class SSHDServer: @unchecked Sendable {
     public let host = "127.0.0.1"
     public let port: Int
@@ -31,7 +34,7 @@ public final class SSHDServer: @unchecked Sendable {
     /// The sshd listener's process id.
     public let pid: pid_t
     private let directory: TemporaryDirectory
-    private let process: Mutex<SpawnedProcess?>
+    private let running: Mutex<Bool>
 
     /// Starts sshd. `sftpArguments` are passed to `internal-sftp` (e.g. ["-R"] for a read-only server,
     /// ["-P", "fsync"] to deny a request); `extraConfig` lines are appended to sshd_config.
@@ -58,7 +61,9 @@ public final class SSHDServer: @unchecked Sendable {
         try authorized.write(toFile: directory.appending("authorized_keys"), atomically: true, encoding: .utf8)
         let publicLine = try String(contentsOfFile: hostKey + ".pub", encoding: .utf8).split(separator: " ")
         hostPublicKey = publicLine.prefix(2).joined(separator: " ")
-        let fingerprintLine = try ProcessRunner.run("/usr/bin/ssh-keygen", ["-lf", hostKey + ".pub"]).stdout
+        let fingerprintPath = directory.appending("fingerprint")
+        try Self.run("/usr/bin/ssh-keygen", ["-lf", hostKey + ".pub"], output: fingerprintPath)
+        let fingerprintLine = (try? String(contentsOfFile: fingerprintPath, encoding: .utf8)) ?? ""
         guard let field = fingerprintLine.split(separator: " ").first(where: { $0.hasPrefix("SHA256:") }) else {
             throw SSHDServerError("ssh-keygen -lf printed no SHA256 fingerprint: \(fingerprintLine)")
         }
@@ -86,24 +91,26 @@ public final class SSHDServer: @unchecked Sendable {
             let configPath = directory.appending("sshd_config")
             try config.write(toFile: configPath, atomically: true, encoding: .utf8)
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-            let process = try SpawnedProcess("/usr/sbin/sshd", ["-f", configPath, "-D", "-e"], logPath: logPath)
-            // sshd announces a successful bind; anything else (exit) means the port was taken meanwhile.
+            let child = try Self.spawn("/usr/sbin/sshd", ["-f", configPath, "-D", "-e"], output: logPath)
+            // sshd announces a successful bind; an exit instead means the port was taken meanwhile.
             let deadline = Date().addingTimeInterval(10)
             var listening = false
+            var exited = false
             while Date() < deadline {
                 let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
                 if log.contains("Server listening on 127.0.0.1 port \(port)") { listening = true; break }
-                if !process.isRunning { break }
+                var status: Int32 = 0
+                if waitpid(child, &status, WNOHANG) == child { exited = true; break }
                 usleep(10_000)
             }
             if listening {
                 self.port = port
-                self.pid = process.pid
-                self.process = Mutex(process)
+                self.pid = child
+                self.running = Mutex(true)
                 return
             }
             lastFailure = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "no log"
-            process.stop()
+            if !exited { Self.terminate(child) }
         }
         throw SSHDServerError("could not start sshd on any port 2200-2299; last log: \(lastFailure)")
     }
@@ -149,18 +156,65 @@ public final class SSHDServer: @unchecked Sendable {
 
     /// Kills all sessions and the listener; idempotent.
     public func stop() {
-        let process = self.process.withLock { value -> SpawnedProcess? in
-            defer { value = nil }
+        let wasRunning = running.withLock { value -> Bool in
+            defer { value = false }
             return value
         }
-        guard let process else { return }
+        guard wasRunning else { return }
         killSessions()
-        process.stop()
+        Self.terminate(pid)
     }
 
     private static func keygen(_ arguments: [String]) throws {
-        let output = try ProcessRunner.run("/usr/bin/ssh-keygen", ["-q", "-N", "", "-C", "fleetkeep-test"] + arguments)
-        guard output.status == 0 else { throw SSHDServerError("ssh-keygen \(arguments.joined(separator: " ")) failed: \(output.stderr)") }
+        try run("/usr/bin/ssh-keygen", ["-q", "-N", "", "-C", "fleetkeep-test"] + arguments, output: nil)
+    }
+
+    /// Runs a program to completion; its stdout and stderr go to `output` (or /dev/null).
+    private static func run(_ path: String, _ arguments: [String], output: String?) throws {
+        let child = try spawn(path, arguments, output: output ?? "/dev/null")
+        var status: Int32 = 0
+        while waitpid(child, &status, 0) < 0 {
+            guard errno == EINTR else { throw SSHDServerError("waitpid for \(path) failed: errno \(errno)") }
+        }
+        // Normal exit with status 0: low 7 bits (signal) zero and exit code byte zero.
+        guard status & 0x7f == 0, (status >> 8) & 0xff == 0 else {
+            throw SSHDServerError("\(path) \(arguments.joined(separator: " ")) failed with wait status \(status)")
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s, and reap.
+    private static func terminate(_ child: pid_t) {
+        kill(child, SIGTERM)
+        var status: Int32 = 0
+        for _ in 0..<500 {
+            if waitpid(child, &status, WNOHANG) != 0 { return }
+            usleep(10_000)
+        }
+        kill(child, SIGKILL)
+        _ = waitpid(child, &status, 0)
+    }
+
+    private typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+
+    /// posix_spawn with stdin from /dev/null, stdout+stderr appended to `output`, and no other inherited fds
+    /// (a long-lived sshd must not keep other tests' pipes open).
+    private static func spawn(_ path: String, _ arguments: [String], output: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Not imported by the Glibc module (needs _GNU_SOURCE); glibc >= 2.34 has it.
+        if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") {
+            _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
+        }
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, path, &actions, nil, argv, environ)
+        guard rc == 0 else { throw SSHDServerError("posix_spawn \(path) failed: \(String(cString: strerror(rc)))") }
+        return child
     }
 
     private static func portIsFree(_ port: Int) -> Bool {
