@@ -1,6 +1,7 @@
 import BackupEngine
 import CommandLineSupport
 import Foundation
+import Synchronization
 
 /// The `fleetkeep-agent` backup commands: repo init, backup, snapshots, restore, verify, prune.
 public enum BackupCommands {
@@ -53,63 +54,20 @@ public enum BackupCommands {
         if !wanted.isEmpty { accounts = accounts.filter { wanted.contains($0.user) } }
         let repository = try open(config)
         let json = arguments.flag("json")
-        var progress: (@Sendable (BackupSummary) -> Void)?
-        if Console.isTerminal && !json { progress = showProgress }
-        var results: [BackupResult] = []
-        for account in accounts {
-            for kind in kinds {
-                let tags = ["account": account.user, "kind": kind.rawValue, "host": config.host]
-                switch kind {
-                case .files, .email:
-                    let directory = kind == .files ? account.home : account.mailDirectory
-                    var result = BackupResult(account: account.user, kind: kind.rawValue)
-                    do {
-                        guard FileManager.default.fileExists(atPath: directory) else {
-                            if kind == .email { continue }
-                            throw AgentError("home directory \(directory) does not exist")
-                        }
-                        // The home, relative to the server root, lets a disaster-recovery restore put it back in place.
-                        let home = String(account.home.dropFirst(config.root.hasSuffix("/") ? config.root.count - 1 : config.root.count))
-                        let options = BackupOptions(tags: tags.merging(["home": home]) { $1 }, excludes: kind == .files ? ["mail"] : [], progress: progress)
-                        let snapshot = try repository.backup(directory: directory, options: options)
-                        result.snapshot = snapshot.id
-                        result.summary = snapshot.summary
-                    } catch {
-                        result.error = "\(error)"
-                    }
-                    results.append(result)
-                    report(result, json: json)
-                case .databases:
-                    guard config.database.enabled else { continue }
-                    let dumper = DatabaseDumper(settings: config.database)
-                    let names: [String]
-                    do {
-                        names = try dumper.databases(of: account.user)
-                    } catch {
-                        let result = BackupResult(account: account.user, kind: kind.rawValue, error: "\(error)")
-                        results.append(result)
-                        report(result, json: json)
-                        continue
-                    }
-                    for name in names {
-                        var result = BackupResult(account: account.user, kind: kind.rawValue, database: name)
-                        do {
-                            let snapshot = try dumper.dump(database: name) { descriptor, confirm in
-                                try repository.backup(stream: descriptor, name: name + ".sql",
-                                                      options: BackupOptions(tags: tags.merging(["database": name]) { $1 }, chunking: .streams,
-                                                                             beforeCommit: confirm))
-                            }
-                            result.snapshot = snapshot.id
-                            result.summary = snapshot.summary
-                        } catch {
-                            result.error = "\(error)"
-                        }
-                        results.append(result)
-                        report(result, json: json)
-                    }
-                }
-            }
-        }
+        let run = BackupRun(config: config, json: json, showsProgress: Console.isTerminal && !json)
+        let session = try BackupSession(repository: repository)
+        defer { session.close() }
+        // Start-up touched library pages (relocations, option parsing, key derivation) that a long backup never
+        // uses again; handing them back keeps them out of the backup's resident set (see IdleMemory).
+        IdleMemory.releaseCleanFilePages()
+        // One account per core at a time; an account's kinds run one after another.
+        let items = accounts.flatMap { account in kinds.map { (account, $0) } }
+        let runner = ConcurrentRunner(checkpointInterval: 120)
+        runner.run(count: items.count, width: ProcessInfo.processInfo.activeProcessorCount, job: { index in
+            run.backup(items[index].0, kind: items[index].1, session: session)
+        }, checkpoint: { run.commit(session) })
+        run.commit(session)
+        let results = run.results
         if json { print(try jsonText(results)) }
         let failures = results.filter { $0.error != nil }.count
         if failures > 0 {
@@ -119,13 +77,118 @@ public enum BackupCommands {
         return 0
     }
 
-    @Sendable private static func showProgress(_ summary: BackupSummary) {
+    /// The backups of one `backup` command: runs them in a session and collects their results, in the order of
+    /// accounts and kinds, whatever order they finish in.
+    final class BackupRun: @unchecked Sendable {
+        // @unchecked: `state` is a Mutex; the rest is immutable.
+        private let config: AgentConfig
+        private let json: Bool
+        private let progress: (@Sendable (BackupSummary) -> Void)?
+        private struct State {
+            var results: [BackupResult] = []
+            /// Results waiting for `commit` to give them a snapshot id, by session ticket.
+            var uncommitted: [Int: Int] = [:]
+        }
+        private let state = Mutex(State())
+
+        init(config: AgentConfig, json: Bool, showsProgress: Bool) {
+            self.config = config
+            self.json = json
+            progress = showsProgress ? BackupCommands.showProgress : nil
+        }
+
+        var results: [BackupResult] { state.withLock { $0.results } }
+
+        func backup(_ account: HostingAccount, kind: BackupKind, session: BackupSession) {
+            let tags = ["account": account.user, "kind": kind.rawValue, "host": config.host]
+            switch kind {
+            case .files, .email:
+                let directory = kind == .files ? account.home : account.mailDirectory
+                var result = BackupResult(account: account.user, kind: kind.rawValue)
+                do {
+                    guard FileManager.default.fileExists(atPath: directory) else {
+                        if kind == .email { return }
+                        throw AgentError("home directory \(directory) does not exist")
+                    }
+                    // The home, relative to the server root, lets a disaster-recovery restore put it back in place.
+                    let home = String(account.home.dropFirst(config.root.hasSuffix("/") ? config.root.count - 1 : config.root.count))
+                    let options = BackupOptions(tags: tags.merging(["home": home]) { $1 }, excludes: kind == .files ? ["mail"] : [], progress: progress)
+                    let ticket = try session.backup(directory: directory, options: options)
+                    record(result, ticket: ticket)
+                } catch {
+                    result.error = "\(error)"
+                    record(result, ticket: nil)
+                }
+            case .databases:
+                guard config.database.enabled else { return }
+                let dumper = DatabaseDumper(settings: config.database)
+                let names: [String]
+                do {
+                    names = try dumper.databases(of: account.user)
+                } catch {
+                    record(BackupResult(account: account.user, kind: kind.rawValue, error: "\(error)"), ticket: nil)
+                    return
+                }
+                for name in names {
+                    var result = BackupResult(account: account.user, kind: kind.rawValue, database: name)
+                    do {
+                        let ticket = try dumper.dump(database: name) { descriptor, confirm in
+                            try session.backup(stream: descriptor, name: name + ".sql",
+                                               options: BackupOptions(tags: tags.merging(["database": name]) { $1 }, chunking: .streams,
+                                                                      beforeCommit: confirm))
+                        }
+                        record(result, ticket: ticket)
+                    } catch {
+                        result.error = "\(error)"
+                        record(result, ticket: nil)
+                    }
+                }
+            }
+        }
+
+        private func record(_ result: BackupResult, ticket: Int?) {
+            state.withLock { state in
+                if let ticket { state.uncommitted[ticket] = state.results.count }
+                state.results.append(result)
+            }
+            if ticket == nil { report(result, json: json) }
+        }
+
+        /// Records the finished snapshots; if that fails, every backup waiting for it is reported failed.
+        func commit(_ session: BackupSession) {
+            var done: [BackupResult] = []
+            do {
+                let snapshots = try session.commit()
+                state.withLock { state in
+                    var positions: [Int] = []
+                    for (ticket, snapshot) in snapshots {
+                        guard let position = state.uncommitted.removeValue(forKey: ticket) else { continue }
+                        state.results[position].snapshot = snapshot.id
+                        state.results[position].summary = snapshot.summary
+                        positions.append(position)
+                    }
+                    done = positions.sorted().map { state.results[$0] }
+                }
+            } catch {
+                state.withLock { state in
+                    for position in state.uncommitted.values.sorted() {
+                        state.results[position].error = "not recorded: \(error)"
+                        done.append(state.results[position])
+                    }
+                    state.uncommitted = [:]
+                }
+            }
+            for result in done { report(result, json: json) }
+        }
+    }
+
+    @Sendable static func showProgress(_ summary: BackupSummary) {
         let files = summary.filesNew + summary.filesChanged + summary.filesUnchanged
         let line = "\r  \(files) files, \(summary.bytesRead / 1_048_576) MiB read"
         FileHandle.standardOutput.write(Data(line.utf8))
     }
 
-    private static func report(_ result: BackupResult, json: Bool) {
+    static func report(_ result: BackupResult, json: Bool) {
         guard !json else { return }
         if Console.isTerminal { FileHandle.standardOutput.write(Data("\r".utf8)) }
         let what = "\(result.account) \(result.kind)\(result.database.map { " \($0)" } ?? "")"
@@ -166,11 +229,15 @@ public enum BackupCommands {
     }
 
     public static func restore(_ raw: [String]) throws -> Int32 {
-        let arguments = try Arguments(raw, options: common.union(["account", "kind", "path", "target", "database", "into-database"]), flags: ["json"])
+        let arguments = try Arguments(raw, options: common.union(["account", "kind", "path", "target", "database", "into-database"]), flags: ["json", "all"])
         let reference = try arguments.positional(0, "snapshot (an id, or `latest`)")
         try arguments.expectPositionals(atMost: 1)
         let config = try settings(arguments)
         let repository = try open(config)
+        if arguments.flag("all") {
+            IdleMemory.releaseCleanFilePages()
+            return try restoreAll(repository, reference: reference, arguments: arguments)
+        }
         var tags: [String: String] = [:]
         tags["account"] = arguments.value("account")
         tags["kind"] = arguments.value("kind")
@@ -209,6 +276,61 @@ public enum BackupCommands {
             }
         }
         return 0
+    }
+
+    /// `restore latest --all --target ROOT`: the latest snapshot of every account (or of each `--account`) and kind
+    /// (`--kind`, default files and email) back in its place under ROOT, as on the server: files in the home, email
+    /// in home/mail, databases as .sql files in ROOT/var/lib/fleetkeep/restored-databases. One process writes all
+    /// accounts with one pool of threads.
+    static func restoreAll(_ repository: Repository, reference: String, arguments: Arguments) throws -> Int32 {
+        guard reference == "latest" else { throw UsageError("--all restores the latest snapshots; use `restore latest --all`") }
+        guard let root = arguments.value("target") else { throw UsageError("--target DIR is required (the root to rebuild the accounts under)") }
+        let kinds = try arguments.value("kind").map { try BackupKind.parseList($0, source: "--kind") } ?? [.files, .email]
+        let accounts = arguments.list("account")
+        let chosen = latestSnapshots(try repository.snapshots()).filter { snapshot in
+            kinds.contains { $0.rawValue == snapshot.tags["kind"] } && (accounts.isEmpty || accounts.contains(snapshot.tags["account"] ?? ""))
+        }
+        guard !chosen.isEmpty else { throw AgentError("no snapshots match in \(repository.storage.location); see `fleetkeep-agent snapshots`") }
+        var failures = 0
+        var trees: [(snapshot: Snapshot, target: String)] = []
+        for snapshot in chosen {
+            if snapshot.tags["kind"] == BackupKind.databases.rawValue {
+                let path = try writeDump(snapshot, from: repository, into: root + "/var/lib/fleetkeep/restored-databases")
+                print("\(snapshot.tags["account"] ?? "-") database \(snapshot.tags["database"] ?? "-"): written to \(path)")
+            } else {
+                trees.append((snapshot, root + (try restoreLocation(of: snapshot))))
+            }
+        }
+        let summaries = try repository.restore(trees)
+        for ((snapshot, target), summary) in zip(trees, summaries) {
+            if !arguments.flag("json") {
+                print("\(snapshot.tags["account"] ?? "-") \(snapshot.tags["kind"] ?? "-"): snapshot \(snapshot.shortID), \(summary.files) files (\(String(format: "%.1f", Double(summary.bytes) / 1_048_576)) MiB) to \(target)")
+            }
+            failures += summary.errors.count
+            for error in summary.errors.prefix(20) { Console.error("  could not restore \(error)") }
+        }
+        if arguments.flag("json") { print(try jsonText(summaries)) }
+        if failures > 0 {
+            Console.error("\(failures) files could NOT be restored (damaged data; run `fleetkeep-agent verify --read-data`)")
+            return 1
+        }
+        return 0
+    }
+
+    /// The newest snapshot of each group (same account, kind, host and database), oldest group first.
+    static func latestSnapshots(_ snapshots: [Snapshot]) -> [Snapshot] {
+        Dictionary(grouping: snapshots) { $0.tags }.values.compactMap { $0.last }.sorted { ($0.tags["account"] ?? "", $0.tags["kind"] ?? "", $0.time) < ($1.tags["account"] ?? "", $1.tags["kind"] ?? "", $1.time) }
+    }
+
+    /// Where a files or email snapshot belongs relative to the server root: the account's home (from the snapshot's
+    /// `home` tag), and home/mail for email. Tags come from the repository, so they are checked before use.
+    static func restoreLocation(of snapshot: Snapshot) throws -> String {
+        let account = snapshot.tags["account"] ?? "unknown"
+        let home = snapshot.tags["home"] ?? "/home/\(account)"
+        guard home.hasPrefix("/"), !home.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }), !home.contains("\0") else {
+            throw AgentError("snapshot \(snapshot.shortID) has an unsafe home tag \(home.debugDescription); refusing to restore it")
+        }
+        return snapshot.tags["kind"] == BackupKind.email.rawValue ? home + "/mail" : home
     }
 
     /// Writes a database snapshot to `directory/<database>.sql` (mode 0600) and returns the path. The database

@@ -149,8 +149,7 @@ public enum OffsiteCommands {
         guard let destination = arguments.value("to") else { throw UsageError("--to DIR is required (where to restore)") }
         var chosen: [Snapshot]
         if arguments.flag("all") {
-            let groups = Dictionary(grouping: try remote.snapshots()) { $0.tags }
-            chosen = groups.values.compactMap { $0.last }.sorted { $0.time < $1.time }
+            chosen = BackupCommands.latestSnapshots(try remote.snapshots())
         } else {
             let reference = try arguments.positional(1, "snapshot (an id, `latest`, or --all)")
             var tags: [String: String] = [:]
@@ -172,9 +171,7 @@ public enum OffsiteCommands {
                 }
                 continue
             }
-            let home = snapshot.tags["home"] ?? "/home/\(account)" + (snapshot.tags["kind"] == "email" ? "/mail" : "")
-            guard !home.split(separator: "/").contains("..") else { throw AgentError("snapshot \(snapshot.shortID) has an unsafe home tag") }
-            let where_ = arguments.flag("all") ? destination + home : destination
+            let where_ = arguments.flag("all") ? destination + (try BackupCommands.restoreLocation(of: snapshot)) : destination
             let summary = try remote.restore(snapshot, subpath: arguments.value("path"), target: where_)
             print("\(account) \(snapshot.tags["kind"] ?? ""): restored \(summary.files) files to \(where_)")
             if !summary.errors.isEmpty {

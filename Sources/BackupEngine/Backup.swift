@@ -36,16 +36,10 @@ public struct BackupOptions: Sendable {
 extension Repository {
     /// Backs up the tree under `directory` into a new snapshot.
     public func backup(directory: String, options: BackupOptions) throws -> Snapshot {
-        var info = stat()
-        guard lstat(directory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-            throw RepositoryError("cannot back up \(directory): not a readable directory")
-        }
-        return try withLock(exclusive: false) {
-            try runBackup(options: options) { job in
-                let parentTree = try job.parent.map { try self.loadTree($0.tree, decompressor: job.decompressor) }
-                return try job.directory(path: directory, relative: "", parent: parentTree)
-            }
-        }
+        let session = try BackupSession(repository: self, checkpoint: options.checkpoint)
+        defer { session.close() }
+        let ticket = try session.backup(directory: directory, options: options)
+        return try session.commit()[ticket]!
     }
 
     /// Backs up a byte stream (a database dump read from a pipe) as one file named `name`, without a temporary file.
@@ -55,97 +49,186 @@ extension Repository {
 
     /// Backs up a byte stream read from `descriptor` to its end as one file named `name`, without a temporary file.
     public func backup(stream descriptor: Int32, name: String, options: BackupOptions) throws -> Snapshot {
-        try validateTreeName(name)
-        return try withLock(exclusive: false) {
-            try runBackup(options: options) { job in
-                let (content, size) = try job.chunkDescriptor(descriptor, path: name)
-                let now = Int64(Date().timeIntervalSince1970 * 1e9)
-                job.summary.withLock { $0.filesNew += 1; $0.filesRead += 1 }
-                let node = TreeNode(name: name, kind: .file, mode: 0o100600, uid: getuid(), gid: getgid(), mtime: now, ctime: now,
-                                    inode: 0, size: size, content: content)
-                job.summary.withLock { $0.bytesTotal += size }
-                return try job.storeTree(Tree(nodes: [node]))
-            }
-        }
+        let session = try BackupSession(repository: self, checkpoint: options.checkpoint)
+        defer { session.close() }
+        let ticket = try session.backup(stream: descriptor, name: name, options: options)
+        return try session.commit()[ticket]!
+    }
+}
+
+/// Many snapshots made together, as one `backup` command makes them: the accounts' backups may run concurrently
+/// (one per core) and share one pool of compress/encrypt workers, one memory budget and one pack writer, and their
+/// snapshots are recorded together by `commit`: one index file, then the snapshot files.
+///
+/// Crash safety is unchanged: nothing is referenced before `commit` writes the index (packs first, then the index,
+/// then the snapshots), so a kill at any point leaves earlier snapshots intact; callers commit now and then on long
+/// runs so a kill loses little work. A failed storage write fails the whole session, since another backup in it
+/// may already refer to the blob that was lost.
+public final class BackupSession: Sendable {
+    let repository: Repository
+    let writer: PackWriter
+    /// Compress + encrypt + pack: one thread per core, shared by all backups of the session.
+    let workers: WorkerPool
+    /// Bounds the plaintext bytes handed to workers and not yet in a pack. A chunk costs about three times its size
+    /// while a worker holds it (plaintext, compressed, sealed), so 4 MiB here means < 15 MiB of chunk memory.
+    let inFlight = ByteBudget(limit: 4 << 20)
+    let compressors = CompressorPool()
+    let failure = Mutex<(any Error)?>(nil)
+    private let lease: RepositoryLease
+    private let checkpoint: (@Sendable (String) throws -> Void)?
+    /// Snapshots read once at the start: each backup's parent is the latest one with the same tags.
+    private let existing: [Snapshot]
+    private let pending = Mutex<(tickets: Int, snapshots: [(ticket: Int, snapshot: Snapshot)])>((0, []))
+    private let started = Date()
+
+    /// Takes a shared lease on `repository` until `close`.
+    public init(repository: Repository, checkpoint: (@Sendable (String) throws -> Void)? = nil) throws {
+        _ = Self.allocatorTuned
+        self.repository = repository
+        self.checkpoint = checkpoint
+        lease = try repository.acquireLease(exclusive: false)
+        existing = try repository.snapshots()
+        var packHook: (@Sendable (String) throws -> Void)?
+        if let checkpoint { packHook = { name in try checkpoint("pack:" + name) } }
+        writer = PackWriter(storage: repository.storage, dataKey: repository.keys.dataKey,
+                            isIndexed: { [repository] in repository.isIndexed($0) }, beforePackCommit: packHook)
+        workers = WorkerPool(threads: ProcessInfo.processInfo.activeProcessorCount, name: "fleetkeep-backup")
     }
 
     /// Chunk-sized buffers are allocated on one thread and freed on another, thousands of times. glibc's adaptive
     /// mmap threshold then moves them into its heaps, where fragmentation kept ~10 MiB more resident on the 1 GiB
     /// benchmark. A fixed 128 KiB threshold maps them fresh and unmaps them on free (a little more system time).
     /// (`mallopt` lives in <malloc.h>, which the Glibc module does not import; M_MMAP_THRESHOLD is -3.)
-    private static let allocatorTuned: Bool = {
+    static let allocatorTuned: Bool = {
         typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
         guard let process = dlopen(nil, RTLD_NOW), let symbol = dlsym(process, "mallopt") else { return false }
         return unsafeBitCast(symbol, to: Mallopt.self)(-3, 128 << 10) == 1
     }()
 
-    private func runBackup(options: BackupOptions, _ body: (BackupJob) throws -> BlobID) throws -> Snapshot {
-        _ = Self.allocatorTuned
+    /// Backs up the tree under `directory`; the snapshot is recorded by the next `commit`, which maps the returned
+    /// ticket to it. Thread-safe.
+    @discardableResult
+    public func backup(directory: String, options: BackupOptions) throws -> Int {
+        var info = stat()
+        guard lstat(directory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw RepositoryError("cannot back up \(directory): not a readable directory")
+        }
+        return try run(options: options) { job in
+            let parentTree = try job.parent.map { try self.repository.loadTree($0.tree, decompressor: job.decompressor) }
+            return try job.directory(path: directory, relative: "", parent: parentTree)
+        }
+    }
+
+    /// Backs up a byte stream read from `descriptor` to its end as one file named `name`, without a temporary file.
+    /// The snapshot is recorded by the next `commit`, which maps the returned ticket to it. Thread-safe.
+    @discardableResult
+    public func backup(stream descriptor: Int32, name: String, options: BackupOptions) throws -> Int {
+        try validateTreeName(name)
+        return try run(options: options) { job in
+            let (content, size) = try job.chunkDescriptor(descriptor, path: name)
+            let now = Int64(Date().timeIntervalSince1970 * 1e9)
+            job.summary.withLock { $0.filesNew += 1; $0.filesRead += 1 }
+            let node = TreeNode(name: name, kind: .file, mode: 0o100600, uid: getuid(), gid: getgid(), mtime: now, ctime: now,
+                                inode: 0, size: size, content: content)
+            job.summary.withLock { $0.bytesTotal += size }
+            return try job.storeTree(Tree(nodes: [node]))
+        }
+    }
+
+    private func run(options: BackupOptions, _ body: (BackupJob) throws -> BlobID) throws -> Int {
         let started = Date()
-        let parent = try snapshots().last { $0.tags == options.tags }
-        let checkpoint = options.checkpoint
-        var packHook: (@Sendable (String) throws -> Void)?
-        if let checkpoint { packHook = { name in try checkpoint("pack:" + name) } }
-        let writer = PackWriter(storage: storage, dataKey: keys.dataKey, isIndexed: { [self] in isIndexed($0) }, beforePackCommit: packHook)
-        let job = BackupJob(repository: self, writer: writer, options: options, parent: parent)
+        let parent = existing.last { $0.tags == options.tags }
+        let job = BackupJob(session: self, options: options, parent: parent)
+        let root: BlobID
+        do {
+            root = try body(job)
+            try job.drain()
+            try options.beforeCommit?()
+        } catch {
+            job.abandon()
+            throw error
+        }
+        var summary = job.summary.withLock { $0 }
+        summary.seconds = Date().timeIntervalSince(started)
+        let snapshot = Snapshot(id: "", time: options.time ?? started, tags: options.tags, tree: root.hex, parent: parent?.id, summary: summary)
+        return pending.withLock { pending in
+            pending.tickets += 1
+            pending.snapshots.append((pending.tickets, snapshot))
+            return pending.tickets
+        }
+    }
+
+    /// Records the snapshots finished since the last commit: flushes the open packs, writes one index file, then the
+    /// snapshot files. Call it when no `backup` of this session is running. Returns the snapshots by ticket.
+    @discardableResult
+    public func commit() throws -> [Int: Snapshot] {
+        workers.wait()
         var indexed = false
         do {
-            let root = try body(job)
-            try job.drain()
-            let (packs, stored, blobs) = try writer.finish()
+            if let error = failure.withLock({ $0 }) { throw error }
+            let (packs, _, _) = try writer.finish()
             try checkpoint?("index")
-            try writeIndex(packs)
+            try repository.writeIndex(packs)
+            writer.markIndexed()
             indexed = true
-            try options.beforeCommit?()
             try checkpoint?("snapshot")
-            var summary = job.summary.withLock { $0 }
-            summary.blobsAdded = blobs
-            summary.bytesStored = stored
-            summary.seconds = Date().timeIntervalSince(started)
-            var snapshot = Snapshot(id: "", time: options.time ?? started, tags: options.tags, tree: root.hex, parent: parent?.id, summary: summary)
-            snapshot.id = try writeSnapshot(snapshot)
-            return snapshot
+            var written: [Int: Snapshot] = [:]
+            for (ticket, var snapshot) in pending.withLock({ $0.snapshots }) {
+                snapshot.id = try repository.writeSnapshot(snapshot)
+                written[ticket] = snapshot
+                _ = pending.withLock { $0.snapshots.removeFirst() }
+            }
+            return written
         } catch {
             // Packs not yet in an index are useless; an index without a snapshot is harmless (prune reclaims it).
-            job.abandon()
             if !indexed { writer.abandon() }
             throw error
         }
     }
+
+    /// Ends the session: drops whatever was not committed and releases the lease.
+    public func close() {
+        workers.wait()
+        writer.abandon()
+        workers.close()
+        lease.release()
+    }
+
+    /// Seconds since the session started, for callers deciding when to commit.
+    public var age: TimeInterval { Date().timeIntervalSince(started) }
 }
 
 /// State of one running backup: walks the tree on the calling thread (reading, chunking, hashing), and hands new
 /// chunks to worker threads that compress, encrypt and append them to packs.
 final class BackupJob: @unchecked Sendable {
-    // @unchecked: the walk runs on one thread; what workers touch is the Mutex-protected summary, the
-    // thread-safe PackWriter, the compressor pool and the failure slot.
+    // @unchecked: the walk runs on one thread; what workers touch is the Mutex-protected summary, the session's
+    // thread-safe writer, budget and compressor pool, and the group.
+    let session: BackupSession
     let repository: Repository
     let writer: PackWriter
     let options: BackupOptions
     let parent: Snapshot?
     let chunker: Chunker
     let summary = Mutex(BackupSummary())
-    /// Compress + encrypt + pack: one thread per core; the walking thread reads, chunks and hashes alongside.
-    private let workers = WorkerPool(threads: ProcessInfo.processInfo.activeProcessorCount, name: "fleetkeep-backup")
-    /// Bounds the plaintext bytes handed to workers and not yet in a pack. A chunk costs about three times its size
-    /// while a worker holds it (plaintext, compressed, sealed), so 12 MiB here means < 40 MiB of chunk memory.
-    private let inFlight = ByteBudget(limit: 4 << 20)
+    /// This job's chunks still with the workers; `drain` waits for them (the pool is shared with other jobs).
+    private let outstanding = DispatchGroup()
+    private let failure = Mutex<(any Error)?>(nil)
     /// Reused for the parent snapshot's trees (creating a zstd context per tree was measurable).
     let decompressor = ZstdDecompressor()
-    private let compressors = CompressorPool()
-    private let failure = Mutex<(any Error)?>(nil)
     private var buffer: [UInt8]
     private var hardLinks: [String: String] = [:]
     private var lastProgress = Date()
 
-    init(repository: Repository, writer: PackWriter, options: BackupOptions, parent: Snapshot?) {
-        self.repository = repository
-        self.writer = writer
+    init(session: BackupSession, options: BackupOptions, parent: Snapshot?) {
+        self.session = session
+        repository = session.repository
+        writer = session.writer
         self.options = options
         self.parent = parent
         chunker = Chunker(seed: repository.keys.chunkerSeed, parameters: options.chunking)
         // Room for one maximum chunk plus a 1 MiB read: the undecided tail is always shorter than the maximum.
-        buffer = [UInt8](repeating: 0, count: options.chunking.maximum + (1 << 20))
+        // Left uninitialized: it is mapped fresh, and only the part that large files reach ever becomes resident.
+        buffer = [UInt8](unsafeUninitializedCapacity: options.chunking.maximum + (1 << 20)) { $1 = $0.count }
     }
 
     // MARK: Walking
@@ -286,18 +369,21 @@ final class BackupJob: @unchecked Sendable {
         let id = buffer.withUnsafeBytes { repository.blobID(UnsafeRawBufferPointer(rebasing: $0[start..<start + count])) }
         if writer.reserve(id) {
             try throwIfFailed()
-            inFlight.acquire(count)
+            session.inFlight.acquire(count)
             let chunk = Array(buffer[start..<start + count])
             summary.withLock { $0.bytesAdded += Int64(count) }
-            workers.submit { [self] in
-                defer { inFlight.release(count) }
-                let compressor = compressors.take()
-                defer { compressors.give(compressor) }
+            outstanding.enter()
+            session.workers.submit { [self] in
+                defer { session.inFlight.release(count); outstanding.leave() }
+                let compressor = session.compressors.take()
+                defer { session.compressors.give(compressor) }
                 do {
-                    try chunk.withUnsafeBytes { try writer.add(id: id, kind: .data, plaintext: $0, compressor: compressor) }
+                    let stored = try chunk.withUnsafeBytes { try writer.add(id: id, kind: .data, plaintext: $0, compressor: compressor) }
+                    summary.withLock { $0.blobsAdded += 1; $0.bytesStored += Int64(stored) }
                 } catch {
                     writer.unreserve(id)
                     failure.withLock { if $0 == nil { $0 = error } }
+                    session.failure.withLock { if $0 == nil { $0 = error } }
                 }
             }
         }
@@ -309,23 +395,27 @@ final class BackupJob: @unchecked Sendable {
         let bytes = tree.encoded()
         let id = repository.blobID(bytes)
         if writer.reserve(id) {
-            let compressor = compressors.take()
-            defer { compressors.give(compressor) }
-            try bytes.withUnsafeBytes { try writer.add(id: id, kind: .tree, plaintext: $0, compressor: compressor) }
+            let compressor = session.compressors.take()
+            defer { session.compressors.give(compressor) }
+            do {
+                let stored = try bytes.withUnsafeBytes { try writer.add(id: id, kind: .tree, plaintext: $0, compressor: compressor) }
+                summary.withLock { $0.blobsAdded += 1; $0.bytesStored += Int64(stored) }
+            } catch {
+                session.failure.withLock { if $0 == nil { $0 = error } }
+                throw error
+            }
         }
         return id
     }
 
-    /// Waits for the workers and rethrows the first failure (a full disk, say).
+    /// Waits for this job's chunks and rethrows the first failure (a full disk, say).
     func drain() throws {
-        workers.wait()
+        outstanding.wait()
         try throwIfFailed()
     }
 
-    /// Lets workers finish after an error so no thread outlives the job.
-    func abandon() { workers.wait() }
-
-    deinit { workers.close() }
+    /// Lets this job's chunks finish after an error, so nothing of it outlives the job.
+    func abandon() { outstanding.wait() }
 
     private func throwIfFailed() throws {
         if let error = failure.withLock({ $0 }) { throw error }

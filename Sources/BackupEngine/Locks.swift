@@ -20,9 +20,38 @@ struct LockLease: Codable {
     }
 }
 
+/// A held lease, renewed in the background until `release` (or deinit).
+final class RepositoryLease: @unchecked Sendable {
+    // @unchecked: the timer source is not marked Sendable, but cancelling it from any thread is documented as safe.
+    private let storage: any RepositoryStorage
+    private let name: String
+    private let renewal: any DispatchSourceTimer
+
+    fileprivate init(storage: any RepositoryStorage, name: String, renewal: any DispatchSourceTimer) {
+        self.storage = storage
+        self.name = name
+        self.renewal = renewal
+    }
+
+    func release() {
+        renewal.cancel()
+        try? storage.remove(name)
+    }
+
+    deinit { release() }
+}
+
 extension Repository {
     /// Runs `body` holding a lease; fails at once with a clear message if a conflicting live lease exists.
     public func withLock<T>(exclusive: Bool, _ body: () throws -> T) throws -> T {
+        let lease = try acquireLease(exclusive: exclusive)
+        defer { lease.release() }
+        return try body()
+    }
+
+    /// Takes a lease; fails at once with a clear message if a conflicting live lease exists.
+    func acquireLease(exclusive: Bool) throws -> RepositoryLease {
+        let storage = self.storage
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         func checkConflicts(except own: String?) throws {
@@ -39,9 +68,9 @@ extension Repository {
         }
         try checkConflicts(except: nil)
         let name = "locks/" + Hex.encode(SecureRandom.bytes(8))
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        func writeLease() throws {
+        @Sendable func writeLease() throws {
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .iso8601
             let lease = LockLease(exclusive: exclusive, host: ProcessInfo.processInfo.hostName, pid: getpid(),
                                   expires: Date().addingTimeInterval(LockLease.duration))
             try storage.write(name, Array(try encoder.encode(lease)))
@@ -59,10 +88,6 @@ extension Repository {
         renewal.schedule(deadline: .now() + LockLease.duration / 3, repeating: LockLease.duration / 3)
         renewal.setEventHandler { try? writeLease() }
         renewal.resume()
-        defer {
-            renewal.cancel()
-            try? storage.remove(name)
-        }
-        return try body()
+        return RepositoryLease(storage: storage, name: name, renewal: renewal)
     }
 }

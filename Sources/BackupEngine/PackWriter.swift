@@ -7,22 +7,35 @@ import Zstd
 ///
 /// On a `LocalStorage` a pack is streamed into a temporary file as blobs arrive, so no pack is ever held in memory;
 /// on other storages (SFTP) it is buffered and handed to `RepositoryStorage.write`. Thread-safe: workers append
-/// concurrently; the open pack sits behind one Mutex and the slow part (fsync, rename) happens outside it.
+/// concurrently. The lock only hands out offsets; the bytes are written outside it (pwrite), so a worker writing a
+/// megabyte never stalls the thread that is walking the tree and asking `reserve`.
 final class PackWriter: Sendable {
     static let targetPackSize = 8 << 20
 
-    private struct OpenPack {
+    /// A pack being filled. Its fields are only touched with the writer's state lock held (hence `@unchecked`);
+    /// the sink itself is written concurrently at disjoint offsets.
+    private final class OpenPack: @unchecked Sendable {
         let sink: any PackSink
         var entries: [PackEntry] = []
         var size = 0
+        /// Writes handed out but not finished; a full pack is committed by whichever writer brings this to zero.
+        var pendingWrites = 0
+        var isFull = false
+        /// The first write that failed (a full disk, say); such a pack is never committed.
+        var failure: (any Error)?
+        init(sink: any PackSink) { self.sink = sink }
     }
 
     private struct State {
-        var current: OpenPack?
+        /// One open pack per blob kind: directory listings go to packs of their own, so reading the parent
+        /// snapshot's trees (every incremental backup does) reads a few dense packs instead of seeking through data.
+        var open: [BlobKind: OpenPack] = [:]
         /// Ids being stored by this writer, so a chunk seen twice is compressed and encrypted once.
         var reserved: Set<BlobID> = []
-        /// Packs committed by this writer, with their entries: the caller turns them into an index file.
+        /// Packs committed by this writer and not yet taken by `finish`/`flush`, with their entries.
         var written: [(pack: String, entries: [PackEntry])] = []
+        /// Every pack this writer committed, so `abandon` can delete the ones no index names.
+        var unindexed: [String] = []
         var bytesStored: Int64 = 0
         var blobs = 0
     }
@@ -54,7 +67,9 @@ final class PackWriter: Sendable {
     }
 
     /// Compresses (when that saves at least 1/32), encrypts and appends one blob. May commit a full pack.
-    func add(id: BlobID, kind: BlobKind, plaintext: UnsafeRawBufferPointer, compressor: ZstdCompressor) throws {
+    /// Returns the bytes the blob takes in its pack.
+    @discardableResult
+    func add(id: BlobID, kind: BlobKind, plaintext: UnsafeRawBufferPointer, compressor: ZstdCompressor) throws -> Int {
         var sealed: [UInt8]?
         if plaintext.count >= 64, Self.looksCompressible(plaintext, compressor: compressor),
            let compressed = try? compressor.compress(plaintext), compressed.count < plaintext.count - plaintext.count / 32 {
@@ -63,6 +78,7 @@ final class PackWriter: Sendable {
         let compressed = sealed != nil
         if sealed == nil { sealed = try AES256GCM.seal(plaintext, key: dataKey) }
         try addSealed(id: id, kind: kind, compressed: compressed, sealed: sealed!, rawLength: UInt32(plaintext.count))
+        return sealed!.count
     }
 
     /// Large chunks are tried on a 32 KiB sample first: media files (most of a hosting account's bytes) do not
@@ -78,40 +94,74 @@ final class PackWriter: Sendable {
 
     /// Appends a blob that is already sealed (prune copies live blobs out of mostly-dead packs this way).
     func addSealed(id: BlobID, kind: BlobKind, compressed: Bool, sealed: [UInt8], rawLength: UInt32) throws {
-        let full: OpenPack? = try state.withLock { state throws -> OpenPack? in
-            if state.current == nil { state.current = OpenPack(sink: try makeSink()) }
-            try state.current!.sink.append(sealed)
-            state.current!.entries.append(PackEntry(id: id, kind: kind, compressed: compressed, offset: UInt32(state.current!.size),
-                                                    length: UInt32(sealed.count), rawLength: rawLength))
-            state.current!.size += sealed.count
+        let (pack, offset) = try state.withLock { state throws -> (OpenPack, Int) in
+            let pack: OpenPack
+            if let open = state.open[kind] { pack = open } else {
+                pack = OpenPack(sink: try makeSink())
+                state.open[kind] = pack
+            }
+            let offset = pack.size
+            pack.entries.append(PackEntry(id: id, kind: kind, compressed: compressed, offset: UInt32(offset),
+                                          length: UInt32(sealed.count), rawLength: rawLength))
+            pack.size += sealed.count
+            pack.pendingWrites += 1
             state.bytesStored += Int64(sealed.count)
             state.blobs += 1
-            guard state.current!.size >= Self.targetPackSize else { return nil }
-            defer { state.current = nil }
-            return state.current
+            if pack.size >= Self.targetPackSize {
+                pack.isFull = true
+                state.open[kind] = nil
+            }
+            return (pack, offset)
         }
-        if let full { try commit(full) }
+        var failure: (any Error)?
+        do { try pack.sink.write(sealed, at: offset) } catch { failure = error }
+        let complete = state.withLock { _ -> Bool in
+            pack.pendingWrites -= 1
+            if pack.failure == nil, let failure { pack.failure = failure }
+            return pack.isFull && pack.pendingWrites == 0
+        }
+        if let failure {
+            if complete { pack.sink.abort() }
+            throw failure
+        }
+        if complete { try commit(pack) }
     }
 
-    /// Commits the partial last pack. Returns every pack committed, for the index.
+    /// Commits the partial last packs. Returns the packs committed since the last `finish`, for the index.
+    /// Call it when no `add` is running.
     func finish() throws -> (packs: [(pack: String, entries: [PackEntry])], bytesStored: Int64, blobs: Int) {
-        let last = state.withLock { state -> OpenPack? in
-            defer { state.current = nil }
-            return state.current
+        let last = state.withLock { state -> [OpenPack] in
+            defer { state.open = [:] }
+            return state.open.sorted { $0.key.rawValue < $1.key.rawValue }.map(\.value)
         }
-        if let last { try commit(last) }
-        return state.withLock { ($0.written, $0.bytesStored, $0.blobs) }
+        for (index, pack) in last.enumerated() {
+            do {
+                try commit(pack)
+            } catch {
+                for later in last[(index + 1)...] { later.sink.abort() }
+                throw error
+            }
+        }
+        return state.withLock { state in
+            defer { state.written = [] }
+            return (state.written, state.bytesStored, state.blobs)
+        }
     }
 
-    /// After a failure: drops the open pack's temporary file and deletes the packs this writer committed (no index
-    /// refers to them yet, so nothing can need them), which also gives the space back on a full disk.
+    /// The committed packs are now named by an index file: `abandon` must leave them alone.
+    func markIndexed() {
+        state.withLock { $0.unindexed = [] }
+    }
+
+    /// After a failure: drops the open packs' temporary files and deletes the packs this writer committed that no
+    /// index names yet (nothing can need them), which also gives the space back on a full disk.
     func abandon() {
         let (open, written) = state.withLock { state in
-            defer { state.current = nil; state.written = [] }
-            return (state.current, state.written)
+            defer { state.open = [:]; state.written = []; state.unindexed = [] }
+            return (Array(state.open.values), state.unindexed)
         }
-        open?.sink.abort()
-        for (pack, _) in written { try? storage.remove(Repository.packPath(pack)) }
+        for pack in open { pack.sink.abort() }
+        for pack in written { try? storage.remove(Repository.packPath(pack)) }
     }
 
     private func makeSink() throws -> any PackSink {
@@ -123,14 +173,18 @@ final class PackWriter: Sendable {
     /// endian), so it can be read back without the index. Its name is random: 32 bytes, hex.
     private func commit(_ pack: OpenPack) throws {
         do {
+            if let failure = pack.failure { throw failure }
             var header = ByteWriter()
             BinaryCodec.encode(pack.entries, into: &header)
             var trailer = try AES256GCM.seal(header.bytes, key: dataKey, aad: Array("fleetkeep pack header".utf8))
             withUnsafeBytes(of: UInt32(trailer.count).littleEndian) { trailer.append(contentsOf: $0) }
             let name = Hex.encode(SecureRandom.bytes(32))
             try beforePackCommit?(name)
-            try pack.sink.commit(trailer: trailer, path: Repository.packPath(name))
-            state.withLock { $0.written.append((name, pack.entries)) }
+            try pack.sink.commit(trailer: trailer, at: pack.size, path: Repository.packPath(name))
+            state.withLock {
+                $0.written.append((name, pack.entries))
+                $0.unindexed.append(name)
+            }
         } catch {
             pack.sink.abort()
             throw error
@@ -138,16 +192,17 @@ final class PackWriter: Sendable {
     }
 }
 
-/// Where a pack's bytes go while it is being filled. Used by one thread at a time: under the writer's lock while
-/// filling, then by the thread that commits it (hence `@unchecked Sendable` on the implementations).
+/// Where a pack's bytes go while it is being filled. `write` is called concurrently at disjoint offsets; `commit`
+/// and `abort` once, after every write has returned.
 protocol PackSink: Sendable {
-    func append(_ bytes: [UInt8]) throws
-    func commit(trailer: [UInt8], path: String) throws
+    func write(_ bytes: [UInt8], at offset: Int) throws
+    func commit(trailer: [UInt8], at offset: Int, path: String) throws
     func abort()
 }
 
 /// Streams a pack into `data/.tmp-*` and renames it into place: constant memory however large the backup.
 final class FilePackSink: PackSink, @unchecked Sendable {
+    // @unchecked: `descriptor` changes only in commit/abort, which run after all writes (see PackSink).
     private let storage: LocalStorage
     private let temporary: String
     private var descriptor: Int32
@@ -157,12 +212,12 @@ final class FilePackSink: PackSink, @unchecked Sendable {
         (descriptor, temporary) = try storage.createTemporaryFile(in: "data")
     }
 
-    func append(_ bytes: [UInt8]) throws {
-        try storage.writeAll(descriptor, bytes, path: "data/pack")
+    func write(_ bytes: [UInt8], at offset: Int) throws {
+        try storage.writeAll(descriptor, bytes, at: offset, path: "data/pack")
     }
 
-    func commit(trailer: [UInt8], path: String) throws {
-        try storage.writeAll(descriptor, trailer, path: path)
+    func commit(trailer: [UInt8], at offset: Int, path: String) throws {
+        try storage.writeAll(descriptor, trailer, at: offset, path: path)
         try storage.commitTemporaryFile(descriptor, temporary, to: path)
         descriptor = -1
     }
@@ -176,19 +231,29 @@ final class FilePackSink: PackSink, @unchecked Sendable {
 }
 
 /// Buffers a pack for storages that can only write whole files (SFTP).
-final class MemoryPackSink: PackSink, @unchecked Sendable {
+final class MemoryPackSink: PackSink, Sendable {
     private let storage: any RepositoryStorage
-    private var buffer: [UInt8] = []
+    private let buffer = Mutex<[UInt8]>([])
 
     init(storage: any RepositoryStorage) { self.storage = storage }
 
-    func append(_ bytes: [UInt8]) throws { buffer.append(contentsOf: bytes) }
-
-    func commit(trailer: [UInt8], path: String) throws {
-        buffer.append(contentsOf: trailer)
-        try storage.write(path, buffer)
-        buffer = []
+    func write(_ bytes: [UInt8], at offset: Int) throws {
+        buffer.withLock { buffer in
+            if buffer.count < offset + bytes.count { buffer.append(contentsOf: repeatElement(0, count: offset + bytes.count - buffer.count)) }
+            buffer.withUnsafeMutableBytes { raw in
+                bytes.withUnsafeBytes { (raw.baseAddress! + offset).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+            }
+        }
     }
 
-    func abort() { buffer = [] }
+    func commit(trailer: [UInt8], at offset: Int, path: String) throws {
+        try write(trailer, at: offset)
+        let whole = buffer.withLock { buffer in
+            defer { buffer = [] }
+            return buffer
+        }
+        try storage.write(path, whole)
+    }
+
+    func abort() { buffer.withLock { $0 = [] } }
 }

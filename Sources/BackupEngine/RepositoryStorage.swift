@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Where a repository's files live: a local directory or a remote SFTP directory.
 /// Paths are relative and '/'-separated (`data/ab/abcd…`, `index/…`); implementations refuse anything else.
@@ -39,6 +40,9 @@ public func validateRepositoryPath(_ path: String) throws {
 /// A repository in a local directory. Writes are atomic and durable (temporary file, fsync, rename, fsync directory).
 public struct LocalStorage: RepositoryStorage {
     public let root: String
+    /// Packs are read a blob at a time, thousands of times per restore; keeping them open saves an open and a
+    /// close per blob.
+    private let openPacks = OpenFileCache(capacity: 64)
     public init(root: String) { self.root = root }
     public var location: String { root }
 
@@ -61,10 +65,18 @@ public struct LocalStorage: RepositoryStorage {
     }
 
     public func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] {
-        let descriptor = open(try full(path), O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw failure(path, "open") }
-        defer { close(descriptor) }
-        return try [UInt8](unsafeUninitializedCapacity: max(length, 1)) { buffer, count in
+        let file: OpenFile
+        if path.hasPrefix("data/"), let cached = openPacks[path] {
+            file = cached
+        } else {
+            let descriptor = open(try full(path), O_RDONLY | O_CLOEXEC)
+            guard descriptor >= 0 else { throw failure(path, "open") }
+            file = OpenFile(descriptor)
+            // Packs never change once written (their names are random and never reused), so an open one stays valid.
+            if path.hasPrefix("data/") { openPacks[path] = file }
+        }
+        let descriptor = file.descriptor
+        return try withExtendedLifetime(file) { try [UInt8](unsafeUninitializedCapacity: max(length, 1)) { buffer, count in
             var done = 0
             while done < length {
                 let got = pread(descriptor, buffer.baseAddress! + done, length - done, off_t(offset + done))
@@ -73,7 +85,7 @@ public struct LocalStorage: RepositoryStorage {
                 done += got
             }
             count = length
-        }
+        } }
     }
 
     public func write(_ path: String, _ data: [UInt8]) throws {
@@ -109,6 +121,19 @@ public struct LocalStorage: RepositoryStorage {
         var done = 0
         while done < data.count {
             let wrote = data.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + done, data.count - done) }
+            if wrote < 0 {
+                if errno == EINTR { continue }
+                throw failure(path, "write")
+            }
+            done += wrote
+        }
+    }
+
+    /// Writes all of `data` at `offset` (pwrite), so several threads can fill one file at disjoint offsets.
+    func writeAll(_ descriptor: Int32, _ data: [UInt8], at offset: Int, path: String) throws {
+        var done = 0
+        while done < data.count {
+            let wrote = data.withUnsafeBytes { pwrite(descriptor, $0.baseAddress! + done, data.count - done, off_t(offset + done)) }
             if wrote < 0 {
                 if errno == EINTR { continue }
                 throw failure(path, "write")
@@ -165,6 +190,33 @@ public struct LocalStorage: RepositoryStorage {
         guard let walker = FileManager.default.enumerator(atPath: root) else { return }
         for case let relative as String in walker where (relative as NSString).lastPathComponent.hasPrefix(".tmp-") {
             unlink(root + "/" + relative)
+        }
+    }
+}
+
+/// A read-only file descriptor, closed when the last user lets go of it.
+final class OpenFile: Sendable {
+    let descriptor: Int32
+    init(_ descriptor: Int32) { self.descriptor = descriptor }
+    deinit { close(descriptor) }
+}
+
+/// A few recently used open files by path. Readers keep their `OpenFile` while reading, so evicting one never
+/// closes a descriptor that is in use.
+final class OpenFileCache: Sendable {
+    private let capacity: Int
+    private let files = Mutex<(byPath: [String: OpenFile], order: [String])>(([:], []))
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    subscript(path: String) -> OpenFile? {
+        get { files.withLock { $0.byPath[path] } }
+        set {
+            files.withLock { files in
+                guard let newValue, files.byPath.updateValue(newValue, forKey: path) == nil else { return }
+                files.order.append(path)
+                if files.order.count > capacity { files.byPath[files.order.removeFirst()] = nil }
+            }
         }
     }
 }

@@ -18,33 +18,45 @@ extension Repository {
     /// the snapshot are validated, directories are created by us, and existing symlinks are never followed.
     /// Damaged files are listed in `errors`; everything else is restored.
     public func restore(_ snapshot: Snapshot, subpath: String? = nil, target: String) throws -> RestoreSummary {
+        try restore([(snapshot, target)], subpath: subpath)[0]
+    }
+
+    /// Restores several snapshots, each under its own target, in one process (a server's accounts, say). Each
+    /// snapshot is planned (every name validated) and then written by a pool of threads before the next is read,
+    /// so memory stays that of the largest snapshot. Returns one summary per snapshot, in order.
+    public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil) throws -> [RestoreSummary] {
+        _ = BackupSession.allocatorTuned
         let decompressor = ZstdDecompressor()
-        var root = try loadTree(snapshot.tree, decompressor: decompressor)
-        var prefix = ""
-        if let subpath, !subpath.isEmpty, subpath != "/" {
-            let components = subpath.split(separator: "/").map(String.init)
-            for (index, component) in components.enumerated() {
-                guard let node = root.nodes.first(where: { $0.name == component }) else {
-                    throw RepositoryError("path \(subpath) is not in snapshot \(snapshot.shortID)")
-                }
-                if index == components.count - 1 && node.kind != .directory {
-                    root = Tree(nodes: [node])
-                } else {
-                    guard node.kind == .directory, let subtree = node.subtree else { throw RepositoryError("\(subpath) is not a directory in snapshot \(snapshot.shortID)") }
-                    root = try loadTree(subtree, decompressor: decompressor)
-                    prefix = prefix.isEmpty ? component : prefix + "/" + component
+        var summaries: [RestoreSummary] = []
+        for (snapshot, target) in snapshots {
+            var root = try loadTree(snapshot.tree, decompressor: decompressor)
+            var prefix = ""
+            if let subpath, !subpath.isEmpty, subpath != "/" {
+                let components = subpath.split(separator: "/").map(String.init)
+                for (index, component) in components.enumerated() {
+                    guard let node = root.nodes.first(where: { $0.name == component }) else {
+                        throw RepositoryError("path \(subpath) is not in snapshot \(snapshot.shortID)")
+                    }
+                    if index == components.count - 1 && node.kind != .directory {
+                        root = Tree(nodes: [node])
+                    } else {
+                        guard node.kind == .directory, let subtree = node.subtree else { throw RepositoryError("\(subpath) is not a directory in snapshot \(snapshot.shortID)") }
+                        root = try loadTree(subtree, decompressor: decompressor)
+                        prefix = prefix.isEmpty ? component : prefix + "/" + component
+                    }
                 }
             }
+            // The whole snapshot is read and every name validated before anything is written.
+            var plan = RestorePlan(target: target, prefix: prefix)
+            try plan.collect(tree: root, directory: target, relative: prefix, repository: self, decompressor: decompressor)
+            do {
+                try FileManager.default.createDirectory(atPath: plan.target, withIntermediateDirectories: true)
+            } catch {
+                throw RepositoryError("cannot create restore target \(plan.target): \(error.localizedDescription)")
+            }
+            summaries += try RestorePlan.execute([plan], repository: self)
         }
-        // The whole snapshot is read and every name validated before anything is written.
-        var plan = RestorePlan()
-        try plan.collect(tree: root, directory: target, relative: prefix, repository: self, decompressor: decompressor)
-        do {
-            try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
-        } catch {
-            throw RepositoryError("cannot create restore target \(target): \(error.localizedDescription)")
-        }
-        return try plan.execute(repository: self, target: target, prefix: prefix)
+        return summaries
     }
 
     /// Writes the single file of a stream snapshot (a database dump) to `handle`.
@@ -81,8 +93,11 @@ func writeAll(_ descriptor: Int32, _ bytes: [UInt8], what: String) throws {
 
 /// Writes `bytes` at `offset`, leaving aligned all-zero 4 KiB blocks unwritten: with the final ftruncate they
 /// become holes, so sparse files (and runs of zeros in any file) stay sparse.
-func writeSparse(_ descriptor: Int32, _ bytes: [UInt8], at offset: Int64, what: String) throws {
+/// Returns where the last byte written ends in the file, nil when all of `bytes` were zeros.
+@discardableResult
+func writeSparse(_ descriptor: Int32, _ bytes: [UInt8], at offset: Int64, what: String) throws -> Int64? {
     let block = 4096
+    var lastEnd: Int64?
     try bytes.withUnsafeBytes { raw in
         var index = 0
         while index < raw.count {
@@ -102,10 +117,12 @@ func writeSparse(_ descriptor: Int32, _ bytes: [UInt8], at offset: Int64, what: 
                 }
                 done += wrote
             }
+            if end > index { lastEnd = offset + Int64(end) }
             index = end
             while index + block <= raw.count && isZero(UnsafeRawBufferPointer(rebasing: raw[index..<index + block])) { index += block }
         }
     }
+    return lastEnd
 }
 
 private func isZero(_ block: UnsafeRawBufferPointer) -> Bool {
@@ -132,6 +149,9 @@ func makeDirectory(_ path: String) throws {
 /// The restore, planned first (directories, links) and then executed (file contents in parallel, metadata last).
 struct RestorePlan {
     struct FileJob { let path: String; let relative: String; let node: TreeNode }
+    let target: String
+    /// The snapshot path restored at `target` (empty for the whole snapshot).
+    let prefix: String
     var files: [FileJob] = []
     var directories: [(path: String, node: TreeNode)] = []
     var symlinks: [(path: String, node: TreeNode)] = []
@@ -166,10 +186,12 @@ struct RestorePlan {
         }
     }
 
-    func execute(repository: Repository, target: String, prefix: String) throws -> RestoreSummary {
+    /// Writes the files of all `plans` with one pool of threads, then finishes each plan (links, metadata).
+    static func execute(_ plans: [RestorePlan], repository: Repository) throws -> [RestoreSummary] {
         // Parents come before children in `directories`.
-        for (path, _) in directories { try makeDirectory(path) }
-        let summary = Mutex(RestoreSummary())
+        for plan in plans { for (path, _) in plan.directories { try makeDirectory(path) } }
+        let jobs = plans.enumerated().flatMap { number, plan in plan.files.map { (plan: number, job: $0) } }
+        let summaries = Mutex([RestoreSummary](repeating: RestoreSummary(), count: plans.count))
         let next = Atomic<Int>(0)
         let isRoot = getuid() == 0
         let workers = max(2, ProcessInfo.processInfo.activeProcessorCount + 1)
@@ -177,18 +199,24 @@ struct RestorePlan {
             let decompressor = ZstdDecompressor()
             while true {
                 let index = next.wrappingAdd(1, ordering: .relaxed).oldValue
-                guard index < files.count else { return }
-                let job = files[index]
+                guard index < jobs.count else { return }
+                let (plan, job) = jobs[index]
                 do {
-                    let bytes = try restoreFile(job, repository: repository, decompressor: decompressor, isRoot: isRoot)
-                    summary.withLock { $0.files += 1; $0.bytes += bytes }
+                    let bytes = try plans[plan].restoreFile(job, repository: repository, decompressor: decompressor, isRoot: isRoot)
+                    summaries.withLock { $0[plan].files += 1; $0[plan].bytes += bytes }
                 } catch {
                     unlink(job.path)
-                    summary.withLock { $0.errors.append("\(job.relative): \(error)") }
+                    summaries.withLock { $0[plan].errors.append("\(job.relative): \(error)") }
                 }
             }
         }
-        var result = summary.withLock { $0 }
+        let written = summaries.withLock { $0 }
+        return plans.enumerated().map { number, plan in plan.finish(written[number], isRoot: isRoot) }
+    }
+
+    /// Links, special files and directory metadata, after the file contents are in place.
+    private func finish(_ summary: RestoreSummary, isRoot: Bool) -> RestoreSummary {
+        var result = summary
         // Hard links before symlinks: no symlink exists yet in the target, so a link path cannot lead outside.
         for link in hardlinks {
             let relativeTarget = prefix.isEmpty ? link.target : (link.target.hasPrefix(prefix + "/") ? String(link.target.dropFirst(prefix.count + 1)) : link.target)
@@ -221,17 +249,20 @@ struct RestorePlan {
         return result
     }
 
-    private func restoreFile(_ job: FileJob, repository: Repository, decompressor: ZstdDecompressor, isRoot: Bool) throws -> Int64 {
+    func restoreFile(_ job: FileJob, repository: Repository, decompressor: ZstdDecompressor, isRoot: Bool) throws -> Int64 {
         let descriptor = open(job.path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw RepositoryError("cannot create: \(String(cString: strerror(errno)))") }
         defer { close(descriptor) }
-        var offset: Int64 = 0
+        var offset: Int64 = 0, written: Int64 = 0
         for id in job.node.content {
             let bytes = try repository.loadBlob(id, decompressor: decompressor)
-            try writeSparse(descriptor, bytes, at: offset, what: job.relative)
+            if let end = try writeSparse(descriptor, bytes, at: offset, what: job.relative) { written = end }
             offset += Int64(bytes.count)
         }
-        guard ftruncate(descriptor, off_t(offset)) == 0 else { throw RepositoryError("cannot set size: \(String(cString: strerror(errno)))") }
+        // Only a file ending in a hole (zeros left unwritten) is still short of its size.
+        if written < offset {
+            guard ftruncate(descriptor, off_t(offset)) == 0 else { throw RepositoryError("cannot set size: \(String(cString: strerror(errno)))") }
+        }
         if isRoot { fchown(descriptor, job.node.uid, job.node.gid) }
         fchmod(descriptor, job.node.mode & 0o7777)
         var times = [timespec(tv_sec: Int(job.node.mtime / 1_000_000_000), tv_nsec: Int(job.node.mtime % 1_000_000_000)),

@@ -1,0 +1,74 @@
+@testable import AgentCore
+import BackupEngine
+import CommandLineSupport
+import Foundation
+import Synchronization
+import Testing
+import TestSupport
+
+/// `backup` of a whole server in one command, and `restore latest --all` putting every account back.
+struct WholeServerBackupTests {
+    @Test func backupCommandRecordsEveryAccountAndRestoreAllRebuildsTheServer() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-whole")
+        let root = scratch.appending("server")
+        try HostingFixture.create(root: root, accounts: 3, sizeMB: 6, seed: 5)
+        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
+        let common = ["--root", root, "--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"),
+                      "--config", scratch.appending("agent.conf")]
+        #expect(try BackupCommands.repo(["init"] + common) == 0)
+        #expect(try BackupCommands.backup(["--kind", "files,email"] + common) == 0)
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("repo.key")))
+        let snapshots = try repository.snapshots()
+        #expect(snapshots.count == 6)
+        #expect(Set(snapshots.map { $0.tags["account"] ?? "" }).count == 3)
+        #expect(try storage.list("index").count == 1, "one backup command writes one index file")
+
+        try HostingFixture.churn(root: root, percent: 5)
+        #expect(try BackupCommands.backup(["--kind", "files,email"] + common) == 0)
+        let target = scratch.appending("rebuilt")
+        #expect(try BackupCommands.restore(["latest", "--all", "--target", target] + common) == 0)
+        #expect(try HostingFixture.manifest(root: target + "/home") == HostingFixture.manifest(root: root + "/home"))
+    }
+
+    @Test func restoreAllNeedsLatestAndATarget() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-whole-args")
+        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
+        let common = ["--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"), "--config", scratch.appending("agent.conf")]
+        #expect(try BackupCommands.repo(["init"] + common) == 0)
+        #expect(throws: UsageError.self) { try BackupCommands.restore(["abc123", "--all", "--target", scratch.appending("t")] + common) }
+        #expect(throws: UsageError.self) { try BackupCommands.restore(["latest", "--all"] + common) }
+    }
+
+    @Test func hostileHomeTagsAreRefusedAndEmailGoesToTheMailDirectory() throws {
+        func snapshot(_ tags: [String: String]) -> Snapshot {
+            Snapshot(id: String(repeating: "a", count: 64), time: Date(), tags: tags, tree: "", parent: nil, summary: BackupSummary())
+        }
+        #expect(try BackupCommands.restoreLocation(of: snapshot(["account": "bob", "kind": "files", "home": "/home/bob"])) == "/home/bob")
+        #expect(try BackupCommands.restoreLocation(of: snapshot(["account": "bob", "kind": "email", "home": "/home/bob"])) == "/home/bob/mail")
+        for hostile in ["/home/../etc", "home/bob", "/home/./bob", "/home/bob/.."] {
+            #expect(throws: AgentError.self) { try BackupCommands.restoreLocation(of: snapshot(["account": "bob", "kind": "files", "home": hostile])) }
+        }
+    }
+}
+
+struct ConcurrentRunnerTests {
+    @Test func everyJobRunsOnceAndCheckpointsNeverOverlapAJob() {
+        let runner = ConcurrentRunner(checkpointInterval: 0)
+        let state = Mutex((running: 0, ran: [Int](), checkpoints: 0, overlaps: 0, maxRunning: 0))
+        runner.run(count: 25, width: 3, job: { index in
+            state.withLock { $0.running += 1; $0.maxRunning = max($0.maxRunning, $0.running) }
+            usleep(2000)
+            state.withLock { $0.running -= 1; $0.ran.append(index) }
+        }, checkpoint: {
+            state.withLock { if $0.running != 0 { $0.overlaps += 1 }; $0.checkpoints += 1 }
+            usleep(1000)
+            state.withLock { if $0.running != 0 { $0.overlaps += 1 } }
+        })
+        let final = state.withLock { $0 }
+        #expect(final.ran.sorted() == Array(0..<25))
+        #expect(final.checkpoints > 0)
+        #expect(final.overlaps == 0)
+        #expect(final.maxRunning <= 3)
+    }
+}
