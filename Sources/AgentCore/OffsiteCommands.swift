@@ -125,7 +125,13 @@ public enum OffsiteCommands {
         for directory in ["data", "index", "snapshots"] { storage.removeTemporaryUploads(in: directory) }
         var progress: (@Sendable (CopyReport) -> Void)?
         if Console.isTerminal && !arguments.flag("json") { progress = showProgress }
-        let report = try local.copy(latest, to: remote, progress: progress)
+        // A second connection uploads alongside the first: one SSH stream leaves a core idle while it waits for the
+        // server's fsync and rename of each pack. The shared lease keeps a remote prune from deleting packs that are
+        // uploaded but not yet indexed.
+        let second = SFTPStorage(session: try connect(target: target, config: config), target: target)
+        let report = try remote.withLock(exclusive: false) {
+            try local.copy(latest, to: remote, uploaders: [storage, second], progress: progress)
+        }
         let keep = config.offsite.keepWeekly
         let pruned = keep > 0 ? try remote.prune(policy: { _ in RetentionPolicy(keepWeekly: keep) }, dryRun: false) : nil
         if arguments.flag("json") { print(try BackupCommands.jsonText(report)) } else {

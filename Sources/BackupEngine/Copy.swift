@@ -1,5 +1,7 @@
 import Crypto
+import Dispatch
 import Foundation
+import Synchronization
 
 /// The files of a repository, for an off-site copier deciding what the remote lacks.
 public struct RepositoryFileList: Codable, Sendable, Equatable {
@@ -91,7 +93,12 @@ extension Repository {
     /// only packs the remote lacks; other snapshots' data (e.g. email) stays local unless it shares a pack.
     /// Order keeps the remote consistent at every moment: packs, then an index for them, then snapshot files.
     /// An interrupted copy resumes: packs that finished uploading are found by name and size and not sent again.
-    public func copy(_ snapshots: [Snapshot], to remote: Repository, progress: (@Sendable (CopyReport) -> Void)? = nil) throws -> CopyReport {
+    ///
+    /// `uploaders` are more connections to the same remote (each used by one thread at a time): packs are then
+    /// uploaded over all of them at once, which keeps both ends busy while one connection waits for a server-side
+    /// fsync or rename.
+    public func copy(_ snapshots: [Snapshot], to remote: Repository, uploaders: [any RepositoryStorage] = [],
+                     progress: (@Sendable (CopyReport) -> Void)? = nil) throws -> CopyReport {
         let started = Date()
         var report = CopyReport()
         let index = indexSnapshot
@@ -108,26 +115,22 @@ extension Repository {
         }
         let remoteIndexed = Set(remote.indexSnapshot.packs)
         var newlyIndexed: [(pack: String, entries: [PackEntry])] = []
+        var missing: [String] = []
         for number in neededPacks.sorted() {
             let pack = index.packs[Int(number)]
-            let entries = entriesByPack[number] ?? []
             if remoteIndexed.contains(pack) {
                 report.packsAlreadyThere += 1
                 continue
             }
             let path = Self.packPath(pack)
-            let localSize = try storage.size(path)
-            if let remoteSize = try remote.storage.size(path), remoteSize == localSize {
+            if let remoteSize = try remote.storage.size(path), remoteSize == (try storage.size(path)) {
                 report.packsAlreadyThere += 1
             } else {
-                let bytes = try storage.read(path)
-                try remote.storage.write(path, bytes)
-                report.packsUploaded += 1
-                report.bytesUploaded += Int64(bytes.count)
-                progress?(report)
+                missing.append(path)
             }
-            newlyIndexed.append((pack, entries))
+            newlyIndexed.append((pack, entriesByPack[number] ?? []))
         }
+        report = try upload(missing, over: uploaders.isEmpty ? [remote.storage] : uploaders, report: report, progress: progress)
         if let name = try remote.writeIndex(newlyIndexed) {
             report.bytesUploaded += Int64(try remote.storage.size("index/" + name) ?? 0)
         }
@@ -144,6 +147,40 @@ extension Repository {
         }
         report.seconds = Date().timeIntervalSince(started)
         return report
+    }
+
+    /// Uploads `paths` (packs) over the given connections, one thread each; the first failure stops the others
+    /// and is rethrown.
+    private func upload(_ paths: [String], over connections: [any RepositoryStorage], report: CopyReport,
+                        progress: (@Sendable (CopyReport) -> Void)?) throws -> CopyReport {
+        let state = Mutex((next: 0, report: report, failure: (any Error)?.none))
+        DispatchQueue.concurrentPerform(iterations: max(1, min(connections.count, paths.count))) { lane in
+            let connection = connections[lane]
+            while true {
+                let index: Int? = state.withLock { state in
+                    guard state.failure == nil, state.next < paths.count else { return nil }
+                    defer { state.next += 1 }
+                    return state.next
+                }
+                guard let index else { return }
+                do {
+                    let bytes = try storage.read(paths[index])
+                    try connection.write(paths[index], bytes)
+                    let now = state.withLock { state in
+                        state.report.packsUploaded += 1
+                        state.report.bytesUploaded += Int64(bytes.count)
+                        return state.report
+                    }
+                    progress?(now)
+                } catch {
+                    state.withLock { if $0.failure == nil { $0.failure = error } }
+                    return
+                }
+            }
+        }
+        let result = state.withLock { $0 }
+        if let failure = result.failure { throw failure }
+        return result.report
     }
 
     /// Seals this repository's master keys for one more key file or passphrase (e.g. an escrow passphrase).

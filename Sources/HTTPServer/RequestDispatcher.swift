@@ -17,6 +17,8 @@ final class RequestState {
 final class RequestDispatcher: Sendable {
     let router: Router
     let maxBodyBytes: Int
+    /// Oversized bodies up to this size are read to their end before the 413 (see `access`).
+    var drainLimit: Int { max(maxBodyBytes * 4, 1 << 20) }
     /// Requests whose headers have arrived and whose completion was not yet reported; graceful shutdown waits for 0.
     let inFlight = Atomic<Int>(0)
     /// Connections suspended while a handler runs; libmicrohttpd must not be stopped while this is above 0.
@@ -55,14 +57,20 @@ final class RequestDispatcher: Sendable {
                 context: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> MHD_Result {
         guard let existing = context.pointee else {
             // First call: headers only. Answering now would make 0.9.75 close keep-alive connections, so only
-            // reject bodies we already know are too large (the connection then closes, which is what we want).
+            // reject bodies we already know are too large. A body up to `drainLimit` is read and dropped first and
+            // answered 413 at its end: answering while the client is still sending makes the kernel reset the
+            // connection, and the client sees "connection reset" instead of the 413. Anything larger is answered
+            // at once and the connection closes, which is what we want for a client sending that much.
             let state = RequestState()
             context.pointee = Unmanaged.passRetained(state).toOpaque()
             inFlight.add(1, ordering: .relaxed)
             if let length = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length"),
                let declared = Int(String(cString: length)), declared > maxBodyBytes {
-                state.responded = true
-                return queue(bodyTooLargeResponse(), on: connection)
+                guard declared <= drainLimit else {
+                    state.responded = true
+                    return queue(bodyTooLargeResponse(), on: connection)
+                }
+                state.bodyTooLarge = true
             }
             return .YES
         }
