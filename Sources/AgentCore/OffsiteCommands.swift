@@ -8,7 +8,7 @@ import SFTP
 public enum OffsiteCommands {
     static let defaultKnownHosts = "/etc/fleetkeep/offsite_known_hosts"
     static let options: Set<String> = BackupCommands.common.union(["target", "host-key", "known-hosts", "identity", "password-file",
-                                                                   "keep-weekly", "account", "kind", "to", "path", "into-database"])
+                                                                   "keep-weekly", "account", "kind", "to", "path", "into-database", "state"])
 
     public static func run(_ raw: [String]) throws -> Int32 {
         let arguments = try Arguments(raw, options: options, flags: ["json", "read-data", "dry-run", "all", "load-databases"])
@@ -54,7 +54,8 @@ public enum OffsiteCommands {
                 }
                 return report.isHealthy ? 0 : 1
             case "prune":
-                let keep = config.offsite.keepWeekly
+                escrowAfterPush(state: AgentCommands.state(arguments), keyFile: config.keyFile, json: arguments.flag("json"))
+        let keep = config.offsite.keepWeekly
                 let report = try remote.prune(policy: { _ in RetentionPolicy(keepWeekly: keep) }, dryRun: arguments.flag("dry-run"))
                 print("off-site: kept \(report.keptSnapshots.count) snapshots, removed \(report.removedSnapshots.count), \(report.bytesFreed / 1_048_576) MiB freed")
                 return 0
@@ -132,6 +133,7 @@ public enum OffsiteCommands {
         let report = try remote.withLock(exclusive: false) {
             try local.copy(latest, to: remote, uploaders: [storage, second], progress: progress)
         }
+        escrowAfterPush(state: AgentCommands.state(arguments), keyFile: config.keyFile, json: arguments.flag("json"))
         let keep = config.offsite.keepWeekly
         let pruned = keep > 0 ? try remote.prune(policy: { _ in RetentionPolicy(keepWeekly: keep) }, dryRun: false) : nil
         if arguments.flag("json") { print(try BackupCommands.jsonText(report)) } else {
@@ -146,6 +148,22 @@ public enum OffsiteCommands {
 
     @Sendable static func showProgress(_ report: CopyReport) {
         FileHandle.standardOutput.write(Data("\r  \(report.packsUploaded) packs, \(report.bytesUploaded / 1_048_576) MiB sent".utf8))
+    }
+
+    /// The off-site copy is useless after losing the server unless its key survives too, so every push also
+    /// escrows the key file with the controller (sealed to the operator's recovery key; a rotated recovery key is
+    /// picked up on the next push). The data is already pushed: a failure here is a loud warning, not an error.
+    static func escrowAfterPush(state: AgentState, keyFile: String, json: Bool) {
+        guard state.isEnrolled else {
+            Console.error("note: this agent is not enrolled with a controller, so the repository key was not escrowed; keep a copy of \(keyFile) off this server")
+            return
+        }
+        do {
+            let recipient = try KeyEscrow.deposit(state: state, keyFile: keyFile)
+            if !json { print("repository key escrowed with the controller, sealed to recovery key \(recipient.prefix(12))…") }
+        } catch {
+            Console.error("warning: the off-site copy was pushed, but the repository key could not be escrowed: \(error). Without it (or a copy of \(keyFile)) the off-site copy cannot be opened after losing this server; run `fleetkeep-agent escrow` once this is fixed")
+        }
     }
 
     /// Restores from the remote. With `--all`, rebuilds every account under `--to` (a new server's root):

@@ -29,7 +29,8 @@ extension Repository {
         let decompressor = ZstdDecompressor()
         var summaries: [RestoreSummary] = []
         for (snapshot, target) in snapshots {
-            var root = try loadTree(snapshot.tree, decompressor: decompressor)
+            let snapshotRoot = try loadTree(snapshot.tree, decompressor: decompressor)
+            var root = snapshotRoot
             var prefix = ""
             if let subpath, !subpath.isEmpty, subpath != "/" {
                 let components = subpath.split(separator: "/").map(String.init)
@@ -47,7 +48,7 @@ extension Repository {
                 }
             }
             // The whole snapshot is read and every name validated before anything is written.
-            var plan = RestorePlan(target: target, prefix: prefix)
+            var plan = RestorePlan(target: target, prefix: prefix, snapshotRoot: snapshotRoot)
             try plan.collect(tree: root, directory: target, relative: prefix, repository: self, decompressor: decompressor)
             do {
                 try FileManager.default.createDirectory(atPath: plan.target, withIntermediateDirectories: true)
@@ -152,6 +153,10 @@ struct RestorePlan {
     let target: String
     /// The snapshot path restored at `target` (empty for the whole snapshot).
     let prefix: String
+    /// The snapshot's root listing: a hard link inside `prefix` may point at a file outside it.
+    let snapshotRoot: Tree
+    /// Hard-link targets outside `prefix`, by the relative path of the first link restored as their copy.
+    var outsideTargets: [String: String] = [:]
     var files: [FileJob] = []
     var directories: [(path: String, node: TreeNode)] = []
     var symlinks: [(path: String, node: TreeNode)] = []
@@ -180,10 +185,35 @@ struct RestorePlan {
                 guard let target = node.target, !target.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }), !target.hasPrefix("/") else {
                     throw RepositoryError("hard link \(childRelative) points at an unsafe path; refusing to restore the snapshot")
                 }
-                hardlinks.append((path, childRelative, target))
+                if prefix.isEmpty || target.hasPrefix(prefix + "/") {
+                    hardlinks.append((path, childRelative, target))
+                } else if let first = outsideTargets[target] {
+                    hardlinks.append((path, childRelative, first))
+                } else {
+                    // The file it links to is outside the restored path: the first such link gets the content.
+                    let linked = try fileNode(at: target, repository: repository, decompressor: decompressor)
+                    files.append(FileJob(path: path, relative: childRelative, node: linked))
+                    outsideTargets[target] = childRelative
+                }
             case .other: others.append((path, node))
             }
         }
+    }
+
+    /// The file at `relative` in the snapshot (a hard link's target), looked up from the root.
+    private func fileNode(at relative: String, repository: Repository, decompressor: ZstdDecompressor) throws -> TreeNode {
+        var tree = snapshotRoot
+        let components = relative.split(separator: "/").map(String.init)
+        for (index, component) in components.enumerated() {
+            guard let node = tree.nodes.first(where: { $0.name == component }) else { break }
+            if index == components.count - 1 {
+                if node.kind == .file { return node }
+                break
+            }
+            guard node.kind == .directory, let subtree = node.subtree else { break }
+            tree = try repository.loadTree(subtree, decompressor: decompressor)
+        }
+        throw RepositoryError("hard link target \(relative) is not a file in the snapshot (damaged)")
     }
 
     /// Writes the files of all `plans` with one pool of threads, then finishes each plan (links, metadata).

@@ -74,6 +74,27 @@ struct RoundTripTests {
         #expect(try scene.manifest(only) == scene.manifest(home + "/public_html"))
     }
 
+    @Test func subpathRestoreCopiesHardLinkedFilesFromOutsideIt() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-links")
+        let source = scratch.appending("site")
+        try FileManager.default.createDirectory(atPath: source + "/a", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: source + "/b", withIntermediateDirectories: true)
+        try Data("shared content".utf8).write(to: URL(fileURLWithPath: source + "/a/original.txt"))
+        #expect(link(source + "/a/original.txt", source + "/b/one.txt") == 0)
+        #expect(link(source + "/a/original.txt", source + "/b/two.txt") == 0)
+        let repository = try Repository.initialize(storage: LocalStorage(root: scratch.appending("repo")), keySource: .keyFile(scratch.appending("k")))
+        let snapshot = try repository.backup(directory: source, options: BackupOptions(tags: ["kind": "files"]))
+        let target = scratch.appending("out")
+        let summary = try repository.restore(snapshot, subpath: "b", target: target)
+        #expect(summary.errors.isEmpty, "\(summary.errors)")
+        #expect(FileManager.default.contents(atPath: target + "/one.txt") == Data("shared content".utf8))
+        #expect(FileManager.default.contents(atPath: target + "/two.txt") == Data("shared content".utf8))
+        var first = stat(), second = stat()
+        #expect(lstat(target + "/one.txt", &first) == 0 && lstat(target + "/two.txt", &second) == 0)
+        #expect(first.st_ino == second.st_ino, "the two links inside the restored path stay one file")
+        #expect(!FileManager.default.fileExists(atPath: target + "/a"))
+    }
+
     @Test func streamBackupRoundTripsAndDeduplicates() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 1)
         let repository = try scene.initialize()

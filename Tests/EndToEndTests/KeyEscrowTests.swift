@@ -37,4 +37,53 @@ struct KeyEscrowTests {
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("does not open"))
     }
+
+    @Test func offsitePushEscrowsTheKeyOfAnEnrolledAgent() throws {
+        let controller = try RunningController()
+        let sshd = try SSHDServer()
+        defer { sshd.stop() }
+        let scratch = TemporaryDirectory(prefix: "fk-escrow-push")
+        let recoveryFile = scratch.appending("recovery.key")
+        let created = try ProcessRunner.run(RunningController.bin + "/fleetkeep-controller", ["recovery-key", "create", "--out", recoveryFile])
+        let publicKey = try #require(created.stdout.split(separator: "\n").first { $0.hasPrefix("recovery public key: ") }.map { String($0.dropFirst(21)) })
+        #expect(try controller.controller(["recovery-key", "set", publicKey]).status == 0)
+
+        let state = scratch.appending("state"), keyFile = scratch.appending("repo.key"), site = scratch.appending("site")
+        try FileManager.default.createDirectory(atPath: site + "/home/alice/public_html", withIntermediateDirectories: true)
+        try Data("<?php echo 1;".utf8).write(to: URL(fileURLWithPath: site + "/home/alice/public_html/index.php"))
+        let config = scratch.appending("agent.conf")
+        try """
+        root = \(site)
+        repository = \(scratch.appending("repo"))
+        key-file = \(keyFile)
+        [accounts]
+        alice = /home/alice
+        [database]
+        enabled = no
+        [offsite]
+        target = sftp://\(sshd.user)@127.0.0.1:\(sshd.port)\(sshd.root)/offsite
+        host-key = \(sshd.hostKeyFingerprintSHA256)
+        identity = \(sshd.clientKeyPath)
+
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        #expect(try agent(["repo", "init", "--config", config]).status == 0)
+        let backedUp = try agent(["backup", "--config", config])
+        #expect(backedUp.status == 0, "\(backedUp.stderr)")
+
+        // Not enrolled yet: the push works and says the key is not escrowed.
+        let unenrolled = try agent(["offsite", "push", "--config", config, "--state", state])
+        #expect(unenrolled.status == 0, "\(unenrolled.stderr)")
+        #expect(unenrolled.stderr.contains("not escrowed"), "\(unenrolled.stderr)")
+
+        #expect(try agent(["enroll", try controller.token(), "--state", state]).status == 0)
+        let pushed = try agent(["offsite", "push", "--config", config, "--state", state])
+        #expect(pushed.status == 0, "\(pushed.stderr)")
+        #expect(pushed.stdout.contains("escrowed"), "\(pushed.stdout)")
+
+        let agentID = try #require(try JSONSerialization.jsonObject(with: Data(try controller.controller(["agents", "--json"]).stdout.utf8)) as? [[String: Any]]).first?["agentID"] as? String
+        let recovered = scratch.appending("recovered.key")
+        let opened = try controller.controller(["escrow", "open", try #require(agentID), "--recovery-key", recoveryFile, "--out", recovered])
+        #expect(opened.status == 0, "\(opened.stderr)")
+        #expect(FileManager.default.contents(atPath: recovered) == FileManager.default.contents(atPath: keyFile))
+    }
 }
