@@ -125,6 +125,7 @@ public final class BackupSession: Sendable {
     public func backup(stream descriptor: Int32, name: String, options: BackupOptions) throws -> Int {
         try validateTreeName(name)
         return try run(options: options) { job in
+            try job.useParentStreamAsDeltaBase()
             let (content, size) = try job.chunkDescriptor(descriptor, path: name)
             let now = Int64(Date().timeIntervalSince1970 * 1e9)
             job.summary.withLock { $0.filesNew += 1; $0.filesRead += 1 }
@@ -216,6 +217,10 @@ final class BackupJob: @unchecked Sendable {
     /// Reused for the parent snapshot's trees (creating a zstd context per tree was measurable).
     let decompressor = ZstdDecompressor()
     private var buffer: [UInt8]
+    /// For a stream: the parent stream's chunks by offset, so each new chunk can be stored as a delta against the
+    /// chunk that held the same bytes yesterday.
+    private var deltaBases: [(offset: Int64, id: BlobID)] = []
+    private var streamPosition: Int64 = 0
     private var hardLinks: [String: String] = [:]
     private var lastProgress = Date()
 
@@ -364,13 +369,52 @@ final class BackupJob: @unchecked Sendable {
         return (ids, total)
     }
 
+    /// Reads the parent snapshot's stream (the previous dump) as a list of chunks by offset; see `deltaBases`.
+    func useParentStreamAsDeltaBase() throws {
+        guard let parent, let tree = try? repository.loadTree(parent.tree, decompressor: decompressor),
+              tree.nodes.count == 1, let node = tree.nodes.first, node.kind == .file else { return }
+        var offset: Int64 = 0
+        for id in node.content {
+            guard let (_, location) = repository.location(of: id) else { deltaBases = []; return }
+            deltaBases.append((offset, id))
+            offset += Int64(location.rawLength)
+        }
+    }
+
+    /// The parent stream's chunk that overlaps most with the new chunk at `position` (`count` bytes), with its
+    /// plaintext, if a delta may build on it.
+    private func deltaBase(at position: Int64, count: Int) -> (id: BlobID, plaintext: [UInt8])? {
+        guard !deltaBases.isEmpty else { return nil }
+        var low = 0, high = deltaBases.count - 1
+        while low < high {
+            let middle = (low + high + 1) / 2
+            if deltaBases[middle].offset <= position { low = middle } else { high = middle - 1 }
+        }
+        let end = position + Int64(count)
+        var best = low, bestOverlap: Int64 = -1
+        var index = low
+        while index < deltaBases.count && deltaBases[index].offset < end {
+            let chunkEnd = index + 1 < deltaBases.count ? deltaBases[index + 1].offset : Int64.max
+            let overlap = min(end, chunkEnd) - max(position, deltaBases[index].offset)
+            if overlap > bestOverlap { best = index; bestOverlap = overlap }
+            index += 1
+        }
+        let id = deltaBases[best].id
+        guard let depth = repository.indexSnapshotDeltaDepth(id), depth < Repository.maximumDeltaDepth,
+              let plaintext = try? repository.loadBlob(id, decompressor: decompressor) else { return nil }
+        return (id, plaintext)
+    }
+
     /// Hashes one chunk here; a new one is copied and handed to a worker to compress, encrypt and pack.
     private func store(start: Int, count: Int) throws -> BlobID {
+        let position = streamPosition
+        streamPosition += Int64(count)
         let id = buffer.withUnsafeBytes { repository.blobID(UnsafeRawBufferPointer(rebasing: $0[start..<start + count])) }
         if writer.reserve(id) {
             try throwIfFailed()
             session.inFlight.acquire(count)
             let chunk = Array(buffer[start..<start + count])
+            let base = deltaBase(at: position, count: count)
             summary.withLock { $0.bytesAdded += Int64(count) }
             outstanding.enter()
             session.workers.submit { [self] in
@@ -378,7 +422,10 @@ final class BackupJob: @unchecked Sendable {
                 let compressor = session.compressors.take()
                 defer { session.compressors.give(compressor) }
                 do {
-                    let stored = try chunk.withUnsafeBytes { try writer.add(id: id, kind: .data, plaintext: $0, compressor: compressor) }
+                    let stored = try chunk.withUnsafeBytes { plaintext in
+                        if let base { return try writer.add(id: id, plaintext: plaintext, base: base, compressor: compressor) }
+                        return try writer.add(id: id, kind: .data, plaintext: plaintext, compressor: compressor)
+                    }
                     summary.withLock { $0.blobsAdded += 1; $0.bytesStored += Int64(stored) }
                 } catch {
                     writer.unreserve(id)

@@ -110,8 +110,7 @@ extension Repository {
             neededPacks.insert(location.pack)
         }
         for (id, location) in index.blobs where neededPacks.contains(location.pack) {
-            entriesByPack[location.pack, default: []].append(PackEntry(id: id, kind: location.kind, compressed: location.compressed,
-                                                                        offset: location.offset, length: location.length, rawLength: location.rawLength))
+            entriesByPack[location.pack, default: []].append(index.entry(id, location))
         }
         let remoteIndexed = Set(remote.indexSnapshot.packs)
         var newlyIndexed: [(pack: String, entries: [PackEntry])] = []

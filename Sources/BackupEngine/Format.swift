@@ -67,10 +67,13 @@ struct PackEntry {
     var offset: UInt32
     var length: UInt32
     var rawLength: UInt32
+    /// For a delta blob: the blob whose plaintext is the zstd prefix this one was compressed against.
+    var base: BlobID? = nil
 
-    /// flags (1) + id (32) + offset, length, raw length (3 x 4, little endian).
+    /// flags (1) + id (32) + offset, length, raw length (3 x 4, little endian), then for a delta the base id (32).
     static let encodedSize = 1 + 32 + 12
     static let compressedFlag: UInt8 = 0x80
+    static let deltaFlag: UInt8 = 0x40
 }
 
 /// Binary encoding of pack headers and index files: a count, then fixed-size records.
@@ -78,11 +81,12 @@ enum BinaryCodec {
     static func encode(_ entries: [PackEntry], into out: inout ByteWriter) {
         out.uint32(UInt32(entries.count))
         for entry in entries {
-            out.byte(entry.kind.rawValue | (entry.compressed ? PackEntry.compressedFlag : 0))
+            out.byte(entry.kind.rawValue | (entry.compressed ? PackEntry.compressedFlag : 0) | (entry.base != nil ? PackEntry.deltaFlag : 0))
             out.id(entry.id)
             out.uint32(entry.offset)
             out.uint32(entry.length)
             out.uint32(entry.rawLength)
+            if let base = entry.base { out.id(base) }
         }
     }
 
@@ -93,10 +97,16 @@ enum BinaryCodec {
         entries.reserveCapacity(count)
         for _ in 0..<count {
             let flags = try reader.byte()
-            guard let kind = BlobKind(rawValue: flags & ~PackEntry.compressedFlag) else { throw reader.damaged() }
+            guard let kind = BlobKind(rawValue: flags & ~(PackEntry.compressedFlag | PackEntry.deltaFlag)) else { throw reader.damaged() }
             let id = try reader.id()
-            entries.append(PackEntry(id: id, kind: kind, compressed: flags & PackEntry.compressedFlag != 0,
-                                     offset: try reader.uint32(), length: try reader.uint32(), rawLength: try reader.uint32()))
+            var entry = PackEntry(id: id, kind: kind, compressed: flags & PackEntry.compressedFlag != 0,
+                                  offset: try reader.uint32(), length: try reader.uint32(), rawLength: try reader.uint32())
+            if flags & PackEntry.deltaFlag != 0 {
+                // A delta is a zstd frame made against its base; anything else is a damaged entry.
+                guard entry.compressed, kind == .data else { throw reader.damaged() }
+                entry.base = try reader.id()
+            }
+            entries.append(entry)
         }
         return entries
     }

@@ -15,7 +15,26 @@ public final class Repository: Sendable {
         var packs: [String] = []
         var packNumbers: [String: Int32] = [:]
         var blobs: [BlobID: BlobLocation] = [:]
+        /// Delta blob -> its base. Only deltas (dump chunks) are here, so ordinary entries stay 20 bytes.
+        var bases: [BlobID: BlobID] = [:]
         var indexFiles: [String] = []
+
+        /// How many deltas lead from `id` to a blob stored whole (0 for a whole blob); nil for a broken chain.
+        func deltaDepth(_ id: BlobID) -> Int? {
+            var depth = 0, current = id
+            while let base = bases[current] {
+                depth += 1
+                guard depth <= Repository.maximumDeltaDepth, blobs[base] != nil else { return nil }
+                current = base
+            }
+            return depth
+        }
+
+        /// The entry for `id` as it appears in a pack header.
+        func entry(_ id: BlobID, _ location: BlobLocation) -> PackEntry {
+            PackEntry(id: id, kind: location.kind, compressed: location.compressed, offset: location.offset,
+                      length: location.length, rawLength: location.rawLength, base: bases[id])
+        }
 
         mutating func add(pack: String, entries: [PackEntry]) {
             let number: Int32
@@ -27,6 +46,7 @@ public final class Repository: Sendable {
                 packNumbers[pack] = number
             }
             for entry in entries {
+                if let base = entry.base { bases[entry.id] = base } else { bases[entry.id] = nil }
                 blobs[entry.id] = BlobLocation(pack: number, kind: entry.kind, compressed: entry.compressed, offset: entry.offset,
                                                length: entry.length, rawLength: entry.rawLength)
             }
@@ -131,6 +151,9 @@ public final class Repository: Sendable {
 
     func isIndexed(_ id: BlobID) -> Bool { indexState.withLock { $0.blobs[id] != nil } }
 
+    /// See `LoadedIndex.deltaDepth`.
+    func indexSnapshotDeltaDepth(_ id: BlobID) -> Int? { indexState.withLock { $0.deltaDepth(id) } }
+
 
     func location(of id: BlobID) -> (pack: String, location: BlobLocation)? {
         indexState.withLock { state in
@@ -150,26 +173,50 @@ public final class Repository: Sendable {
         }
     }
 
-    /// Reads, decrypts, decompresses and authenticates one blob.
+    /// Longest chain of delta blobs (each compressed against the one before) a backup may create. Restoring a
+    /// delta decompresses its whole chain, so this bounds that work; 32 daily dumps make about one whole copy a month.
+    static let maximumDeltaDepth = 32
+
+    /// Reads, decrypts, decompresses and authenticates one blob (for a delta, its chain of bases first).
     func loadBlob(_ id: BlobID, decompressor: ZstdDecompressor) throws -> [UInt8] {
+        try loadBlob(id, decompressor: decompressor, depth: 0)
+    }
+
+    private func loadBlob(_ id: BlobID, decompressor: ZstdDecompressor, depth: Int) throws -> [UInt8] {
         guard let (pack, location) = location(of: id) else {
             throw RepositoryError("blob \(id) is missing from the index (repository incomplete; run verify)")
         }
-        let sealed: [UInt8]
+        if let base = indexState.withLock({ $0.bases[id] }) {
+            guard depth < Self.maximumDeltaDepth + 1 else {
+                throw RepositoryError("blob \(id) sits on a chain of deltas longer than \(Self.maximumDeltaDepth) (damaged or looping index)")
+            }
+            let prefix = try loadBlob(base, decompressor: decompressor, depth: depth + 1)
+            let sealed = try readSealed(id, pack: pack, location: location)
+            return try openBlob(sealed, id: id, location: location, pack: pack, decompressor: decompressor, prefix: prefix)
+        }
+        return try openBlob(try readSealed(id, pack: pack, location: location), id: id, location: location, pack: pack, decompressor: decompressor)
+    }
+
+    private func readSealed(_ id: BlobID, pack: String, location: BlobLocation) throws -> [UInt8] {
         do {
-            sealed = try storage.read(Self.packPath(pack), offset: Int(location.offset), length: Int(location.length))
+            return try storage.read(Self.packPath(pack), offset: Int(location.offset), length: Int(location.length))
         } catch {
             throw RepositoryError("blob \(id) cannot be read from pack \(pack.prefix(16)): \(error)")
         }
-        return try openBlob(sealed, id: id, location: location, pack: pack, decompressor: decompressor)
     }
 
-    func openBlob<D: ContiguousBytes>(_ sealed: D, id: BlobID, location: BlobLocation, pack: String, decompressor: ZstdDecompressor) throws -> [UInt8] {
+    /// `prefix` is the base's plaintext for a delta blob, nil otherwise.
+    func openBlob<D: ContiguousBytes>(_ sealed: D, id: BlobID, location: BlobLocation, pack: String, decompressor: ZstdDecompressor,
+                                      prefix: [UInt8]? = nil) throws -> [UInt8] {
         let payload = try decrypt(sealed, what: "blob \(id) in pack \(pack.prefix(16))")
         let plain: [UInt8]
         if location.compressed {
             do {
-                plain = try decompressor.decompress(payload, maxOutputSize: Int(location.rawLength))
+                if let prefix {
+                    plain = try decompressor.decompress(payload, maxOutputSize: Int(location.rawLength), prefix: prefix)
+                } else {
+                    plain = try decompressor.decompress(payload, maxOutputSize: Int(location.rawLength))
+                }
             } catch {
                 throw RepositoryError("blob \(id) in pack \(pack.prefix(16)) does not decompress (damaged)")
             }

@@ -95,8 +95,7 @@ extension Repository {
                     rewrite.append((pack, live))
                     report.bytesFreed += totalBytes - liveBytes
                 } else {
-                    liveEntries.append((pack, live.map { PackEntry(id: $0.0, kind: $0.1.kind, compressed: $0.1.compressed, offset: $0.1.offset,
-                                                                   length: $0.1.length, rawLength: $0.1.rawLength) }))
+                    liveEntries.append((pack, live.map { index.entry($0.0, $0.1) }))
                 }
             }
             let indexed = Set(index.packs)
@@ -112,7 +111,8 @@ extension Repository {
                     let bytes = try storage.read(Self.packPath(pack))
                     for (id, location) in live {
                         try writer.addSealed(id: id, kind: location.kind, compressed: location.compressed,
-                                             sealed: Array(bytes[Int(location.offset)..<Int(location.offset + location.length)]), rawLength: location.rawLength)
+                                             sealed: Array(bytes[Int(location.offset)..<Int(location.offset + location.length)]), rawLength: location.rawLength,
+                                             base: index.bases[id])
                     }
                 }
                 let (newPacks, _, _) = try writer.finish()

@@ -52,11 +52,27 @@ extension Repository {
             for (id, location) in entries {
                 report.blobsChecked += 1
                 let range = Int(location.offset)..<Int(location.offset + location.length)
-                let ok = bytes.withUnsafeBytes { raw in
-                    (try? openBlob(UnsafeRawBufferPointer(rebasing: raw[range]), id: id, location: location, pack: pack, decompressor: decompressor)) != nil
+                let ok: Bool
+                if index.bases[id] != nil {
+                    // A delta opens only with its base's plaintext, so it is checked through its whole chain.
+                    ok = (try? loadBlob(id, decompressor: decompressor)) != nil
+                } else {
+                    ok = bytes.withUnsafeBytes { raw in
+                        (try? openBlob(UnsafeRawBufferPointer(rebasing: raw[range]), id: id, location: location, pack: pack, decompressor: decompressor)) != nil
+                    }
                 }
                 if !ok { bad.insert(id) }
             }
+        }
+        // A delta is as damaged as any blob down its chain, and lost if its chain breaks.
+        for id in index.bases.keys where !bad.contains(id) {
+            var current = id, depth = 0
+            while let base = index.bases[current], depth <= Self.maximumDeltaDepth {
+                if bad.contains(base) || index.blobs[base] == nil { bad.insert(id); break }
+                current = base
+                depth += 1
+            }
+            if depth > Self.maximumDeltaDepth { bad.insert(id) }
         }
         if !bad.isEmpty { report.problems.append("\(bad.count) damaged or missing blobs") }
         let indexed = Set(index.packs)
@@ -129,6 +145,12 @@ extension Repository {
                 if let subtree = node.subtree { pending.append(subtree) }
                 used.formUnion(node.content)
             }
+        }
+        // A delta needs its chain of bases, even when no kept snapshot names them any more.
+        let bases = indexSnapshot.bases
+        for id in Array(used) {
+            var current = id
+            while let base = bases[current], used.insert(base).inserted { current = base }
         }
         return used
     }

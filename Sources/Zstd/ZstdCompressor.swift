@@ -38,6 +38,27 @@ public final class ZstdCompressor {
         }
     }
 
+    /// One zstd frame holding `input`, compressed against `prefix` (earlier content the reader will have, such as
+    /// yesterday's version of the same data): only what differs from it costs space. Decompress it with the same
+    /// prefix (`ZstdDecompressor.decompress(_:maxOutputSize:prefix:)`).
+    public func compress<D: ContiguousBytes, P: ContiguousBytes>(_ input: D, prefix: P) throws -> [UInt8] {
+        try prefix.withUnsafeBytes { reference in
+            let inputCount = input.withUnsafeBytes { $0.count }
+            // zstd sizes its window for the input alone; matches reach back into the prefix only as far as the window
+            // does, so it must span prefix and input. (Decoders accept windows up to 2^27 by default.)
+            var windowLog: Int32 = 10
+            while windowLog < 27 && (1 << windowLog) < reference.count + inputCount { windowLog += 1 }
+            try ZstdError.check(ZSTD_CCtx_setParameter(context, ZSTD_c_windowLog, windowLog), "set window log \(windowLog)")
+            defer {
+                // Back to "chosen from the level", and the prefix is for one frame only, also after a failure.
+                _ = ZSTD_CCtx_setParameter(context, ZSTD_c_windowLog, 0)
+                _ = ZSTD_CCtx_reset(context, ZSTD_reset_session_only)
+            }
+            try ZstdError.check(ZSTD_CCtx_refPrefix(context, reference.baseAddress, reference.count), "reference a \(reference.count)-byte prefix")
+            return try compress(input)
+        }
+    }
+
     /// Appends one zstd frame holding `input` to `output` without an intermediate array; returns the frame's size.
     @discardableResult
     public func compress<D: ContiguousBytes>(_ input: D, appendingTo output: inout [UInt8]) throws -> Int {

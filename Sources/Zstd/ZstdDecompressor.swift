@@ -51,6 +51,17 @@ public final class ZstdDecompressor {
         }
     }
 
+    /// Decompresses one frame made by `ZstdCompressor.compress(_:prefix:)` with the same `prefix`. A wrong prefix
+    /// gives wrong bytes or an error, never a crash: callers check the result (the repository checks its id).
+    public func decompress<D: ContiguousBytes, P: ContiguousBytes>(_ input: D, maxOutputSize: Int, prefix: P) throws -> [UInt8] {
+        try prefix.withUnsafeBytes { reference in
+            _ = ZSTD_DCtx_reset(context, ZSTD_reset_session_only)
+            try ZstdError.check(ZSTD_DCtx_refPrefix(context, reference.baseAddress, reference.count), "reference a \(reference.count)-byte prefix")
+            defer { _ = ZSTD_DCtx_reset(context, ZSTD_reset_session_only) }
+            return try decompress(input, maxOutputSize: maxOutputSize)
+        }
+    }
+
     /// Frames without a declared size, or several frames back to back: stream, growing the output up to the bound.
     private func decompressInSteps(_ source: UnsafeRawBufferPointer, maxOutputSize: Int, what: String) throws -> [UInt8] {
         _ = ZSTD_DCtx_reset(context, ZSTD_reset_session_only)

@@ -127,8 +127,7 @@ struct RoundTripTests {
 
     @Test func chunkerIsDeterministicAndResistsShifts() {
         let chunker = Chunker(seed: [1, 2, 3], parameters: .streams)
-        var generator = SystemRandomNumberGenerator()
-        let data = (0..<600_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let data = SecureRandom.bytes(1_500_000)
         func cuts(_ bytes: [UInt8]) -> [Int] {
             var result: [Int] = [], start = 0
             while start < bytes.count {

@@ -124,3 +124,27 @@ struct ZstdTests {
         #expect(try decompressor.decompress(both, maxOutputSize: 1 << 20) == first + second)
     }
 }
+
+/// Compression against a prefix: the delta of a day's database dump against yesterday's.
+struct ZstdPrefixTests {
+    @Test func aSmallEditCostsLittleAgainstThePreviousVersionAndNeedsItBack() throws {
+        var generator = SystemRandomNumberGenerator()
+        let yesterday = (0..<3000).map { row in "(\(row),'customer\(UInt32.random(in: 0...99999, using: &generator))','pending','2026-01-01'),\n" }.joined()
+        var rows = yesterday.split(separator: "\n").map(String.init)
+        for index in stride(from: 7, to: rows.count, by: 100) { rows[index] = rows[index].replacingOccurrences(of: "pending", with: "paid") }
+        let today = Array((rows.joined(separator: "\n") + "\n").utf8)
+        let base = Array(yesterday.utf8)
+        let compressor = ZstdCompressor()
+        let delta = try compressor.compress(today, prefix: base)
+        let alone = try compressor.compress(today)
+        #expect(delta.count * 10 < alone.count, "delta \(delta.count) bytes, alone \(alone.count)")
+        let decompressor = ZstdDecompressor()
+        #expect(try decompressor.decompress(delta, maxOutputSize: today.count, prefix: base) == today)
+        // Without its prefix (or with another one) the frame does not give the content back.
+        #expect((try? decompressor.decompress(delta, maxOutputSize: today.count)) != today)
+        #expect((try? decompressor.decompress(delta, maxOutputSize: today.count, prefix: Array(repeating: UInt8(65), count: base.count))) != today)
+        // The context is clean afterwards: a plain frame decompresses as before.
+        #expect(try decompressor.decompress(alone, maxOutputSize: today.count) == today)
+        #expect(try decompressor.decompress(try compressor.compress(base), maxOutputSize: base.count) == base)
+    }
+}
