@@ -74,6 +74,27 @@ struct RoundTripTests {
         #expect(try scene.manifest(only) == scene.manifest(home + "/public_html"))
     }
 
+    @Test func restoringOverAnEarlierRestoreFixesContentsAndModes() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 2)
+        let repository = try scene.initialize()
+        let home = scene.root + "/home/user000"
+        let snapshot = try repository.backup(directory: home, options: BackupOptions(tags: ["kind": "files"]))
+        let target = scene.scratch.appending("again")
+        #expect(try repository.restore(snapshot, target: target).errors.isEmpty)
+        // Damage the first restore: other content and a too-open mode on every regular file.
+        let files = (FileManager.default.enumerator(atPath: target)?.allObjects as? [String] ?? []).filter { relative in
+            var info = stat()
+            return lstat(target + "/" + relative, &info) == 0 && info.st_mode & S_IFMT == S_IFREG
+        }
+        #expect(!files.isEmpty)
+        for relative in files.prefix(20) {
+            chmod(target + "/" + relative, 0o777)
+            try Data("tampered".utf8).write(to: URL(fileURLWithPath: target + "/" + relative))
+        }
+        #expect(try repository.restore(snapshot, target: target).errors.isEmpty)
+        #expect(try scene.manifest(target) == scene.manifest(home))
+    }
+
     @Test func subpathRestoreCopiesHardLinkedFilesFromOutsideIt() throws {
         let scratch = TemporaryDirectory(prefix: "fk-links")
         let source = scratch.appending("site")
