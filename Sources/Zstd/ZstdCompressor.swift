@@ -48,13 +48,13 @@ public final class ZstdCompressor {
             // does, so it must span prefix and input. (Decoders accept windows up to 2^27 by default.)
             var windowLog: Int32 = 10
             while windowLog < 27 && (1 << windowLog) < reference.count + inputCount { windowLog += 1 }
-            try ZstdError.check(ZSTD_CCtx_setParameter(context, ZSTD_c_windowLog, windowLog), "set window log \(windowLog)")
+            _ = try ZstdError.check(ZSTD_CCtx_setParameter(context, ZSTD_c_windowLog, windowLog), "set window log \(windowLog)")
             defer {
                 // Back to "chosen from the level", and the prefix is for one frame only, also after a failure.
                 _ = ZSTD_CCtx_setParameter(context, ZSTD_c_windowLog, 0)
                 _ = ZSTD_CCtx_reset(context, ZSTD_reset_session_only)
             }
-            try ZstdError.check(ZSTD_CCtx_refPrefix(context, reference.baseAddress, reference.count), "reference a \(reference.count)-byte prefix")
+            _ = try ZstdError.check(ZSTD_CCtx_refPrefix(context, reference.baseAddress, reference.count), "reference a \(reference.count)-byte prefix")
             return try compress(input)
         }
     }

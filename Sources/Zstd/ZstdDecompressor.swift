@@ -56,7 +56,7 @@ public final class ZstdDecompressor {
     public func decompress<D: ContiguousBytes, P: ContiguousBytes>(_ input: D, maxOutputSize: Int, prefix: P) throws -> [UInt8] {
         try prefix.withUnsafeBytes { reference in
             _ = ZSTD_DCtx_reset(context, ZSTD_reset_session_only)
-            try ZstdError.check(ZSTD_DCtx_refPrefix(context, reference.baseAddress, reference.count), "reference a \(reference.count)-byte prefix")
+            _ = try ZstdError.check(ZSTD_DCtx_refPrefix(context, reference.baseAddress, reference.count), "reference a \(reference.count)-byte prefix")
             defer { _ = ZSTD_DCtx_reset(context, ZSTD_reset_session_only) }
             return try decompress(input, maxOutputSize: maxOutputSize)
         }

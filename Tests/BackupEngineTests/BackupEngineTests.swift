@@ -207,7 +207,7 @@ struct DamageTests {
         func store(_ tree: Tree) throws -> BlobID {
             let bytes = tree.encoded()
             let id = repository.blobID(bytes)
-            try bytes.withUnsafeBytes { try writer.add(id: id, kind: .tree, plaintext: $0, compressor: .init()) }
+            _ = try bytes.withUnsafeBytes { try writer.add(id: id, kind: .tree, plaintext: $0, compressor: .init()) }
             return id
         }
         let escape = try store(Tree(nodes: [TreeNode(name: "../escape", kind: .file, mode: 0o100644, size: 0)]))
