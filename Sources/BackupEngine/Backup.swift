@@ -188,7 +188,10 @@ public final class BackupSession: Sendable {
             return written
         } catch {
             // Packs not yet in an index are useless; an index without a snapshot is harmless (prune reclaims it).
+            // Backups still running may already refer to blobs in the packs just dropped, so the session is over:
+            // every later commit fails too, and nothing that refers to a lost blob is ever recorded.
             if !indexed { writer.abandon() }
+            failure.withLock { if $0 == nil { $0 = error } }
             throw error
         }
     }

@@ -173,7 +173,9 @@ final class PackWriter: Sendable {
     /// index names yet (nothing can need them), which also gives the space back on a full disk.
     func abandon() {
         let (open, written) = state.withLock { state in
-            defer { state.open = [:]; state.written = []; state.unindexed = [] }
+            // Reservations name blobs that may have been in these packs: forget them, so nothing is deduplicated
+            // against a blob that no longer exists.
+            defer { state.open = [:]; state.written = []; state.unindexed = []; state.reserved = [] }
             return (Array(state.open.values), state.unindexed)
         }
         for pack in open { pack.sink.abort() }

@@ -63,6 +63,31 @@ struct SessionTests {
         #expect(next.parent == first.id)
     }
 
+    @Test func aFailedCommitEndsTheSessionSoNothingRefersToLostBlobs() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 3)
+        let repository = try scene.initialize()
+        // Only the first commit fails (a full disk that is freed again, say).
+        let failures = Mutex(1)
+        let session = try BackupSession(repository: repository, checkpoint: { point in
+            if point == "index", failures.withLock({ remaining in defer { remaining -= 1 }; return remaining > 0 }) {
+                throw RepositoryError("simulated failure before the index")
+            }
+        })
+        try session.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(throws: RepositoryError.self) { try session.commit() }
+        // The same data again: its blobs were in the packs the failed commit dropped.
+        try session.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files", "try": "2"]))
+        #expect(throws: RepositoryError.self) { try session.commit() }
+        session.close()
+        let reopened = try scene.open()
+        #expect(try reopened.snapshots().isEmpty)
+        #expect(try reopened.verify(readData: true).isHealthy)
+        let next = try reopened.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        let target = scene.scratch.appending("out")
+        #expect(try reopened.restore(next, target: target).errors.isEmpty)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+    }
+
     @Test func directoryListingsLiveInPacksOfTheirOwn() throws {
         let scene = try EngineScene(accounts: 2, sizeMB: 4)
         let repository = try scene.initialize()
