@@ -229,6 +229,12 @@ final class BackupJob: @unchecked Sendable {
     /// For a stream: the parent stream's chunks by offset, so each new chunk can be stored as a delta against the
     /// chunk that held the same bytes yesterday.
     private var deltaBases: [(offset: Int64, id: BlobID)] = []
+    /// Where each of the parent stream's chunks starts, to re-anchor on chunks both streams share: a table that
+    /// grew overnight moves every later byte, and without this the tables after it would be compared with the
+    /// wrong part of yesterday's dump.
+    private var parentOffsets: [BlobID: Int64] = [:]
+    /// Parent offset minus our offset, as of the last chunk both streams share.
+    private var parentShift: Int64 = 0
     private var streamPosition: Int64 = 0
     private var hardLinks: [String: String] = [:]
     private var lastProgress = Date()
@@ -386,6 +392,7 @@ final class BackupJob: @unchecked Sendable {
         for id in node.content {
             guard let (_, location) = repository.location(of: id) else { deltaBases = []; return }
             deltaBases.append((offset, id))
+            if parentOffsets[id] == nil { parentOffsets[id] = offset }
             offset += Int64(location.rawLength)
         }
     }
@@ -419,11 +426,12 @@ final class BackupJob: @unchecked Sendable {
         let position = streamPosition
         streamPosition += Int64(count)
         let id = buffer.withUnsafeBytes { repository.blobID(UnsafeRawBufferPointer(rebasing: $0[start..<start + count])) }
+        if let parentOffset = parentOffsets[id] { parentShift = parentOffset - position }
         if writer.reserve(id) {
             try throwIfFailed()
             session.inFlight.acquire(count)
             let chunk = Array(buffer[start..<start + count])
-            let base = deltaBase(at: position, count: count)
+            let base = deltaBase(at: max(0, position + parentShift), count: count)
             summary.withLock { $0.bytesAdded += Int64(count) }
             outstanding.enter()
             session.workers.submit { [self] in

@@ -50,9 +50,11 @@ public final class ZstdCompressor {
             while windowLog < 27 && (1 << windowLog) < reference.count + inputCount { windowLog += 1 }
             _ = try ZstdError.check(ZSTD_CCtx_setParameter(context, ZSTD_c_windowLog, windowLog), "set window log \(windowLog)")
             defer {
-                // Back to "chosen from the level", and the prefix is for one frame only, also after a failure.
+                // Back to "chosen from the level", and drop the prefix even when compression failed before using it:
+                // a session reset alone keeps it attached, and the next frame would read memory that is gone.
                 _ = ZSTD_CCtx_setParameter(context, ZSTD_c_windowLog, 0)
                 _ = ZSTD_CCtx_reset(context, ZSTD_reset_session_only)
+                _ = ZSTD_CCtx_refPrefix(context, nil, 0)
             }
             _ = try ZstdError.check(ZSTD_CCtx_refPrefix(context, reference.baseAddress, reference.count), "reference a \(reference.count)-byte prefix")
             return try compress(input)

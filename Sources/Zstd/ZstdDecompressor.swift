@@ -57,7 +57,12 @@ public final class ZstdDecompressor {
         try prefix.withUnsafeBytes { reference in
             _ = ZSTD_DCtx_reset(context, ZSTD_reset_session_only)
             _ = try ZstdError.check(ZSTD_DCtx_refPrefix(context, reference.baseAddress, reference.count), "reference a \(reference.count)-byte prefix")
-            defer { _ = ZSTD_DCtx_reset(context, ZSTD_reset_session_only) }
+            defer {
+                // Drop the prefix even when decoding failed before using it (a frame declaring too much output, say):
+                // a session reset alone keeps it attached, and the next frame would read memory that is gone.
+                _ = ZSTD_DCtx_reset(context, ZSTD_reset_session_only)
+                _ = ZSTD_DCtx_refPrefix(context, nil, 0)
+            }
             return try decompress(input, maxOutputSize: maxOutputSize)
         }
     }

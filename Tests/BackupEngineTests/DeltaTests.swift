@@ -17,6 +17,13 @@ struct DeltaTests {
         return Array(text.utf8)
     }
 
+    /// Another table: `rows` rows of page text, never updated.
+    static func pages(rows: Int) -> [UInt8] {
+        var text = "CREATE TABLE pages (id INT, body TEXT);\nINSERT INTO pages VALUES "
+        for row in 0..<rows { text += "(\(row),'page \(row &* 104729 % 7919) about hosting, mail and backups'),\n" }
+        return Array((text + "(0,'');\n").utf8)
+    }
+
     static func backup(_ repository: Repository, _ bytes: [UInt8]) throws -> Snapshot {
         let pipe = Pipe()
         let writer = Thread { pipe.fileHandleForWriting.write(Data(bytes)); try? pipe.fileHandleForWriting.close() }
@@ -100,5 +107,33 @@ struct DeltaTests {
         #expect(depths.max() == Repository.maximumDeltaDepth)
         #expect(depths.count == index.blobs.count, "every chain ends in a whole blob")
         #expect(try Self.restored(repository, try #require(last), scratch: scratch) == Self.dump(rows: 1_500, day: (Repository.maximumDeltaDepth + 3) % 100))
+    }
+
+    @Test func aTableThatGrewDoesNotMisalignTheTablesAfterIt() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-delta-grow")
+        let repository = try Repository.initialize(storage: LocalStorage(root: scratch.appending("repo")), keySource: .keyFile(scratch.appending("k")))
+        // orders grows by 2,000 rows overnight (about 140 KiB, more than two chunks); pages is unchanged; the last
+        // table (orders again, as a stand-in for customers) has 1% of its rows updated.
+        let yesterday = Self.dump(rows: 2_000, day: 0) + Self.pages(rows: 6_000) + Self.dump(rows: 8_000, day: 1)
+        let today = Self.dump(rows: 4_000, day: 0) + Self.pages(rows: 6_000) + Self.dump(rows: 8_000, day: 2)
+        let first = try Self.backup(repository, yesterday)
+        let second = try Self.backup(repository, today)
+        #expect(try Self.restored(repository, second, scratch: scratch) == today)
+        // The last table's chunks are new every day; re-anchored on the unchanged pages, they are stored as deltas
+        // against yesterday's chunks of the same table.
+        let tail = Int64(Self.dump(rows: 8_000, day: 2).count)
+        _ = first
+        let index = repository.indexSnapshot
+        let tree = try repository.loadTree(second.tree)
+        var offset: Int64 = 0, deltasInTail = 0, chunksInTail = 0
+        for id in tree.nodes[0].content {
+            let location = try #require(index.blobs[id])
+            if offset >= Int64(today.count) - tail {
+                chunksInTail += 1
+                if index.bases[id] != nil { deltasInTail += 1 }
+            }
+            offset += Int64(location.rawLength)
+        }
+        #expect(chunksInTail > 0 && deltasInTail * 4 >= chunksInTail * 3, "\(deltasInTail) of \(chunksInTail) chunks of the last table are deltas")
     }
 }
