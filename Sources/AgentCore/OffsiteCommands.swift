@@ -120,8 +120,7 @@ public enum OffsiteCommands {
         let local = try BackupCommands.open(config)
         let kinds = Set(config.offsite.kinds.map(\.rawValue))
         // The newest snapshot of every account/kind/database group: that is this week's off-site copy.
-        let groups = Dictionary(grouping: try local.snapshots().filter { kinds.contains($0.tags["kind"] ?? "") }) { $0.tags }
-        let latest = groups.values.compactMap { $0.last }.sorted { $0.time < $1.time }
+        let latest = BackupCommands.latestSnapshots(try local.snapshots().filter { kinds.contains($0.tags["kind"] ?? "") })
         let (remote, storage) = try openRemote(target: target, config: config, create: true, local: local)
         for directory in ["data", "index", "snapshots"] { storage.removeTemporaryUploads(in: directory) }
         var progress: (@Sendable (CopyReport) -> Void)?

@@ -80,7 +80,6 @@ public final class BackupSession: Sendable {
     /// Snapshots read once at the start: each backup's parent is the latest one with the same tags.
     private let existing: [Snapshot]
     private let pending = Mutex<(tickets: Int, snapshots: [(ticket: Int, snapshot: Snapshot)])>((0, []))
-    private let started = Date()
 
     /// Takes a shared lease on `repository` until `close`.
     public init(repository: Repository, checkpoint: (@Sendable (String) throws -> Void)? = nil) throws {
@@ -131,7 +130,7 @@ public final class BackupSession: Sendable {
     public func backup(stream descriptor: Int32, name: String, options: BackupOptions) throws -> Int {
         try validateTreeName(name)
         return try run(options: options) { job in
-            try job.useParentStreamAsDeltaBase()
+            job.useParentStreamAsDeltaBase()
             let (content, size) = try job.chunkDescriptor(descriptor, path: name)
             let now = Int64(Date().timeIntervalSince1970 * 1e9)
             job.summary.withLock { $0.filesNew += 1; $0.filesRead += 1 }
@@ -173,7 +172,7 @@ public final class BackupSession: Sendable {
         var indexed = false
         do {
             if let error = failure.withLock({ $0 }) { throw error }
-            let (packs, _, _) = try writer.finish()
+            let packs = try writer.finish()
             try checkpoint?("index")
             try repository.writeIndex(packs)
             writer.markIndexed()
@@ -203,9 +202,6 @@ public final class BackupSession: Sendable {
         workers.close()
         lease.release()
     }
-
-    /// Seconds since the session started, for callers deciding when to commit.
-    public var age: TimeInterval { Date().timeIntervalSince(started) }
 }
 
 /// State of one running backup: walks the tree on the calling thread (reading, chunking, hashing), and hands new
@@ -385,7 +381,7 @@ final class BackupJob: @unchecked Sendable {
     }
 
     /// Reads the parent snapshot's stream (the previous dump) as a list of chunks by offset; see `deltaBases`.
-    func useParentStreamAsDeltaBase() throws {
+    func useParentStreamAsDeltaBase() {
         guard let parent, let tree = try? repository.loadTree(parent.tree, decompressor: decompressor),
               tree.nodes.count == 1, let node = tree.nodes.first, node.kind == .file else { return }
         var offset: Int64 = 0

@@ -36,8 +36,6 @@ final class PackWriter: Sendable {
         var written: [(pack: String, entries: [PackEntry])] = []
         /// Every pack this writer committed, so `abandon` can delete the ones no index names.
         var unindexed: [String] = []
-        var bytesStored: Int64 = 0
-        var blobs = 0
     }
 
     private let state = Mutex(State())
@@ -121,8 +119,6 @@ final class PackWriter: Sendable {
                                           length: UInt32(sealed.count), rawLength: rawLength, base: base))
             pack.size += sealed.count
             pack.pendingWrites += 1
-            state.bytesStored += Int64(sealed.count)
-            state.blobs += 1
             if pack.size >= Self.targetPackSize {
                 pack.isFull = true
                 state.open[kind] = nil
@@ -145,7 +141,7 @@ final class PackWriter: Sendable {
 
     /// Commits the partial last packs. Returns the packs committed since the last `finish`, for the index.
     /// Call it when no `add` is running.
-    func finish() throws -> (packs: [(pack: String, entries: [PackEntry])], bytesStored: Int64, blobs: Int) {
+    func finish() throws -> [(pack: String, entries: [PackEntry])] {
         let last = state.withLock { state -> [OpenPack] in
             defer { state.open = [:] }
             return state.open.sorted { $0.key.rawValue < $1.key.rawValue }.map(\.value)
@@ -160,7 +156,7 @@ final class PackWriter: Sendable {
         }
         return state.withLock { state in
             defer { state.written = [] }
-            return (state.written, state.bytesStored, state.blobs)
+            return state.written
         }
     }
 

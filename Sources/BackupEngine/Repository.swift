@@ -19,16 +19,20 @@ public final class Repository: Sendable {
         var bases: [BlobID: BlobID] = [:]
         var indexFiles: [String] = []
 
-        /// How many deltas lead from `id` to a blob stored whole (0 for a whole blob); nil for a broken chain.
-        func deltaDepth(_ id: BlobID) -> Int? {
-            var depth = 0, current = id
+        /// The bases `id` is built on, nearest first (empty for a whole blob); nil for a chain that is broken (a base
+        /// missing from the index) or longer than `maximumDeltaDepth` (damaged, or looping).
+        func deltaChain(_ id: BlobID) -> [BlobID]? {
+            var chain: [BlobID] = [], current = id
             while let base = bases[current] {
-                depth += 1
-                guard depth <= Repository.maximumDeltaDepth, blobs[base] != nil else { return nil }
+                chain.append(base)
+                guard chain.count <= Repository.maximumDeltaDepth, blobs[base] != nil else { return nil }
                 current = base
             }
-            return depth
+            return chain
         }
+
+        /// How many deltas lead from `id` to a blob stored whole (0 for a whole blob); nil for a broken chain.
+        func deltaDepth(_ id: BlobID) -> Int? { deltaChain(id)?.count }
 
         /// The entry for `id` as it appears in a pack header.
         func entry(_ id: BlobID, _ location: BlobLocation) -> PackEntry {

@@ -34,17 +34,17 @@ extension Repository {
             var prefix = ""
             if let subpath, !subpath.isEmpty, subpath != "/" {
                 let components = subpath.split(separator: "/").map(String.init)
-                for (index, component) in components.enumerated() {
-                    guard let node = root.nodes.first(where: { $0.name == component }) else {
-                        throw RepositoryError("path \(subpath) is not in snapshot \(snapshot.shortID)")
-                    }
-                    if index == components.count - 1 && node.kind != .directory {
-                        root = Tree(nodes: [node])
-                    } else {
-                        guard node.kind == .directory, let subtree = node.subtree else { throw RepositoryError("\(subpath) is not a directory in snapshot \(snapshot.shortID)") }
-                        root = try loadTree(subtree, decompressor: decompressor)
-                        prefix = prefix.isEmpty ? component : prefix + "/" + component
-                    }
+                let notADirectory = RepositoryError("\(subpath) is not a directory in snapshot \(snapshot.shortID)")
+                guard let node = try node(at: components, in: snapshotRoot, notADirectory: notADirectory, decompressor: decompressor) else {
+                    throw RepositoryError("path \(subpath) is not in snapshot \(snapshot.shortID)")
+                }
+                if node.kind == .directory {
+                    guard let subtree = node.subtree else { throw notADirectory }
+                    root = try loadTree(subtree, decompressor: decompressor)
+                    prefix = components.joined(separator: "/")
+                } else {
+                    root = Tree(nodes: [node])
+                    prefix = components.dropLast().joined(separator: "/")
                 }
             }
             // The whole snapshot is read and every name validated before anything is written.
@@ -55,9 +55,22 @@ extension Repository {
             } catch {
                 throw RepositoryError("cannot create restore target \(plan.target): \(error.localizedDescription)")
             }
-            summaries += try RestorePlan.execute([plan], repository: self)
+            summaries.append(try plan.execute(repository: self))
         }
         return summaries
+    }
+
+    /// The node at `components` below `root`, nil when a component is missing; an intermediate component that is
+    /// not a directory throws `notADirectory`.
+    func node(at components: [String], in root: Tree, notADirectory: RepositoryError, decompressor: ZstdDecompressor) throws -> TreeNode? {
+        var tree = root
+        for (index, component) in components.enumerated() {
+            guard let node = tree.nodes.first(where: { $0.name == component }) else { return nil }
+            if index == components.count - 1 { return node }
+            guard node.kind == .directory, let subtree = node.subtree else { throw notADirectory }
+            tree = try loadTree(subtree, decompressor: decompressor)
+        }
+        return nil
     }
 
     /// Writes the single file of a stream snapshot (a database dump) to `handle`.
@@ -211,26 +224,17 @@ struct RestorePlan {
 
     /// The file at `relative` in the snapshot (a hard link's target), looked up from the root.
     private func fileNode(at relative: String, repository: Repository, decompressor: ZstdDecompressor) throws -> TreeNode {
-        var tree = snapshotRoot
-        let components = relative.split(separator: "/").map(String.init)
-        for (index, component) in components.enumerated() {
-            guard let node = tree.nodes.first(where: { $0.name == component }) else { break }
-            if index == components.count - 1 {
-                if node.kind == .file { return node }
-                break
-            }
-            guard node.kind == .directory, let subtree = node.subtree else { break }
-            tree = try repository.loadTree(subtree, decompressor: decompressor)
-        }
-        throw RepositoryError("hard link target \(relative) is not a file in the snapshot (damaged)")
+        let damaged = RepositoryError("hard link target \(relative) is not a file in the snapshot (damaged)")
+        guard let node = try repository.node(at: relative.split(separator: "/").map(String.init), in: snapshotRoot,
+                                             notADirectory: damaged, decompressor: decompressor), node.kind == .file else { throw damaged }
+        return node
     }
 
-    /// Writes the files of all `plans` with one pool of threads, then finishes each plan (links, metadata).
-    static func execute(_ plans: [RestorePlan], repository: Repository) throws -> [RestoreSummary] {
+    /// Writes the files with a pool of threads, then the links, special files and directory metadata.
+    func execute(repository: Repository) throws -> RestoreSummary {
         // Parents come before children in `directories`.
-        for plan in plans { for (path, _) in plan.directories { try makeDirectory(path) } }
-        let jobs = plans.enumerated().flatMap { number, plan in plan.files.map { (plan: number, job: $0) } }
-        let summaries = Mutex([RestoreSummary](repeating: RestoreSummary(), count: plans.count))
+        for (path, _) in directories { try makeDirectory(path) }
+        let summary = Mutex(RestoreSummary())
         let next = Atomic<Int>(0)
         let isRoot = getuid() == 0
         let umask = currentUmask()
@@ -239,19 +243,18 @@ struct RestorePlan {
             let decompressor = ZstdDecompressor()
             while true {
                 let index = next.wrappingAdd(1, ordering: .relaxed).oldValue
-                guard index < jobs.count else { return }
-                let (plan, job) = jobs[index]
+                guard index < files.count else { return }
+                let job = files[index]
                 do {
-                    let bytes = try plans[plan].restoreFile(job, repository: repository, decompressor: decompressor, isRoot: isRoot, umask: umask)
-                    summaries.withLock { $0[plan].files += 1; $0[plan].bytes += bytes }
+                    let bytes = try restoreFile(job, repository: repository, decompressor: decompressor, isRoot: isRoot, umask: umask)
+                    summary.withLock { $0.files += 1; $0.bytes += bytes }
                 } catch {
                     unlink(job.path)
-                    summaries.withLock { $0[plan].errors.append("\(job.relative): \(error)") }
+                    summary.withLock { $0.errors.append("\(job.relative): \(error)") }
                 }
             }
         }
-        let written = summaries.withLock { $0 }
-        return plans.enumerated().map { number, plan in plan.finish(written[number], isRoot: isRoot) }
+        return finish(summary.withLock { $0 }, isRoot: isRoot)
     }
 
     /// Links, special files and directory metadata, after the file contents are in place.

@@ -115,7 +115,7 @@ extension Repository {
                                              base: index.bases[id])
                     }
                 }
-                let (newPacks, _, _) = try writer.finish()
+                let newPacks = try writer.finish()
                 try writeIndex(liveEntries + newPacks)
             } catch {
                 writer.abandon()

@@ -49,11 +49,10 @@ extension Repository {
             if (try? packHeader(bytes, pack: pack)) == nil {
                 report.problems.append("pack \(pack.prefix(16)) has a damaged header (its blobs are checked one by one)")
             }
-            for (id, location) in entries {
+            // A delta opens only with its base's plaintext: deltas are checked below, chain by chain.
+            for (id, location) in entries where index.bases[id] == nil {
                 report.blobsChecked += 1
                 let range = Int(location.offset)..<Int(location.offset + location.length)
-                // A delta opens only with its base's plaintext: deltas are checked below, chain by chain.
-                if index.bases[id] != nil { report.blobsChecked -= 1; continue }
                 let ok = bytes.withUnsafeBytes { raw in
                     (try? openBlob(UnsafeRawBufferPointer(rebasing: raw[range]), id: id, location: location, pack: pack, decompressor: decompressor)) != nil
                 }
@@ -63,13 +62,7 @@ extension Repository {
         if readData { report.blobsChecked += checkDeltas(index: index, bad: &bad, decompressor: decompressor) }
         // A delta is as damaged as any blob down its chain, and lost if its chain breaks.
         for id in index.bases.keys where !bad.contains(id) {
-            var current = id, depth = 0
-            while let base = index.bases[current], depth <= Self.maximumDeltaDepth {
-                if bad.contains(base) || index.blobs[base] == nil { bad.insert(id); break }
-                current = base
-                depth += 1
-            }
-            if depth > Self.maximumDeltaDepth { bad.insert(id) }
+            if index.deltaChain(id)?.contains(where: bad.contains) ?? true { bad.insert(id) }
         }
         if !bad.isEmpty { report.problems.append("\(bad.count) damaged or missing blobs") }
         let indexed = Set(index.packs)

@@ -110,7 +110,7 @@ final class RequestDispatcher: Sendable {
                                       headers: Self.values(of: connection, kind: .HEADER_KIND, lowercaseKeys: true),
                                       body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)))
             state.body = []
-            guard usesHandlerPool else { return queue(Self.run(handler, request), on: connection) }
+            guard usesHandlerPool else { return queue(Router.run(handler, request), on: connection) }
             guard let pool = pool.withLock({ $0 }) else {
                 return queue(.error(503, "server is shutting down"), on: connection)
             }
@@ -129,7 +129,7 @@ final class RequestDispatcher: Sendable {
 
     /// Runs on a handler thread. Resuming is the last touch of the job's state and connection.
     private func runHandler(_ job: HandlerJob) {
-        job.state.response = Self.run(job.handler, job.request)
+        job.state.response = Router.run(job.handler, job.request)
         MHD_resume_connection(job.connection)
         suspended.subtract(1, ordering: .sequentiallyConsistent)
     }
@@ -147,17 +147,6 @@ final class RequestDispatcher: Sendable {
 
     private func bodyTooLargeResponse() -> HTTPResponse {
         .error(413, "request body larger than the limit of \(maxBodyBytes) bytes")
-    }
-
-    private static func run(_ handler: HTTPHandler, _ request: HTTPRequest) -> HTTPResponse {
-        do {
-            return try handler(request)
-        } catch let error as HTTPError {
-            return .error(error.status, error.message)
-        } catch {
-            // Internal details stay in the server; handlers that want to explain throw HTTPError.
-            return .error(500, "internal server error handling \(request.method) \(request.path)")
-        }
     }
 
     private struct Collected {

@@ -36,13 +36,19 @@ public struct Router: Sendable {
             response.headers["Allow"] = allowed.joined(separator: ", ")
             return response
         case .handler(let handler):
-            do {
-                return try handler(request)
-            } catch let error as HTTPError {
-                return .error(error.status, error.message)
-            } catch {
-                return .error(500, "internal server error handling \(request.method) \(request.path)")
-            }
+            return Self.run(handler, request)
+        }
+    }
+
+    /// Runs a handler, turning a thrown `HTTPError` into its status and anything else into a plain 500.
+    static func run(_ handler: HTTPHandler, _ request: HTTPRequest) -> HTTPResponse {
+        do {
+            return try handler(request)
+        } catch let error as HTTPError {
+            return .error(error.status, error.message)
+        } catch {
+            // Internal details stay in the server; handlers that want to explain throw HTTPError.
+            return .error(500, "internal server error handling \(request.method) \(request.path)")
         }
     }
 }

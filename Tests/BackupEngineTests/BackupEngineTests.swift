@@ -218,7 +218,7 @@ struct DamageTests {
         let dots = try store(Tree(nodes: [TreeNode(name: "..", kind: .directory, mode: 0o040755, subtree: inner)]))
         let nul = try store(Tree(nodes: [TreeNode(name: "x\0y", kind: .file, mode: 0o100644)]))
         let linkOut = try store(Tree(nodes: [TreeNode(name: "h", kind: .hardlink, mode: 0o100644, target: "../../etc/passwd")]))
-        try repository.writeIndex(try writer.finish().packs)
+        try repository.writeIndex(try writer.finish())
         for (label, tree) in [("../escape", escape), ("a/b", nested), ("..", dots), ("NUL", nul), ("hard link out", linkOut)] {
             let snapshot = Snapshot(id: "x", time: Date(), tags: [:], tree: tree.hex, parent: nil, summary: BackupSummary())
             let target = scene.scratch.appending("target-\(tree.description)/inner")

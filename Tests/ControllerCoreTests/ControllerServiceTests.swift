@@ -8,6 +8,15 @@ import TestSupport
 
 /// Drives the controller's handlers through its router with real SQLite files, no network.
 final class ControllerHarness: @unchecked Sendable {
+    /// A harness with one agent enrolled, and that agent's key.
+    static func enrolled() throws -> (ControllerHarness, Ed25519PrivateKey) {
+        let harness = try ControllerHarness()
+        let token = try harness.store.createToken(expiresIn: 3600, now: Date(timeIntervalSince1970: TimeInterval(harness.clock.now)))
+        let key = Ed25519PrivateKey()
+        #expect(try harness.enroll(key: key, token: token).status == 200)
+        return (harness, key)
+    }
+
     let directory = TemporaryDirectory(prefix: "fk-controller")
     let store: ControllerStore
     let service: ControllerService
@@ -124,20 +133,12 @@ struct EnrollmentTests {
 }
 
 struct HeartbeatTests {
-    func enrolled() throws -> (ControllerHarness, Ed25519PrivateKey) {
-        let harness = try ControllerHarness()
-        let token = try harness.store.createToken(expiresIn: 3600, now: Date(timeIntervalSince1970: TimeInterval(harness.clock.now)))
-        let key = Ed25519PrivateKey()
-        #expect(try harness.enroll(key: key, token: token).status == 200)
-        return (harness, key)
-    }
-
     func body(_ facts: [String: String] = ["hostname": "web1", "kernelRelease": "6.1.0"]) throws -> [UInt8] {
         Array(try JSONEncoder().encode(HeartbeatRequest(facts: facts, problems: [:])))
     }
 
     @Test func signedHeartbeatUpdatesFactsAndLastSeen() throws {
-        let (harness, key) = try enrolled()
+        let (harness, key) = try ControllerHarness.enrolled()
         harness.clock.now += 30
         let body = try body()
         let response = harness.send(APIPath.heartbeat, body: body, headers: try harness.heartbeatHeaders(key: key, body: body))
@@ -148,7 +149,7 @@ struct HeartbeatTests {
     }
 
     @Test func tamperedReplayedSkewedAndUnknownRequestsAreRefusedWithoutChanges() throws {
-        let (harness, key) = try enrolled()
+        let (harness, key) = try ControllerHarness.enrolled()
         let body = try body()
         let headers = try harness.heartbeatHeaders(key: key, body: body)
         #expect(harness.send(APIPath.heartbeat, body: body, headers: headers).status == 200)
@@ -177,7 +178,7 @@ struct HeartbeatTests {
     }
 
     @Test func malformedJSONAndUndeclaredFieldsAre400() throws {
-        let (harness, key) = try enrolled()
+        let (harness, key) = try ControllerHarness.enrolled()
         let before = try harness.snapshot()
         let garbage = Array("{not json".utf8)
         let response = harness.send(APIPath.heartbeat, body: garbage, headers: try harness.heartbeatHeaders(key: key, body: garbage))
@@ -191,7 +192,7 @@ struct HeartbeatTests {
     }
 
     @Test func removedAgentIsRefused() throws {
-        let (harness, key) = try enrolled()
+        let (harness, key) = try ControllerHarness.enrolled()
         let body = try body()
         #expect(harness.send(APIPath.heartbeat, body: body, headers: try harness.heartbeatHeaders(key: key, body: body)).status == 200)
         #expect(try harness.service.removeAgent(RequestSigning.agentID(for: key.publicKey)))
@@ -199,7 +200,7 @@ struct HeartbeatTests {
     }
 
     @Test func reportMarksAgentsStaleAfterThreeMissedIntervals() throws {
-        let (harness, _) = try enrolled()
+        let (harness, _) = try ControllerHarness.enrolled()
         try harness.store.setSetting("heartbeat_interval", "60")
         #expect(try FleetReport.rows(store: harness.store, now: harness.clock.now + 170).first?.status == "online")
         #expect(try FleetReport.rows(store: harness.store, now: harness.clock.now + 181).first?.status == "stale")

@@ -10,14 +10,6 @@ private func errorText(_ response: HTTPResponse) -> String { String(decoding: re
 
 /// The cheaper per-request scheme: an Ed25519-signed session handshake, then HMAC-signed requests.
 struct SessionTests {
-    func enrolled() throws -> (ControllerHarness, Ed25519PrivateKey) {
-        let harness = try ControllerHarness()
-        let token = try harness.store.createToken(expiresIn: 3600, now: Date(timeIntervalSince1970: TimeInterval(harness.clock.now)))
-        let key = Ed25519PrivateKey()
-        #expect(try harness.enroll(key: key, token: token).status == 200)
-        return (harness, key)
-    }
-
     func openSession(_ harness: ControllerHarness, key: Ed25519PrivateKey) throws -> SessionCredentials {
         let body = Array("{}".utf8)
         let response = harness.send(APIPath.session, body: body, headers: try harness.heartbeatHeaders(key: key, body: body, path: APIPath.session))
@@ -35,7 +27,7 @@ struct SessionTests {
     }
 
     @Test func sessionSignedHeartbeatIsStored() throws {
-        let (harness, key) = try enrolled()
+        let (harness, key) = try ControllerHarness.enrolled()
         let session = try openSession(harness, key: key)
         harness.clock.now += 10
         let (response, _, _) = try heartbeat(harness, session, facts: ["hostname": "web1", "kernelRelease": "5.14"])
@@ -46,7 +38,7 @@ struct SessionTests {
     }
 
     @Test func aSessionCannotBeOpenedWithoutTheAgentKey() throws {
-        let (harness, key) = try enrolled()
+        let (harness, key) = try ControllerHarness.enrolled()
         let body = Array("{}".utf8)
         // Unsigned, signed by a stranger claiming this agent's id, and signed with another session.
         #expect(harness.send(APIPath.session, body: body, headers: [:]).status == 401)
@@ -59,7 +51,7 @@ struct SessionTests {
     }
 
     @Test func tamperedExpiredReplayedAndForeignSessionsAreRefusedWithoutChanges() throws {
-        let (harness, key) = try enrolled()
+        let (harness, key) = try ControllerHarness.enrolled()
         let otherKey = Ed25519PrivateKey()
         let session = try openSession(harness, key: key)
         let (first, headers, body) = try heartbeat(harness, session)
@@ -100,7 +92,7 @@ struct SessionTests {
     }
 
     @Test func removingAnAgentEndsItsSessions() throws {
-        let (harness, key) = try enrolled()
+        let (harness, key) = try ControllerHarness.enrolled()
         let session = try openSession(harness, key: key)
         #expect(try heartbeat(harness, session).0.status == 200)
         #expect(try harness.service.removeAgent(RequestSigning.agentID(for: key.publicKey)))
@@ -110,7 +102,7 @@ struct SessionTests {
     }
 
     @Test func sessionsFromAnotherControllerSecretAreRefused() throws {
-        let (harness, key) = try enrolled()
+        let (harness, key) = try ControllerHarness.enrolled()
         let agentID = RequestSigning.agentID(for: key.publicKey)
         let foreign = SessionTickets(secret: SecureRandom.bytes(32)).mint(agentID: agentID, now: harness.clock.now)
         let (response, _, _) = try heartbeat(harness, foreign)
