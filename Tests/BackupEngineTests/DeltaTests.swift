@@ -116,10 +116,11 @@ struct DeltaTests {
     @Test func aTableThatGrewDoesNotMisalignTheTablesAfterIt() throws {
         let scratch = TemporaryDirectory(prefix: "fk-delta-grow")
         let repository = try Repository.initialize(storage: LocalStorage(root: scratch.appending("repo")), keySource: .keyFile(scratch.appending("k")))
-        // orders grows by 2,000 rows overnight (about 140 KiB, more than two chunks); pages is unchanged; the last
+        // orders grows by 2,000 rows overnight (about 140 KiB, more than two chunks); pages (about 1.3 MiB, so some of
+        // its chunks lie wholly inside it whatever the chunker seed) is unchanged; the last
         // table (orders again, as a stand-in for customers) has 1% of its rows updated.
-        let yesterday = Self.dump(rows: 2_000, day: 0) + Self.pages(rows: 6_000) + Self.dump(rows: 8_000, day: 1)
-        let today = Self.dump(rows: 4_000, day: 0) + Self.pages(rows: 6_000) + Self.dump(rows: 8_000, day: 2)
+        let yesterday = Self.dump(rows: 2_000, day: 0) + Self.pages(rows: 20_000) + Self.dump(rows: 8_000, day: 1)
+        let today = Self.dump(rows: 4_000, day: 0) + Self.pages(rows: 20_000) + Self.dump(rows: 8_000, day: 2)
         let first = try Self.backup(repository, yesterday)
         let second = try Self.backup(repository, today)
         #expect(try Self.restored(repository, second, scratch: scratch) == today)
