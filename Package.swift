@@ -14,6 +14,9 @@ var targets: [Target] = [
     systemLibrary("CZstd", pkgConfig: "libzstd", apt: ["libzstd-dev"]),
     systemLibrary("CMicroHTTPD", pkgConfig: "libmicrohttpd", apt: ["libmicrohttpd-dev"]),
 
+    // Linux constants glibc hides behind _GNU_SOURCE (O_DIRECT); a C target, so the define reaches the headers.
+    .target(name: "CLinux"),
+
     // Wrappers: one concern each, no knowledge of Fleetkeep.
     .target(name: "SQLite", dependencies: ["CSQLite"]),
     .target(name: "HTTPServer", dependencies: ["CMicroHTTPD"]),
@@ -27,7 +30,7 @@ var targets: [Target] = [
     // The shared language between agent and controller.
     .target(name: "FleetkeepProtocol", dependencies: ["Crypto"]),
     // Backup engine: repository format, chunking, packs, snapshots. No HTTP, no controller.
-    .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite"]),
+    .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite", "CLinux"]),
     // Agent and controller logic.
     .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto", "CommandLineSupport"]),
     .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "Crypto", "CommandLineSupport"]),
@@ -53,7 +56,7 @@ var targets: [Target] = [
 ]
 
 // One place for compiler settings, applied to every Swift target.
-for target in targets where target.type != .system {
+for target in targets where target.type != .system && target.name != "CLinux" {
     target.swiftSettings = (target.swiftSettings ?? []) + [
         .swiftLanguageMode(.v6),
         .enableUpcomingFeature("ExistentialAny"),

@@ -417,7 +417,8 @@ final class BackupJob: @unchecked Sendable {
         return (id, plaintext)
     }
 
-    /// Hashes one chunk here; a new one is copied and handed to a worker to compress, encrypt and pack.
+    /// Hashes one chunk here; a new one is copied and handed to a worker to compress, encrypt and pack. Small chunks
+    /// (small files, most of a hosting account) travel in batches: one job per chunk meant a thread wake-up per file.
     private func store(start: Int, count: Int) throws -> BlobID {
         let position = streamPosition
         streamPosition += Int64(count)
@@ -425,29 +426,58 @@ final class BackupJob: @unchecked Sendable {
         if let parentOffset = parentOffsets[id] { parentShift = parentOffset - position }
         if writer.reserve(id) {
             try throwIfFailed()
-            session.inFlight.acquire(count)
-            let chunk = Array(buffer[start..<start + count])
             let base = deltaBase(at: max(0, position + parentShift), count: count)
+            let batched = base == nil && count < Self.batchedChunkLimit
+            // Bytes of the unsent batch count against the budget too: send them before waiting for room for a
+            // large chunk, or the wait could be for bytes that only this thread can release.
+            if !batched { submitBatch() }
+            session.inFlight.acquire(count)
+            let item = PendingChunk(id: id, bytes: Array(buffer[start..<start + count]), base: base)
             summary.withLock { $0.bytesAdded += Int64(count) }
-            outstanding.enter()
-            session.workers.submit { [self] in
-                defer { session.inFlight.release(count); outstanding.leave() }
-                let compressor = session.compressors.take()
-                defer { session.compressors.give(compressor) }
+            batch.append(item)
+            batchBytes += count
+            if !batched || batchBytes >= Self.batchBytesLimit { submitBatch() }
+        }
+        return id
+    }
+
+    private struct PendingChunk: Sendable {
+        let id: BlobID
+        let bytes: [UInt8]
+        let base: (id: BlobID, plaintext: [UInt8])?
+    }
+
+    static let batchedChunkLimit = 64 << 10
+    static let batchBytesLimit = 256 << 10
+    /// New chunks not yet handed to a worker (see `store`).
+    private var batch: [PendingChunk] = []
+    private var batchBytes = 0
+
+    private func submitBatch() {
+        guard !batch.isEmpty else { return }
+        let items = batch
+        batch = []
+        batchBytes = 0
+        outstanding.enter()
+        session.workers.submit { [self] in
+            defer { outstanding.leave() }
+            let compressor = session.compressors.take()
+            defer { session.compressors.give(compressor) }
+            for item in items {
+                defer { session.inFlight.release(item.bytes.count) }
                 do {
-                    let stored = try chunk.withUnsafeBytes { plaintext in
-                        if let base { return try writer.add(id: id, plaintext: plaintext, base: base, compressor: compressor) }
-                        return try writer.add(id: id, kind: .data, plaintext: plaintext, compressor: compressor)
+                    let stored = try item.bytes.withUnsafeBytes { plaintext in
+                        if let base = item.base { return try writer.add(id: item.id, plaintext: plaintext, base: base, compressor: compressor) }
+                        return try writer.add(id: item.id, kind: .data, plaintext: plaintext, compressor: compressor)
                     }
                     summary.withLock { $0.blobsAdded += 1; $0.bytesStored += Int64(stored) }
                 } catch {
-                    writer.unreserve(id)
+                    writer.unreserve(item.id)
                     failure.withLock { if $0 == nil { $0 = error } }
                     session.failure.withLock { if $0 == nil { $0 = error } }
                 }
             }
         }
-        return id
     }
 
     /// Stores a directory listing (deduplicated like any blob) and returns its id.
@@ -470,12 +500,17 @@ final class BackupJob: @unchecked Sendable {
 
     /// Waits for this job's chunks and rethrows the first failure (a full disk, say).
     func drain() throws {
+        submitBatch()
         outstanding.wait()
         try throwIfFailed()
     }
 
     /// Lets this job's chunks finish after an error, so nothing of it outlives the job.
-    func abandon() { outstanding.wait() }
+    func abandon() {
+        // Sent rather than dropped: the batch's ids are reserved, and another job may already refer to them.
+        submitBatch()
+        outstanding.wait()
+    }
 
     private func throwIfFailed() throws {
         if let error = failure.withLock({ $0 }) { throw error }

@@ -214,34 +214,45 @@ protocol PackSink: Sendable {
     func abort()
 }
 
-/// Streams a pack into `data/.tmp-*` and renames it into place: constant memory however large the backup.
+/// Streams a pack into `data/.tmp-*` (directly to disk, see `DirectFileWriter`) and renames it into place: constant
+/// memory however large the backup.
 final class FilePackSink: PackSink, @unchecked Sendable {
     // @unchecked: `descriptor` changes only in commit/abort, which run after all writes (see PackSink).
     private let storage: LocalStorage
+    private let writer: DirectFileWriter
     private let temporary: String
     private var descriptor: Int32
 
     init(storage: LocalStorage) throws {
         self.storage = storage
-        (descriptor, temporary) = try storage.createTemporaryFile(in: "data")
+        (writer, descriptor, temporary) = try storage.createDirectTemporaryFile(in: "data")
     }
 
     func write(_ bytes: [UInt8], at offset: Int) throws {
-        try storage.writeAll(descriptor, bytes, at: offset, path: "data/pack")
+        if let failure = writer.failure { throw failure }
+        bytes.withUnsafeBytes { writer.write($0, at: offset) }
     }
 
     func commit(trailer: [UInt8], at offset: Int, path: String) throws {
-        try storage.writeAll(descriptor, trailer, at: offset, path: path)
+        trailer.withUnsafeBytes { writer.write($0, at: offset) }
+        try writer.finish(size: offset + trailer.count)
         try storage.commitTemporaryFile(descriptor, temporary, to: path)
         descriptor = -1
     }
 
     func abort() {
+        writer.abandon()
         if descriptor >= 0 { close(descriptor); descriptor = -1 }
         unlink(temporary)
     }
 
-    deinit { if descriptor >= 0 { close(descriptor); unlink(temporary) } }
+    deinit {
+        if descriptor >= 0 {
+            writer.abandon()
+            close(descriptor)
+            unlink(temporary)
+        }
+    }
 }
 
 /// Buffers a pack for storages that can only write whole files (SFTP).

@@ -116,24 +116,25 @@ public struct LocalStorage: RepositoryStorage {
         return (descriptor, temporary)
     }
 
+    /// A new temporary file filled through a `DirectFileWriter` (packs: large, written once, rarely read back soon).
+    func createDirectTemporaryFile(in directory: String) throws -> (writer: DirectFileWriter, descriptor: Int32, path: String) {
+        let absolute = try full(directory)
+        do {
+            try FileManager.default.createDirectory(atPath: absolute, withIntermediateDirectories: true)
+        } catch {
+            throw StorageError(path: absolute, message: "cannot create directory: \(error.localizedDescription)")
+        }
+        let temporary = absolute + "/.tmp-" + UUID().uuidString
+        let (descriptor, direct) = DirectFileWriter.create(temporary)
+        guard descriptor >= 0 else { throw failure(directory, "create") }
+        return (DirectFileWriter(descriptor: descriptor, direct: direct, path: temporary), descriptor, temporary)
+    }
+
     /// Writes all of `data`, retrying short writes; names `path` and explains a full disk on failure.
     func writeAll(_ descriptor: Int32, _ data: [UInt8], path: String) throws {
         var done = 0
         while done < data.count {
             let wrote = data.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + done, data.count - done) }
-            if wrote < 0 {
-                if errno == EINTR { continue }
-                throw failure(path, "write")
-            }
-            done += wrote
-        }
-    }
-
-    /// Writes all of `data` at `offset` (pwrite), so several threads can fill one file at disjoint offsets.
-    func writeAll(_ descriptor: Int32, _ data: [UInt8], at offset: Int, path: String) throws {
-        var done = 0
-        while done < data.count {
-            let wrote = data.withUnsafeBytes { pwrite(descriptor, $0.baseAddress! + done, data.count - done, off_t(offset + done)) }
             if wrote < 0 {
                 if errno == EINTR { continue }
                 throw failure(path, "write")

@@ -65,7 +65,9 @@ final class WorkerPool: @unchecked Sendable {
             job()
             condition.lock()
             running -= 1
-            condition.broadcast()
+            // Only `wait` cares about a finished job, and only once nothing is left; waking on every job woke the
+            // idle workers too, for nothing.
+            if running == 0 && head >= jobs.count { condition.broadcast() }
             condition.unlock()
         }
     }

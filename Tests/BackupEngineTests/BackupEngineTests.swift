@@ -286,15 +286,25 @@ struct CrashSafetyTests {
         #expect(try reopened.verify(readData: true).isHealthy)
     }
 
-    @Test func fullDiskGivesAClearErrorAndKeepsTheRepository() throws {
+    /// tmpfs takes the page-cache path for packs; ext4 (a loop-mounted image) takes the O_DIRECT path.
+    @Test(arguments: ["tmpfs", "ext4"])
+    func fullDiskGivesAClearErrorAndKeepsTheRepository(filesystem: String) throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 1)
         let mountPoint = scene.scratch.appending("small")
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         // Incompressible data larger than the file system.
         try writeRandomFiles(scene.scratch.appending("big"), count: 12, size: 1 << 20, prefix: "media")
-        let mounted = try ProcessRunner.run("/bin/mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs", mountPoint])
+        let mounted: ProcessOutput
+        if filesystem == "ext4" {
+            let image = scene.scratch.appending("small.img")
+            _ = try ProcessRunner.run("/usr/bin/truncate", ["-s", "8M", image])
+            let made = try ProcessRunner.run("/sbin/mkfs.ext4", ["-q", "-F", image])
+            mounted = made.status == 0 ? try ProcessRunner.run("/bin/mount", ["-o", "loop", image, mountPoint]) : made
+        } else {
+            mounted = try ProcessRunner.run("/bin/mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs", mountPoint])
+        }
         guard mounted.status == 0 else {
-            print("skipping full-disk test: cannot mount tmpfs here (\(mounted.stderr))")
+            print("skipping full-disk test on \(filesystem): cannot mount it here (\(mounted.stderr))")
             return
         }
         defer { _ = try? ProcessRunner.run("/bin/umount", [mountPoint]) }

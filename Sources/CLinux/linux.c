@@ -1,0 +1,6 @@
+// Compiled as plain C (not imported as a module), so _GNU_SOURCE takes effect before glibc's headers are read.
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include "CLinux.h"
+
+int fleetkeep_o_direct(void) { return O_DIRECT; }
