@@ -250,14 +250,16 @@ final class BackupJob: @unchecked Sendable {
     // MARK: Walking
 
     func directory(path: String, relative: String, parent: Tree?) throws -> BlobID {
-        let previous = Dictionary((parent?.nodes ?? []).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        // Keyed by bytes: NFC and NFD spellings of one name are different files, though equal as Swift strings.
+        let previous = Dictionary((parent?.nodes ?? []).map { (Array($0.name.utf8), $0) }, uniquingKeysWith: { first, _ in first })
         var nodes: [TreeNode] = []
         for name in try listDirectory(path) {
+            let nameKey = Array(name.utf8)
             let childRelative = relative.isEmpty ? name : relative + "/" + name
             if options.excludes.contains(childRelative) { continue }
             let childPath = path + "/" + name
             var info = stat()
-            guard lstat(childPath, &info) == 0 else {
+            guard FileName.withPath(childPath, { lstat($0, &info) }) == 0 else {
                 recordError("\(childRelative): \(String(cString: strerror(errno)))")
                 continue
             }
@@ -269,7 +271,7 @@ final class BackupJob: @unchecked Sendable {
             case S_IFDIR:
                 node.kind = .directory
                 node.size = 0
-                let childParent = try previous[name].flatMap { $0.kind == .directory ? $0.subtree : nil }
+                let childParent = try previous[nameKey].flatMap { $0.kind == .directory ? $0.subtree : nil }
                     .map { try repository.loadTree($0, decompressor: decompressor) }
                 node.subtree = try directory(path: childPath, relative: childRelative, parent: childParent)
                 summary.withLock { $0.directories += 1 }
@@ -285,19 +287,19 @@ final class BackupJob: @unchecked Sendable {
                 }
                 if info.st_nlink > 1 { hardLinks[linkKey] = childRelative }
                 node.kind = .file
-                if let old = previous[name], old.kind == .file, old.size == node.size, old.mtime == node.mtime,
+                if let old = previous[nameKey], old.kind == .file, old.size == node.size, old.mtime == node.mtime,
                    old.ctime == node.ctime, old.inode == node.inode {
                     // Unchanged: size, mtime, ctime and inode match the parent snapshot, so the file is not read.
                     node.content = old.content
                     summary.withLock { $0.filesUnchanged += 1; $0.bytesTotal += node.size }
                 } else {
                     do {
-                        let descriptor = open(childPath, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                        let descriptor = FileName.withPath(childPath) { open($0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
                         guard descriptor >= 0 else { throw RepositoryError(String(cString: strerror(errno))) }
                         defer { close(descriptor) }
                         (node.content, node.size) = try chunkDescriptor(descriptor, path: childRelative)
                         summary.withLock {
-                            if previous[name] == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
+                            if previous[nameKey] == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
                             $0.filesRead += 1
                             $0.bytesTotal += node.size
                         }
@@ -316,30 +318,26 @@ final class BackupJob: @unchecked Sendable {
     }
 
     private func listDirectory(_ path: String) throws -> [String] {
-        guard let directory = opendir(path) else {
+        guard let directory = FileName.withPath(path, { opendir($0) }) else {
             throw RepositoryError("cannot list \(path): \(String(cString: strerror(errno)))")
         }
         defer { closedir(directory) }
         var names: [String] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw -> String? in
-                let bytes = raw.prefix { $0 != 0 }
-                return String(validating: bytes, as: UTF8.self)
-            }
-            guard let name else {
-                recordError("\(path): skipped a file whose name is not UTF-8")
-                continue
-            }
+            // Names that are not UTF-8 are kept byte for byte (see FileName).
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in FileName.string(from: raw.prefix { $0 != 0 }) }
             if name != "." && name != ".." { names.append(name) }
         }
-        return names.sorted()
+        // Byte order: the same on every machine and for every Unicode spelling (String's < is canonical-equivalence
+        // aware, and so could not order NFC and NFD spellings of one name).
+        return names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
     }
 
     private func readLink(_ path: String) -> String {
         var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let count = readlink(path, &target, target.count - 1)
+        let count = FileName.withPath(path) { readlink($0, &target, target.count - 1) }
         guard count >= 0 else { return "" }
-        return String(decoding: target[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return FileName.string(from: target[0..<count].map { UInt8(bitPattern: $0) })
     }
 
     // MARK: Chunking
@@ -517,7 +515,7 @@ final class BackupJob: @unchecked Sendable {
     }
 
     private func recordError(_ message: String) {
-        summary.withLock { $0.errors.append(message) }
+        summary.withLock { $0.errors.append(FileName.printable(message)) }
     }
 
     private func reportProgress() {

@@ -27,6 +27,13 @@ struct ByteWriter {
         }
     }
 
+    /// A file name or path as the file system's bytes (see `FileName`): not necessarily UTF-8.
+    mutating func fileName(_ value: String) {
+        let raw = FileName.bytes(of: value)
+        varint(UInt64(raw.count))
+        bytes.append(contentsOf: raw)
+    }
+
     mutating func id(_ id: BlobID) { id.append(to: &bytes) }
 }
 
@@ -87,6 +94,12 @@ struct ByteReader {
         defer { offset += length }
         guard let text = String(validating: bytes[offset..<offset + length], as: UTF8.self) else { throw damaged() }
         return text
+    }
+
+    mutating func fileName() throws -> String {
+        let length = try count()
+        defer { offset += length }
+        return FileName.string(from: bytes[offset..<offset + length])
     }
 
     mutating func id() throws -> BlobID {

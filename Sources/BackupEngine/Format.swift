@@ -160,7 +160,7 @@ public struct BackupSummary: Codable, Sendable {
 
 /// Validates one name from a tree: a single path component that cannot leave its directory.
 func validateTreeName(_ name: String) throws {
-    guard !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.contains("\0") else {
-        throw RepositoryError("snapshot contains an unsafe file name \(name.debugDescription); refusing to restore it (the repository may be damaged or tampered with)")
+    guard !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.contains("\0"), !FileName.hasForgedEscape(name) else {
+        throw RepositoryError("snapshot contains an unsafe file name \(FileName.printable(name).debugDescription); refusing to restore it (the repository may be damaged or tampered with)")
     }
 }

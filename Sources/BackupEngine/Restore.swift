@@ -65,7 +65,8 @@ extension Repository {
     func node(at components: [String], in root: Tree, notADirectory: RepositoryError, decompressor: ZstdDecompressor) throws -> TreeNode? {
         var tree = root
         for (index, component) in components.enumerated() {
-            guard let node = tree.nodes.first(where: { $0.name == component }) else { return nil }
+            // Compared as bytes: Swift's == treats NFC and NFD spellings as equal, Linux does not.
+            guard let node = tree.nodes.first(where: { $0.name.utf8.elementsEqual(component.utf8) }) else { return nil }
             if index == components.count - 1 { return node }
             guard node.kind == .directory, let subtree = node.subtree else { throw notADirectory }
             tree = try loadTree(subtree, decompressor: decompressor)
@@ -161,11 +162,11 @@ func currentUmask() -> mode_t {
 
 /// Creates a directory, refusing to reuse anything that is not a real directory (a symlink could lead outside).
 func makeDirectory(_ path: String) throws {
-    if mkdir(path, 0o700) == 0 { return }
-    guard errno == EEXIST else { throw RepositoryError("cannot create directory \(path): \(String(cString: strerror(errno)))") }
+    if FileName.withPath(path, { mkdir($0, 0o700) }) == 0 { return }
+    guard errno == EEXIST else { throw RepositoryError("cannot create directory \(FileName.printable(path)): \(String(cString: strerror(errno)))") }
     var info = stat()
-    guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-        throw RepositoryError("refusing to restore into \(path): it exists and is not a directory (possibly a symlink)")
+    guard FileName.withPath(path, { lstat($0, &info) }) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+        throw RepositoryError("refusing to restore into \(FileName.printable(path)): it exists and is not a directory (possibly a symlink)")
     }
 }
 
@@ -186,11 +187,12 @@ struct RestorePlan {
     var others: [(path: String, node: TreeNode)] = []
 
     mutating func collect(tree: Tree, directory: String, relative: String, repository: Repository, decompressor: ZstdDecompressor) throws {
-        var seen = Set<String>()
+        // Byte-wise: "café" in NFC and in NFD are two files on Linux, though Swift's == calls them equal.
+        var seen = Set<[UInt8]>()
         for node in tree.nodes {
             try validateTreeName(node.name)
-            guard seen.insert(node.name).inserted else {
-                throw RepositoryError("snapshot lists \(node.name.debugDescription) twice in one directory; refusing to restore it (damaged or tampered)")
+            guard seen.insert(Array(node.name.utf8)).inserted else {
+                throw RepositoryError("snapshot lists \(FileName.printable(node.name).debugDescription) twice in one directory; refusing to restore it (damaged or tampered)")
             }
             let path = directory + "/" + node.name
             let childRelative = relative.isEmpty ? node.name : relative + "/" + node.name
@@ -249,8 +251,8 @@ struct RestorePlan {
                     let bytes = try restoreFile(job, repository: repository, decompressor: decompressor, isRoot: isRoot, umask: umask)
                     summary.withLock { $0.files += 1; $0.bytes += bytes }
                 } catch {
-                    unlink(job.path)
-                    summary.withLock { $0.errors.append("\(job.relative): \(error)") }
+                    FileName.withPath(job.path) { _ = unlink($0) }
+                    summary.withLock { $0.errors.append("\(FileName.printable(job.relative)): \(error)") }
                 }
             }
         }
@@ -264,28 +266,31 @@ struct RestorePlan {
         for link in hardlinks {
             let relativeTarget = prefix.isEmpty ? link.target : (link.target.hasPrefix(prefix + "/") ? String(link.target.dropFirst(prefix.count + 1)) : link.target)
             let source = target + "/" + relativeTarget
-            unlink(link.path)
-            if Glibc.link(source, link.path) == 0 { result.hardlinks += 1 } else {
-                result.errors.append("\(link.relative): cannot create hard link to \(link.target): \(String(cString: strerror(errno)))")
+            FileName.withPath(link.path) { _ = unlink($0) }
+            let linked = FileName.withPath(source) { source in FileName.withPath(link.path) { Glibc.link(source, $0) } }
+            if linked == 0 { result.hardlinks += 1 } else {
+                result.errors.append("\(FileName.printable(link.relative)): cannot create hard link to \(FileName.printable(link.target)): \(String(cString: strerror(errno)))")
             }
         }
         for (path, node) in symlinks {
-            unlink(path)
-            guard symlink(node.target ?? "", path) == 0 else {
-                result.errors.append("\(path): cannot create symlink: \(String(cString: strerror(errno)))")
+            FileName.withPath(path) { _ = unlink($0) }
+            guard FileName.withPath(node.target ?? "", { target in FileName.withPath(path) { symlink(target, $0) } }) == 0 else {
+                result.errors.append("\(FileName.printable(path)): cannot create symlink: \(String(cString: strerror(errno)))")
                 continue
             }
-            if isRoot { lchown(path, node.uid, node.gid) }
+            if isRoot { FileName.withPath(path) { _ = lchown($0, node.uid, node.gid) } }
             setTimes(path: path, node: node, followLinks: false)
             result.symlinks += 1
         }
         for (path, node) in others where node.mode & S_IFMT == S_IFIFO {
-            mkfifo(path, node.mode & 0o7777)
+            FileName.withPath(path) { _ = mkfifo($0, node.mode & 0o7777) }
         }
         // Directories last and deepest first, so writing their contents does not disturb their mtimes.
         for (path, node) in directories.reversed() {
-            if isRoot { chown(path, node.uid, node.gid) }
-            chmod(path, node.mode & 0o7777)
+            FileName.withPath(path) { path in
+                if isRoot { chown(path, node.uid, node.gid) }
+                chmod(path, node.mode & 0o7777)
+            }
             setTimes(path: path, node: node, followLinks: true)
             result.directories += 1
         }
@@ -300,10 +305,10 @@ struct RestorePlan {
         // Otherwise (an existing file, another owner, special bits) it is created private and fixed up at the end.
         var needsOwnerAndMode = true
         if (!isRoot || (job.node.uid == geteuid() && job.node.gid == getegid())) && mode & 0o7000 == 0 && mode & umask == 0 {
-            descriptor = open(job.path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+            descriptor = FileName.withPath(job.path) { open($0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
             if descriptor >= 0 { needsOwnerAndMode = false }
         }
-        if descriptor < 0 { descriptor = open(job.path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600) }
+        if descriptor < 0 { descriptor = FileName.withPath(job.path) { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600) } }
         guard descriptor >= 0 else { throw RepositoryError("cannot create: \(String(cString: strerror(errno)))") }
         defer { close(descriptor) }
         var offset: Int64 = 0, written: Int64 = 0
@@ -329,6 +334,6 @@ struct RestorePlan {
     private func setTimes(path: String, node: TreeNode, followLinks: Bool) {
         var times = [timespec(tv_sec: Int(node.mtime / 1_000_000_000), tv_nsec: Int(node.mtime % 1_000_000_000)),
                      timespec(tv_sec: Int(node.mtime / 1_000_000_000), tv_nsec: Int(node.mtime % 1_000_000_000))]
-        utimensat(AT_FDCWD, path, &times, followLinks ? 0 : AT_SYMLINK_NOFOLLOW)
+        FileName.withPath(path) { _ = utimensat(AT_FDCWD, $0, &times, followLinks ? 0 : AT_SYMLINK_NOFOLLOW) }
     }
 }

@@ -52,7 +52,7 @@ struct Tree: Equatable {
         out.bytes.append(contentsOf: Self.magic)
         out.varint(UInt64(nodes.count))
         for node in nodes {
-            out.string(node.name)
+            out.fileName(node.name)
             out.byte(node.kind.rawValue)
             out.varint(UInt64(node.mode))
             out.varint(UInt64(node.uid))
@@ -62,7 +62,7 @@ struct Tree: Equatable {
             out.varint(node.inode)
             out.signed(node.size)
             out.byte((node.target != nil ? Self.hasTarget : 0) | (node.subtree != nil ? Self.hasSubtree : 0))
-            if let target = node.target { out.string(target) }
+            if let target = node.target { out.fileName(target) }
             if let subtree = node.subtree { out.id(subtree) }
             out.varint(UInt64(node.content.count))
             for id in node.content { out.id(id) }
@@ -80,14 +80,14 @@ struct Tree: Equatable {
         var nodes: [TreeNode] = []
         nodes.reserveCapacity(count)
         for _ in 0..<count {
-            let name = try reader.string()
+            let name = try reader.fileName()
             guard let kind = TreeNode.Kind(rawValue: try reader.byte()) else { throw reader.damaged() }
             let mode = try reader.varint(), uid = try reader.varint(), gid = try reader.varint()
             guard mode <= UInt32.max, uid <= UInt32.max, gid <= UInt32.max else { throw reader.damaged() }
             var node = TreeNode(name: name, kind: kind, mode: UInt32(mode), uid: UInt32(uid), gid: UInt32(gid),
                                 mtime: try reader.signed(), ctime: try reader.signed(), inode: try reader.varint(), size: try reader.signed())
             let flags = try reader.byte()
-            if flags & Self.hasTarget != 0 { node.target = try reader.string() }
+            if flags & Self.hasTarget != 0 { node.target = try reader.fileName() }
             if flags & Self.hasSubtree != 0 { node.subtree = try reader.id() }
             let blobs = try reader.count(elementSize: 32)
             node.content.reserveCapacity(blobs)

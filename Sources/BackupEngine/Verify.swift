@@ -141,7 +141,7 @@ extension Repository {
                 isClean = false
             }
             if node.content.contains(where: { bad.contains($0) || index.blobs[$0] == nil }) {
-                damaged.append(child)
+                damaged.append(FileName.printable(child))
                 isClean = false
             }
         }
