@@ -162,7 +162,11 @@ final class PackWriter: Sendable {
 
     /// The committed packs are now named by an index file: `abandon` must leave them alone.
     func markIndexed() {
-        state.withLock { $0.unindexed = [] }
+        // The index answers for these blobs now; forgetting them keeps this set to one checkpoint's new blobs.
+        state.withLock { state in
+            state.unindexed = []
+            state.reserved = []
+        }
     }
 
     /// After a failure: drops the open packs' temporary files and deletes the packs this writer committed that no

@@ -10,11 +10,13 @@ public final class Repository: Sendable {
     public let storage: any RepositoryStorage
     let keys: MasterKeys
     private let indexState: Mutex<LoadedIndex>
+    /// Where the index cache lives (`cache/` inside a local repository); nil keeps the whole index in memory.
+    let cacheDirectory: String?
 
     struct LoadedIndex {
         var packs: [String] = []
         var packNumbers: [String: Int32] = [:]
-        var blobs: [BlobID: BlobLocation] = [:]
+        var blobs = IndexedBlobs()
         /// Delta blob -> its base. Only deltas (dump chunks) are here, so ordinary entries stay 20 bytes.
         var bases: [BlobID: BlobID] = [:]
         var indexFiles: [String] = []
@@ -40,6 +42,17 @@ public final class Repository: Sendable {
                       length: location.length, rawLength: location.rawLength, base: bases[id])
         }
 
+        init() {}
+
+        /// The index as the cache has it; index files it does not cover are added on top.
+        init(cache: IndexCacheFile) {
+            packs = cache.packs
+            packNumbers = Dictionary(cache.packs.enumerated().map { ($0.element, Int32($0.offset)) }, uniquingKeysWith: { first, _ in first })
+            blobs = IndexedBlobs(cache: cache)
+            bases = cache.bases
+            indexFiles = Array(cache.indexFiles)
+        }
+
         mutating func add(pack: String, entries: [PackEntry]) {
             let number: Int32
             if let existing = packNumbers[pack] {
@@ -59,10 +72,15 @@ public final class Repository: Sendable {
 
     static func packPath(_ name: String) -> String { "data/\(name.prefix(2))/\(name)" }
 
-    private init(storage: any RepositoryStorage, keys: MasterKeys) {
+    /// Index entries held in memory before they are merged into the index cache (a parameter for the tests).
+    let foldLimit: Int
+
+    private init(storage: any RepositoryStorage, keys: MasterKeys, foldLimit: Int = IndexedBlobs.foldLimit) {
         self.storage = storage
         self.keys = keys
+        self.foldLimit = foldLimit
         indexState = Mutex(LoadedIndex())
+        cacheDirectory = (storage as? LocalStorage).map { $0.root + "/cache" }
     }
 
     /// Creates a new repository. With a key file source, the key file is created (0600) when it does not exist yet.
@@ -82,6 +100,10 @@ public final class Repository: Sendable {
 
     /// Opens an existing repository and loads its index.
     public static func open(storage: any RepositoryStorage, keySource: KeySource) throws -> Repository {
+        try open(storage: storage, keySource: keySource, foldLimit: IndexedBlobs.foldLimit)
+    }
+
+    static func open(storage: any RepositoryStorage, keySource: KeySource, foldLimit: Int) throws -> Repository {
         guard try storage.size("config") != nil else {
             throw RepositoryError("no repository at \(storage.location); create one with `fleetkeep-agent repo init`")
         }
@@ -101,7 +123,7 @@ public final class Repository: Sendable {
         guard let keys = opened else {
             throw RepositoryError("wrong key: the given key file or passphrase does not open the repository at \(storage.location)")
         }
-        let repository = Repository(storage: storage, keys: keys)
+        let repository = Repository(storage: storage, keys: keys, foldLimit: foldLimit)
         try repository.reloadIndex()
         return repository
     }
@@ -111,26 +133,99 @@ public final class Repository: Sendable {
     /// Index files hold, per pack, its name (32 bytes) and its entries; the whole is zstd-compressed and sealed.
     static let indexAAD = Array("fleetkeep index".utf8)
 
-    func reloadIndex() throws {
-        var loaded = LoadedIndex()
-        let decompressor = ZstdDecompressor()
-        for name in try storage.list("index") {
-            let what = "index file index/\(name.prefix(16))"
-            let sealed = try storage.read("index/" + name)
-            let plain: [UInt8]
-            do {
-                plain = try decompressor.decompress(try AES256GCM.open(sealed, key: keys.dataKey, aad: Self.indexAAD), maxOutputSize: 1 << 30)
-            } catch {
-                throw RepositoryError("\(what) is damaged: it does not authenticate (flipped bytes or truncation); run verify")
-            }
-            var reader = ByteReader(plain, what: what)
-            while !reader.isAtEnd {
-                let pack = try reader.id()
-                loaded.add(pack: pack.hex, entries: try BinaryCodec.decode(&reader))
-            }
-            loaded.indexFiles.append(name)
+    /// The index cache could not be written; the index is then held in memory.
+    struct IndexCacheUnavailable: Error {}
+
+    /// Loads the index: from the index cache plus the index files it does not cover yet, or, without a usable
+    /// cache (none yet, an index file it covers is gone after a prune, `rebuildCache`), from every index file,
+    /// writing a new cache as it goes. Either way at most `foldLimit` entries are held in memory.
+    func reloadIndex(rebuildCache: Bool = false) throws {
+        let names = try storage.list("index")
+        guard let cacheDirectory else {
+            var loaded = LoadedIndex()
+            for name in names { try readIndexFile(name, into: &loaded) }
+            indexState.withLock { $0 = loaded }
+            return
         }
+        let cachePath = cacheDirectory + "/index"
+        var loaded = LoadedIndex()
+        if !rebuildCache, let cache = IndexCacheFile(path: cachePath), cache.indexFiles.isSubset(of: Set(names)) {
+            loaded = LoadedIndex(cache: cache)
+            for name in names where !cache.indexFiles.contains(name) { try readIndexFile(name, into: &loaded) }
+        } else {
+            do {
+                loaded = try buildIndexCache(at: cachePath, from: names)
+            } catch is IndexCacheUnavailable {
+                // A read-only repository or a full disk: the index is still readable, only not cached.
+                loaded = LoadedIndex()
+                for name in names { try readIndexFile(name, into: &loaded) }
+                indexState.withLock { $0 = loaded }
+                return
+            }
+        }
+        if loaded.blobs.recent.count >= foldLimit { try? fold(&loaded) }
         indexState.withLock { $0 = loaded }
+    }
+
+    /// Reads every index file into a new cache: entries go to sorted run files a batch at a time, and the runs are
+    /// merged into the cache at the end, so memory stays at `foldLimit` entries.
+    private func buildIndexCache(at cachePath: String, from names: [String]) throws -> LoadedIndex {
+        let directory = (cachePath as NSString).deletingLastPathComponent
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw IndexCacheUnavailable()
+        }
+        var loaded = LoadedIndex()
+        var runs: [IndexCacheFile] = []
+        defer { for run in runs { unlink(run.path) } }
+        func written(_ path: String, indexFiles: [String], bases: [BlobID: BlobID], sources: [any IndexRecordSource]) throws -> IndexCacheFile {
+            do {
+                try IndexCacheFile.write(path: path, packs: loaded.packs, indexFiles: indexFiles, bases: bases, sources: sources)
+            } catch {
+                throw IndexCacheUnavailable()
+            }
+            guard let file = IndexCacheFile(path: path) else { throw IndexCacheUnavailable() }
+            return file
+        }
+        for name in names {
+            try readIndexFile(name, into: &loaded)
+            if loaded.blobs.recent.count >= foldLimit {
+                runs.append(try written(cachePath + ".run\(runs.count)", indexFiles: [], bases: [:], sources: [SortedRecords(loaded.blobs.recentRecords)]))
+                loaded.blobs.recent = [:]
+            }
+        }
+        let cache = try written(cachePath, indexFiles: loaded.indexFiles, bases: loaded.bases,
+                                sources: runs.map(CacheFileRecords.init) + [SortedRecords(loaded.blobs.recentRecords)])
+        loaded.blobs = IndexedBlobs(cache: cache)
+        return loaded
+    }
+
+    /// Merges the in-memory entries into a new index cache, which then covers every index file loaded.
+    private func fold(_ loaded: inout LoadedIndex) throws {
+        guard let cacheDirectory else { return }
+        let cachePath = cacheDirectory + "/index"
+        let sources: [any IndexRecordSource] = (loaded.blobs.cache.map { [CacheFileRecords($0)] } ?? []) + [SortedRecords(loaded.blobs.recentRecords)]
+        try IndexCacheFile.write(path: cachePath, packs: loaded.packs, indexFiles: loaded.indexFiles, bases: loaded.bases, sources: sources)
+        guard let cache = IndexCacheFile(path: cachePath) else { throw RepositoryError("cannot read back the index cache \(cachePath)") }
+        loaded.blobs = IndexedBlobs(cache: cache)
+    }
+
+    private func readIndexFile(_ name: String, into loaded: inout LoadedIndex) throws {
+        let what = "index file index/\(name.prefix(16))"
+        let sealed = try storage.read("index/" + name)
+        let plain: [UInt8]
+        do {
+            plain = try ZstdDecompressor().decompress(try AES256GCM.open(sealed, key: keys.dataKey, aad: Self.indexAAD), maxOutputSize: 1 << 30)
+        } catch {
+            throw RepositoryError("\(what) is damaged: it does not authenticate (flipped bytes or truncation); run verify")
+        }
+        var reader = ByteReader(plain, what: what)
+        while !reader.isAtEnd {
+            let pack = try reader.id()
+            loaded.add(pack: pack.hex, entries: try BinaryCodec.decode(&reader))
+        }
+        loaded.indexFiles.append(name)
     }
 
     /// Writes an index file for `packs` and adds them to the loaded index.
@@ -149,6 +244,9 @@ public final class Repository: Sendable {
         indexState.withLock { state in
             for (pack, entries) in packs { state.add(pack: pack, entries: entries) }
             state.indexFiles.append(name)
+            // A long first backup adds entries at every checkpoint: fold them into the cache before they add up.
+            // A cache that cannot be written (full disk) only means the entries stay in memory.
+            if state.blobs.recent.count >= foldLimit { try? fold(&state) }
         }
         return name
     }

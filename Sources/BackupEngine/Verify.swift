@@ -22,6 +22,8 @@ extension Repository {
     /// every blob (decrypt, decompress, HMAC), so a flipped byte is found and attributed to snapshots and files.
     public func verify(readData: Bool) throws -> VerifyReport {
         var report = VerifyReport()
+        // Verify trusts nothing derived: the index cache is rebuilt from the index files themselves.
+        try reloadIndex(rebuildCache: true)
         let index = indexSnapshot
         var bad = Set<BlobID>()
         var packEntries: [Int32: [(BlobID, BlobLocation)]] = [:]

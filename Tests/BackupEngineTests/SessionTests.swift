@@ -94,7 +94,7 @@ struct SessionTests {
         _ = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
         let index = repository.indexSnapshot
         var kinds: [Int32: Set<UInt8>] = [:]
-        for location in index.blobs.values { kinds[location.pack, default: []].insert(location.kind.rawValue) }
+        for location in index.blobs.map(\.value) { kinds[location.pack, default: []].insert(location.kind.rawValue) }
         #expect(kinds.count >= 2)
         #expect(kinds.values.allSatisfy { $0.count == 1 }, "a pack mixes trees and data")
         #expect(kinds.values.contains([BlobKind.tree.rawValue]))

@@ -1,0 +1,130 @@
+@testable import BackupEngine
+import Foundation
+import Testing
+import TestSupport
+
+/// The index cache: the index on disk, sorted and mapped, so the agent's memory does not grow with the repository.
+struct IndexCacheTests {
+    /// Small enough that a 4 MiB fixture (hundreds of blobs) folds many times.
+    static let foldLimit = 40
+
+    func openSmall(_ scene: EngineScene) throws -> Repository {
+        try Repository.open(storage: scene.storage, keySource: .keyFile(scene.keyFile), foldLimit: Self.foldLimit)
+    }
+
+    @Test func memoryHoldsAtMostTheFoldLimitAndRestoresMatch() throws {
+        let scene = try EngineScene(accounts: 2, sizeMB: 4)
+        _ = try scene.initialize()
+        let repository = try openSmall(scene)
+        let snapshot = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(snapshot.summary.blobsAdded > Self.foldLimit * 4)
+        let index = repository.indexSnapshot
+        #expect(index.blobs.recent.count < Self.foldLimit)
+        let cache = try #require(index.blobs.cache)
+        #expect(cache.count + index.blobs.recent.count >= Int(snapshot.summary.blobsAdded))
+        #expect(FileManager.default.fileExists(atPath: scene.repoPath + "/cache/index"))
+
+        // A fresh process reads the cache (and only the index files it does not cover).
+        let reopened = try openSmall(scene)
+        #expect(reopened.indexSnapshot.blobs.cache != nil)
+        #expect(reopened.indexSnapshot.blobs.recent.count < Self.foldLimit)
+        let target = scene.scratch.appending("restored")
+        #expect(try reopened.restore(snapshot, target: target).errors.isEmpty)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+        // Every blob the cache lists is where the index files say (verify rebuilds from them and reads every blob).
+        #expect(try reopened.verify(readData: true).isHealthy)
+        let again = try reopened.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(again.summary.blobsAdded <= 1, "deduplication against the cached index failed: \(again.summary)")
+    }
+
+    @Test func aMissingStaleOrDamagedCacheIsRebuilt() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 2)
+        let repository = try scene.initialize()
+        let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        let cachePath = scene.repoPath + "/cache/index"
+        let target = scene.scratch.appending("out")
+
+        // Damaged in several ways: each time the next open rebuilds it from all the index files.
+        #expect(try repository.verify(readData: false).isHealthy)  // verify rebuilds the cache whole
+        let original = try Data(contentsOf: URL(fileURLWithPath: cachePath))
+        let indexFiles = Set(try scene.storage.list("index"))
+        #expect(try #require(IndexCacheFile(path: cachePath)).indexFiles == indexFiles)
+        for damage in ["truncated", "garbage", "missing"] {
+            switch damage {
+            // Replaced, not rewritten in place: `repository` still maps the cache, and the agent only ever renames.
+            case "truncated": try original.prefix(original.count - 7).write(to: URL(fileURLWithPath: cachePath), options: .atomic)
+            case "garbage": try Data(repeating: 0xA5, count: original.count).write(to: URL(fileURLWithPath: cachePath), options: .atomic)
+            default: try FileManager.default.removeItem(atPath: cachePath)
+            }
+            let reopened = try scene.open()
+            let restored = try reopened.restore(first, target: target + "-" + damage)
+            #expect(restored.errors.isEmpty, "\(damage): \(restored.errors)")
+            #expect(IndexCacheFile(path: cachePath)?.indexFiles == indexFiles, "\(damage): cache not rebuilt")
+        }
+
+        // Stale after a prune that rewrote the index: the cache names index files that are gone.
+        let second = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        _ = try repository.prune(policy: { _ in RetentionPolicy(keepLast: 1) }, dryRun: false)
+        let afterPrune = try scene.open()
+        #expect(try afterPrune.snapshots().map(\.id) == [second.id])
+        #expect(try afterPrune.restore(second, target: target + "-pruned").errors.isEmpty)
+        #expect(try afterPrune.verify(readData: true).isHealthy)
+    }
+
+    /// Where no cache can be written (a read-only repository; here `cache` is a file, which stops even root), the
+    /// index is read into memory as before.
+    @Test func anUnwritableCacheFallsBackToMemory() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        let repository = try scene.initialize()
+        let snapshot = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        try FileManager.default.removeItem(atPath: scene.repoPath + "/cache")
+        try Data("not a directory".utf8).write(to: URL(fileURLWithPath: scene.repoPath + "/cache"))
+        let reopened = try Repository.open(storage: scene.storage, keySource: .keyFile(scene.keyFile), foldLimit: 5)
+        #expect(reopened.indexSnapshot.blobs.cache == nil)
+        #expect(try reopened.restore(snapshot, target: scene.scratch.appending("out")).errors.isEmpty)
+        #expect(try reopened.verify(readData: true).isHealthy)
+        let again = try reopened.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(again.summary.errors.isEmpty)
+    }
+
+    /// Records that point at the wrong bytes can only make reads fail authentication, never return wrong data;
+    /// verify does not use the cache, so it reports the repository healthy and repairs the cache.
+    @Test func aTamperedCacheCannotServeWrongData() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 2)
+        let repository = try scene.initialize()
+        let snapshot = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(try repository.verify(readData: false).isHealthy)  // verify rebuilds the cache whole
+        let cachePath = scene.repoPath + "/cache/index"
+        let cache = try #require(IndexCacheFile(path: cachePath))
+        #expect(cache.count > 20)
+        // Swap the offsets of every pair of records: each id now points at another blob's bytes.
+        var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: cachePath)))
+        let recordsStart = bytes.count - cache.count * IndexRecord.size
+        for pair in stride(from: 0, to: cache.count - 1, by: 2) {
+            let a = recordsStart + pair * IndexRecord.size + 32, b = a + IndexRecord.size
+            for offset in 0..<16 { bytes.swapAt(a + offset, b + offset) }
+        }
+        try Data(bytes).write(to: URL(fileURLWithPath: cachePath), options: .atomic)
+        let tampered = try scene.open()
+        let target = scene.scratch.appending("out")
+        // Either the trees fail to load (the whole restore stops) or files fail one by one.
+        var restored = RestoreSummary()
+        do {
+            restored = try tampered.restore(snapshot, target: target)
+            #expect(!restored.errors.isEmpty)
+        } catch let error as RepositoryError {
+            #expect(error.message.contains("damaged"), "\(error)")
+        }
+        // Whatever was restored is right; the rest failed loudly.
+        let source = scene.root + "/home"
+        for path in FileManager.default.enumerator(atPath: target)?.allObjects.compactMap({ $0 as? String }) ?? [] {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: target + "/" + path, isDirectory: &isDirectory), !isDirectory.boolValue,
+                  !restored.errors.contains(where: { $0.hasPrefix(path + ":") }) else { continue }
+            #expect(FileManager.default.contents(atPath: target + "/" + path) == FileManager.default.contents(atPath: source + "/" + path), "\(path)")
+        }
+        #expect(try tampered.verify(readData: true).isHealthy)
+        let repaired = try scene.open()
+        #expect(try repaired.restore(snapshot, target: scene.scratch.appending("out2")).errors.isEmpty)
+    }
+}
