@@ -116,7 +116,11 @@ final class IndexCacheFile: @unchecked Sendable {
     /// atomically, streaming: memory stays at one record per source.
     static func write(path: String, packs: [String], indexFiles: [String], bases: [BlobID: BlobID], sources: [any IndexRecordSource]) throws {
         let temporary = path + ".tmp-" + UUID().uuidString
-        guard let stream = fopen(temporary, "wx") else { throw RepositoryError("cannot write the index cache \(temporary): \(String(cString: strerror(errno)))") }
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard descriptor >= 0, let stream = fdopen(descriptor, "w") else {
+            if descriptor >= 0 { close(descriptor) }
+            throw RepositoryError("cannot write the index cache \(temporary): \(String(cString: strerror(errno)))")
+        }
         var closed = false
         defer {
             if !closed { fclose(stream) }
