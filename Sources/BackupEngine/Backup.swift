@@ -461,19 +461,23 @@ final class BackupJob: @unchecked Sendable {
             defer { outstanding.leave() }
             let compressor = session.compressors.take()
             defer { session.compressors.give(compressor) }
-            for item in items {
-                defer { session.inFlight.release(item.bytes.count) }
-                do {
+            defer { session.inFlight.release(items.reduce(0) { $0 + $1.bytes.count }) }
+            do {
+                if items.count > 1 {
+                    // A batch is small chunks without delta bases (see `store`): one group.
+                    let stored = try writer.addGroup(items.map { ($0.id, $0.bytes) }, compressor: compressor)
+                    summary.withLock { $0.blobsAdded += items.count; $0.bytesStored += Int64(stored) }
+                } else if let item = items.first {
                     let stored = try item.bytes.withUnsafeBytes { plaintext in
                         if let base = item.base { return try writer.add(id: item.id, plaintext: plaintext, base: base, compressor: compressor) }
                         return try writer.add(id: item.id, kind: .data, plaintext: plaintext, compressor: compressor)
                     }
                     summary.withLock { $0.blobsAdded += 1; $0.bytesStored += Int64(stored) }
-                } catch {
-                    writer.unreserve(item.id)
-                    failure.withLock { if $0 == nil { $0 = error } }
-                    session.failure.withLock { if $0 == nil { $0 = error } }
                 }
+            } catch {
+                for item in items { writer.unreserve(item.id) }
+                failure.withLock { if $0 == nil { $0 = error } }
+                session.failure.withLock { if $0 == nil { $0 = error } }
             }
         }
     }

@@ -171,7 +171,7 @@ final class DirectFileWriter: Sendable {
 /// Page-aligned buffers of `DirectFileWriter.segmentSize`, reused so that staging a segment does not fault in and
 /// zero fresh pages (which costs as much as the copy into the page cache we are avoiding).
 final class AlignedBufferPool: Sendable {
-    static let shared = AlignedBufferPool(keep: 8)
+    static let shared = AlignedBufferPool(keep: 4)
 
     // The pointers are plain addresses; the Mutex guards the list. Nothing else is shared.
     private let free: Mutex<[UInt]>

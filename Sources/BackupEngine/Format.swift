@@ -56,6 +56,8 @@ struct BlobLocation {
     var offset: UInt32
     var length: UInt32
     var rawLength: UInt32
+    /// For a member of a group (see `PackEntry.inner`): where its plaintext starts in the group's plaintext.
+    var inner: UInt32? = nil
 }
 
 /// One entry of a pack header or an index file.
@@ -69,11 +71,19 @@ struct PackEntry {
     var rawLength: UInt32
     /// For a delta blob: the blob whose plaintext is the zstd prefix this one was compressed against.
     var base: BlobID? = nil
+    /// For a member of a group: the sealed bytes at offset/length are one zstd frame holding several small blobs'
+    /// plaintexts one after another (shared by every member's entry), and this blob's plaintext starts `inner`
+    /// bytes into it. Small files compress better and faster together than one by one.
+    var inner: UInt32? = nil
 
-    /// flags (1) + id (32) + offset, length, raw length (3 x 4, little endian), then for a delta the base id (32).
+    /// flags (1) + id (32) + offset, length, raw length (3 x 4, little endian), then for a group member the inner
+    /// offset (4), for a delta the base id (32).
     static let encodedSize = 1 + 32 + 12
     static let compressedFlag: UInt8 = 0x80
     static let deltaFlag: UInt8 = 0x40
+    static let groupFlag: UInt8 = 0x20
+    /// Largest group plaintext a reader accepts (a writer makes them up to 256 KiB plus one small blob).
+    static let maximumGroupSize = 1 << 20
 }
 
 /// Binary encoding of pack headers and index files: a count, then fixed-size records.
@@ -81,11 +91,13 @@ enum BinaryCodec {
     static func encode(_ entries: [PackEntry], into out: inout ByteWriter) {
         out.uint32(UInt32(entries.count))
         for entry in entries {
-            out.byte(entry.kind.rawValue | (entry.compressed ? PackEntry.compressedFlag : 0) | (entry.base != nil ? PackEntry.deltaFlag : 0))
+            out.byte(entry.kind.rawValue | (entry.compressed ? PackEntry.compressedFlag : 0) | (entry.base != nil ? PackEntry.deltaFlag : 0)
+                     | (entry.inner != nil ? PackEntry.groupFlag : 0))
             out.id(entry.id)
             out.uint32(entry.offset)
             out.uint32(entry.length)
             out.uint32(entry.rawLength)
+            if let inner = entry.inner { out.uint32(inner) }
             if let base = entry.base { out.id(base) }
         }
     }
@@ -97,10 +109,17 @@ enum BinaryCodec {
         entries.reserveCapacity(count)
         for _ in 0..<count {
             let flags = try reader.byte()
-            guard let kind = BlobKind(rawValue: flags & ~(PackEntry.compressedFlag | PackEntry.deltaFlag)) else { throw reader.damaged() }
+            guard let kind = BlobKind(rawValue: flags & ~(PackEntry.compressedFlag | PackEntry.deltaFlag | PackEntry.groupFlag)) else { throw reader.damaged() }
             let id = try reader.id()
             var entry = PackEntry(id: id, kind: kind, compressed: flags & PackEntry.compressedFlag != 0,
                                   offset: try reader.uint32(), length: try reader.uint32(), rawLength: try reader.uint32())
+            if flags & PackEntry.groupFlag != 0 {
+                // A group is one compressed frame of data blobs, never a delta; its members lie inside its plaintext.
+                let inner = try reader.uint32()
+                guard entry.compressed, kind == .data, flags & PackEntry.deltaFlag == 0,
+                      UInt64(inner) + UInt64(entry.rawLength) <= UInt64(PackEntry.maximumGroupSize) else { throw reader.damaged() }
+                entry.inner = inner
+            }
             if flags & PackEntry.deltaFlag != 0 {
                 // A delta is a zstd frame made against its base; anything else is a damaged entry.
                 guard entry.compressed, kind == .data else { throw reader.damaged() }

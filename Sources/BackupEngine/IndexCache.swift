@@ -2,7 +2,8 @@ import Crypto
 import Foundation
 
 /// One blob's place, as a fixed 52-byte record of the index cache: id (32), pack number, offset, length and raw
-/// length (u32 little endian each), then kind | compressed << 4, then three zero bytes.
+/// length (u32 little endian each), then kind | compressed << 4 | group member << 5, then for a group member its
+/// inner offset (24 bits, little endian; groups are at most 1 MiB), else three zero bytes.
 struct IndexRecord {
     static let size = 52
     var id: BlobID
@@ -17,8 +18,9 @@ struct IndexRecord {
         out.storeBytes(of: location.offset.littleEndian, toByteOffset: 36, as: UInt32.self)
         out.storeBytes(of: location.length.littleEndian, toByteOffset: 40, as: UInt32.self)
         out.storeBytes(of: location.rawLength.littleEndian, toByteOffset: 44, as: UInt32.self)
-        out.storeBytes(of: location.kind.rawValue | (location.compressed ? 0x10 : 0), toByteOffset: 48, as: UInt8.self)
-        (out + 49).initializeMemory(as: UInt8.self, repeating: 0, count: 3)
+        out.storeBytes(of: location.kind.rawValue | (location.compressed ? 0x10 : 0) | (location.inner != nil ? 0x20 : 0), toByteOffset: 48, as: UInt8.self)
+        let inner = location.inner ?? 0
+        for byte in 0..<3 { out.storeBytes(of: UInt8(truncatingIfNeeded: inner >> (8 * UInt32(byte))), toByteOffset: 49 + byte, as: UInt8.self) }
     }
 
     /// Nil when the record cannot be one we wrote (unknown kind, pack number out of range).
@@ -31,7 +33,11 @@ struct IndexRecord {
                                     offset: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 36, as: UInt32.self)),
                                     length: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 40, as: UInt32.self)),
                                     rawLength: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 44, as: UInt32.self)))
-        return IndexRecord(id: id, location: location)
+        var record = IndexRecord(id: id, location: location)
+        if flags & 0x20 != 0 {
+            record.location.inner = (0..<3).reduce(UInt32(0)) { $0 | UInt32(raw.load(fromByteOffset: 49 + $1, as: UInt8.self)) << (8 * UInt32($1)) }
+        }
+        return record
     }
 }
 

@@ -106,8 +106,45 @@ final class PackWriter: Sendable {
         return compressed.count < sampleSize - sampleSize / 16
     }
 
+    /// Stores small blobs as one group: their plaintexts one after another, compressed as one zstd frame and sealed
+    /// once, with an entry per member (see `PackEntry.inner`). Small files compress better together (a 16 KiB file
+    /// alone gives zstd little to work with) and faster (zstd runs at 240 MB/s on 16 KiB inputs here, 330 MB/s on
+    /// 256 KiB ones). When the group does not compress, its members are stored one by one, uncompressed.
+    /// Returns the bytes the members take in packs.
+    @discardableResult
+    func addGroup(_ members: [(id: BlobID, plaintext: [UInt8])], compressor: ZstdCompressor) throws -> Int {
+        var joined: [UInt8] = []
+        joined.reserveCapacity(members.reduce(0) { $0 + $1.plaintext.count })
+        var entries: [PackEntry] = []
+        for member in members {
+            entries.append(PackEntry(id: member.id, kind: .data, compressed: true, offset: 0, length: 0,
+                                     rawLength: UInt32(member.plaintext.count), inner: UInt32(joined.count)))
+            joined += member.plaintext
+        }
+        precondition(joined.count <= PackEntry.maximumGroupSize, "a group of \(joined.count) bytes is larger than readers accept")
+        if members.count > 1, let compressed = try? compressor.compress(joined), compressed.count < joined.count - joined.count / 32 {
+            let sealed = try AES256GCM.seal(compressed, key: dataKey)
+            try append(sealed: sealed, kind: .data, entries: entries)
+            return sealed.count
+        }
+        var stored = 0
+        for member in members {
+            let sealed = try AES256GCM.seal(member.plaintext, key: dataKey)
+            try addSealed(id: member.id, kind: .data, compressed: false, sealed: sealed, rawLength: UInt32(member.plaintext.count))
+            stored += sealed.count
+        }
+        return stored
+    }
+
     /// Appends a blob that is already sealed (prune copies live blobs out of mostly-dead packs this way).
     func addSealed(id: BlobID, kind: BlobKind, compressed: Bool, sealed: [UInt8], rawLength: UInt32, base: BlobID? = nil) throws {
+        try append(sealed: sealed, kind: kind, entries: [PackEntry(id: id, kind: kind, compressed: compressed, offset: 0, length: 0,
+                                                                   rawLength: rawLength, base: base)])
+    }
+
+    /// Appends sealed bytes and the entries that name them (one, or a group's members); `offset` and `length` of
+    /// the entries are filled in here.
+    func append(sealed: [UInt8], kind: BlobKind, entries: [PackEntry]) throws {
         let (pack, offset) = try state.withLock { state throws -> (OpenPack, Int) in
             let pack: OpenPack
             if let open = state.open[kind] { pack = open } else {
@@ -115,8 +152,11 @@ final class PackWriter: Sendable {
                 state.open[kind] = pack
             }
             let offset = pack.size
-            pack.entries.append(PackEntry(id: id, kind: kind, compressed: compressed, offset: UInt32(offset),
-                                          length: UInt32(sealed.count), rawLength: rawLength, base: base))
+            for var entry in entries {
+                entry.offset = UInt32(offset)
+                entry.length = UInt32(sealed.count)
+                pack.entries.append(entry)
+            }
             pack.size += sealed.count
             pack.pendingWrites += 1
             if pack.size >= Self.targetPackSize {

@@ -10,6 +10,8 @@ public final class Repository: Sendable {
     public let storage: any RepositoryStorage
     let keys: MasterKeys
     private let indexState: Mutex<LoadedIndex>
+    /// Groups of small blobs opened last, by "pack/offset" (see `loadGroupMember`).
+    private let openedGroups = Mutex<[(key: String, plaintext: [UInt8])]>([])
     /// Where the index cache lives (`cache/` inside a local repository); nil keeps the whole index in memory.
     let cacheDirectory: String?
 
@@ -39,7 +41,7 @@ public final class Repository: Sendable {
         /// The entry for `id` as it appears in a pack header.
         func entry(_ id: BlobID, _ location: BlobLocation) -> PackEntry {
             PackEntry(id: id, kind: location.kind, compressed: location.compressed, offset: location.offset,
-                      length: location.length, rawLength: location.rawLength, base: bases[id])
+                      length: location.length, rawLength: location.rawLength, base: bases[id], inner: location.inner)
         }
 
         init() {}
@@ -65,7 +67,7 @@ public final class Repository: Sendable {
             for entry in entries {
                 if let base = entry.base { bases[entry.id] = base } else { bases[entry.id] = nil }
                 blobs[entry.id] = BlobLocation(pack: number, kind: entry.kind, compressed: entry.compressed, offset: entry.offset,
-                                               length: entry.length, rawLength: entry.rawLength)
+                                               length: entry.length, rawLength: entry.rawLength, inner: entry.inner)
             }
         }
     }
@@ -296,7 +298,46 @@ public final class Repository: Sendable {
             let sealed = try readSealed(id, pack: pack, location: location)
             return try openBlob(sealed, id: id, location: location, pack: pack, decompressor: decompressor, prefix: prefix)
         }
+        if location.inner != nil { return try loadGroupMember(id, pack: pack, location: location, decompressor: decompressor) }
         return try openBlob(try readSealed(id, pack: pack, location: location), id: id, location: location, pack: pack, decompressor: decompressor)
+    }
+
+    /// A member of a group: the group is read and opened once and kept among the last few, because restore asks
+    /// for its members one after another (and from several threads).
+    private func loadGroupMember(_ id: BlobID, pack: String, location: BlobLocation, decompressor: ZstdDecompressor) throws -> [UInt8] {
+        let key = "\(pack)/\(location.offset)"
+        let plaintext: [UInt8]
+        if let cached = openedGroups.withLock({ groups in groups.last { $0.key == key }?.plaintext }) {
+            plaintext = cached
+        } else {
+            plaintext = try openGroup(try readSealed(id, pack: pack, location: location), pack: pack, decompressor: decompressor)
+            openedGroups.withLock { groups in
+                groups.append((key, plaintext))
+                if groups.count > 8 { groups.removeFirst() }
+            }
+        }
+        return try groupMember(id, of: plaintext, location: location, pack: pack)
+    }
+
+    /// Decrypts and decompresses a group's sealed bytes to the plaintexts of its members.
+    func openGroup<D: ContiguousBytes>(_ sealed: D, pack: String, decompressor: ZstdDecompressor) throws -> [UInt8] {
+        let payload = try decrypt(sealed, what: "a group of small blobs in pack \(pack.prefix(16))")
+        do {
+            return try decompressor.decompress(payload, maxOutputSize: PackEntry.maximumGroupSize)
+        } catch {
+            throw RepositoryError("a group of small blobs in pack \(pack.prefix(16)) does not decompress (damaged)")
+        }
+    }
+
+    /// One member's plaintext out of its group's, authenticated by its id.
+    func groupMember(_ id: BlobID, of group: [UInt8], location: BlobLocation, pack: String) throws -> [UInt8] {
+        let start = Int(location.inner ?? 0), end = start + Int(location.rawLength)
+        guard end <= group.count else { throw RepositoryError("blob \(id) lies outside its group in pack \(pack.prefix(16)) (damaged)") }
+        let plain = Array(group[start..<end])
+        guard HMACSHA256.authenticate(plain, key: keys.idKey) == id.bytes else {
+            throw RepositoryError("blob \(id) in pack \(pack.prefix(16)) does not match its id (damaged)")
+        }
+        return plain
     }
 
     private func readSealed(_ id: BlobID, pack: String, location: BlobLocation) throws -> [UInt8] {

@@ -85,8 +85,12 @@ extension Repository {
             for (number, pack) in index.packs.enumerated() {
                 let entries = byPack[Int32(number)] ?? []
                 let live = entries.filter { used.contains($0.0) }
-                let liveBytes = live.reduce(0) { $0 + Int64($1.1.length) }
-                let totalBytes = entries.reduce(0) { $0 + Int64($1.1.length) }
+                // A group's members share their bytes: count each stored range once.
+                func storedBytes(_ entries: [(BlobID, BlobLocation)]) -> Int64 {
+                    Dictionary(entries.map { ($0.1.offset, Int64($0.1.length)) }, uniquingKeysWith: { first, _ in first }).values.reduce(0, +)
+                }
+                let liveBytes = storedBytes(live)
+                let totalBytes = storedBytes(entries)
                 if live.isEmpty {
                     deadPacks.append(pack)
                     report.bytesFreed += totalBytes
@@ -109,10 +113,12 @@ extension Repository {
             do {
                 for (pack, live) in rewrite {
                     let bytes = try storage.read(Self.packPath(pack))
-                    for (id, location) in live {
-                        try writer.addSealed(id: id, kind: location.kind, compressed: location.compressed,
-                                             sealed: Array(bytes[Int(location.offset)..<Int(location.offset + location.length)]), rawLength: location.rawLength,
-                                             base: index.bases[id])
+                    // Each stored range is copied once, with the entries of its live blobs (a group keeps its dead
+                    // members' bytes; only their entries go).
+                    for (_, blobs) in Dictionary(grouping: live, by: { $0.1.offset }).sorted(by: { $0.key < $1.key }) {
+                        let location = blobs[0].1
+                        try writer.append(sealed: Array(bytes[Int(location.offset)..<Int(location.offset + location.length)]), kind: location.kind,
+                                          entries: blobs.map { index.entry($0.0, $0.1) })
                     }
                 }
                 let newPacks = try writer.finish()

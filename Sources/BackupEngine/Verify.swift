@@ -51,12 +51,23 @@ extension Repository {
             if (try? packHeader(bytes, pack: pack)) == nil {
                 report.problems.append("pack \(pack.prefix(16)) has a damaged header (its blobs are checked one by one)")
             }
-            // A delta opens only with its base's plaintext: deltas are checked below, chain by chain.
-            for (id, location) in entries where index.bases[id] == nil {
+            // A delta opens only with its base's plaintext: deltas are checked below, chain by chain. A group is
+            // opened once for all its members.
+            // In offset order, so a group's members come together and only the current group is held.
+            var group: (offset: UInt32, plaintext: [UInt8]?)?
+            for (id, location) in entries.sorted(by: { $0.1.offset < $1.1.offset }) where index.bases[id] == nil {
                 report.blobsChecked += 1
                 let range = Int(location.offset)..<Int(location.offset + location.length)
-                let ok = bytes.withUnsafeBytes { raw in
-                    (try? openBlob(UnsafeRawBufferPointer(rebasing: raw[range]), id: id, location: location, pack: pack, decompressor: decompressor)) != nil
+                let ok = bytes.withUnsafeBytes { raw -> Bool in
+                    let sealed = UnsafeRawBufferPointer(rebasing: raw[range])
+                    guard location.inner != nil else {
+                        return (try? openBlob(sealed, id: id, location: location, pack: pack, decompressor: decompressor)) != nil
+                    }
+                    if group?.offset != location.offset {
+                        group = (location.offset, try? openGroup(sealed, pack: pack, decompressor: decompressor))
+                    }
+                    guard let plaintext = group?.plaintext else { return false }
+                    return (try? groupMember(id, of: plaintext, location: location, pack: pack)) != nil
                 }
                 if !ok { bad.insert(id) }
             }
