@@ -307,26 +307,33 @@ struct CrashSafetyTests {
             print("skipping full-disk test on \(filesystem): cannot mount it here (\(mounted.stderr))")
             return
         }
-        defer { _ = try? ProcessRunner.run("/bin/umount", [mountPoint]) }
-        let storage = LocalStorage(root: mountPoint + "/repo")
-        let repository = try Repository.initialize(storage: storage, keySource: .keyFile(scene.keyFile))
-        let small = scene.scratch.appending("small-source")
-        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
-        try Data("hello".utf8).write(to: URL(fileURLWithPath: small + "/a.txt"))
-        let first = try repository.backup(directory: small, options: BackupOptions(tags: ["kind": "small"]))
-        do {
-            _ = try repository.backup(directory: scene.scratch.appending("big"), options: BackupOptions(tags: ["kind": "files"]))
-            Issue.record("backup into a full disk succeeded")
-        } catch {
-            #expect("\(error)".contains("full"), "\(error)")
+        // The repository objects hold open pack files; they live in `fill` so they are gone before the unmount
+        // (a busy mount would outlive the test).
+        func fill() throws {
+            let storage = LocalStorage(root: mountPoint + "/repo")
+            let repository = try Repository.initialize(storage: storage, keySource: .keyFile(scene.keyFile))
+            let small = scene.scratch.appending("small-source")
+            try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+            try Data("hello".utf8).write(to: URL(fileURLWithPath: small + "/a.txt"))
+            let first = try repository.backup(directory: small, options: BackupOptions(tags: ["kind": "small"]))
+            do {
+                _ = try repository.backup(directory: scene.scratch.appending("big"), options: BackupOptions(tags: ["kind": "files"]))
+                Issue.record("backup into a full disk succeeded")
+            } catch {
+                #expect("\(error)".contains("full"), "\(error)")
+            }
+            // The failed backup removed its temporary file and its unindexed packs: the space is free again.
+            let leftovers = FileManager.default.enumerator(atPath: mountPoint + "/repo")?.allObjects.compactMap { $0 as? String } ?? []
+            #expect(!leftovers.contains { ($0 as NSString).lastPathComponent.hasPrefix(".tmp-") }, "\(leftovers)")
+            #expect(directorySize(mountPoint + "/repo") < 1 << 20)
+            let reopened = try Repository.open(storage: storage, keySource: .keyFile(scene.keyFile))
+            #expect(try reopened.snapshots().map(\.id) == [first.id])
+            #expect(try reopened.verify(readData: true).isHealthy)
         }
-        // The failed backup removed its temporary file and its unindexed packs: the space is free again.
-        let leftovers = FileManager.default.enumerator(atPath: mountPoint + "/repo")?.allObjects.compactMap { $0 as? String } ?? []
-        #expect(!leftovers.contains { ($0 as NSString).lastPathComponent.hasPrefix(".tmp-") }, "\(leftovers)")
-        #expect(directorySize(mountPoint + "/repo") < 1 << 20)
-        let reopened = try Repository.open(storage: storage, keySource: .keyFile(scene.keyFile))
-        #expect(try reopened.snapshots().map(\.id) == [first.id])
-        #expect(try reopened.verify(readData: true).isHealthy)
+        defer {
+            if (try? ProcessRunner.run("/bin/umount", [mountPoint]))?.status != 0 { _ = try? ProcessRunner.run("/bin/umount", ["-l", mountPoint]) }
+        }
+        try fill()
     }
 }
 
