@@ -24,6 +24,14 @@ struct EngineScene {
     func open() throws -> Repository { try Repository.open(storage: storage, keySource: .keyFile(keyFile)) }
 
     func manifest(_ path: String) throws -> String { try HostingFixture.manifest(root: path) }
+
+    /// Damages the repository: one bit of `pack` at byte `offset`.
+    func flipByte(inPack pack: String, at offset: Int) throws {
+        let packFile = repoPath + "/" + Repository.packPath(pack)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: packFile)))
+        bytes[offset] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: packFile))
+    }
 }
 
 struct RoundTripTests {
@@ -183,10 +191,7 @@ struct DamageTests {
         }
         let (victimPath, victim) = try #require(try files(tree, "").filter { !$0.1.content.isEmpty }.max { $0.1.size < $1.1.size })
         let (pack, location) = try #require(repository.location(of: victim.content[0]))
-        let packFile = scene.repoPath + "/" + Repository.packPath(pack)
-        var bytes = [UInt8](FileManager.default.contents(atPath: packFile)!)
-        bytes[Int(location.offset) + 20] ^= 0x01
-        try Data(bytes).write(to: URL(fileURLWithPath: packFile))
+        try scene.flipByte(inPack: pack, at: Int(location.offset) + 20)
 
         let report = try repository.verify(readData: true)
         #expect(!report.isHealthy)

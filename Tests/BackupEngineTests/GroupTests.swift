@@ -59,10 +59,7 @@ struct GroupTests {
             return other.pack == pack && other.location.offset == location.offset && other.location.inner != nil
         }.map(\.path)
         #expect(members.count > 1)
-        let packFile = scene.repoPath + "/" + Repository.packPath(pack)
-        var bytes = [UInt8](FileManager.default.contents(atPath: packFile)!)
-        bytes[Int(location.offset) + 20] ^= 0x01
-        try Data(bytes).write(to: URL(fileURLWithPath: packFile))
+        try scene.flipByte(inPack: pack, at: Int(location.offset) + 20)
 
         let report = try repository.verify(readData: true)
         #expect(!report.isHealthy)
