@@ -86,12 +86,18 @@ final class DirectFileWriter: Sendable {
     /// Writes the last, partial segment and waits for every queued write. The file is then exactly `size` bytes.
     /// Call once, after every `write` has returned.
     func finish(size: Int) throws {
-        let tail = state.withLock { state -> (buffer: UnsafeMutableRawPointer, filled: Int, index: Int)? in
-            precondition(state.segments.count <= 1, "DirectFileWriter: a gap in the file (bytes never written)")
-            guard let (index, segment) = state.segments.first else { return nil }
-            state.segments = [:]
-            return (segment.buffer, segment.filled, index)
+        let staged = state.withLock { state -> [Int: Segment] in
+            defer { state.segments = [:] }
+            return state.segments
         }
+        // Every byte below `size` was written, so at most the last segment can be partial; more means a gap, which
+        // must fail the file rather than leave zeros in it.
+        guard staged.count <= 1 else {
+            for segment in staged.values { pool.give(segment.buffer) }
+            queue.sync {}
+            throw StorageError(path: path, message: "internal error: parts of the file were never written")
+        }
+        let tail = staged.first.map { (buffer: $0.value.buffer, filled: $0.value.filled, index: $0.key) }
         var padded = false
         if let tail {
             // A direct write must cover whole blocks: pad with zeros, and cut the file back to `size` below.

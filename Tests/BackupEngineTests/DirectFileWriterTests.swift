@@ -57,6 +57,18 @@ struct DirectFileWriterTests {
         #expect(contents == Data(bytes))
     }
 
+    @Test func aGapFailsTheFileInsteadOfLeavingZeros() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-direct")
+        let path = scratch.appending("file")
+        let (descriptor, direct) = DirectFileWriter.create(path)
+        defer { close(descriptor) }
+        let writer = DirectFileWriter(descriptor: descriptor, direct: direct, path: path)
+        let bytes = SecureRandom.bytes(100)
+        bytes.withUnsafeBytes { writer.write($0, at: 0) }
+        bytes.withUnsafeBytes { writer.write($0, at: 2 << 20) }
+        #expect(throws: StorageError.self) { try writer.finish(size: (2 << 20) + 100) }
+    }
+
     @Test func aWriteAfterAbandonLeavesNoStagedSegments() throws {
         let scratch = TemporaryDirectory(prefix: "fk-direct")
         let path = scratch.appending("file")
