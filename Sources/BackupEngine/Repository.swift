@@ -142,6 +142,8 @@ public final class Repository: Sendable {
     /// cache (none yet, an index file it covers is gone after a prune, `rebuildCache`), from every index file,
     /// writing a new cache as it goes. Either way at most `foldLimit` entries are held in memory.
     func reloadIndex(rebuildCache: Bool = false) throws {
+        // Opened groups are from before: a reload (verify, prune) must read the packs as they are now.
+        openedGroups.withLock { $0.removeAll() }
         let names = try storage.list("index")
         guard let cacheDirectory else {
             var loaded = LoadedIndex()

@@ -59,12 +59,15 @@ struct GroupTests {
             return other.pack == pack && other.location.offset == location.offset && other.location.inner != nil
         }.map(\.path)
         #expect(members.count > 1)
+        // Restore once before the damage, so this repository object holds the group opened.
+        #expect(try repository.restore(snapshot, target: scene.scratch.appending("before")).errors.isEmpty)
         try scene.flipByte(inPack: pack, at: Int(location.offset) + 20)
 
         let report = try repository.verify(readData: true)
         #expect(!report.isHealthy)
         #expect(Set(report.damagedFiles[snapshot.id] ?? []) == Set(members), "verify should name exactly the group's files")
-        let restored = try scene.open().restore(snapshot, target: scene.scratch.appending("out"))
+        // After verify, the same object reads the packs as they are now, not the group it opened before.
+        let restored = try repository.restore(snapshot, target: scene.scratch.appending("out"))
         #expect(Set(restored.errors.compactMap { $0.split(separator: ":").first.map(String.init) }) == Set(members))
         #expect(restored.files == all.count - members.count)
         #expect(victimPath.hasPrefix("a/"))
