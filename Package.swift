@@ -36,8 +36,8 @@ var targets: [Target] = [
     .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "Crypto", "CommandLineSupport"]),
 
     // The two thin programs.
-    .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport"], path: "Agent/Sources"),
-    .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore", "CommandLineSupport"], path: "Controller/Sources"),
+    .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport", "Crypto"], path: "Agent/Sources"),
+    .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore", "CommandLineSupport", "Crypto"], path: "Controller/Sources"),
     // Load generator for `ops/bench controller`: many simulated agents sending signed heartbeats.
     .executableTarget(name: "fleetkeep-loadgen", dependencies: ["FleetkeepProtocol", "HTTPClient", "Crypto"], path: "ops/loadgen"),
 

@@ -1,5 +1,6 @@
 import AgentCore
 import CommandLineSupport
+import Crypto
 import Foundation
 
 /// The command table: each entry parses its own arguments and returns an exit status.
@@ -18,5 +19,6 @@ let commands: [String: ([String]) throws -> Int32] = [
     "escrow": KeyEscrow.command,
 ]
 
+CryptoLibrary.disableCleanupAtExit()
 MemoryTuning.apply()
 exit(CommandRunner.run(program: "fleetkeep-agent", commands: commands, usage: AgentCommands.usage))

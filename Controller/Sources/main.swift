@@ -1,4 +1,5 @@
 import CommandLineSupport
+import Crypto
 import ControllerCore
 import Foundation
 
@@ -13,4 +14,5 @@ let commands: [String: ([String]) throws -> Int32] = [
     "escrow": RecoveryCommands.escrow,
 ]
 
+CryptoLibrary.disableCleanupAtExit()
 exit(CommandRunner.run(program: "fleetkeep-controller", commands: commands, usage: ControllerCommands.usage))
