@@ -26,6 +26,11 @@ public struct BlobID: Hashable, Sendable, Comparable, CustomStringConvertible {
         self.init(bytes: bytes)
     }
 
+    /// Writes the 32 bytes at `out` (the index cache's records), without an intermediate array.
+    func store(to out: UnsafeMutableRawPointer) {
+        for (index, word) in [a, b, c, d].enumerated() { out.storeBytes(of: word.bigEndian, toByteOffset: index * 8, as: UInt64.self) }
+    }
+
     func append(to out: inout [UInt8]) {
         for word in [a, b, c, d] { withUnsafeBytes(of: word.bigEndian) { out.append(contentsOf: $0) } }
     }

@@ -10,10 +10,7 @@ struct IndexRecord {
     var location: BlobLocation
 
     func write(to out: UnsafeMutableRawPointer) {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(32)
-        id.append(to: &bytes)
-        bytes.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: 32) }
+        id.store(to: out)
         out.storeBytes(of: UInt32(bitPattern: location.pack).littleEndian, toByteOffset: 32, as: UInt32.self)
         out.storeBytes(of: location.offset.littleEndian, toByteOffset: 36, as: UInt32.self)
         out.storeBytes(of: location.length.littleEndian, toByteOffset: 40, as: UInt32.self)

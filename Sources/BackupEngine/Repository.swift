@@ -12,8 +12,8 @@ public final class Repository: Sendable {
     private let indexState: Mutex<LoadedIndex>
     /// Groups of small blobs opened last, by "pack/offset" (see `loadGroupMember`).
     private let openedGroups = Mutex<[(key: String, plaintext: [UInt8])]>([])
-    /// Where the index cache lives (`cache/` inside a local repository); nil keeps the whole index in memory.
-    let cacheDirectory: String?
+    /// The index cache (`cache/index` inside a local repository); nil keeps the whole index in memory.
+    let indexCachePath: String?
 
     struct LoadedIndex {
         var packs: [String] = []
@@ -82,7 +82,7 @@ public final class Repository: Sendable {
         self.keys = keys
         self.foldLimit = foldLimit
         indexState = Mutex(LoadedIndex())
-        cacheDirectory = (storage as? LocalStorage).map { $0.root + "/cache" }
+        indexCachePath = (storage as? LocalStorage).map { $0.root + "/cache/index" }
     }
 
     /// Creates a new repository. With a key file source, the key file is created (0600) when it does not exist yet.
@@ -145,82 +145,84 @@ public final class Repository: Sendable {
         // Opened groups are from before: a reload (verify, prune) must read the packs as they are now.
         openedGroups.withLock { $0.removeAll() }
         let names = try storage.list("index")
-        guard let cacheDirectory else {
-            var loaded = LoadedIndex()
-            for name in names { try readIndexFile(name, into: &loaded) }
-            indexState.withLock { $0 = loaded }
-            return
-        }
-        let cachePath = cacheDirectory + "/index"
-        var loaded = LoadedIndex()
-        if !rebuildCache, let cache = IndexCacheFile(path: cachePath), cache.indexFiles.isSubset(of: Set(names)) {
-            loaded = LoadedIndex(cache: cache)
-            for name in names where !cache.indexFiles.contains(name) { try readIndexFile(name, into: &loaded) }
-        } else {
-            do {
-                loaded = try buildIndexCache(at: cachePath, from: names)
-            } catch is IndexCacheUnavailable {
-                // A read-only repository or a full disk: the index is still readable, only not cached.
-                loaded = LoadedIndex()
-                for name in names { try readIndexFile(name, into: &loaded) }
-                indexState.withLock { $0 = loaded }
-                return
+        let decompressor = ZstdDecompressor()
+        var loaded: LoadedIndex?
+        if let cachePath = indexCachePath {
+            if !rebuildCache, let cache = IndexCacheFile(path: cachePath), cache.indexFiles.isSubset(of: Set(names)) {
+                var fromCache = LoadedIndex(cache: cache)
+                for name in names where !cache.indexFiles.contains(name) { try readIndexFile(name, into: &fromCache, decompressor: decompressor) }
+                if fromCache.blobs.recent.count >= foldLimit { try? fold(&fromCache) }
+                loaded = fromCache
+            } else {
+                do {
+                    loaded = try buildIndexCache(from: names, decompressor: decompressor)
+                } catch is IndexCacheUnavailable {
+                    // A read-only repository or a full disk: the index is still readable, only not cached (below).
+                }
             }
         }
-        if loaded.blobs.recent.count >= foldLimit { try? fold(&loaded) }
-        indexState.withLock { $0 = loaded }
+        if loaded == nil {
+            var inMemory = LoadedIndex()
+            for name in names { try readIndexFile(name, into: &inMemory, decompressor: decompressor) }
+            loaded = inMemory
+        }
+        indexState.withLock { $0 = loaded! }
     }
 
     /// Reads every index file into a new cache: entries go to sorted run files a batch at a time, and the runs are
-    /// merged into the cache at the end, so memory stays at `foldLimit` entries.
-    private func buildIndexCache(at cachePath: String, from names: [String]) throws -> LoadedIndex {
-        let directory = (cachePath as NSString).deletingLastPathComponent
+    /// merged into the cache at the end, so memory stays at `foldLimit` entries. Throws `IndexCacheUnavailable` when
+    /// the cache cannot be written, and a damaged index file's error as is.
+    private func buildIndexCache(from names: [String], decompressor: ZstdDecompressor) throws -> LoadedIndex {
+        guard let cachePath = indexCachePath else { throw IndexCacheUnavailable() }
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try FileManager.default.createDirectory(atPath: (cachePath as NSString).deletingLastPathComponent,
+                                                    withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         } catch {
             throw IndexCacheUnavailable()
         }
         var loaded = LoadedIndex()
         var runs: [IndexCacheFile] = []
         defer { for run in runs { unlink(run.path) } }
-        func written(_ path: String, indexFiles: [String], bases: [BlobID: BlobID], sources: [any IndexRecordSource]) throws -> IndexCacheFile {
-            do {
-                try IndexCacheFile.write(path: path, packs: loaded.packs, indexFiles: indexFiles, bases: bases, sources: sources)
-            } catch {
-                throw IndexCacheUnavailable()
-            }
-            guard let file = IndexCacheFile(path: path) else { throw IndexCacheUnavailable() }
-            return file
-        }
         for name in names {
-            try readIndexFile(name, into: &loaded)
+            try readIndexFile(name, into: &loaded, decompressor: decompressor)
             if loaded.blobs.recent.count >= foldLimit {
-                runs.append(try written(cachePath + ".run\(runs.count)", indexFiles: [], bases: [:], sources: [SortedRecords(loaded.blobs.recentRecords)]))
+                runs.append(try Self.writeCache(cachePath + ".run\(runs.count)", packs: loaded.packs, indexFiles: [], bases: [:],
+                                                sources: [SortedRecords(loaded.blobs.recentRecords)]))
                 loaded.blobs.recent = [:]
             }
         }
-        let cache = try written(cachePath, indexFiles: loaded.indexFiles, bases: loaded.bases,
-                                sources: runs.map(CacheFileRecords.init) + [SortedRecords(loaded.blobs.recentRecords)])
-        loaded.blobs = IndexedBlobs(cache: cache)
+        try fold(&loaded, runs: runs)
         return loaded
     }
 
-    /// Merges the in-memory entries into a new index cache, which then covers every index file loaded.
-    private func fold(_ loaded: inout LoadedIndex) throws {
-        guard let cacheDirectory else { return }
-        let cachePath = cacheDirectory + "/index"
-        let sources: [any IndexRecordSource] = (loaded.blobs.cache.map { [CacheFileRecords($0)] } ?? []) + [SortedRecords(loaded.blobs.recentRecords)]
-        try IndexCacheFile.write(path: cachePath, packs: loaded.packs, indexFiles: loaded.indexFiles, bases: loaded.bases, sources: sources)
-        guard let cache = IndexCacheFile(path: cachePath) else { throw RepositoryError("cannot read back the index cache \(cachePath)") }
-        loaded.blobs = IndexedBlobs(cache: cache)
+    /// Merges the cache, `runs` and the in-memory entries into a new index cache, which then covers every index
+    /// file loaded.
+    private func fold(_ loaded: inout LoadedIndex, runs: [IndexCacheFile] = []) throws {
+        guard let cachePath = indexCachePath else { return }
+        let sources: [any IndexRecordSource] = (loaded.blobs.cache.map { [CacheFileRecords($0)] } ?? []) + runs.map(CacheFileRecords.init)
+            + [SortedRecords(loaded.blobs.recentRecords)]
+        loaded.blobs = IndexedBlobs(cache: try Self.writeCache(cachePath, packs: loaded.packs, indexFiles: loaded.indexFiles,
+                                                               bases: loaded.bases, sources: sources))
     }
 
-    private func readIndexFile(_ name: String, into loaded: inout LoadedIndex) throws {
+    /// Writes a cache file and maps it; `IndexCacheUnavailable` when either fails.
+    private static func writeCache(_ path: String, packs: [String], indexFiles: [String], bases: [BlobID: BlobID],
+                                   sources: [any IndexRecordSource]) throws -> IndexCacheFile {
+        do {
+            try IndexCacheFile.write(path: path, packs: packs, indexFiles: indexFiles, bases: bases, sources: sources)
+        } catch {
+            throw IndexCacheUnavailable()
+        }
+        guard let file = IndexCacheFile(path: path) else { throw IndexCacheUnavailable() }
+        return file
+    }
+
+    private func readIndexFile(_ name: String, into loaded: inout LoadedIndex, decompressor: ZstdDecompressor) throws {
         let what = "index file index/\(name.prefix(16))"
         let sealed = try storage.read("index/" + name)
         let plain: [UInt8]
         do {
-            plain = try ZstdDecompressor().decompress(try AES256GCM.open(sealed, key: keys.dataKey, aad: Self.indexAAD), maxOutputSize: 1 << 30)
+            plain = try decompressor.decompress(try AES256GCM.open(sealed, key: keys.dataKey, aad: Self.indexAAD), maxOutputSize: 1 << 30)
         } catch {
             throw RepositoryError("\(what) is damaged: it does not authenticate (flipped bytes or truncation); run verify")
         }

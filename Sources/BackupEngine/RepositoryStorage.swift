@@ -104,13 +104,7 @@ public struct LocalStorage: RepositoryStorage {
 
     /// Creates `<directory>/.tmp-<random>` (mode 0600) for a file written in pieces; `list` never shows it.
     func createTemporaryFile(in directory: String?) throws -> (descriptor: Int32, path: String) {
-        let absolute = try directory.map { try full($0) } ?? root
-        do {
-            try FileManager.default.createDirectory(atPath: absolute, withIntermediateDirectories: true)
-        } catch {
-            throw StorageError(path: absolute, message: "cannot create directory: \(error.localizedDescription)")
-        }
-        let temporary = absolute + "/.tmp-" + UUID().uuidString
+        let temporary = try temporaryPath(in: directory)
         let descriptor = open(temporary, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw failure(directory ?? ".", "create") }
         return (descriptor, temporary)
@@ -118,16 +112,21 @@ public struct LocalStorage: RepositoryStorage {
 
     /// A new temporary file filled through a `DirectFileWriter` (packs: large, written once, rarely read back soon).
     func createDirectTemporaryFile(in directory: String) throws -> (writer: DirectFileWriter, descriptor: Int32, path: String) {
-        let absolute = try full(directory)
+        let temporary = try temporaryPath(in: directory)
+        let (descriptor, direct) = DirectFileWriter.create(temporary)
+        guard descriptor >= 0 else { throw failure(directory, "create") }
+        return (DirectFileWriter(descriptor: descriptor, direct: direct, path: temporary), descriptor, temporary)
+    }
+
+    /// A fresh `.tmp-` name in `directory` (the root when nil), which is created if missing.
+    private func temporaryPath(in directory: String?) throws -> String {
+        let absolute = try directory.map { try full($0) } ?? root
         do {
             try FileManager.default.createDirectory(atPath: absolute, withIntermediateDirectories: true)
         } catch {
             throw StorageError(path: absolute, message: "cannot create directory: \(error.localizedDescription)")
         }
-        let temporary = absolute + "/.tmp-" + UUID().uuidString
-        let (descriptor, direct) = DirectFileWriter.create(temporary)
-        guard descriptor >= 0 else { throw failure(directory, "create") }
-        return (DirectFileWriter(descriptor: descriptor, direct: direct, path: temporary), descriptor, temporary)
+        return absolute + "/.tmp-" + UUID().uuidString
     }
 
     /// Writes all of `data`, retrying short writes; names `path` and explains a full disk on failure.

@@ -79,16 +79,16 @@ extension Repository {
             let index = indexSnapshot
             var byPack: [Int32: [(BlobID, BlobLocation)]] = [:]
             for (id, location) in index.blobs { byPack[location.pack, default: []].append((id, location)) }
+            // A group's members share their bytes: count each stored range once.
+            func storedBytes(_ entries: [(BlobID, BlobLocation)]) -> Int64 {
+                Dictionary(entries.map { ($0.1.offset, Int64($0.1.length)) }, uniquingKeysWith: { first, _ in first }).values.reduce(0, +)
+            }
             var deadPacks: [String] = []
             var rewrite: [(pack: String, live: [(BlobID, BlobLocation)])] = []
             var liveEntries: [(pack: String, entries: [PackEntry])] = []
             for (number, pack) in index.packs.enumerated() {
                 let entries = byPack[Int32(number)] ?? []
                 let live = entries.filter { used.contains($0.0) }
-                // A group's members share their bytes: count each stored range once.
-                func storedBytes(_ entries: [(BlobID, BlobLocation)]) -> Int64 {
-                    Dictionary(entries.map { ($0.1.offset, Int64($0.1.length)) }, uniquingKeysWith: { first, _ in first }).values.reduce(0, +)
-                }
                 let liveBytes = storedBytes(live)
                 let totalBytes = storedBytes(entries)
                 if live.isEmpty {

@@ -51,9 +51,8 @@ extension Repository {
             if (try? packHeader(bytes, pack: pack)) == nil {
                 report.problems.append("pack \(pack.prefix(16)) has a damaged header (its blobs are checked one by one)")
             }
-            // A delta opens only with its base's plaintext: deltas are checked below, chain by chain. A group is
-            // opened once for all its members.
-            // In offset order, so a group's members come together and only the current group is held.
+            // A delta opens only with its base's plaintext: deltas are checked below, chain by chain. Blobs go in
+            // offset order, so a group's members come together and the group is opened once and held alone.
             var group: (offset: UInt32, plaintext: [UInt8]?)?
             for (id, location) in entries.sorted(by: { $0.1.offset < $1.1.offset }) where index.bases[id] == nil {
                 report.blobsChecked += 1

@@ -7,13 +7,18 @@ import TestSupport
 
 /// Packs are written through aligned segments with O_DIRECT; the file must come out byte for byte as written.
 struct DirectFileWriterTests {
-    /// Pieces of `bytes` (random sizes, some spanning segment boundaries) written from several threads out of order.
-    func writeConcurrently(_ bytes: [UInt8], into directory: String) throws -> (contents: Data, direct: Bool) {
+    /// A writer for the new file `directory/file`; the caller closes `descriptor`.
+    func makeWriter(in directory: String) -> (writer: DirectFileWriter, descriptor: Int32, direct: Bool, path: String) {
         let path = directory + "/file"
         let (descriptor, direct) = DirectFileWriter.create(path)
         #expect(descriptor >= 0)
+        return (DirectFileWriter(descriptor: descriptor, direct: direct, path: path), descriptor, direct, path)
+    }
+
+    /// Pieces of `bytes` (random sizes, some spanning segment boundaries) written from several threads out of order.
+    func writeConcurrently(_ bytes: [UInt8], into directory: String) throws -> (contents: Data, direct: Bool) {
+        let (writer, descriptor, direct, path) = makeWriter(in: directory)
         defer { close(descriptor) }
-        let writer = DirectFileWriter(descriptor: descriptor, direct: direct, path: path)
         var pieces: [Range<Int>] = []
         var start = 0
         var generator = SystemRandomNumberGenerator()
@@ -59,10 +64,8 @@ struct DirectFileWriterTests {
 
     @Test func aGapFailsTheFileInsteadOfLeavingZeros() throws {
         let scratch = TemporaryDirectory(prefix: "fk-direct")
-        let path = scratch.appending("file")
-        let (descriptor, direct) = DirectFileWriter.create(path)
+        let (writer, descriptor, _, path) = makeWriter(in: scratch.path)
         defer { close(descriptor) }
-        let writer = DirectFileWriter(descriptor: descriptor, direct: direct, path: path)
         let bytes = SecureRandom.bytes(100)
         bytes.withUnsafeBytes { writer.write($0, at: 0) }
         bytes.withUnsafeBytes { writer.write($0, at: 2 << 20) }
@@ -71,10 +74,8 @@ struct DirectFileWriterTests {
 
     @Test func aWriteAfterAbandonLeavesNoStagedSegments() throws {
         let scratch = TemporaryDirectory(prefix: "fk-direct")
-        let path = scratch.appending("file")
-        let (descriptor, direct) = DirectFileWriter.create(path)
+        let (writer, descriptor, _, path) = makeWriter(in: scratch.path)
         defer { close(descriptor) }
-        let writer = DirectFileWriter(descriptor: descriptor, direct: direct, path: path)
         let bytes = SecureRandom.bytes(1500)
         bytes.withUnsafeBytes { writer.write($0, at: 0) }
         writer.abandon()
