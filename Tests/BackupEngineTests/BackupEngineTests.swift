@@ -296,22 +296,9 @@ struct CrashSafetyTests {
     func fullDiskGivesAClearErrorAndKeepsTheRepository(filesystem: String) throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 1)
         let mountPoint = scene.scratch.appending("small")
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         // Incompressible data larger than the file system.
         try writeRandomFiles(scene.scratch.appending("big"), count: 12, size: 1 << 20, prefix: "media")
-        let mounted: ProcessOutput
-        if filesystem == "ext4" {
-            let image = scene.scratch.appending("small.img")
-            _ = try ProcessRunner.run("/usr/bin/truncate", ["-s", "8M", image])
-            let made = try ProcessRunner.run("/sbin/mkfs.ext4", ["-q", "-F", image])
-            mounted = made.status == 0 ? try ProcessRunner.run("/bin/mount", ["-o", "loop", image, mountPoint]) : made
-        } else {
-            mounted = try ProcessRunner.run("/bin/mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs", mountPoint])
-        }
-        guard mounted.status == 0 else {
-            print("skipping full-disk test on \(filesystem): cannot mount it here (\(mounted.stderr))")
-            return
-        }
+        guard try mountSmallFilesystem(filesystem, at: mountPoint, scratch: scene.scratch) else { return }
         // The repository objects hold open pack files; they live in `fill` so they are gone before the unmount
         // (a busy mount would outlive the test).
         func fill() throws {
@@ -335,11 +322,31 @@ struct CrashSafetyTests {
             #expect(try reopened.snapshots().map(\.id) == [first.id])
             #expect(try reopened.verify(readData: true).isHealthy)
         }
-        defer {
-            if (try? ProcessRunner.run("/bin/umount", [mountPoint]))?.status != 0 { _ = try? ProcessRunner.run("/bin/umount", ["-l", mountPoint]) }
-        }
+        defer { unmount(mountPoint) }
         try fill()
     }
+}
+
+/// Mounts an 8 MiB `filesystem` ("tmpfs", or "ext4" on a loop-mounted image in `scratch`) at `mountPoint`.
+/// False, with a note, where this machine does not allow mounting (the caller then skips its test).
+func mountSmallFilesystem(_ filesystem: String, at mountPoint: String, scratch: TemporaryDirectory) throws -> Bool {
+    try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+    let mounted: ProcessOutput
+    if filesystem == "ext4" {
+        let image = scratch.appending((mountPoint as NSString).lastPathComponent + ".img")
+        _ = try ProcessRunner.run("/usr/bin/truncate", ["-s", "8M", image])
+        let made = try ProcessRunner.run("/sbin/mkfs.ext4", ["-q", "-F", image])
+        mounted = made.status == 0 ? try ProcessRunner.run("/bin/mount", ["-o", "loop", image, mountPoint]) : made
+    } else {
+        mounted = try ProcessRunner.run("/bin/mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs", mountPoint])
+    }
+    if mounted.status != 0 { print("skipping a full-disk test on \(filesystem): cannot mount it here (\(mounted.stderr))") }
+    return mounted.status == 0
+}
+
+/// Unmounts `mountPoint`, lazily if something still holds it (a busy mount would outlive the test).
+func unmount(_ mountPoint: String) {
+    if (try? ProcessRunner.run("/bin/umount", [mountPoint]))?.status != 0 { _ = try? ProcessRunner.run("/bin/umount", ["-l", mountPoint]) }
 }
 
 struct RetentionTests {
