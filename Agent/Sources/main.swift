@@ -21,4 +21,4 @@ let commands: [String: ([String]) throws -> Int32] = [
 
 CryptoLibrary.disableCleanupAtExit()
 MemoryTuning.apply()
-exit(CommandRunner.run(program: "fleetkeep-agent", commands: commands, usage: AgentCommands.usage))
+exit(CommandRunner.run(program: "fleetkeep-agent", commands: commands, usage: AgentCommands.usage, arguments: RawArguments.current()))

@@ -267,10 +267,10 @@ public enum BackupCommands {
             guard let target = arguments.value("target") else { throw UsageError("--target DIR is required") }
             let summary = try repository.restore(snapshot, subpath: arguments.value("path"), target: target)
             if arguments.flag("json") { print(try jsonText(summary)) } else {
-                print("snapshot \(snapshot.shortID): restored \(summary.files) files, \(summary.directories) directories, \(summary.symlinks) symlinks, \(summary.hardlinks) hard links (\(String(format: "%.1f", Double(summary.bytes) / 1_048_576)) MiB) to \(target)")
+                print("snapshot \(snapshot.shortID): restored \(summary.files) files, \(summary.directories) directories, \(summary.symlinks) symlinks, \(summary.hardlinks) hard links (\(String(format: "%.1f", Double(summary.bytes) / 1_048_576)) MiB) to \(FileName.printable(target))")
             }
             if !summary.errors.isEmpty {
-                Console.error("\(summary.errors.count) files could NOT be restored (damaged data; run `fleetkeep-agent verify --read-data`):")
+                Console.error("\(summary.errors.count) files could NOT be restored (each line says why; where it is damaged data, run `fleetkeep-agent verify --read-data`):")
                 for error in summary.errors.prefix(50) { Console.error("  \(error)") }
                 return 1
             }
@@ -304,14 +304,14 @@ public enum BackupCommands {
         let summaries = try repository.restore(trees)
         for ((snapshot, target), summary) in zip(trees, summaries) {
             if !arguments.flag("json") {
-                print("\(snapshot.tags["account"] ?? "-") \(snapshot.tags["kind"] ?? "-"): snapshot \(snapshot.shortID), \(summary.files) files (\(String(format: "%.1f", Double(summary.bytes) / 1_048_576)) MiB) to \(target)")
+                print("\(snapshot.tags["account"] ?? "-") \(snapshot.tags["kind"] ?? "-"): snapshot \(snapshot.shortID), \(summary.files) files (\(String(format: "%.1f", Double(summary.bytes) / 1_048_576)) MiB) to \(FileName.printable(target))")
             }
             failures += summary.errors.count
             for error in summary.errors.prefix(20) { Console.error("  could not restore \(error)") }
         }
         if arguments.flag("json") { print(try jsonText(summaries)) }
         if failures > 0 {
-            Console.error("\(failures) files could NOT be restored (damaged data; run `fleetkeep-agent verify --read-data`)")
+            Console.error("\(failures) files could NOT be restored (the lines above say why; where it is damaged data, run `fleetkeep-agent verify --read-data`)")
             return 1
         }
         return 0

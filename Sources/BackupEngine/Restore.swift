@@ -34,9 +34,9 @@ extension Repository {
             var prefix = ""
             if let subpath, !subpath.isEmpty, subpath != "/" {
                 let components = subpath.split(separator: "/").map(String.init)
-                let notADirectory = RepositoryError("\(subpath) is not a directory in snapshot \(snapshot.shortID)")
+                let notADirectory = RepositoryError("\(FileName.printable(subpath)) is not a directory in snapshot \(snapshot.shortID)")
                 guard let node = try node(at: components, in: snapshotRoot, notADirectory: notADirectory, decompressor: decompressor) else {
-                    throw RepositoryError("path \(subpath) is not in snapshot \(snapshot.shortID)")
+                    throw RepositoryError("path \(FileName.printable(subpath)) is not in snapshot \(snapshot.shortID)")
                 }
                 if node.kind == .directory {
                     guard let subtree = node.subtree else { throw notADirectory }
@@ -50,11 +50,7 @@ extension Repository {
             // The whole snapshot is read and every name validated before anything is written.
             var plan = RestorePlan(target: target, prefix: prefix, snapshotRoot: snapshotRoot)
             try plan.collect(tree: root, directory: target, relative: prefix, repository: self, decompressor: decompressor)
-            do {
-                try FileManager.default.createDirectory(atPath: plan.target, withIntermediateDirectories: true)
-            } catch {
-                throw RepositoryError("cannot create restore target \(plan.target): \(error.localizedDescription)")
-            }
+            try makeTargetDirectory(plan.target)
             summaries.append(try plan.execute(repository: self))
         }
         return summaries
@@ -176,6 +172,21 @@ func makeDirectory(_ path: String) throws {
     var info = stat()
     guard FileName.withPath(path, { lstat($0, &info) }) == 0, info.st_mode & S_IFMT == S_IFDIR else {
         throw RepositoryError("refusing to restore into \(FileName.printable(path)): it exists and is not a directory (possibly a symlink)")
+    }
+}
+
+/// Creates the restore target and any missing parents (which, unlike directories inside the target, may be
+/// symlinks: /var can be one). The target may be a non-UTF-8 path given on the command line.
+func makeTargetDirectory(_ target: String) throws {
+    var path = target.hasPrefix("/") ? "" : "."
+    for component in target.split(separator: "/") {
+        path += "/" + component
+        if FileName.withPath(path, { mkdir($0, 0o777) }) == 0 || errno == EEXIST { continue }
+        throw RepositoryError("cannot create restore target \(FileName.printable(target)): \(FileName.printable(path)): \(String(cString: strerror(errno)))")
+    }
+    var info = stat()
+    guard FileName.withPath(target, { stat($0, &info) }) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+        throw RepositoryError("cannot restore into \(FileName.printable(target)): it exists and is not a directory; choose another --target")
     }
 }
 

@@ -64,7 +64,7 @@ struct DirectFileWriterTests {
 
     @Test func aGapFailsTheFileInsteadOfLeavingZeros() throws {
         let scratch = TemporaryDirectory(prefix: "fk-direct")
-        let (writer, descriptor, _, path) = makeWriter(in: scratch.path)
+        let (writer, descriptor, _, _) = makeWriter(in: scratch.path)
         defer { close(descriptor) }
         let bytes = SecureRandom.bytes(100)
         bytes.withUnsafeBytes { writer.write($0, at: 0) }

@@ -1,0 +1,18 @@
+import BackupEngine
+import Foundation
+
+/// The agent's command-line arguments as the bytes the shell passed, mapped like file names (see `FileName`).
+///
+/// Why: Swift's `CommandLine.arguments` repairs invalid UTF-8 with U+FFFD, so `restore --path` could not name a
+/// file whose name is Latin-1 (which backups do keep). Mapped through `FileName`, such an argument reaches every
+/// system call as its original bytes, and matches the name stored in the snapshot.
+public enum RawArguments {
+    /// Every argument after the program name.
+    public static func current() -> [String] {
+        (1..<Int(CommandLine.argc)).compactMap { index in
+            CommandLine.unsafeArgv[index].map { argument in
+                FileName.string(from: UnsafeRawBufferPointer(start: argument, count: strlen(argument)))
+            }
+        }
+    }
+}
