@@ -1,8 +1,12 @@
 import Crypto
 import Foundation
 
-/// Repository format version written to `config`; see docs/REPOSITORY.md.
-public let repositoryFormatVersion = 1
+/// Repository format version written to `config`; see docs/REPOSITORY.md. Version 2 added grouped blobs (pack
+/// entry flag 0x20), so an agent that only knows version 1 refuses such a repository as newer instead of calling
+/// its packs damaged.
+public let repositoryFormatVersion = 2
+/// Versions this agent opens. Version 1 differs only in lacking groups, which this agent reads in either.
+public let readableRepositoryFormatVersions = 1...2
 
 /// A blob's id: HMAC-SHA256(id key, plaintext). Stored as four words so hashing and comparing are cheap and an
 /// index entry needs no heap allocation.

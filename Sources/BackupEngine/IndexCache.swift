@@ -43,22 +43,26 @@ struct IndexRecord {
 /// does not grow with the repository (a hash table in memory costs about 75 bytes per blob: 750 MB for a server
 /// of ten million chunks).
 ///
-/// Layout: "FKIXC001", record count (u64), pack count (u32), index file count (u32), delta count (u32), four zero
-/// bytes, the pack names and the index file names (32 bytes each), each delta's id and base (64 bytes), then the
-/// records. Deltas (database dump chunks) are few, so their bases are loaded into memory. The cache is derived data: it
+/// Layout: "FKIXC002", record count (u64), pack count (u32), index file count (u32), delta count (u32), four zero
+/// bytes, the pack names and the index file names (32 bytes each), the pack numbers sorted by pack name (u32 little
+/// endian each: the lookup from name to number), each delta's id and base (64 bytes), then the records. Pack names
+/// are read from the mapping (see `PackNames`). Deltas (database dump chunks) are few, so their bases are loaded
+/// into memory. The cache is derived data: it
 /// lives next to the repository (`cache/`), is rebuilt from the authenticated index files whenever it does not
 /// match them, and a wrong record can only point at bytes that then fail authentication.
 final class IndexCacheFile: @unchecked Sendable {
     // @unchecked: the mapping is read-only and never changes after init; unmapped in deinit only.
-    static let magic = Array("FKIXC001".utf8)
+    static let magic = Array("FKIXC002".utf8)
     let path: String
     let count: Int
-    let packs: [String]
+    let packCount: Int
     let indexFiles: Set<String>
     let bases: [BlobID: BlobID]
     private let mapping: UnsafeMutableRawPointer
     private let mappedSize: Int
     private let records: UnsafeRawPointer
+    private let packNames: UnsafeRawPointer
+    private let packOrder: UnsafeRawPointer
 
     /// Maps the cache at `path`; nil when it is missing, unreadable or malformed (the caller rebuilds it).
     init?(path: String) {
@@ -84,10 +88,24 @@ final class IndexCacheFile: @unchecked Sendable {
         }
         func name(at index: Int) -> String { Hex.encode(Array(UnsafeRawBufferPointer(start: raw + 32 + index * 32, count: 32))) }
         func id(at offset: Int) -> BlobID { BlobID(UnsafeRawBufferPointer(start: raw + offset, count: 32)) }
-        let deltasStart = 32 + (packCount + fileCount) * 32
+        let orderStart = 32 + (packCount + fileCount) * 32
+        let deltasStart = orderStart + packCount * 4
+        // The name lookup is a binary search: its table must list every pack once, in strictly increasing name order.
+        var previous: UnsafeRawPointer?
+        for position in 0..<packCount {
+            let number = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: orderStart + position * 4, as: UInt32.self)))
+            let current = raw + 32 + number * 32
+            guard number < packCount, previous.map({ memcmp($0, current, 32) < 0 }) ?? true else {
+                munmap(mapped, size)
+                return nil
+            }
+            previous = current
+        }
         self.path = path
         self.count = count
-        packs = (0..<packCount).map(name(at:))
+        self.packCount = packCount
+        packNames = raw + 32
+        packOrder = raw + orderStart
         indexFiles = Set((0..<fileCount).map { name(at: packCount + $0) })
         bases = Dictionary((0..<deltaCount).map { (id(at: deltasStart + $0 * 64), id(at: deltasStart + $0 * 64 + 32)) }, uniquingKeysWith: { $1 })
         mapping = mapped
@@ -98,11 +116,35 @@ final class IndexCacheFile: @unchecked Sendable {
 
     deinit { munmap(mapping, mappedSize) }
 
-    static func headerSize(packs: Int, indexFiles: Int, deltas: Int) -> Int { 32 + (packs + indexFiles) * 32 + deltas * 64 }
+    static func headerSize(packs: Int, indexFiles: Int, deltas: Int) -> Int { 32 + (packs + indexFiles) * 32 + packs * 4 + deltas * 64 }
+
+    func packNameBytes(_ number: Int) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: packNames + number * 32, count: 32) }
+
+    func packName(_ number: Int) -> String { Hex.encode(packNameBytes(number)) }
+
+    /// The number of the pack at `position` in name order.
+    func packNumber(inNameOrderAt position: Int) -> Int32 {
+        Int32(UInt32(littleEndian: packOrder.loadUnaligned(fromByteOffset: position * 4, as: UInt32.self)))
+    }
+
+    /// The number of the pack named `name` (32 bytes), by binary search of the name-order table.
+    func packNumber(of name: [UInt8]) -> Int32? {
+        name.withUnsafeBytes { wanted in
+            var low = 0, high = packCount
+            while low < high {
+                let middle = (low + high) / 2
+                let number = packNumber(inNameOrderAt: middle)
+                let order = memcmp(packNames + Int(number) * 32, wanted.baseAddress!, 32)
+                if order == 0 { return number }
+                if order < 0 { low = middle + 1 } else { high = middle }
+            }
+            return nil
+        }
+    }
 
     func id(at index: Int) -> BlobID { BlobID(UnsafeRawBufferPointer(start: records + index * IndexRecord.size, count: 32)) }
 
-    func record(at index: Int) -> IndexRecord? { IndexRecord.read(records + index * IndexRecord.size, packCount: packs.count) }
+    func record(at index: Int) -> IndexRecord? { IndexRecord.read(records + index * IndexRecord.size, packCount: packCount) }
 
     func location(of id: BlobID) -> BlobLocation? {
         var low = 0, high = count
@@ -117,7 +159,7 @@ final class IndexCacheFile: @unchecked Sendable {
 
     /// Writes a cache of `sources` (each sorted by id; where an id repeats, the last source wins) to `path`,
     /// atomically, streaming: memory stays at one record per source.
-    static func write(path: String, packs: [String], indexFiles: [String], bases: [BlobID: BlobID], sources: [any IndexRecordSource]) throws {
+    static func write(path: String, packs: PackNames, indexFiles: [String], bases: [BlobID: BlobID], sources: [any IndexRecordSource]) throws {
         let temporary = path + ".tmp-" + UUID().uuidString
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard descriptor >= 0, let stream = fdopen(descriptor, "w") else {
@@ -134,22 +176,27 @@ final class IndexCacheFile: @unchecked Sendable {
                 throw RepositoryError("cannot write the index cache \(temporary): \(String(cString: strerror(errno))) (is the disk full?)")
             }
         }
-        // The count is only known after merging: write a placeholder and fill it in at the end.
-        var header = magic
-        header += [UInt8](repeating: 0, count: 8)
-        withUnsafeBytes(of: UInt32(packs.count).littleEndian) { header += $0 }
-        withUnsafeBytes(of: UInt32(indexFiles.count).littleEndian) { header += $0 }
-        withUnsafeBytes(of: UInt32(bases.count).littleEndian) { header += $0 }
-        header += [0, 0, 0, 0]
-        for name in packs + indexFiles {
+        func put<T: FixedWidthInteger>(integer value: T) throws { try put(withUnsafeBytes(of: value.littleEndian) { Array($0) }) }
+        // The count is only known after merging: write a placeholder and fill it in at the end. The header goes out
+        // piece by piece (stdio buffers it): with a million packs it would be 36 MB in memory.
+        try put(magic + [UInt8](repeating: 0, count: 8))
+        try put(integer: UInt32(packs.count))
+        try put(integer: UInt32(indexFiles.count))
+        try put(integer: UInt32(bases.count))
+        try put([0, 0, 0, 0])
+        func putName(_ name: String) throws {
             guard let bytes = Hex.decode(name), bytes.count == 32 else { throw RepositoryError("internal error: \(name) is not a 32-byte name") }
-            header += bytes
+            try put(bytes)
         }
+        for name in packs { try putName(name) }
+        for name in indexFiles { try putName(name) }
+        for number in packs.numbersInNameOrder() { try put(integer: UInt32(number)) }
         for (id, base) in bases {
-            id.append(to: &header)
-            base.append(to: &header)
+            var pair: [UInt8] = []
+            id.append(to: &pair)
+            base.append(to: &pair)
+            try put(pair)
         }
-        try put(header)
 
         var heads = sources.map { $0.next() }
         var written = 0

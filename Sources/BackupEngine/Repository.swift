@@ -16,8 +16,7 @@ public final class Repository: Sendable {
     let indexCachePath: String?
 
     struct LoadedIndex {
-        var packs: [String] = []
-        var packNumbers: [String: Int32] = [:]
+        var packs = PackNames()
         var blobs = IndexedBlobs()
         /// Delta blob -> its base. Only deltas (dump chunks) are here, so ordinary entries stay 20 bytes.
         var bases: [BlobID: BlobID] = [:]
@@ -48,22 +47,14 @@ public final class Repository: Sendable {
 
         /// The index as the cache has it; index files it does not cover are added on top.
         init(cache: IndexCacheFile) {
-            packs = cache.packs
-            packNumbers = Dictionary(cache.packs.enumerated().map { ($0.element, Int32($0.offset)) }, uniquingKeysWith: { first, _ in first })
+            packs = PackNames(cache: cache)
             blobs = IndexedBlobs(cache: cache)
             bases = cache.bases
             indexFiles = Array(cache.indexFiles)
         }
 
         mutating func add(pack: String, entries: [PackEntry]) {
-            let number: Int32
-            if let existing = packNumbers[pack] {
-                number = existing
-            } else {
-                number = Int32(packs.count)
-                packs.append(pack)
-                packNumbers[pack] = number
-            }
+            let number = packs.number(of: pack) ?? packs.append(pack)
             for entry in entries {
                 if let base = entry.base { bases[entry.id] = base } else { bases[entry.id] = nil }
                 blobs[entry.id] = BlobLocation(pack: number, kind: entry.kind, compressed: entry.compressed, offset: entry.offset,
@@ -113,8 +104,10 @@ public final class Repository: Sendable {
               let version = config["version"].flatMap(Int.init) else {
             throw RepositoryError("repository config at \(storage.location) is damaged")
         }
-        guard version == repositoryFormatVersion else {
-            throw RepositoryError("repository at \(storage.location) has format version \(version); this agent reads version \(repositoryFormatVersion)")
+        guard readableRepositoryFormatVersions.contains(version) else {
+            throw RepositoryError("repository at \(storage.location) has format version \(version); this agent reads versions "
+                + "\(readableRepositoryFormatVersions.lowerBound) to \(readableRepositoryFormatVersions.upperBound)"
+                + (version > repositoryFormatVersion ? ", so upgrade the agent to use it" : ""))
         }
         let secret = try keySource.secret(create: false)
         var opened: MasterKeys?
@@ -201,12 +194,14 @@ public final class Repository: Sendable {
         guard let cachePath = indexCachePath else { return }
         let sources: [any IndexRecordSource] = (loaded.blobs.cache.map { [CacheFileRecords($0)] } ?? []) + runs.map(CacheFileRecords.init)
             + [SortedRecords(loaded.blobs.recentRecords)]
-        loaded.blobs = IndexedBlobs(cache: try Self.writeCache(cachePath, packs: loaded.packs, indexFiles: loaded.indexFiles,
-                                                               bases: loaded.bases, sources: sources))
+        let cache = try Self.writeCache(cachePath, packs: loaded.packs, indexFiles: loaded.indexFiles, bases: loaded.bases, sources: sources)
+        // The new cache names every pack, with the same numbers: the names added in memory can go.
+        loaded.blobs = IndexedBlobs(cache: cache)
+        loaded.packs = PackNames(cache: cache)
     }
 
     /// Writes a cache file and maps it; `IndexCacheUnavailable` when either fails.
-    private static func writeCache(_ path: String, packs: [String], indexFiles: [String], bases: [BlobID: BlobID],
+    private static func writeCache(_ path: String, packs: PackNames, indexFiles: [String], bases: [BlobID: BlobID],
                                    sources: [any IndexRecordSource]) throws -> IndexCacheFile {
         do {
             try IndexCacheFile.write(path: path, packs: packs, indexFiles: indexFiles, bases: bases, sources: sources)

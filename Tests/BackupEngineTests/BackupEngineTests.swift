@@ -256,6 +256,33 @@ struct DamageTests {
         #expect(mode == 0o600)
     }
 
+    /// New repositories are version 2; version 1 (no groups) still opens; a newer one is refused, saying what to do.
+    @Test func formatVersionsAreCheckedWithAClearMessage() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-version")
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        try Repository.initialize(storage: storage, keySource: .passphrase("pw"))
+        let config = scratch.appending("repo/config")
+        let written = try JSONDecoder().decode([String: String].self, from: Data(contentsOf: URL(fileURLWithPath: config)))
+        #expect(written["version"] == "2")
+        func setVersion(_ version: String) throws {
+            var edited = written
+            edited["version"] = version
+            try JSONEncoder().encode(edited).write(to: URL(fileURLWithPath: config))
+        }
+        try setVersion("1")
+        _ = try Repository.open(storage: storage, keySource: .passphrase("pw"))
+        for version in ["3", "0"] {
+            try setVersion(version)
+            do {
+                _ = try Repository.open(storage: storage, keySource: .passphrase("pw"))
+                Issue.record("opened a version \(version) repository")
+            } catch let error as RepositoryError {
+                #expect(error.message.contains("format version \(version)") && error.message.contains("versions 1 to 2"), "\(error)")
+                #expect(error.message.contains("upgrade the agent") == (version == "3"), "\(error)")
+            }
+        }
+    }
+
     @Test func passphraseRepositoriesWork() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 1)
         try Repository.initialize(storage: scene.storage, keySource: .passphrase("correct horse"))

@@ -127,4 +127,62 @@ struct IndexCacheTests {
         let repaired = try scene.open()
         #expect(try repaired.restore(snapshot, target: scene.scratch.appending("out2")).errors.isEmpty)
     }
+
+    /// Pack names come from the cache's mapping: after a fold none is held in memory, every number maps to its name
+    /// and back, and the names are exactly the packs on disk.
+    @Test func packNamesAreReadFromTheCache() throws {
+        let scene = try EngineScene(accounts: 2, sizeMB: 4)
+        _ = try scene.initialize()
+        let repository = try openSmall(scene)
+        _ = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        _ = try repository.backup(directory: scene.root + "/home/user000", options: BackupOptions(tags: ["kind": "one"]))
+        // Packs of index files the cache does not cover yet are named from memory, the rest from the mapping.
+        #expect(try openSmall(scene).indexSnapshot.packs.inMemoryCount < repository.indexSnapshot.packs.count)
+        #expect(try repository.verify(readData: false).isHealthy)  // rewrites the cache over every index file
+        let reopened = try openSmall(scene)
+        let packs = reopened.indexSnapshot.packs
+        #expect(packs.cache != nil)
+        #expect(packs.inMemoryCount == 0, "with a cache over every index file, no pack name should be in memory")
+        var onDisk = Set<String>()
+        for directory in try scene.storage.list("data") { onDisk.formUnion(try scene.storage.list("data/" + directory)) }
+        #expect(packs.count > 2)
+        #expect(Set(packs) == onDisk)
+        for number in 0..<packs.count { #expect(packs.number(of: packs[number]) == Int32(number)) }
+        #expect(packs.number(of: String(repeating: "0", count: 64)) == nil)
+        #expect(packs.number(of: "not hex") == nil)
+
+        // Packs written after the cache are named from memory until the next fold, with the next numbers.
+        try writeRandomFiles(scene.scratch.appending("new"), count: 3, size: 1 << 20, prefix: "new")
+        _ = try reopened.backup(directory: scene.scratch.appending("new"), options: BackupOptions(tags: ["kind": "new"]))
+        let grown = reopened.indexSnapshot.packs
+        #expect(grown.count > packs.count)
+        for number in 0..<grown.count { #expect(grown.number(of: grown[number]) == Int32(number)) }
+    }
+
+    /// The name-to-number table is checked when the cache is mapped: out of order or out of range, the cache is
+    /// refused and rebuilt, and the repository works as before.
+    @Test(arguments: ["swapped", "out of range"])
+    func aDamagedPackTableIsRebuilt(damage: String) throws {
+        let scene = try EngineScene(accounts: 2, sizeMB: 4)
+        let repository = try scene.initialize()
+        let snapshot = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        #expect(try repository.verify(readData: false).isHealthy)  // writes the whole cache
+        let cachePath = scene.repoPath + "/cache/index"
+        let cache = try #require(IndexCacheFile(path: cachePath))
+        #expect(cache.packCount >= 2)
+        var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: cachePath)))
+        let files = Int(UInt32(littleEndian: bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 20, as: UInt32.self) }))
+        let table = 32 + (cache.packCount + files) * 32
+        if damage == "swapped" {
+            for offset in 0..<4 { bytes.swapAt(table + offset, table + 4 + offset) }
+        } else {
+            bytes.replaceSubrange(table..<table + 4, with: [0xFF, 0xFF, 0x00, 0x00])
+        }
+        try Data(bytes).write(to: URL(fileURLWithPath: cachePath), options: .atomic)
+        #expect(IndexCacheFile(path: cachePath) == nil)
+        let reopened = try scene.open()
+        #expect(IndexCacheFile(path: cachePath) != nil, "the cache was not rebuilt")
+        #expect(try reopened.restore(snapshot, target: scene.scratch.appending("out")).errors.isEmpty)
+        #expect(try scene.manifest(scene.scratch.appending("out")) == scene.manifest(scene.root + "/home"))
+    }
 }
