@@ -19,7 +19,7 @@ final class DirectRestoreOutput {
     /// File offset of `buffer`'s first byte: always a multiple of the segment size.
     private var bufferOffset: Int64 = 0
     /// End of the last byte written to the file, for the final size check.
-    private(set) var writtenEnd: Int64 = 0
+    private var writtenEnd: Int64 = 0
 
     /// Switches `descriptor` (an empty file opened for writing, owned by the caller) to direct I/O when the
     /// filesystem allows it; `what` names the file in errors.
@@ -64,9 +64,9 @@ final class DirectRestoreOutput {
     private func flush(length: Int) throws {
         var start = 0
         while start < length {
-            while start < length && isZeroBlock(buffer + start) { start += Self.alignment }
+            while start < length && isZeroBlock(at: start) { start += Self.alignment }
             var end = start
-            while end < length && !isZeroBlock(buffer + end) { end += Self.alignment }
+            while end < length && !isZeroBlock(at: end) { end += Self.alignment }
             if end > start { try writeDirect(from: start, to: end) }
             start = end
         }
@@ -94,10 +94,7 @@ final class DirectRestoreOutput {
         writtenEnd = bufferOffset + Int64(end)
     }
 
-    private func isZeroBlock(_ block: UnsafeMutableRawPointer) -> Bool {
-        let words = block.assumingMemoryBound(to: UInt64.self)
-        var accumulated: UInt64 = 0
-        for index in 0..<(Self.alignment / 8) { accumulated |= words[index] }
-        return accumulated == 0
+    private func isZeroBlock(at offset: Int) -> Bool {
+        isZero(UnsafeRawBufferPointer(start: buffer + offset, count: Self.alignment))
     }
 }

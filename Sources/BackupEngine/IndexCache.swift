@@ -47,9 +47,9 @@ struct IndexRecord {
 /// bytes, the pack names and the index file names (32 bytes each), the pack numbers sorted by pack name (u32 little
 /// endian each: the lookup from name to number), each delta's id and base (64 bytes), then the records. Pack names
 /// are read from the mapping (see `PackNames`). Deltas (database dump chunks) are few, so their bases are loaded
-/// into memory. The cache is derived data: it
-/// lives next to the repository (`cache/`), is rebuilt from the authenticated index files whenever it does not
-/// match them, and a wrong record can only point at bytes that then fail authentication.
+/// into memory. The cache is derived data: it lives next to the repository (`cache/`), is rebuilt from the
+/// authenticated index files whenever it does not match them, and a wrong record can only point at bytes that then
+/// fail authentication.
 final class IndexCacheFile: @unchecked Sendable {
     // @unchecked: the mapping is read-only and never changes after init; unmapped in deinit only.
     static let magic = Array("FKIXC002".utf8)

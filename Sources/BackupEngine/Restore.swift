@@ -29,14 +29,15 @@ extension Repository {
     /// Returns one summary per snapshot, in order; the first error stops the restore.
     public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil) throws -> [RestoreSummary] {
         _ = BackupSession.allocatorTuned
+        let threads = max(2, ProcessInfo.processInfo.activeProcessorCount)
         if snapshots.count == 1 {
             let plan = try makeRestorePlan(snapshots[0].snapshot, target: snapshots[0].target, subpath: subpath, decompressor: ZstdDecompressor())
-            return [try plan.execute(repository: self, threads: max(2, ProcessInfo.processInfo.activeProcessorCount))]
+            return [try plan.execute(repository: self, threads: threads)]
         }
         let order = snapshots.indices.sorted { snapshots[$0].snapshot.summary.bytesTotal > snapshots[$1].snapshot.summary.bytesTotal }
         let results = Mutex<(summaries: [Int: RestoreSummary], failure: (any Error)?)>(([:], nil))
         let next = Atomic<Int>(0)
-        DispatchQueue.concurrentPerform(iterations: min(snapshots.count, max(2, ProcessInfo.processInfo.activeProcessorCount))) { _ in
+        DispatchQueue.concurrentPerform(iterations: min(snapshots.count, threads)) { _ in
             let decompressor = ZstdDecompressor()
             while true {
                 let position = next.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -172,7 +173,8 @@ func writeSparse(_ descriptor: Int32, _ bytes: [UInt8], at offset: Int64, what: 
     return lastEnd
 }
 
-private func isZero(_ block: UnsafeRawBufferPointer) -> Bool {
+/// True when every byte of `block` is zero (a hole's worth of a restored file).
+func isZero(_ block: UnsafeRawBufferPointer) -> Bool {
     var accumulated: UInt64 = 0
     var index = 0
     while index + 8 <= block.count {
@@ -365,7 +367,7 @@ struct RestorePlan {
         if descriptor < 0 { descriptor = FileName.withPath(job.path) { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600) } }
         guard descriptor >= 0 else { throw RepositoryError("cannot create: \(String(cString: strerror(errno)))") }
         defer { close(descriptor) }
-        var offset: Int64 = 0, written: Int64 = 0
+        var offset: Int64 = 0
         if job.node.size >= Self.directWriteThreshold {
             let output = DirectRestoreOutput(descriptor: descriptor, what: job.relative)
             for id in job.node.content {
@@ -374,6 +376,7 @@ struct RestorePlan {
             try output.finish()
             offset = output.size
         } else {
+            var written: Int64 = 0
             for id in job.node.content {
                 let bytes = try repository.loadBlob(id, decompressor: decompressor)
                 if let end = try writeSparse(descriptor, bytes, at: offset, what: job.relative) { written = end }
