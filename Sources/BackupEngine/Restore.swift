@@ -25,33 +25,40 @@ extension Repository {
     /// snapshot, a thread per core writes its files. With several, each thread plans (every name validated) and
     /// writes whole snapshots, largest first: threads in different accounts' directories do not wait for each
     /// other's directory locks, which was measured faster on the 1 GiB benchmark (3.4 s against 4.1 s on average
-    /// over three runs each, and 0.5 s less user time spent spinning). Memory stays one plan per thread.
+    /// over three runs each, and 0.5 s less user time spent spinning). These are two threads per core, real ones
+    /// (`WorkerPool`; a dispatch queue runs only one per core), so the cores stay busy while a thread waits for a
+    /// direct write or an inode allocation: 3.06 s against 3.42 s, medians of eight alternating restores of the
+    /// benchmark, for about 8 MiB more peak memory. Memory stays one plan per thread.
     /// Returns one summary per snapshot, in order; the first error stops the restore.
     public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil) throws -> [RestoreSummary] {
         _ = BackupSession.allocatorTuned
-        let threads = max(2, ProcessInfo.processInfo.activeProcessorCount)
+        let cores = max(2, ProcessInfo.processInfo.activeProcessorCount)
         if snapshots.count == 1 {
             let plan = try makeRestorePlan(snapshots[0].snapshot, target: snapshots[0].target, subpath: subpath, decompressor: ZstdDecompressor())
-            return [try plan.execute(repository: self, threads: threads)]
+            return [try plan.execute(repository: self, threads: cores)]
         }
         let order = snapshots.indices.sorted { snapshots[$0].snapshot.summary.bytesTotal > snapshots[$1].snapshot.summary.bytesTotal }
         let results = Mutex<(summaries: [Int: RestoreSummary], failure: (any Error)?)>(([:], nil))
         let next = Atomic<Int>(0)
-        DispatchQueue.concurrentPerform(iterations: min(snapshots.count, threads)) { _ in
+        let threads = min(snapshots.count, 2 * cores)
+        let pool = WorkerPool(threads: threads, name: "restore")
+        defer { pool.close() }
+        for _ in 0..<threads { pool.submit {
             let decompressor = ZstdDecompressor()
             while true {
                 let position = next.wrappingAdd(1, ordering: .relaxed).oldValue
                 guard position < order.count, results.withLock({ $0.failure == nil }) else { return }
                 let (snapshot, target) = snapshots[order[position]]
                 do {
-                    let plan = try makeRestorePlan(snapshot, target: target, subpath: subpath, decompressor: decompressor)
+                    let plan = try self.makeRestorePlan(snapshot, target: target, subpath: subpath, decompressor: decompressor)
                     let summary = try plan.execute(repository: self, threads: 1)
                     results.withLock { $0.summaries[order[position]] = summary }
                 } catch {
                     results.withLock { if $0.failure == nil { $0.failure = error } }
                 }
             }
-        }
+        } }
+        pool.wait()
         let finished = results.withLock { $0 }
         if let failure = finished.failure { throw failure }
         return snapshots.indices.map { finished.summaries[$0] ?? RestoreSummary() }
