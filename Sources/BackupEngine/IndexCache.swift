@@ -8,6 +8,8 @@ struct IndexRecord {
     static let size = 52
     var id: BlobID
     var location: BlobLocation
+    /// A delta's base. Not part of the 52 bytes: the cache keeps bases in their own table (see `IndexCacheFile`).
+    var base: BlobID? = nil
 
     func write(to out: UnsafeMutableRawPointer) {
         id.store(to: out)
@@ -43,26 +45,27 @@ struct IndexRecord {
 /// does not grow with the repository (a hash table in memory costs about 75 bytes per blob: 750 MB for a server
 /// of ten million chunks).
 ///
-/// Layout: "FKIXC002", record count (u64), pack count (u32), index file count (u32), delta count (u32), four zero
+/// Layout: "FKIXC003", record count (u64), pack count (u32), index file count (u32), delta count (u32), four zero
 /// bytes, the pack names and the index file names (32 bytes each), the pack numbers sorted by pack name (u32 little
-/// endian each: the lookup from name to number), each delta's id and base (64 bytes), then the records. Pack names
-/// are read from the mapping (see `PackNames`). Deltas (database dump chunks) are few, so their bases are loaded
-/// into memory. The cache is derived data: it lives next to the repository (`cache/`), is rebuilt from the
-/// authenticated index files whenever it does not match them, and a wrong record can only point at bytes that then
-/// fail authentication.
+/// endian each: the lookup from name to number), the records, then each delta's id and base (64 bytes), sorted by
+/// id. Pack names and delta bases are read from the mapping (see `PackNames`, `DeltaBases`), so neither grows the
+/// agent's memory with the repository. The cache is derived data: it lives next to the repository (`cache/`), is
+/// rebuilt from the authenticated index files whenever it does not match them, and a wrong record can only point at
+/// bytes that then fail authentication.
 final class IndexCacheFile: @unchecked Sendable {
     // @unchecked: the mapping is read-only and never changes after init; unmapped in deinit only.
-    static let magic = Array("FKIXC002".utf8)
+    static let magic = Array("FKIXC003".utf8)
     let path: String
     let count: Int
     let packCount: Int
     let indexFiles: Set<String>
-    let bases: [BlobID: BlobID]
+    let deltaCount: Int
     private let mapping: UnsafeMutableRawPointer
     private let mappedSize: Int
     private let records: UnsafeRawPointer
     private let packNames: UnsafeRawPointer
     private let packOrder: UnsafeRawPointer
+    private let deltas: UnsafeRawPointer
 
     /// Maps the cache at `path`; nil when it is missing, unreadable or malformed (the caller rebuilds it).
     init?(path: String) {
@@ -79,17 +82,17 @@ final class IndexCacheFile: @unchecked Sendable {
         let packCount = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt32.self)))
         let fileCount = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 20, as: UInt32.self)))
         let deltaCount = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 24, as: UInt32.self)))
-        let headerSize = Self.headerSize(packs: packCount, indexFiles: fileCount, deltas: deltaCount)
+        let headerSize = Self.headerSize(packs: packCount, indexFiles: fileCount)
         let count = storedCount <= UInt64(size / IndexRecord.size) ? Int(storedCount) : -1
         guard Array(UnsafeRawBufferPointer(start: raw, count: 8)) == Self.magic, count >= 0,
-              size == headerSize + count * IndexRecord.size else {
+              size == headerSize + count * IndexRecord.size + deltaCount * 64 else {
             munmap(mapped, size)
             return nil
         }
         func name(at index: Int) -> String { Hex.encode(Array(UnsafeRawBufferPointer(start: raw + 32 + index * 32, count: 32))) }
         func id(at offset: Int) -> BlobID { BlobID(UnsafeRawBufferPointer(start: raw + offset, count: 32)) }
         let orderStart = 32 + (packCount + fileCount) * 32
-        let deltasStart = orderStart + packCount * 4
+        let deltasStart = headerSize + count * IndexRecord.size
         // The name lookup is a binary search: its table must list every pack once, in strictly increasing name order.
         var previous: UnsafeRawPointer?
         for position in 0..<packCount {
@@ -101,13 +104,19 @@ final class IndexCacheFile: @unchecked Sendable {
             }
             previous = current
         }
+        // Bases are found by binary search too: the delta ids must be strictly increasing.
+        for position in 1..<max(deltaCount, 1) where !(id(at: deltasStart + (position - 1) * 64) < id(at: deltasStart + position * 64)) {
+            munmap(mapped, size)
+            return nil
+        }
         self.path = path
         self.count = count
         self.packCount = packCount
         packNames = raw + 32
         packOrder = raw + orderStart
         indexFiles = Set((0..<fileCount).map { name(at: packCount + $0) })
-        bases = Dictionary((0..<deltaCount).map { (id(at: deltasStart + $0 * 64), id(at: deltasStart + $0 * 64 + 32)) }, uniquingKeysWith: { $1 })
+        self.deltaCount = deltaCount
+        deltas = raw + deltasStart
         mapping = mapped
         mappedSize = size
         records = raw + headerSize
@@ -116,7 +125,7 @@ final class IndexCacheFile: @unchecked Sendable {
 
     deinit { munmap(mapping, mappedSize) }
 
-    static func headerSize(packs: Int, indexFiles: Int, deltas: Int) -> Int { 32 + (packs + indexFiles) * 32 + packs * 4 + deltas * 64 }
+    static func headerSize(packs: Int, indexFiles: Int) -> Int { 32 + (packs + indexFiles) * 32 + packs * 4 }
 
     func packNameBytes(_ number: Int) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: packNames + number * 32, count: 32) }
 
@@ -146,6 +155,24 @@ final class IndexCacheFile: @unchecked Sendable {
 
     func record(at index: Int) -> IndexRecord? { IndexRecord.read(records + index * IndexRecord.size, packCount: packCount) }
 
+    /// The delta at `position` of the delta table (in id order) and its base.
+    func delta(at position: Int) -> (delta: BlobID, base: BlobID) {
+        (BlobID(UnsafeRawBufferPointer(start: deltas + position * 64, count: 32)),
+         BlobID(UnsafeRawBufferPointer(start: deltas + position * 64 + 32, count: 32)))
+    }
+
+    /// The base of the delta `id`; nil when `id` is not a delta here.
+    func base(of id: BlobID) -> BlobID? {
+        var low = 0, high = deltaCount
+        while low < high {
+            let middle = (low + high) / 2
+            let candidate = delta(at: middle)
+            if candidate.delta == id { return candidate.base }
+            if candidate.delta < id { low = middle + 1 } else { high = middle }
+        }
+        return nil
+    }
+
     func location(of id: BlobID) -> BlobLocation? {
         var low = 0, high = count
         while low < high {
@@ -158,31 +185,22 @@ final class IndexCacheFile: @unchecked Sendable {
     }
 
     /// Writes a cache of `sources` (each sorted by id; where an id repeats, the last source wins) to `path`,
-    /// atomically, streaming: memory stays at one record per source.
-    static func write(path: String, packs: PackNames, indexFiles: [String], bases: [BlobID: BlobID], sources: [any IndexRecordSource]) throws {
+    /// atomically, streaming: memory stays at one record per source. Delta bases travel with their records and are
+    /// written to a side file during the merge, which is appended after the records (already in id order).
+    static func write(path: String, packs: PackNames, indexFiles: [String], sources: [any IndexRecordSource]) throws {
         let temporary = path + ".tmp-" + UUID().uuidString
-        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard descriptor >= 0, let stream = fdopen(descriptor, "w") else {
-            if descriptor >= 0 { close(descriptor) }
-            throw RepositoryError("cannot write the index cache \(temporary): \(String(cString: strerror(errno)))")
-        }
-        var closed = false
-        defer {
-            if !closed { fclose(stream) }
-            unlink(temporary)
-        }
-        func put(_ bytes: [UInt8]) throws {
-            guard bytes.isEmpty || fwrite(bytes, 1, bytes.count, stream) == bytes.count else {
-                throw RepositoryError("cannot write the index cache \(temporary): \(String(cString: strerror(errno))) (is the disk full?)")
-            }
-        }
-        func put<T: FixedWidthInteger>(integer value: T) throws { try put(withUnsafeBytes(of: value.littleEndian) { Array($0) }) }
-        // The count is only known after merging: write a placeholder and fill it in at the end. The header goes out
+        let output = try CacheOutput(path: temporary)
+        defer { unlink(temporary) }
+        let deltaOutput = try CacheOutput(path: temporary + ".deltas")
+        defer { unlink(temporary + ".deltas") }
+        func put(_ bytes: [UInt8]) throws { try output.put(bytes) }
+        func put<T: FixedWidthInteger>(integer value: T) throws { try output.put(integer: value) }
+        // The counts are only known after merging: placeholders now, filled in at the end. The header goes out
         // piece by piece (stdio buffers it): with a million packs it would be 36 MB in memory.
         try put(magic + [UInt8](repeating: 0, count: 8))
         try put(integer: UInt32(packs.count))
         try put(integer: UInt32(indexFiles.count))
-        try put(integer: UInt32(bases.count))
+        try put(integer: UInt32(0))
         try put([0, 0, 0, 0])
         func putName(_ name: String) throws {
             guard let bytes = Hex.decode(name), bytes.count == 32 else { throw RepositoryError("internal error: \(name) is not a 32-byte name") }
@@ -191,15 +209,10 @@ final class IndexCacheFile: @unchecked Sendable {
         for name in packs { try putName(name) }
         for name in indexFiles { try putName(name) }
         for number in packs.numbersInNameOrder() { try put(integer: UInt32(number)) }
-        for (id, base) in bases {
-            var pair: [UInt8] = []
-            id.append(to: &pair)
-            base.append(to: &pair)
-            try put(pair)
-        }
 
         var heads = sources.map { $0.next() }
         var written = 0
+        var deltaCount = 0
         var buffer = [UInt8](repeating: 0, count: IndexRecord.size * 4096)
         var buffered = 0
         while true {
@@ -215,19 +228,78 @@ final class IndexCacheFile: @unchecked Sendable {
             buffer.withUnsafeMutableBytes { record.write(to: $0.baseAddress! + buffered * IndexRecord.size) }
             buffered += 1
             written += 1
+            if let base = record.base {
+                var pair: [UInt8] = []
+                record.id.append(to: &pair)
+                base.append(to: &pair)
+                try deltaOutput.put(pair)
+                deltaCount += 1
+            }
             if buffered * IndexRecord.size == buffer.count {
                 try put(buffer)
                 buffered = 0
             }
         }
         try put(Array(buffer[0..<buffered * IndexRecord.size]))
-        guard fseek(stream, 8, SEEK_SET) == 0 else { throw RepositoryError("cannot write the index cache \(temporary)") }
-        try put(withUnsafeBytes(of: UInt64(written).littleEndian) { Array($0) })
-        guard fflush(stream) == 0 else { throw RepositoryError("cannot write the index cache \(temporary): \(String(cString: strerror(errno)))") }
-        closed = true
-        guard fclose(stream) == 0, rename(temporary, path) == 0 else {
+        try output.append(contentsOf: deltaOutput)
+        try output.overwrite(at: 8, integer: UInt64(written))
+        try output.overwrite(at: 24, integer: UInt32(deltaCount))
+        try output.close()
+        guard rename(temporary, path) == 0 else {
             throw RepositoryError("cannot write the index cache \(path): \(String(cString: strerror(errno)))")
         }
+    }
+}
+
+/// A file being written through stdio for `IndexCacheFile.write`; every failure names the file and the disk.
+private final class CacheOutput {
+    let path: String
+    private let stream: UnsafeMutablePointer<FILE>
+    private var closed = false
+
+    init(path: String) throws {
+        self.path = path
+        let descriptor = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard descriptor >= 0, let stream = fdopen(descriptor, "w+") else {
+            let message = String(cString: strerror(errno))
+            if descriptor >= 0 { Glibc.close(descriptor) }
+            throw RepositoryError("cannot write the index cache \(path): \(message)")
+        }
+        self.stream = stream
+    }
+
+    deinit { if !closed { fclose(stream) } }
+
+    private func failure() -> RepositoryError {
+        RepositoryError("cannot write the index cache \(path): \(String(cString: strerror(errno))) (is the disk full?)")
+    }
+
+    func put(_ bytes: [UInt8]) throws {
+        guard bytes.isEmpty || fwrite(bytes, 1, bytes.count, stream) == bytes.count else { throw failure() }
+    }
+
+    func put<T: FixedWidthInteger>(integer value: T) throws { try put(withUnsafeBytes(of: value.littleEndian) { Array($0) }) }
+
+    func overwrite<T: FixedWidthInteger>(at offset: Int, integer value: T) throws {
+        guard fseek(stream, offset, SEEK_SET) == 0 else { throw failure() }
+        try put(integer: value)
+    }
+
+    /// Copies everything written to `other` so far onto the end of this file.
+    func append(contentsOf other: CacheOutput) throws {
+        guard fflush(other.stream) == 0, fseek(other.stream, 0, SEEK_SET) == 0 else { throw other.failure() }
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { fread($0.baseAddress!, 1, $0.count, other.stream) }
+            if count == 0 { break }
+            try put(Array(chunk[0..<count]))
+        }
+        guard ferror(other.stream) == 0 else { throw other.failure() }
+    }
+
+    func close() throws {
+        closed = true
+        guard fflush(stream) == 0, fclose(stream) == 0 else { throw failure() }
     }
 }
 
@@ -236,15 +308,20 @@ protocol IndexRecordSource: AnyObject {
     func next() -> IndexRecord?
 }
 
-/// Reads a cache file's records in order (the old cache, when new entries are merged into it).
+/// Reads a cache file's records in order (the old cache, when new entries are merged into it), each delta with its
+/// base: both tables are in id order, so they are walked side by side.
 final class CacheFileRecords: IndexRecordSource {
     private let file: IndexCacheFile
     private var position = 0
+    private var deltaPosition = 0
     init(_ file: IndexCacheFile) { self.file = file }
     func next() -> IndexRecord? {
         while position < file.count {
             defer { position += 1 }
-            if let record = file.record(at: position) { return record }
+            guard var record = file.record(at: position) else { continue }
+            while deltaPosition < file.deltaCount && file.delta(at: deltaPosition).delta < record.id { deltaPosition += 1 }
+            if deltaPosition < file.deltaCount, case let (delta, base) = file.delta(at: deltaPosition), delta == record.id { record.base = base }
+            return record
         }
         return nil
     }
@@ -272,7 +349,8 @@ struct IndexedBlobs: Sequence {
 
     init(cache: IndexCacheFile? = nil) { self.cache = cache }
 
-    var recentRecords: [IndexRecord] { recent.map { IndexRecord(id: $0.key, location: $0.value) } }
+    /// The in-memory entries as records, each delta with its base from `bases`.
+    func recentRecords(bases: DeltaBases) -> [IndexRecord] { recent.map { IndexRecord(id: $0.key, location: $0.value, base: bases[$0.key]) } }
 
     subscript(id: BlobID) -> BlobLocation? {
         get { recent[id] ?? cache?.location(of: id) }
@@ -291,6 +369,50 @@ struct IndexedBlobs: Sequence {
                 }
             }
             return recentIterator.next()
+        }
+    }
+}
+
+/// Each delta blob's base: the index cache's delta table with the deltas added since it was built in memory on top.
+/// Only deltas (database dump chunks) have a base, so ordinary entries cost nothing here.
+struct DeltaBases: Sequence {
+    var cache: IndexCacheFile?
+    /// Added since the cache was built. A nil value records a blob stored whole that the cache calls a delta.
+    var recent: [BlobID: BlobID?] = [:]
+
+    init(cache: IndexCacheFile? = nil) { self.cache = cache }
+
+    subscript(id: BlobID) -> BlobID? {
+        if let added = recent[id] { return added }
+        return cache?.base(of: id)
+    }
+
+    /// Records the base of `id`, or that `id` is stored whole.
+    mutating func set(_ base: BlobID?, for id: BlobID) {
+        if base != nil || cache?.base(of: id) != nil {
+            recent.updateValue(base, forKey: id)
+        } else {
+            recent[id] = nil
+        }
+    }
+
+    var isEmpty: Bool { first { _ in true } == nil }
+
+    func makeIterator() -> AnyIterator<(delta: BlobID, base: BlobID)> {
+        var position = 0
+        var recentIterator = recent.makeIterator()
+        return AnyIterator {
+            if let cache {
+                while position < cache.deltaCount {
+                    defer { position += 1 }
+                    let pair = cache.delta(at: position)
+                    if recent[pair.delta] == nil { return pair }
+                }
+            }
+            while let (delta, base) = recentIterator.next() {
+                if let base { return (delta, base) }
+            }
+            return nil
         }
     }
 }

@@ -19,7 +19,7 @@ public final class Repository: Sendable {
         var packs = PackNames()
         var blobs = IndexedBlobs()
         /// Delta blob -> its base. Only deltas (dump chunks) are here, so ordinary entries stay 20 bytes.
-        var bases: [BlobID: BlobID] = [:]
+        var bases = DeltaBases()
         var indexFiles: [String] = []
 
         /// The bases `id` is built on, nearest first (empty for a whole blob); nil for a chain that is broken (a base
@@ -49,14 +49,23 @@ public final class Repository: Sendable {
         init(cache: IndexCacheFile) {
             packs = PackNames(cache: cache)
             blobs = IndexedBlobs(cache: cache)
-            bases = cache.bases
+            bases = DeltaBases(cache: cache)
             indexFiles = Array(cache.indexFiles)
+        }
+
+        /// The entries added since the cache was built, as records carrying their bases.
+        var recentRecords: [IndexRecord] { blobs.recentRecords(bases: bases) }
+
+        /// Forgets the in-memory entries once they are in a cache file (a run of a rebuild).
+        mutating func dropRecent() {
+            blobs.recent = [:]
+            bases.recent = [:]
         }
 
         mutating func add(pack: String, entries: [PackEntry]) {
             let number = packs.number(of: pack) ?? packs.append(pack)
             for entry in entries {
-                if let base = entry.base { bases[entry.id] = base } else { bases[entry.id] = nil }
+                bases.set(entry.base, for: entry.id)
                 blobs[entry.id] = BlobLocation(pack: number, kind: entry.kind, compressed: entry.compressed, offset: entry.offset,
                                                length: entry.length, rawLength: entry.rawLength, inner: entry.inner)
             }
@@ -179,9 +188,9 @@ public final class Repository: Sendable {
         for name in names {
             try readIndexFile(name, into: &loaded, decompressor: decompressor)
             if loaded.blobs.recent.count >= foldLimit {
-                runs.append(try Self.writeCache(cachePath + ".run\(runs.count)", packs: loaded.packs, indexFiles: [], bases: [:],
-                                                sources: [SortedRecords(loaded.blobs.recentRecords)]))
-                loaded.blobs.recent = [:]
+                runs.append(try Self.writeCache(cachePath + ".run\(runs.count)", packs: loaded.packs, indexFiles: [],
+                                                sources: [SortedRecords(loaded.recentRecords)]))
+                loaded.dropRecent()
             }
         }
         try fold(&loaded, runs: runs)
@@ -193,18 +202,19 @@ public final class Repository: Sendable {
     private func fold(_ loaded: inout LoadedIndex, runs: [IndexCacheFile] = []) throws {
         guard let cachePath = indexCachePath else { return }
         let sources: [any IndexRecordSource] = (loaded.blobs.cache.map { [CacheFileRecords($0)] } ?? []) + runs.map(CacheFileRecords.init)
-            + [SortedRecords(loaded.blobs.recentRecords)]
-        let cache = try Self.writeCache(cachePath, packs: loaded.packs, indexFiles: loaded.indexFiles, bases: loaded.bases, sources: sources)
-        // The new cache names every pack, with the same numbers: the names added in memory can go.
+            + [SortedRecords(loaded.recentRecords)]
+        let cache = try Self.writeCache(cachePath, packs: loaded.packs, indexFiles: loaded.indexFiles, sources: sources)
+        // The new cache names every pack, with the same numbers, and holds every base: what was in memory can go.
         loaded.blobs = IndexedBlobs(cache: cache)
+        loaded.bases = DeltaBases(cache: cache)
         loaded.packs = PackNames(cache: cache)
     }
 
     /// Writes a cache file and maps it; `IndexCacheUnavailable` when either fails.
-    private static func writeCache(_ path: String, packs: PackNames, indexFiles: [String], bases: [BlobID: BlobID],
+    private static func writeCache(_ path: String, packs: PackNames, indexFiles: [String],
                                    sources: [any IndexRecordSource]) throws -> IndexCacheFile {
         do {
-            try IndexCacheFile.write(path: path, packs: packs, indexFiles: indexFiles, bases: bases, sources: sources)
+            try IndexCacheFile.write(path: path, packs: packs, indexFiles: indexFiles, sources: sources)
         } catch {
             throw IndexCacheUnavailable()
         }

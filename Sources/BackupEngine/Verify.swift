@@ -73,7 +73,7 @@ extension Repository {
         }
         if readData { report.blobsChecked += checkDeltas(index: index, bad: &bad, decompressor: decompressor) }
         // A delta is as damaged as any blob down its chain, and lost if its chain breaks.
-        for id in index.bases.keys where !bad.contains(id) {
+        for (id, _) in index.bases where !bad.contains(id) {
             if index.deltaChain(id)?.contains(where: bad.contains) ?? true { bad.insert(id) }
         }
         if !bad.isEmpty { report.problems.append("\(bad.count) damaged or missing blobs") }

@@ -84,7 +84,7 @@ struct DeltaTests {
         for day in 0..<4 { snapshots.append(try Self.backup(repository, Self.dump(rows: 8_000, day: day))) }
         let index = repository.indexSnapshot
         // A whole (non-delta) blob that the next days' deltas build on: the first day's chunk.
-        let base = try #require(index.bases.values.first { index.bases[$0] == nil })
+        let base = try #require(index.bases.map(\.base).first { index.bases[$0] == nil })
         let location = try #require(index.blobs[base])
         let path = scratch.appending("repo/" + Repository.packPath(index.packs[Int(location.pack)]))
         var bytes = try #require(FileManager.default.contents(atPath: path))

@@ -185,4 +185,87 @@ struct IndexCacheTests {
         #expect(try reopened.restore(snapshot, target: scene.scratch.appending("out")).errors.isEmpty)
         #expect(try scene.manifest(scene.scratch.appending("out")) == scene.manifest(scene.root + "/home"))
     }
+
+    /// Delta bases (database dump chunks) come from the cache's delta table: after a fold none is in memory, each
+    /// delta finds its base there, and days of dumps restore exactly, also after a rebuild in small runs.
+    @Test func deltaBasesAreReadFromTheCache() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-cache-deltas")
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        let keyFile = scratch.appending("k")
+        let repository = try Repository.initialize(storage: storage, keySource: .keyFile(keyFile))
+        var snapshots: [Snapshot] = []
+        for day in 0..<4 { snapshots.append(try DeltaTests.backup(repository, DeltaTests.dump(rows: 8_000, day: day))) }
+        let inMemory = Dictionary(uniqueKeysWithValues: repository.indexSnapshot.bases.map { ($0.delta, $0.base) })
+        #expect(inMemory.count >= 3, "the dumps should have made deltas")
+        #expect(try repository.verify(readData: false).isHealthy)  // writes the whole cache
+
+        // Rebuilt in runs of a few entries (the bases travel with their records through every merge), and read back.
+        for foldLimit in [IndexedBlobs.foldLimit, 3] {
+            try? FileManager.default.removeItem(atPath: scratch.appending("repo/cache/index"))
+            let reopened = try Repository.open(storage: storage, keySource: .keyFile(keyFile), foldLimit: foldLimit)
+            let bases = reopened.indexSnapshot.bases
+            #expect(bases.cache?.deltaCount == inMemory.count)
+            #expect(bases.recent.isEmpty, "with a cache over every index file, no base should be in memory")
+            #expect(Dictionary(uniqueKeysWithValues: bases.map { ($0.delta, $0.base) }) == inMemory)
+            for (delta, base) in inMemory { #expect(bases[delta] == base) }
+            for (_, base) in inMemory where inMemory[base] == nil { #expect(bases[base] == nil) }
+            for (day, snapshot) in snapshots.enumerated() {
+                #expect(try DeltaTests.restored(reopened, snapshot, scratch: scratch) == DeltaTests.dump(rows: 8_000, day: day))
+            }
+        }
+    }
+
+    /// A blob stored whole after the cache called it a delta is whole from then on, in memory and in the next cache.
+    @Test func aWholeBlobOverridesACachedDelta() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-cache-override")
+        let repository = try Repository.initialize(storage: LocalStorage(root: scratch.appending("repo")), keySource: .keyFile(scratch.appending("k")))
+        for day in 0..<2 { _ = try DeltaTests.backup(repository, DeltaTests.dump(rows: 8_000, day: day)) }
+        #expect(try repository.verify(readData: false).isHealthy)
+        let cache = try #require(repository.indexSnapshot.bases.cache)
+        let (delta, base) = try #require(repository.indexSnapshot.bases.first { _ in true })
+        var bases = DeltaBases(cache: cache)
+        bases.set(nil, for: delta)
+        #expect(bases[delta] == nil)
+        #expect(!bases.contains { $0.delta == delta })
+        bases.set(base, for: delta)
+        #expect(bases[delta] == base)
+        // Setting "whole" for a blob the cache does not call a delta keeps nothing in memory.
+        bases.set(nil, for: base)
+        #expect(bases.recent[base] == nil)
+
+        var records = [IndexRecord(id: delta, location: try #require(repository.indexSnapshot.blobs[delta]), base: nil)]
+        let path = scratch.appending("merged")
+        try IndexCacheFile.write(path: path, packs: repository.indexSnapshot.packs, indexFiles: [],
+                                 sources: [CacheFileRecords(cache), SortedRecords(records)])
+        let merged = try #require(IndexCacheFile(path: path))
+        #expect(merged.base(of: delta) == nil)
+        #expect(merged.deltaCount == cache.deltaCount - 1)
+        records[0].base = base
+        try IndexCacheFile.write(path: path, packs: repository.indexSnapshot.packs, indexFiles: [], sources: [SortedRecords(records)])
+        #expect(try #require(IndexCacheFile(path: path)).base(of: delta) == base)
+    }
+
+    /// The delta table is searched by id, so it must be in increasing id order; a cache whose table is not is
+    /// refused and rebuilt, and the dumps restore as before.
+    @Test func aDeltaTableOutOfOrderIsRebuilt() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-cache-delta-order")
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        let repository = try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("k")))
+        var snapshots: [Snapshot] = []
+        for day in 0..<4 { snapshots.append(try DeltaTests.backup(repository, DeltaTests.dump(rows: 8_000, day: day))) }
+        #expect(try repository.verify(readData: false).isHealthy)
+        let cachePath = scratch.appending("repo/cache/index")
+        let cache = try #require(IndexCacheFile(path: cachePath))
+        #expect(cache.deltaCount >= 2)
+        var bytes = try Array(Data(contentsOf: URL(fileURLWithPath: cachePath)))
+        let table = bytes.count - cache.deltaCount * 64
+        for offset in 0..<64 { bytes.swapAt(table + offset, table + 64 + offset) }
+        try Data(bytes).write(to: URL(fileURLWithPath: cachePath), options: .atomic)
+        #expect(IndexCacheFile(path: cachePath) == nil)
+        let reopened = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("k")))
+        #expect(IndexCacheFile(path: cachePath) != nil, "the cache was not rebuilt")
+        for (day, snapshot) in snapshots.enumerated() {
+            #expect(try DeltaTests.restored(reopened, snapshot, scratch: scratch) == DeltaTests.dump(rows: 8_000, day: day))
+        }
+    }
 }
