@@ -102,7 +102,7 @@ extension Repository {
         let started = Date()
         var report = CopyReport()
         let index = indexSnapshot
-        let needed = try reachableBlobs(snapshots)
+        let needed = try reachableBlobs(snapshots, index: index)
         var entriesByPack: [Int32: [PackEntry]] = [:]
         var neededPacks = Set<Int32>()
         for id in needed {

@@ -173,12 +173,15 @@ final class IndexCacheFile: @unchecked Sendable {
         return nil
     }
 
-    func location(of id: BlobID) -> BlobLocation? {
+    func location(of id: BlobID) -> BlobLocation? { position(of: id).flatMap { record(at: $0)?.location } }
+
+    /// Where `id`'s record is, by binary search; nil when the cache does not list it.
+    func position(of id: BlobID) -> Int? {
         var low = 0, high = count
         while low < high {
             let middle = (low + high) / 2
             let candidate = self.id(at: middle)
-            if candidate == id { return record(at: middle)?.location }
+            if candidate == id { return middle }
             if candidate < id { low = middle + 1 } else { high = middle }
         }
         return nil

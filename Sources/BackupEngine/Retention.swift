@@ -75,60 +75,74 @@ extension Repository {
             if !dryRun {
                 for id in report.removedSnapshots { try storage.remove("snapshots/" + id) }
             }
-            let used = try reachableBlobs(kept)
             let index = indexSnapshot
-            var byPack: [Int32: [(BlobID, BlobLocation)]] = [:]
-            for (id, location) in index.blobs { byPack[location.pack, default: []].append((id, location)) }
-            // A group's members share their bytes: count each stored range once.
-            func storedBytes(_ entries: [(BlobID, BlobLocation)]) -> Int64 {
-                Dictionary(entries.map { ($0.1.offset, Int64($0.1.length)) }, uniquingKeysWith: { first, _ in first }).values.reduce(0, +)
-            }
-            var deadPacks: [String] = []
-            var rewrite: [(pack: String, live: [(BlobID, BlobLocation)])] = []
-            var liveEntries: [(pack: String, entries: [PackEntry])] = []
-            for (number, pack) in index.packs.enumerated() {
-                let entries = byPack[Int32(number)] ?? []
-                let live = entries.filter { used.contains($0.0) }
-                let liveBytes = storedBytes(live)
-                let totalBytes = storedBytes(entries)
-                if live.isEmpty {
-                    deadPacks.append(pack)
-                    report.bytesFreed += totalBytes
-                } else if liveBytes * 5 < totalBytes * 4 {
-                    // More than a fifth unused: copy the live blobs (still sealed) into new packs.
-                    rewrite.append((pack, live))
-                    report.bytesFreed += totalBytes - liveBytes
-                } else {
-                    liveEntries.append((pack, live.map { index.entry($0.0, $0.1) }))
-                }
-            }
+            let used = try reachableBlobs(kept, index: index)
+            // Listed before any pack is rewritten, so a new pack is never taken for an unindexed one.
             let indexed = Set(index.packs)
             let unindexed = try packNames().filter { !indexed.contains($0) }
             for pack in unindexed { report.bytesFreed += Int64(try storage.size(Self.packPath(pack)) ?? 0) }
             report.unindexedPacksDeleted = unindexed.count
-            report.packsDeleted = deadPacks.count + rewrite.count
-            report.packsRewritten = rewrite.count
-            if dryRun { return report }
-            let writer = PackWriter(storage: storage, dataKey: keys.dataKey)
-            do {
-                for (pack, live) in rewrite {
-                    let bytes = try storage.read(Self.packPath(pack))
-                    // Each stored range is copied once, with the entries of its live blobs (a group keeps its dead
-                    // members' bytes; only their entries go).
-                    for (_, blobs) in Dictionary(grouping: live, by: { $0.1.offset }).sorted(by: { $0.key < $1.key }) {
-                        let location = blobs[0].1
-                        try writer.append(sealed: Array(bytes[Int(location.offset)..<Int(location.offset + location.length)]), kind: location.kind,
-                                          entries: blobs.map { index.entry($0.0, $0.1) })
-                    }
+            // A group's members share their bytes: count each stored range once.
+            func storedBytes(_ entries: [(id: BlobID, location: BlobLocation)]) -> Int64 {
+                Dictionary(entries.map { ($0.location.offset, Int64($0.location.length)) }, uniquingKeysWith: { first, _ in first }).values.reduce(0, +)
+            }
+            var deadPacks: [String] = []
+            var rewritten: [String] = []
+            // The new index goes out in files of at most `foldLimit` entries, as the packs are looked at, so neither
+            // the kept entries nor the rewritten packs' entries of a large repository are all in memory at once.
+            var pendingIndex: [(pack: String, entries: [PackEntry])] = []
+            var pendingEntries = 0
+            let writer = dryRun ? nil : PackWriter(storage: storage, dataKey: keys.dataKey)
+            func flushIndex() throws {
+                defer {
+                    pendingIndex = []
+                    pendingEntries = 0
                 }
-                let newPacks = try writer.finish()
-                try writeIndex(liveEntries + newPacks)
+                guard let writer else { return }
+                try writeIndex(pendingIndex + (try writer.finish()))
+                writer.markIndexed()
+            }
+            do {
+                try index.forEachPack(limit: foldLimit) { number, entries in
+                    let pack = index.packs[Int(number)]
+                    let live = entries.filter { used.contains($0.id) }
+                    let liveBytes = storedBytes(live)
+                    let totalBytes = storedBytes(entries)
+                    if live.isEmpty {
+                        deadPacks.append(pack)
+                        report.bytesFreed += totalBytes
+                        return
+                    }
+                    if liveBytes * 5 < totalBytes * 4 {
+                        // More than a fifth unused: copy the live blobs (still sealed) into new packs.
+                        rewritten.append(pack)
+                        report.bytesFreed += totalBytes - liveBytes
+                        if let writer {
+                            let bytes = try self.storage.read(Self.packPath(pack))
+                            // Each stored range is copied once, with the entries of its live blobs (a group keeps its
+                            // dead members' bytes; only their entries go).
+                            for (_, blobs) in Dictionary(grouping: live, by: { $0.location.offset }).sorted(by: { $0.key < $1.key }) {
+                                let location = blobs[0].location
+                                try writer.append(sealed: Array(bytes[Int(location.offset)..<Int(location.offset + location.length)]), kind: location.kind,
+                                                  entries: blobs.map { index.entry($0.id, $0.location) })
+                            }
+                        }
+                    } else if !dryRun {
+                        pendingIndex.append((pack, live.map { index.entry($0.id, $0.location) }))
+                    }
+                    pendingEntries += live.count
+                    if pendingEntries >= self.foldLimit { try flushIndex() }
+                }
+                report.packsDeleted = deadPacks.count + rewritten.count
+                report.packsRewritten = rewritten.count
+                if dryRun { return report }
+                try flushIndex()
             } catch {
-                writer.abandon()
+                writer?.abandon()
                 throw error
             }
             for name in index.indexFiles { try storage.remove("index/" + name) }
-            for pack in deadPacks + rewrite.map(\.pack) + unindexed { try storage.remove(Self.packPath(pack)) }
+            for pack in deadPacks + rewritten + unindexed { try storage.remove(Self.packPath(pack)) }
             (storage as? LocalStorage)?.removeTemporaryFiles()
             try reloadIndex()
             return report

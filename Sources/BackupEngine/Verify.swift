@@ -26,29 +26,27 @@ extension Repository {
         try reloadIndex(rebuildCache: true)
         let index = indexSnapshot
         var bad = Set<BlobID>()
-        var packEntries: [Int32: [(BlobID, BlobLocation)]] = [:]
-        for (id, location) in index.blobs { packEntries[location.pack, default: []].append((id, location)) }
         let decompressor = ZstdDecompressor()
-        for (number, pack) in index.packs.enumerated() {
-            let entries = packEntries[Int32(number)] ?? []
+        try index.forEachPack { number, entries in
+            let pack = index.packs[Int(number)]
             let needed = entries.map { Int($0.1.offset + $0.1.length) }.max() ?? 0
             report.packs += 1
-            guard let size = try storage.size(Self.packPath(pack)), size >= needed else {
+            guard let size = try self.storage.size(Self.packPath(pack)), size >= needed else {
                 report.problems.append("pack \(pack.prefix(16)) is missing or truncated")
                 bad.formUnion(entries.map(\.0))
-                continue
+                return
             }
-            guard readData else { continue }
+            guard readData else { return }
             let bytes: [UInt8]
             do {
-                bytes = try storage.read(Self.packPath(pack))
+                bytes = try self.storage.read(Self.packPath(pack))
             } catch {
                 report.problems.append("pack \(pack.prefix(16)) cannot be read: \(error)")
                 bad.formUnion(entries.map(\.0))
-                continue
+                return
             }
             report.bytesRead += Int64(bytes.count)
-            if (try? packHeader(bytes, pack: pack)) == nil {
+            if (try? self.packHeader(bytes, pack: pack)) == nil {
                 report.problems.append("pack \(pack.prefix(16)) has a damaged header (its blobs are checked one by one)")
             }
             // A delta opens only with its base's plaintext: deltas are checked below, chain by chain. Blobs go in
@@ -60,13 +58,13 @@ extension Repository {
                 let ok = bytes.withUnsafeBytes { raw -> Bool in
                     let sealed = UnsafeRawBufferPointer(rebasing: raw[range])
                     guard location.inner != nil else {
-                        return (try? openBlob(sealed, id: id, location: location, pack: pack, decompressor: decompressor)) != nil
+                        return (try? self.openBlob(sealed, id: id, location: location, pack: pack, decompressor: decompressor)) != nil
                     }
                     if group?.offset != location.offset {
-                        group = (location.offset, try? openGroup(sealed, pack: pack, decompressor: decompressor))
+                        group = (location.offset, try? self.openGroup(sealed, pack: pack, decompressor: decompressor))
                     }
                     guard let plaintext = group?.plaintext else { return false }
-                    return (try? groupMember(id, of: plaintext, location: location, pack: pack)) != nil
+                    return (try? self.groupMember(id, of: plaintext, location: location, pack: pack)) != nil
                 }
                 if !ok { bad.insert(id) }
             }
@@ -161,13 +159,13 @@ extension Repository {
         return isClean
     }
 
-    /// Every blob (trees and contents) that the given snapshots reach.
-    func reachableBlobs(_ snapshots: [Snapshot]) throws -> Set<BlobID> {
-        var used = Set<BlobID>()
+    /// Every blob (trees and contents) that the given snapshots reach, as marks on `index` (one bit per blob).
+    func reachableBlobs(_ snapshots: [Snapshot], index: LoadedIndex) throws -> BlobMarks {
+        var used = BlobMarks(index: index)
         var pending = snapshots.compactMap { BlobID(hex: $0.tree) }
         let decompressor = ZstdDecompressor()
         while let tree = pending.popLast() {
-            guard used.insert(tree).inserted else { continue }
+            guard used.insert(tree) else { continue }
             let listing = try loadTree(tree, decompressor: decompressor)
             for node in listing.nodes {
                 if let subtree = node.subtree { pending.append(subtree) }
@@ -175,10 +173,9 @@ extension Repository {
             }
         }
         // A delta needs its chain of bases, even when no kept snapshot names them any more.
-        let bases = indexSnapshot.bases
-        for id in Array(used) {
-            var current = id
-            while let base = bases[current], used.insert(base).inserted { current = base }
+        for (delta, _) in index.bases where used.contains(delta) {
+            var current = delta
+            while let base = index.bases[current], used.insert(base) { current = base }
         }
         return used
     }

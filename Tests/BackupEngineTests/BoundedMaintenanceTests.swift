@@ -1,0 +1,93 @@
+@testable import BackupEngine
+import Foundation
+import Testing
+import TestSupport
+
+/// Prune, verify and copy look at every blob without holding the whole index in memory: reachable blobs are bits
+/// on the index cache, and packs are visited a batch at a time. The repositories here are opened with a tiny fold
+/// limit, so every path (cache plus in-memory entries, many batches, many index files) is taken.
+struct BoundedMaintenanceTests {
+    static let foldLimit = 40
+
+    func openSmall(_ scene: EngineScene) throws -> Repository {
+        try Repository.open(storage: scene.storage, keySource: .keyFile(scene.keyFile), foldLimit: Self.foldLimit)
+    }
+
+    /// A repository whose index is partly in the cache and partly in memory.
+    func repositoryWithCacheAndRecentEntries(_ scene: EngineScene) throws -> (Repository, Snapshot, Snapshot) {
+        _ = try scene.initialize()
+        let repository = try openSmall(scene)
+        let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        try writeRandomFiles(scene.scratch.appending("new"), count: 3, size: 100_000, prefix: "new")
+        let second = try repository.backup(directory: scene.scratch.appending("new"), options: BackupOptions(tags: ["kind": "new"]))
+        let index = repository.indexSnapshot
+        #expect(index.blobs.cache != nil && !index.blobs.recent.isEmpty, "the test needs both cached and in-memory entries")
+        return (repository, first, second)
+    }
+
+    @Test func marksHoldExactlyTheInsertedBlobs() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 3)
+        let (repository, _, _) = try repositoryWithCacheAndRecentEntries(scene)
+        let index = repository.indexSnapshot
+        let all = index.blobs.map(\.key)
+        let cachedID = try #require(all.first { index.blobs.recent[$0] == nil })
+        let recentID = try #require(index.blobs.recent.keys.first)
+        let unknown = BlobID(bytes: [UInt8](repeating: 7, count: 32))
+        var marks = BlobMarks(index: index)
+        let firstTime = marks.insert(cachedID), secondTime = marks.insert(cachedID)
+        let recentInserted = marks.insert(recentID), unknownInserted = marks.insert(unknown)
+        #expect(firstTime && !secondTime && recentInserted && unknownInserted)
+        #expect(marks.count == 3)
+        #expect(Set(marks) == [cachedID, recentID, unknown])
+        for id in all where id != cachedID && id != recentID { #expect(!marks.contains(id)) }
+
+        // Every other blob, marked too: iteration gives each exactly once.
+        marks.formUnion(all)
+        let listed = Array(marks)
+        #expect(listed.count == all.count + 1)
+        #expect(Set(listed) == Set(all).union([unknown]))
+    }
+
+    @Test func everyPackIsVisitedOnceWithItsEntries() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 3)
+        let (repository, _, _) = try repositoryWithCacheAndRecentEntries(scene)
+        let index = repository.indexSnapshot
+        var visited: [Int32] = []
+        var seen: [BlobID: BlobLocation] = [:]
+        index.forEachPack(limit: 7) { number, entries in
+            visited.append(number)
+            for (id, location) in entries {
+                #expect(location.pack == number)
+                let earlier = seen.updateValue(location, forKey: id)
+                #expect(earlier == nil, "blob \(id) listed twice")
+            }
+        }
+        #expect(visited == (0..<Int32(index.packs.count)).map { $0 })
+        #expect(seen.count == index.blobs.map(\.key).count)
+        for (id, location) in seen { #expect(index.blobs[id]?.offset == location.offset) }
+    }
+
+    /// Prune with a tiny fold limit: the kept entries go out in many index files, the rewritten packs' entries with
+    /// them, and the repository verifies and restores exactly.
+    @Test func pruneWritesTheNewIndexInBoundedFiles() throws {
+        let scene = try EngineScene(accounts: 2, sizeMB: 3)
+        let (repository, _, _) = try repositoryWithCacheAndRecentEntries(scene)
+        try HostingFixture.churn(root: scene.root, percent: 30)
+        let latest = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        let report = try repository.prune(policy: { _ in RetentionPolicy(keepLast: 1) }, dryRun: false)
+        #expect(report.removedSnapshots.count == 1)
+        #expect(report.packsDeleted > 0)
+        let indexFiles = try scene.storage.list("index")
+        let reopened = try openSmall(scene)
+        // One index file takes whole packs until it holds `foldLimit` entries; this repository's packs hold more.
+        let packs = reopened.indexSnapshot.packs.count
+        #expect(indexFiles.count > 1 && indexFiles.count <= packs + 1, "\(indexFiles.count) index files for \(packs) packs")
+        #expect(try reopened.verify(readData: true).isHealthy)
+        let target = scene.scratch.appending("restored")
+        #expect(try reopened.restore(latest, target: target).errors.isEmpty)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+        // Nothing that prune freed is still named, and a second prune finds nothing to do.
+        let again = try reopened.prune(policy: { _ in RetentionPolicy(keepLast: 1) }, dryRun: false)
+        #expect(again.packsDeleted == 0 && again.unindexedPacksDeleted == 0)
+    }
+}
