@@ -11,7 +11,7 @@ public struct BackupOptions: Sendable {
     /// Paths relative to the backed-up directory to leave out (e.g. "mail").
     public var excludes: Set<String>
     public var chunking: ChunkerParameters
-    /// zstd level. By default 1 for files and 3 for streams (database dumps); see `CompressorPool`.
+    /// zstd level: 1 for files and 3 for streams (database dumps) unless set; see `CompressorPool`.
     public var compressionLevel: Int32
     /// Called now and then with running totals, for progress lines on a terminal.
     public var progress: (@Sendable (BackupSummary) -> Void)?
@@ -25,9 +25,9 @@ public struct BackupOptions: Sendable {
 
     public init(tags: [String: String], excludes: Set<String> = [], chunking: ChunkerParameters = .files,
                 progress: (@Sendable (BackupSummary) -> Void)? = nil, beforeCommit: (@Sendable () throws -> Void)? = nil,
-                checkpoint: (@Sendable (String) throws -> Void)? = nil, compressionLevel: Int32? = nil) {
+                checkpoint: (@Sendable (String) throws -> Void)? = nil) {
         self.beforeCommit = beforeCommit
-        self.compressionLevel = compressionLevel ?? (chunking == .streams ? CompressorPool.streamLevel : CompressorPool.fileLevel)
+        compressionLevel = chunking == .streams ? CompressorPool.streamLevel : CompressorPool.fileLevel
         self.tags = tags
         self.excludes = excludes
         self.chunking = chunking
