@@ -399,7 +399,7 @@ struct DeltaBases: Sequence {
         }
     }
 
-    var isEmpty: Bool { first { _ in true } == nil }
+    var isEmpty: Bool { makeIterator().next() == nil }
 
     func makeIterator() -> AnyIterator<(delta: BlobID, base: BlobID)> {
         var position = 0

@@ -173,9 +173,9 @@ extension Repository {
             }
         }
         // A delta needs its chain of bases, even when no kept snapshot names them any more.
-        for (delta, _) in index.bases where used.contains(delta) {
-            var current = delta
-            while let base = index.bases[current], used.insert(base) { current = base }
+        for (delta, base) in index.bases where used.contains(delta) {
+            var next: BlobID? = base
+            while let current = next, used.insert(current) { next = index.bases[current] }
         }
         return used
     }
