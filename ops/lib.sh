@@ -10,6 +10,11 @@ if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# Release builds link the Swift runtime and Foundation into each program: the binaries then run on a hosting server
+# with no Swift installed (only the Debian C libraries), and start faster, with no dozen runtime libraries to load.
+release_build() { swift build -c release --static-swift-stdlib "$@"; }
+release_bin() { swift build -c release --static-swift-stdlib --show-bin-path; }
+
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 

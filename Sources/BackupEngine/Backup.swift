@@ -117,13 +117,14 @@ public final class BackupSession: Sendable {
     /// ticket to it. Thread-safe.
     @discardableResult
     public func backup(directory: String, options: BackupOptions) throws -> Int {
-        var info = stat()
-        guard lstat(directory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-            throw RepositoryError("cannot back up \(directory): not a readable directory")
+        let descriptor = FileName.withPath(directory) { open($0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        guard descriptor >= 0 else {
+            throw RepositoryError("cannot back up \(FileName.printable(directory)): not a readable directory (\(String(cString: strerror(errno))))")
         }
+        defer { Glibc.close(descriptor) }
         return try run(options: options) { job in
             let parentTree = try job.parent.map { try self.repository.loadTree($0.tree, decompressor: job.decompressor) }
-            return try job.directory(path: directory, relative: "", parent: parentTree)
+            return try job.directory(descriptor, relative: "", parent: parentTree)
         }
     }
 
@@ -187,6 +188,7 @@ public final class BackupSession: Sendable {
                 written[ticket] = snapshot
                 _ = pending.withLock { $0.snapshots.removeFirst() }
             }
+            repository.foldIndexIfWorthwhile()
             return written
         } catch {
             // Packs not yet in an index are useless; an index without a snapshot is harmless (prune reclaims it).
@@ -252,17 +254,20 @@ final class BackupJob: @unchecked Sendable {
 
     // MARK: Walking
 
-    func directory(path: String, relative: String, parent: Tree?) throws -> BlobID {
+    /// Stores the directory open at `descriptor` and everything under it. Entries are reached relative to their
+    /// directory's descriptor (`fstatat`, `openat`, never following a symbolic link), so the kernel does not walk the
+    /// whole path again for each of them, and a directory swapped for a link during the walk cannot lead outside.
+    func directory(_ descriptor: Int32, relative: String, parent: Tree?) throws -> BlobID {
         // Keyed by bytes: NFC and NFD spellings of one name are different files, though equal as Swift strings.
         let previous = Dictionary((parent?.nodes ?? []).map { (Array($0.name.utf8), $0) }, uniquingKeysWith: { first, _ in first })
         var nodes: [TreeNode] = []
-        for name in try listDirectory(path) {
+        for entry in try listDirectory(descriptor, relative: relative) {
+            let name = entry.name
             let nameKey = Array(name.utf8)
             let childRelative = relative.isEmpty ? name : relative + "/" + name
             if options.excludes.contains(childRelative) { continue }
-            let childPath = path + "/" + name
             var info = stat()
-            guard FileName.withPath(childPath, { lstat($0, &info) }) == 0 else {
+            guard fstatat(descriptor, entry.bytes, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
                 recordError("\(childRelative): \(String(cString: strerror(errno)))")
                 continue
             }
@@ -274,13 +279,19 @@ final class BackupJob: @unchecked Sendable {
             case S_IFDIR:
                 node.kind = .directory
                 node.size = 0
+                let child = openat(descriptor, entry.bytes, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                guard child >= 0 else {
+                    recordError("\(childRelative): \(String(cString: strerror(errno)))")
+                    continue
+                }
+                defer { close(child) }
                 let childParent = try previous[nameKey].flatMap { $0.kind == .directory ? $0.subtree : nil }
                     .map { try repository.loadTree($0, decompressor: decompressor) }
-                node.subtree = try directory(path: childPath, relative: childRelative, parent: childParent)
+                node.subtree = try directory(child, relative: childRelative, parent: childParent)
                 summary.withLock { $0.directories += 1 }
             case S_IFLNK:
                 node.kind = .symlink
-                node.target = readLink(childPath)
+                node.target = readLink(descriptor, entry.bytes)
             case S_IFREG:
                 let linkKey = "\(info.st_dev):\(info.st_ino)"
                 if info.st_nlink > 1, let first = hardLinks[linkKey] {
@@ -297,10 +308,10 @@ final class BackupJob: @unchecked Sendable {
                     summary.withLock { $0.filesUnchanged += 1; $0.bytesTotal += node.size }
                 } else {
                     do {
-                        let descriptor = FileName.withPath(childPath) { open($0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
-                        guard descriptor >= 0 else { throw RepositoryError(String(cString: strerror(errno))) }
-                        defer { close(descriptor) }
-                        (node.content, node.size) = try chunkDescriptor(descriptor, path: childRelative)
+                        let file = openat(descriptor, entry.bytes, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                        guard file >= 0 else { throw RepositoryError(String(cString: strerror(errno))) }
+                        defer { close(file) }
+                        (node.content, node.size) = try chunkDescriptor(file, path: childRelative)
                         summary.withLock {
                             if previous[nameKey] == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
                             $0.filesRead += 1
@@ -320,25 +331,36 @@ final class BackupJob: @unchecked Sendable {
         return try storeTree(Tree(nodes: nodes))
     }
 
-    private func listDirectory(_ path: String) throws -> [String] {
-        guard let directory = FileName.withPath(path, { opendir($0) }) else {
-            throw RepositoryError("cannot list \(path): \(String(cString: strerror(errno)))")
+    /// A directory entry: its name for trees and messages, and its bytes, NUL-terminated, for the system calls.
+    private struct DirectoryEntry {
+        let name: String
+        let bytes: [CChar]
+    }
+
+    private func listDirectory(_ descriptor: Int32, relative: String) throws -> [DirectoryEntry] {
+        // readdir consumes the descriptor it is given: it gets a duplicate, ours stays open for the entries.
+        let duplicate = dup(descriptor)
+        guard duplicate >= 0, let directory = fdopendir(duplicate) else {
+            let message = String(cString: strerror(errno))
+            if duplicate >= 0 { close(duplicate) }
+            throw RepositoryError("cannot list \(relative.isEmpty ? "the top directory" : FileName.printable(relative)): \(message)")
         }
         defer { closedir(directory) }
-        var names: [String] = []
+        var entries: [DirectoryEntry] = []
         while let entry = readdir(directory) {
             // Names that are not UTF-8 are kept byte for byte (see FileName).
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in FileName.string(from: raw.prefix { $0 != 0 }) }
-            if name != "." && name != ".." { names.append(name) }
+            let bytes = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
+            if bytes == [0x2E] || bytes == [0x2E, 0x2E] { continue }
+            entries.append(DirectoryEntry(name: FileName.string(from: bytes), bytes: bytes.map { CChar(bitPattern: $0) } + [0]))
         }
         // Byte order: the same on every machine and for every Unicode spelling (String's < is canonical-equivalence
         // aware, and so could not order NFC and NFD spellings of one name).
-        return names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        return entries.sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) { UInt8(bitPattern: $0) < UInt8(bitPattern: $1) } }
     }
 
-    private func readLink(_ path: String) -> String {
+    private func readLink(_ descriptor: Int32, _ name: [CChar]) -> String {
         var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let count = FileName.withPath(path) { readlink($0, &target, target.count - 1) }
+        let count = readlinkat(descriptor, name, &target, target.count - 1)
         guard count >= 0 else { return "" }
         return FileName.string(from: target[0..<count].map { UInt8(bitPattern: $0) })
     }

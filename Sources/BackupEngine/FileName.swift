@@ -1,3 +1,5 @@
+import Glibc
+
 /// File names as Linux stores them: byte strings without "/" or NUL, usually but not always UTF-8. A hosting account
 /// gets Latin-1 names from old FTP clients and zip files; a backup that skips those loses customer files.
 ///
@@ -81,12 +83,21 @@ public enum FileName {
 
     private static func escape(_ byte: UInt8) -> Unicode.Scalar { Unicode.Scalar(escapeBase + UInt32(byte))! }
 
-    /// U+10FC00…U+10FCFF is F4 8F B0 80 … F4 8F B3 BF in UTF-8: a cheap test before any per-scalar work.
+    /// U+10FC00…U+10FCFF is F4 8F B0 80 … F4 8F B3 BF in UTF-8: a cheap test before any per-scalar work. It runs
+    /// for every name a backup walks, so it scans contiguous bytes in place (`memchr`) instead of copying them.
     private static func containsEscapeRange<Bytes: Collection>(_ utf8: Bytes) -> Bool where Bytes.Element == UInt8 {
-        guard utf8.contains(0xF4) else { return false }
-        let bytes = Array(utf8)
-        for index in bytes.indices.dropLast(2) where bytes[index] == 0xF4 && bytes[index + 1] == 0x8F && (0xB0...0xB3).contains(bytes[index + 2]) {
-            return true
+        if let found = utf8.withContiguousStorageIfAvailable(containsEscapeRange(in:)) { return found }
+        return Array(utf8).withUnsafeBufferPointer(containsEscapeRange(in:))
+    }
+
+    private static func containsEscapeRange(in bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let start = bytes.baseAddress else { return false }
+        var position = 0
+        while position + 2 < bytes.count,
+              let found = memchr(start + position, 0xF4, bytes.count - position - 2) {
+            let index = start.distance(to: found.assumingMemoryBound(to: UInt8.self))
+            if bytes[index + 1] == 0x8F && (0xB0...0xB3).contains(bytes[index + 2]) { return true }
+            position = index + 1
         }
         return false
     }

@@ -120,10 +120,14 @@ final class IndexCacheFile: @unchecked Sendable {
         mapping = mapped
         mappedSize = size
         records = raw + headerSize
-        madvise(mapped, size, MADV_RANDOM)
+        // Lookups land anywhere in the file. A small cache is worth reading whole in the background (one sequential
+        // read instead of a page fault per probe when it is not in the page cache); a large one is read as probed.
+        madvise(mapped, size, size <= Self.readAheadLimit ? MADV_WILLNEED : MADV_RANDOM)
     }
 
     deinit { munmap(mapping, mappedSize) }
+
+    static let readAheadLimit = 32 << 20
 
     static func headerSize(packs: Int, indexFiles: Int) -> Int { 32 + (packs + indexFiles) * 32 + packs * 4 }
 
@@ -347,6 +351,8 @@ final class SortedRecords: IndexRecordSource {
 /// cache file.
 struct IndexedBlobs: Sequence {
     static let foldLimit = 1 << 18
+    /// Below this many entries, reading them from index files at open is cheaper than rewriting the cache.
+    static let minimumEarlyFold = 1 << 13
     var cache: IndexCacheFile?
     var recent: [BlobID: BlobLocation] = [:]
 

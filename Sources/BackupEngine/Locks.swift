@@ -53,7 +53,7 @@ extension Repository {
     func acquireLease(exclusive: Bool) throws -> RepositoryLease {
         let storage = self.storage
         let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
+        decoder.dateDecodingStrategy = UTCTime.jsonDecoding
         func checkConflicts(except own: String?) throws {
             for name in try storage.list("locks") where "locks/" + name != own {
                 guard let data = try? storage.read("locks/" + name), let lease = try? decoder.decode(LockLease.self, from: Data(data)) else { continue }
@@ -70,7 +70,7 @@ extension Repository {
         let name = "locks/" + Hex.encode(SecureRandom.bytes(8))
         @Sendable func writeLease() throws {
             let encoder = JSONEncoder()
-            encoder.dateEncodingStrategy = .iso8601
+            encoder.dateEncodingStrategy = UTCTime.jsonEncoding
             let lease = LockLease(exclusive: exclusive, host: ProcessInfo.processInfo.hostName, pid: getpid(),
                                   expires: Date().addingTimeInterval(LockLease.duration))
             try storage.write(name, Array(try encoder.encode(lease)))

@@ -262,6 +262,19 @@ public final class Repository: Sendable {
         return name
     }
 
+    /// Entries not in the cache are read from their index files at every open (decrypted, decompressed, hashed
+    /// into memory: about a microsecond each), while a fold rewrites the whole cache once. So a backup folds what it
+    /// added once that reaches a quarter of the cache, and at least `IndexedBlobs.minimumEarlyFold` entries: a new
+    /// repository is mapped from its first backup on, and a large one is not rewritten after every small backup
+    /// (`foldLimit` still bounds what stays in memory). A cache that cannot be written changes nothing.
+    func foldIndexIfWorthwhile(minimum: Int = IndexedBlobs.minimumEarlyFold) {
+        indexState.withLock { state in
+            let recent = state.blobs.recent.count
+            guard recent > 0, recent >= max(minimum, (state.blobs.cache?.count ?? 0) / 4) else { return }
+            try? fold(&state)
+        }
+    }
+
     func isIndexed(_ id: BlobID) -> Bool { indexState.withLock { $0.blobs[id] != nil } }
 
     /// See `LoadedIndex.deltaDepth`.
@@ -404,7 +417,7 @@ public final class Repository: Sendable {
         var result: [Snapshot] = []
         var damaged: [String] = []
         let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = SnapshotTime.decoding
+        decoder.dateDecodingStrategy = UTCTime.jsonDecoding
         for name in try storage.list("snapshots") {
             guard let sealed = try? storage.read("snapshots/" + name),
                   let plain = try? AES256GCM.open(sealed, key: keys.dataKey, aad: Self.snapshotAAD),
@@ -422,7 +435,7 @@ public final class Repository: Sendable {
 
     func writeSnapshot(_ snapshot: Snapshot) throws -> String {
         let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = SnapshotTime.encoding
+        encoder.dateEncodingStrategy = UTCTime.jsonEncoding
         encoder.outputFormatting = [.sortedKeys]
         let sealed = try AES256GCM.seal(try encoder.encode(snapshot), key: keys.dataKey, aad: Self.snapshotAAD)
         let name = SHA256.hex(sealed)
@@ -444,30 +457,5 @@ public final class Repository: Sendable {
             throw RepositoryError(found.isEmpty ? "no snapshot \(reference) in \(storage.location)" : "snapshot id \(reference) is ambiguous; give more characters")
         }
         return found[0]
-    }
-}
-
-/// Snapshot times are ISO 8601 with milliseconds, so two backups in the same second still sort in order;
-/// times without a fraction are read too.
-enum SnapshotTime {
-    static func format(_ date: Date) -> String {
-        date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
-    }
-
-    static func parse(_ text: String) -> Date? {
-        (try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)))
-            ?? (try? Date(text, strategy: .iso8601))
-    }
-
-    static let encoding = JSONEncoder.DateEncodingStrategy.custom { date, encoder in
-        var container = encoder.singleValueContainer()
-        try container.encode(format(date))
-    }
-
-    static let decoding = JSONDecoder.DateDecodingStrategy.custom { decoder in
-        let container = try decoder.singleValueContainer()
-        let text = try container.decode(String.self)
-        guard let date = parse(text) else { throw DecodingError.dataCorruptedError(in: container, debugDescription: "not an ISO 8601 time: \(text)") }
-        return date
     }
 }

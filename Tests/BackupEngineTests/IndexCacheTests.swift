@@ -37,6 +37,38 @@ struct IndexCacheTests {
         #expect(again.summary.blobsAdded <= 1, "deduplication against the cached index failed: \(again.summary)")
     }
 
+    /// What a backup adds is folded into the cache once a rewrite is worth it: at least a minimum number of entries,
+    /// and a quarter of what the cache holds. Until then it is read from its index file at each open.
+    @Test func aBackupFoldsWhatItAddedOnceItOutweighsTheCache() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 2)
+        let repository = try scene.initialize()
+        let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        // A small repository: below the default minimum, so the entries are still in memory after the commit.
+        let added = repository.indexSnapshot.blobs.recent.count
+        #expect(added >= Int(first.summary.blobsAdded) && added < IndexedBlobs.minimumEarlyFold)
+        repository.foldIndexIfWorthwhile(minimum: added + 1)
+        #expect(repository.indexSnapshot.blobs.recent.count == added)
+
+        repository.foldIndexIfWorthwhile(minimum: added)
+        #expect(repository.indexSnapshot.blobs.recent.isEmpty)
+        let cache = try #require(repository.indexSnapshot.blobs.cache)
+        #expect(cache.count == added)
+        // The next process maps the cache and reads no index file.
+        #expect(try scene.open().indexSnapshot.blobs.recent.isEmpty)
+        #expect(cache.indexFiles == Set(try scene.storage.list("index")))
+
+        // A small change next to a large cache stays in memory, even with no minimum.
+        try Data("a new page\n".utf8).write(to: URL(fileURLWithPath: scene.root + "/home/added.html"))
+        let second = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        let smallChange = repository.indexSnapshot.blobs.recent.count
+        #expect(smallChange > 0 && smallChange < cache.count / 4)
+        repository.foldIndexIfWorthwhile(minimum: 1)
+        #expect(repository.indexSnapshot.blobs.recent.count == smallChange)
+        let target = scene.scratch.appending("restored")
+        #expect(try scene.open().restore(second, target: target).errors.isEmpty)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+    }
+
     @Test func aMissingStaleOrDamagedCacheIsRebuilt() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 2)
         let repository = try scene.initialize()
