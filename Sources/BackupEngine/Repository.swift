@@ -413,13 +413,27 @@ public final class Repository: Sendable {
         try snapshotsWithDamage().snapshots
     }
 
-    func snapshotsWithDamage() throws -> (snapshots: [Snapshot], damaged: [String]) {
+    /// Every snapshot and the names of the damaged ones. Snapshot files are read through the local snapshot cache
+    /// unless `useCache` is false (verify, which must see the files themselves).
+    func snapshotsWithDamage(useCache: Bool = true) throws -> (snapshots: [Snapshot], damaged: [String]) {
         var result: [Snapshot] = []
         var damaged: [String] = []
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = UTCTime.jsonDecoding
-        for name in try storage.list("snapshots") {
-            guard let sealed = try? storage.read("snapshots/" + name),
+        let names = try storage.list("snapshots")
+        let cache = useCache ? snapshotCache : nil
+        let cached = cache?.read() ?? [:]
+        var sealedFiles: [(name: String, sealed: [UInt8])] = []
+        var missed = false
+        for name in names {
+            let sealed: [UInt8]?
+            if let hit = cached[name], SnapshotCache.matches(hit, name: name) {
+                sealed = hit
+            } else {
+                sealed = try? storage.read("snapshots/" + name)
+                missed = true
+            }
+            guard let sealed,
                   let plain = try? AES256GCM.open(sealed, key: keys.dataKey, aad: Self.snapshotAAD),
                   var snapshot = try? decoder.decode(Snapshot.self, from: Data(plain)) else {
                 damaged.append(name)
@@ -427,8 +441,18 @@ public final class Repository: Sendable {
             }
             snapshot.id = name
             result.append(snapshot)
+            sealedFiles.append((name, sealed))
+        }
+        // Rewritten when it missed a snapshot or holds one that is gone (after a backup or a prune).
+        if let cache, missed || names.count != cached.count {
+            cache.write(sealedFiles)
         }
         return (result.sorted { ($0.time, $0.id) < ($1.time, $1.id) }, damaged)
+    }
+
+    /// Local repositories only, beside the index cache.
+    private var snapshotCache: SnapshotCache? {
+        (storage as? LocalStorage).map { SnapshotCache(path: $0.root + "/cache/snapshots") }
     }
 
     static let snapshotAAD = Array("fleetkeep snapshot".utf8)

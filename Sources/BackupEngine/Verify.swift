@@ -77,7 +77,7 @@ extension Repository {
         if !bad.isEmpty { report.problems.append("\(bad.count) damaged or missing blobs") }
         let indexed = Set(index.packs)
         for pack in try packNames() where !indexed.contains(pack) { report.unindexedPacks += 1 }
-        let (snapshots, damagedSnapshots) = try snapshotsWithDamage()
+        let (snapshots, damagedSnapshots) = try snapshotsWithDamage(useCache: false)
         for name in damagedSnapshots { report.problems.append("snapshot file \(name.prefix(16)) is damaged") }
         report.snapshots = snapshots.count
         var clean = Set<BlobID>()
