@@ -1,5 +1,6 @@
 import BackupEngine
 import CommandLineSupport
+import Crypto
 import Foundation
 import SFTP
 
@@ -99,7 +100,20 @@ public enum OffsiteCommands {
         if create, let local {
             try local.replicateConfiguration(to: storage)
         }
-        return (try Repository.open(storage: storage, keySource: .keyFile(config.keyFile)), storage)
+        let keySource = KeySource.keyFile(config.keyFile)
+        guard let cache = remoteCacheDirectory(target: target, config: config) else {
+            return (try Repository.open(storage: storage, keySource: keySource), storage)
+        }
+        return (try Repository.open(storage: storage, keySource: keySource, cacheDirectory: cache), storage)
+    }
+
+    /// The remote repository's index and snapshot caches live inside the local repository, one directory per target
+    /// (`cache/offsite-<SHA-256 of the target URL, 16 hex digits>`): pushes then hold a bounded index in memory and
+    /// re-open the remote without reading every index file over SFTP. Without a local repository (a disaster
+    /// recovery on a new server) there is nowhere to keep them, and the remote index is held in memory.
+    static func remoteCacheDirectory(target: OffsiteTarget, config: AgentConfig) -> String? {
+        guard FileManager.default.fileExists(atPath: config.repository + "/config") else { return nil }
+        return config.repository + "/cache/offsite-" + String(SHA256.hex(Array(target.description.utf8)).prefix(16))
     }
 
     static func trust(target: OffsiteTarget, config: AgentConfig) throws -> Int32 {

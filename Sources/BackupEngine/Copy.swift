@@ -94,6 +94,9 @@ extension Repository {
     /// Order keeps the remote consistent at every moment: packs, then an index for them, then snapshot files.
     /// An interrupted copy resumes: packs that finished uploading are found by name and size and not sent again.
     ///
+    /// Packs go up a batch at a time, each batch followed by the remote index file that lists it, so at most about
+    /// `foldLimit` index entries are in memory however large the repository (`LoadedIndex.forEachPack`).
+    ///
     /// `uploaders` are more connections to the same remote (each used by one thread at a time): packs are then
     /// uploaded over all of them at once, which keeps both ends busy while one connection waits for a server-side
     /// fsync or rename.
@@ -103,23 +106,31 @@ extension Repository {
         var report = CopyReport()
         let index = indexSnapshot
         let needed = try reachableBlobs(snapshots, index: index)
-        var entriesByPack: [Int32: [PackEntry]] = [:]
         var neededPacks = Set<Int32>()
         for id in needed {
             guard let location = index.blobs[id] else { throw RepositoryError("blob \(id) needed by a snapshot is missing locally; run verify") }
             neededPacks.insert(location.pack)
         }
-        for (id, location) in index.blobs where neededPacks.contains(location.pack) {
-            entriesByPack[location.pack, default: []].append(index.entry(id, location))
-        }
         let remoteIndexed = Set(remote.indexSnapshot.packs)
-        var newlyIndexed: [(pack: String, entries: [PackEntry])] = []
+        let connections = uploaders.isEmpty ? [remote.storage] : uploaders
+        var batch: [(pack: String, entries: [PackEntry])] = []
+        var batchEntries = 0
         var missing: [String] = []
-        for number in neededPacks.sorted() {
+        func uploadBatch() throws {
+            report = try upload(missing, over: connections, report: report, progress: progress)
+            if let name = try remote.writeIndex(batch) {
+                report.bytesUploaded += Int64(try remote.storage.size("index/" + name) ?? 0)
+            }
+            batch = []
+            batchEntries = 0
+            missing = []
+        }
+        try index.forEachPack(limit: foldLimit) { number, entries in
+            guard neededPacks.contains(number) else { return }
             let pack = index.packs[Int(number)]
             if remoteIndexed.contains(pack) {
                 report.packsAlreadyThere += 1
-                continue
+                return
             }
             let path = Self.packPath(pack)
             if let remoteSize = try remote.storage.size(path), remoteSize == (try storage.size(path)) {
@@ -127,12 +138,11 @@ extension Repository {
             } else {
                 missing.append(path)
             }
-            newlyIndexed.append((pack, entriesByPack[number] ?? []))
+            batch.append((pack, entries.map { index.entry($0.id, $0.location) }))
+            batchEntries += entries.count
+            if batchEntries >= foldLimit { try uploadBatch() }
         }
-        report = try upload(missing, over: uploaders.isEmpty ? [remote.storage] : uploaders, report: report, progress: progress)
-        if let name = try remote.writeIndex(newlyIndexed) {
-            report.bytesUploaded += Int64(try remote.storage.size("index/" + name) ?? 0)
-        }
+        if !batch.isEmpty { try uploadBatch() }
         let remoteSnapshots = Set(try remote.storage.list("snapshots"))
         for snapshot in snapshots {
             if remoteSnapshots.contains(snapshot.id) {
@@ -144,6 +154,8 @@ extension Repository {
             report.snapshotsCopied += 1
             report.bytesUploaded += Int64(bytes.count)
         }
+        // The next push opens the remote again: from a cache rather than by reading every index file it wrote.
+        remote.foldIndexIfWorthwhile()
         report.seconds = Date().timeIntervalSince(started)
         return report
     }

@@ -12,8 +12,11 @@ public final class Repository: Sendable {
     private let indexState: Mutex<LoadedIndex>
     /// Groups of small blobs opened last, by "pack/offset" (see `loadGroupMember`).
     private let openedGroups = Mutex<[(key: String, plaintext: [UInt8])]>([])
-    /// The index cache (`cache/index` inside a local repository); nil keeps the whole index in memory.
-    let indexCachePath: String?
+    /// Where this repository's local caches live (index and snapshot caches): `cache/` inside a local repository, a
+    /// local directory the caller chose for a remote one, nil for none (the whole index is then held in memory).
+    let cacheDirectory: String?
+    /// The index cache; nil keeps the whole index in memory.
+    var indexCachePath: String? { cacheDirectory.map { $0 + "/index" } }
 
     struct LoadedIndex {
         var packs = PackNames()
@@ -77,12 +80,12 @@ public final class Repository: Sendable {
     /// Index entries held in memory before they are merged into the index cache (a parameter for the tests).
     let foldLimit: Int
 
-    private init(storage: any RepositoryStorage, keys: MasterKeys, foldLimit: Int = IndexedBlobs.foldLimit) {
+    private init(storage: any RepositoryStorage, keys: MasterKeys, foldLimit: Int = IndexedBlobs.foldLimit, cacheDirectory: String? = nil) {
         self.storage = storage
         self.keys = keys
         self.foldLimit = foldLimit
         indexState = Mutex(LoadedIndex())
-        indexCachePath = (storage as? LocalStorage).map { $0.root + "/cache/index" }
+        self.cacheDirectory = cacheDirectory ?? (storage as? LocalStorage).map { $0.root + "/cache" }
     }
 
     /// Creates a new repository. With a key file source, the key file is created (0600) when it does not exist yet.
@@ -100,12 +103,19 @@ public final class Repository: Sendable {
         return Repository(storage: storage, keys: keys)
     }
 
-    /// Opens an existing repository and loads its index.
+    /// Opens an existing repository and loads its index. A local repository keeps its caches inside, in `cache/`.
     public static func open(storage: any RepositoryStorage, keySource: KeySource) throws -> Repository {
-        try open(storage: storage, keySource: keySource, foldLimit: IndexedBlobs.foldLimit)
+        try open(storage: storage, keySource: keySource, foldLimit: IndexedBlobs.foldLimit, cacheDirectory: nil)
     }
 
-    static func open(storage: any RepositoryStorage, keySource: KeySource, foldLimit: Int) throws -> Repository {
+    /// Opens an existing repository, keeping its index and snapshot caches in the local directory `cacheDirectory`
+    /// (created 0700 when needed): how a remote repository gets the same bounded memory and cheap re-opens as a local
+    /// one. The caches are derived from the repository's authenticated files and can be deleted at any time.
+    public static func open(storage: any RepositoryStorage, keySource: KeySource, cacheDirectory: String) throws -> Repository {
+        try open(storage: storage, keySource: keySource, foldLimit: IndexedBlobs.foldLimit, cacheDirectory: cacheDirectory)
+    }
+
+    static func open(storage: any RepositoryStorage, keySource: KeySource, foldLimit: Int, cacheDirectory: String? = nil) throws -> Repository {
         guard try storage.size("config") != nil else {
             throw RepositoryError("no repository at \(storage.location); create one with `fleetkeep-agent repo init`")
         }
@@ -127,7 +137,7 @@ public final class Repository: Sendable {
         guard let keys = opened else {
             throw RepositoryError("wrong key: the given key file or passphrase does not open the repository at \(storage.location)")
         }
-        let repository = Repository(storage: storage, keys: keys, foldLimit: foldLimit)
+        let repository = Repository(storage: storage, keys: keys, foldLimit: foldLimit, cacheDirectory: cacheDirectory)
         try repository.reloadIndex()
         return repository
     }
@@ -450,10 +460,8 @@ public final class Repository: Sendable {
         return (result.sorted { ($0.time, $0.id) < ($1.time, $1.id) }, damaged)
     }
 
-    /// Local repositories only, beside the index cache.
-    private var snapshotCache: SnapshotCache? {
-        (storage as? LocalStorage).map { SnapshotCache(path: $0.root + "/cache/snapshots") }
-    }
+    /// Beside the index cache.
+    private var snapshotCache: SnapshotCache? { cacheDirectory.map { SnapshotCache(path: $0 + "/snapshots") } }
 
     static let snapshotAAD = Array("fleetkeep snapshot".utf8)
 

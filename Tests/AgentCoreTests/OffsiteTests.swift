@@ -65,6 +65,11 @@ struct OffsiteScene {
         let remote = try scene.remote()
         #expect(try remote.verify(readData: true).isHealthy)
         #expect(try remote.snapshots().allSatisfy { $0.tags["kind"] == "files" })
+        // The remote's index and snapshot caches live in the local repository, one directory per target.
+        let cacheDirectory = try #require(OffsiteCommands.remoteCacheDirectory(target: scene.target, config: scene.config))
+        #expect(cacheDirectory.hasPrefix(scene.config.repository + "/cache/offsite-"))
+        #expect(FileManager.default.fileExists(atPath: cacheDirectory + "/index"))
+        #expect(FileManager.default.fileExists(atPath: cacheDirectory + "/snapshots"))
 
         // A brand-new server: only the remote and the key file.
         let rebuilt = scene.scratch.appending("new-server")

@@ -90,4 +90,32 @@ struct BoundedMaintenanceTests {
         let again = try reopened.prune(policy: { _ in RetentionPolicy(keepLast: 1) }, dryRun: false)
         #expect(again.packsDeleted == 0 && again.unindexedPacksDeleted == 0)
     }
+
+    /// The off-site push sends packs a batch at a time, each followed by the remote index file listing it, and the
+    /// remote keeps its index cache in the local directory it was opened with.
+    @Test func copyIndexesTheRemoteInBoundedBatches() throws {
+        let scene = try EngineScene(accounts: 2, sizeMB: 3)
+        let (repository, first, second) = try repositoryWithCacheAndRecentEntries(scene)
+        let remoteStorage = LocalStorage(root: scene.scratch.appending("offsite"))
+        try repository.replicateConfiguration(to: remoteStorage)
+        let remoteCache = scene.scratch.appending("remote-cache")
+        let remote = try Repository.open(storage: remoteStorage, keySource: .keyFile(scene.keyFile), foldLimit: Self.foldLimit,
+                                         cacheDirectory: remoteCache)
+        let report = try repository.copy([first, second], to: remote)
+        #expect(report.snapshotsCopied == 2)
+        let indexFiles = try remoteStorage.list("index")
+        #expect(indexFiles.count > 1, "one remote index file for \(report.packsUploaded) packs: the copy was not batched")
+        // The cache is where the remote was told to keep it, and not inside the remote repository.
+        #expect(IndexCacheFile(path: remoteCache + "/index") != nil)
+        #expect(!FileManager.default.fileExists(atPath: remoteStorage.root + "/cache"))
+
+        let reopened = try Repository.open(storage: remoteStorage, keySource: .keyFile(scene.keyFile), foldLimit: Self.foldLimit,
+                                           cacheDirectory: remoteCache)
+        #expect(try reopened.verify(readData: true).isHealthy)
+        let target = scene.scratch.appending("restored")
+        #expect(try reopened.restore(first, target: target).errors.isEmpty)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
+        let again = try repository.copy([first, second], to: reopened)
+        #expect(again.packsUploaded == 0 && again.snapshotsAlreadyThere == 2)
+    }
 }
