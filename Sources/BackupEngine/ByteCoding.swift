@@ -102,6 +102,13 @@ struct ByteReader {
         return FileName.string(from: bytes[offset..<offset + length])
     }
 
+    /// The next `count` bytes as they are.
+    mutating func take(_ count: Int) throws -> [UInt8] {
+        guard count <= bytes.count - offset else { throw damaged() }
+        defer { offset += count }
+        return Array(bytes[offset..<offset + count])
+    }
+
     mutating func id() throws -> BlobID {
         guard offset + 32 <= bytes.count else { throw damaged() }
         defer { offset += 32 }

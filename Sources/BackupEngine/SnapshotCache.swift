@@ -19,18 +19,12 @@ struct SnapshotCache {
     /// The cached sealed snapshots by name; empty when the file is missing or malformed.
     func read() -> [String: [UInt8]] {
         guard let data = FileManager.default.contents(atPath: path) else { return [:] }
-        let bytes = [UInt8](data)
-        guard bytes.count >= 8, Array(bytes[0..<8]) == Self.magic else { return [:] }
+        var reader = ByteReader([UInt8](data), what: path)
+        guard (try? reader.take(Self.magic.count)) == Self.magic else { return [:] }
         var entries: [String: [UInt8]] = [:]
-        var position = 8
-        while position < bytes.count {
-            guard position + 36 <= bytes.count else { return [:] }
-            let name = Hex.encode(bytes[position..<position + 32])
-            let length = bytes[position + 32..<position + 36].reversed().reduce(0) { $0 << 8 | Int($1) }
-            position += 36
-            guard length <= bytes.count - position else { return [:] }
-            entries[name] = Array(bytes[position..<position + length])
-            position += length
+        while !reader.isAtEnd {
+            guard let name = try? reader.id(), let length = try? reader.uint32(), let sealed = try? reader.take(Int(length)) else { return [:] }
+            entries[name.hex] = sealed
         }
         return entries
     }
@@ -38,17 +32,18 @@ struct SnapshotCache {
     /// Replaces the cache with `entries` (temporary file and rename; no fsync, it can always be rebuilt). A cache
     /// that cannot be written (a read-only repository, a full disk) is left as it was.
     func write(_ entries: [(name: String, sealed: [UInt8])]) {
-        var bytes = Self.magic
+        var writer = ByteWriter()
+        writer.bytes = Self.magic
         for (name, sealed) in entries {
-            guard let raw = Hex.decode(name), raw.count == 32, sealed.count <= Int(UInt32.max) else { continue }
-            bytes += raw
-            withUnsafeBytes(of: UInt32(sealed.count).littleEndian) { bytes += $0 }
-            bytes += sealed
+            guard let id = BlobID(hex: name), sealed.count <= Int(UInt32.max) else { continue }
+            writer.id(id)
+            writer.uint32(UInt32(sealed.count))
+            writer.bytes += sealed
         }
         try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
                                                  withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let temporary = path + ".tmp-" + UUID().uuidString
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes), attributes: [.posixPermissions: 0o600]) else { return }
+        guard FileManager.default.createFile(atPath: temporary, contents: Data(writer.bytes), attributes: [.posixPermissions: 0o600]) else { return }
         if rename(temporary, path) != 0 { unlink(temporary) }
     }
 
