@@ -36,8 +36,8 @@ var targets: [Target] = [
     .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "Crypto", "CommandLineSupport"]),
 
     // The two thin programs.
-    .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport", "Crypto"], path: "Agent/Sources"),
-    .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore", "CommandLineSupport", "Crypto"], path: "Controller/Sources"),
+    .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol"], path: "Agent/Sources"),
+    .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol"], path: "Controller/Sources"),
     // Load generator for `ops/bench controller`: many simulated agents sending signed heartbeats.
     .executableTarget(name: "fleetkeep-loadgen", dependencies: ["FleetkeepProtocol", "HTTPClient", "Crypto"], path: "ops/loadgen"),
 
@@ -52,7 +52,7 @@ var targets: [Target] = [
     .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),
     .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "TestSupport"]),
     .testTarget(name: "ControllerCoreTests", dependencies: ["ControllerCore", "TestSupport"]),
-    .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Crypto", "HTTPClient"]),
+    .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Crypto", "HTTPClient", "FleetkeepProtocol"]),
 ]
 
 // One place for compiler settings, applied to every Swift target.

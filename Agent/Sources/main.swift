@@ -1,6 +1,7 @@
 import AgentCore
 import CommandLineSupport
 import Crypto
+import FleetkeepProtocol
 import Foundation
 
 /// The command table: each entry parses its own arguments and returns an exit status.
@@ -21,4 +22,4 @@ let commands: [String: ([String]) throws -> Int32] = [
 
 CryptoLibrary.disableCleanupAtExit()
 MemoryTuning.apply()
-exit(CommandRunner.run(program: "fleetkeep-agent", commands: commands, usage: AgentCommands.usage, arguments: RawArguments.current()))
+exit(CommandRunner.run(program: "fleetkeep-agent", version: FleetkeepVersion.agent, commands: commands, usage: AgentCommands.usage, arguments: RawArguments.current()))

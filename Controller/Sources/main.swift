@@ -1,6 +1,7 @@
 import CommandLineSupport
 import Crypto
 import ControllerCore
+import FleetkeepProtocol
 import Foundation
 
 /// The command table: each entry parses its own arguments and returns an exit status.
@@ -15,4 +16,4 @@ let commands: [String: ([String]) throws -> Int32] = [
 ]
 
 CryptoLibrary.disableCleanupAtExit()
-exit(CommandRunner.run(program: "fleetkeep-controller", commands: commands, usage: ControllerCommands.usage))
+exit(CommandRunner.run(program: "fleetkeep-controller", version: FleetkeepVersion.controller, commands: commands, usage: ControllerCommands.usage))

@@ -34,7 +34,11 @@ public enum OffsiteCommands {
         case "trust": return try trust(target: target, config: config)
         case "push": return try push(target: target, config: config, arguments: arguments)
         case "snapshots", "verify", "restore", "prune":
-            let (remote, _) = try openRemote(target: target, config: config, create: false)
+            // Without a local repository (a new server), the remote's caches go to a private scratch directory for
+            // this one command, so its index is still on disk rather than in memory.
+            let scratch = remoteCacheDirectory(target: target, config: config) == nil ? try ScratchCacheDirectory() : nil
+            defer { scratch?.remove() }
+            let (remote, _) = try openRemote(target: target, config: config, create: false, scratchCache: scratch?.path)
             switch action {
             case "snapshots":
                 let list = try remote.snapshots()
@@ -95,13 +99,16 @@ public enum OffsiteCommands {
         }
     }
 
-    static func openRemote(target: OffsiteTarget, config: AgentConfig, create: Bool, local: Repository? = nil) throws -> (Repository, SFTPStorage) {
+    /// Opens the remote repository with its caches in the local repository, or in `scratchCache` when there is no
+    /// local repository; with neither, the remote index is held in memory.
+    static func openRemote(target: OffsiteTarget, config: AgentConfig, create: Bool, local: Repository? = nil,
+                           scratchCache: String? = nil) throws -> (Repository, SFTPStorage) {
         let storage = SFTPStorage(session: try connect(target: target, config: config), target: target)
         if create, let local {
             try local.replicateConfiguration(to: storage)
         }
         let keySource = KeySource.keyFile(config.keyFile)
-        guard let cache = remoteCacheDirectory(target: target, config: config) else {
+        guard let cache = remoteCacheDirectory(target: target, config: config) ?? scratchCache else {
             return (try Repository.open(storage: storage, keySource: keySource), storage)
         }
         return (try Repository.open(storage: storage, keySource: keySource, cacheDirectory: cache), storage)
@@ -109,8 +116,8 @@ public enum OffsiteCommands {
 
     /// The remote repository's index and snapshot caches live inside the local repository, one directory per target
     /// (`cache/offsite-<SHA-256 of the target URL, 16 hex digits>`): pushes then hold a bounded index in memory and
-    /// re-open the remote without reading every index file over SFTP. Without a local repository (a disaster
-    /// recovery on a new server) there is nowhere to keep them, and the remote index is held in memory.
+    /// re-open the remote without reading every index file over SFTP. Nil without a local repository (a disaster
+    /// recovery on a new server); the command then uses a `ScratchCacheDirectory`.
     static func remoteCacheDirectory(target: OffsiteTarget, config: AgentConfig) -> String? {
         guard FileManager.default.fileExists(atPath: config.repository + "/config") else { return nil }
         return config.repository + "/cache/offsite-" + String(SHA256.hex(Array(target.description.utf8)).prefix(16))

@@ -80,7 +80,8 @@ extension Repository {
         let (snapshots, damagedSnapshots) = try snapshotsWithDamage(useCache: false)
         for name in damagedSnapshots { report.problems.append("snapshot file \(name.prefix(16)) is damaged") }
         report.snapshots = snapshots.count
-        var clean = Set<BlobID>()
+        // One bit per indexed blob: the set of clean listings no longer grows with the repository's history.
+        var clean = BlobMarks(index: index)
         for snapshot in snapshots {
             var damaged: [String] = []
             guard let root = BlobID(hex: snapshot.tree) else {
@@ -137,7 +138,7 @@ extension Repository {
 
     /// Walks one tree, appending damaged paths; returns whether the tree is clean. Clean subtrees are remembered,
     /// so the many snapshots sharing most of their trees are cheap to check.
-    private func walk(tree: BlobID, path: String, bad: Set<BlobID>, index: LoadedIndex, clean: inout Set<BlobID>,
+    private func walk(tree: BlobID, path: String, bad: Set<BlobID>, index: LoadedIndex, clean: inout BlobMarks,
                       decompressor: ZstdDecompressor, into damaged: inout [String]) -> Bool {
         if clean.contains(tree) { return true }
         guard !bad.contains(tree), index.blobs[tree] != nil, let listing = try? loadTree(tree, decompressor: decompressor) else {

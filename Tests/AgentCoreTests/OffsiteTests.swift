@@ -71,7 +71,19 @@ struct OffsiteScene {
         #expect(FileManager.default.fileExists(atPath: cacheDirectory + "/index"))
         #expect(FileManager.default.fileExists(atPath: cacheDirectory + "/snapshots"))
 
-        // A brand-new server: only the remote and the key file.
+        // A brand-new server: only the remote and the key file. The remote's caches go to a scratch directory
+        // (on disk, not in memory) that is gone when the command ends.
+        var newServer = scene.config
+        newServer.repository = scene.scratch.appending("no-repository-here")
+        #expect(OffsiteCommands.remoteCacheDirectory(target: scene.target, config: newServer) == nil)
+        let scratchCache = try ScratchCacheDirectory(parent: scene.scratch.path)
+        #expect(try FileManager.default.attributesOfItem(atPath: scratchCache.path)[.posixPermissions] as? Int == 0o700)
+        let (opened, _) = try OffsiteCommands.openRemote(target: scene.target, config: newServer, create: false, scratchCache: scratchCache.path)
+        #expect(try opened.snapshots().count == remote.snapshots().count)
+        #expect(FileManager.default.fileExists(atPath: scratchCache.path + "/index"))
+        scratchCache.remove()
+        #expect(!FileManager.default.fileExists(atPath: scratchCache.path))
+        let scratchBefore = Self.scratchCaches()
         let rebuilt = scene.scratch.appending("new-server")
         let status = try OffsiteCommands.run(["restore", "--all", "--to", rebuilt, "--key-file", scene.config.keyFile,
                                               "--target", scene.config.offsite.target!, "--host-key", scene.config.offsite.hostKey!,
@@ -82,6 +94,13 @@ struct OffsiteScene {
             #expect(try HostingFixtureTool.manifest(rebuilt, under: under) == HostingFixtureTool.manifest(scene.root, under: under))
         }
         #expect(!FileManager.default.fileExists(atPath: rebuilt + "/home/user000/mail"))
+        #expect(Self.scratchCaches() == scratchBefore)
+    }
+
+    /// Scratch cache directories left in /var/tmp (the default parent when TMPDIR is unset).
+    static func scratchCaches() -> Set<String> {
+        let parent = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/tmp"
+        return Set(((try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []).filter { $0.hasPrefix("fleetkeep-cache-") })
     }
 
     @Test func connectionKilledMidPushResumesWithoutResendingFinishedPacks() throws {
