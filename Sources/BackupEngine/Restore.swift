@@ -21,47 +21,60 @@ extension Repository {
         try restore([(snapshot, target)], subpath: subpath)[0]
     }
 
-    /// Restores several snapshots, each under its own target, in one process (a server's accounts, say). With one
-    /// snapshot, a thread per core writes its files. With several, each thread plans (every name validated) and
-    /// writes whole snapshots, largest first: threads in different accounts' directories do not wait for each
-    /// other's directory locks, which was measured faster on the 1 GiB benchmark (3.4 s against 4.1 s on average
-    /// over three runs each, and 0.5 s less user time spent spinning). These are two threads per core, real ones
-    /// (`WorkerPool`; a dispatch queue runs only one per core), so the cores stay busy while a thread waits for a
-    /// direct write or an inode allocation: 3.06 s against 3.42 s, medians of eight alternating restores of the
-    /// benchmark, for about 8 MiB more peak memory. Memory stays one plan per thread.
-    /// Returns one summary per snapshot, in order; the first error stops the restore.
+    /// Restores several snapshots, each under its own target, in one process (a server's accounts, say), and
+    /// returns one summary per snapshot, in order; the first error that is not about one file stops the restore.
+    ///
+    /// One thread, the calling one, plans each snapshot in turn (every name validated, nothing written before), makes
+    /// its directories and creates every file, empty; a pool of writer threads fills the files in, and the last
+    /// writer done with a snapshot sets its links and directory metadata. Creating is kept to one thread because
+    /// that is where ext4 allocates inodes: on a file system without a journal, every inode freed in the last
+    /// minutes is skipped one block lookup at a time, and threads allocating side by side in the same block group
+    /// race for the same free bit and scan again. Restoring the 1 GiB benchmark right after deleting the previous
+    /// restore spent 5.3 s of system time with four threads creating files, and creating that tree's 33,610 empty
+    /// files on one thread takes 1.9 s of system time on its own. Memory: the plans of the snapshots still being
+    /// written (usually one or two), and at most `inFlight` open files.
     public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil) throws -> [RestoreSummary] {
         _ = BackupSession.allocatorTuned
         let cores = max(2, ProcessInfo.processInfo.activeProcessorCount)
-        if snapshots.count == 1 {
-            let plan = try makeRestorePlan(snapshots[0].snapshot, target: snapshots[0].target, subpath: subpath, decompressor: ZstdDecompressor())
-            return [try plan.execute(repository: self, threads: cores)]
-        }
-        let order = snapshots.indices.sorted { snapshots[$0].snapshot.summary.bytesTotal > snapshots[$1].snapshot.summary.bytesTotal }
-        let results = Mutex<(summaries: [Int: RestoreSummary], failure: (any Error)?)>(([:], nil))
-        let next = Atomic<Int>(0)
-        let threads = min(snapshots.count, 2 * cores)
-        let pool = WorkerPool(threads: threads, name: "restore")
+        // Two threads per core in all, so a core stays busy while a thread waits for a direct write or the disk.
+        let writers = 2 * cores - 1
+        let queue = HandOffQueue<CreatedFile>(capacity: RestorePlan.inFlight)
+        let summaries = Mutex<[Int: RestoreSummary]>([:])
+        let pool = WorkerPool(threads: writers, name: "restore")
         defer { pool.close() }
-        for _ in 0..<threads { pool.submit {
+        for _ in 0..<writers { pool.submit {
             let decompressor = ZstdDecompressor()
-            while true {
-                let position = next.wrappingAdd(1, ordering: .relaxed).oldValue
-                guard position < order.count, results.withLock({ $0.failure == nil }) else { return }
-                let (snapshot, target) = snapshots[order[position]]
-                do {
-                    let plan = try self.makeRestorePlan(snapshot, target: target, subpath: subpath, decompressor: decompressor)
-                    let summary = try plan.execute(repository: self, threads: 1)
-                    results.withLock { $0.summaries[order[position]] = summary }
-                } catch {
-                    results.withLock { if $0.failure == nil { $0.failure = error } }
-                }
-            }
+            while let created = queue.take() { created.write(repository: self, decompressor: decompressor) }
         } }
+        var failure: (any Error)?
+        let decompressor = ZstdDecompressor()
+        let isRoot = getuid() == 0
+        let umask = currentUmask()
+        for (index, (snapshot, target)) in snapshots.enumerated() {
+            do {
+                let plan = try makeRestorePlan(snapshot, target: target, subpath: subpath, decompressor: decompressor)
+                let restoring = PlanInProgress(plan: plan, isRoot: isRoot) { summary in summaries.withLock { $0[index] = summary } }
+                try plan.makeDirectories()
+                for job in plan.files.indices {
+                    do {
+                        let (descriptor, needsOwnerAndMode) = try plan.createFile(plan.files[job], isRoot: isRoot, umask: umask)
+                        restoring.queued()
+                        queue.put(CreatedFile(restoring: restoring, job: job, descriptor: descriptor, needsOwnerAndMode: needsOwnerAndMode))
+                    } catch {
+                        restoring.record(job: job, error: error)
+                    }
+                }
+                restoring.allQueued()
+            } catch {
+                failure = error
+                break
+            }
+        }
+        queue.close()
         pool.wait()
-        let finished = results.withLock { $0 }
-        if let failure = finished.failure { throw failure }
-        return snapshots.indices.map { finished.summaries[$0] ?? RestoreSummary() }
+        if let failure { throw failure }
+        let finished = summaries.withLock { $0 }
+        return snapshots.indices.map { finished[$0] ?? RestoreSummary() }
     }
 
     /// Reads `snapshot`'s trees (below `subpath`, if given), validates every name, and creates `target`: nothing
@@ -288,37 +301,16 @@ struct RestorePlan {
         return node
     }
 
-    /// Writes the files with a pool of threads, then the links, special files and directory metadata.
-    func execute(repository: Repository, threads: Int) throws -> RestoreSummary {
-        // Parents come before children in `directories`.
+    /// Open files handed from the creating thread to the writers at most (see `Repository.restore`).
+    static let inFlight = 256
+
+    /// Creates the directories, parents first (`directories` lists parents before children), private until `finish`.
+    func makeDirectories() throws {
         for (path, _) in directories { try makeDirectory(path) }
-        let summary = Mutex(RestoreSummary())
-        let next = Atomic<Int>(0)
-        let isRoot = getuid() == 0
-        let umask = currentUmask()
-        // The caller gives one thread per core for a single snapshot. One more (to overlap waits for the disk) was
-        // measured slower: 3.4 s against 3.1 s on average over five restores of the 1 GiB benchmark, as the threads
-        // contend for the same directories' locks.
-        DispatchQueue.concurrentPerform(iterations: threads) { _ in
-            let decompressor = ZstdDecompressor()
-            while true {
-                let index = next.wrappingAdd(1, ordering: .relaxed).oldValue
-                guard index < files.count else { return }
-                let job = files[index]
-                do {
-                    let bytes = try restoreFile(job, repository: repository, decompressor: decompressor, isRoot: isRoot, umask: umask)
-                    summary.withLock { $0.files += 1; $0.bytes += bytes }
-                } catch {
-                    FileName.withPath(job.path) { _ = unlink($0) }
-                    summary.withLock { $0.errors.append("\(FileName.printable(job.relative)): \(error)") }
-                }
-            }
-        }
-        return finish(summary.withLock { $0 }, isRoot: isRoot)
     }
 
     /// Links, special files and directory metadata, after the file contents are in place.
-    private func finish(_ summary: RestoreSummary, isRoot: Bool) -> RestoreSummary {
+    func finish(_ summary: RestoreSummary, isRoot: Bool) -> RestoreSummary {
         var result = summary
         // Hard links before symlinks: no symlink exists yet in the target, so a link path cannot lead outside.
         for link in hardlinks {
@@ -360,19 +352,26 @@ struct RestorePlan {
     /// the benchmark; the highest keeps the most files clear of that wait on slower disks.
     static let directWriteThreshold: Int64 = 256 << 10
 
-    func restoreFile(_ job: FileJob, repository: Repository, decompressor: ZstdDecompressor, isRoot: Bool, umask: mode_t) throws -> Int64 {
+    /// Creates `job`'s file, empty, and opens it for writing; the one step of a file's restore that allocates an
+    /// inode. Returns whether its owner and mode still have to be set after writing.
+    func createFile(_ job: FileJob, isRoot: Bool, umask: mode_t) throws -> (descriptor: Int32, needsOwnerAndMode: Bool) {
         let mode = mode_t(job.node.mode & 0o7777)
-        var descriptor: Int32 = -1
         // A new file that already has its final owner, and whose mode the umask leaves alone, is created with that
         // mode: on ext4 each fchown/fchmod dirties the inode again, which was a measurable part of a restore.
         // Otherwise (an existing file, another owner, special bits) it is created private and fixed up at the end.
-        var needsOwnerAndMode = true
         if (!isRoot || (job.node.uid == geteuid() && job.node.gid == getegid())) && mode & 0o7000 == 0 && mode & umask == 0 {
-            descriptor = FileName.withPath(job.path) { open($0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
-            if descriptor >= 0 { needsOwnerAndMode = false }
+            let descriptor = FileName.withPath(job.path) { open($0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
+            if descriptor >= 0 { return (descriptor, false) }
         }
-        if descriptor < 0 { descriptor = FileName.withPath(job.path) { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600) } }
+        let descriptor = FileName.withPath(job.path) { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600) }
         guard descriptor >= 0 else { throw RepositoryError("cannot create: \(String(cString: strerror(errno)))") }
+        return (descriptor, true)
+    }
+
+    /// Writes the content of a file `createFile` made, then its owner, mode and times, and closes it. Returns the
+    /// file's size.
+    func writeFile(_ job: FileJob, descriptor: Int32, needsOwnerAndMode: Bool, repository: Repository,
+                   decompressor: ZstdDecompressor, isRoot: Bool) throws -> Int64 {
         defer { close(descriptor) }
         var offset: Int64 = 0
         if job.node.size >= Self.directWriteThreshold {
@@ -396,7 +395,7 @@ struct RestorePlan {
         }
         if needsOwnerAndMode {
             if isRoot { fchown(descriptor, job.node.uid, job.node.gid) }
-            fchmod(descriptor, mode)
+            fchmod(descriptor, mode_t(job.node.mode & 0o7777))
         }
         var times = [timespec(tv_sec: Int(job.node.mtime / 1_000_000_000), tv_nsec: Int(job.node.mtime % 1_000_000_000)),
                      timespec(tv_sec: Int(job.node.mtime / 1_000_000_000), tv_nsec: Int(job.node.mtime % 1_000_000_000))]
@@ -408,5 +407,77 @@ struct RestorePlan {
         var times = [timespec(tv_sec: Int(node.mtime / 1_000_000_000), tv_nsec: Int(node.mtime % 1_000_000_000)),
                      timespec(tv_sec: Int(node.mtime / 1_000_000_000), tv_nsec: Int(node.mtime % 1_000_000_000))]
         FileName.withPath(path) { _ = utimensat(AT_FDCWD, $0, &times, followLinks ? 0 : AT_SYMLINK_NOFOLLOW) }
+    }
+}
+
+/// One snapshot's restore while its files are being written: counts the files handed to writers, gathers the
+/// summary, and runs the plan's `finish` (links, directory metadata) once the last file is written and no more
+/// will come.
+final class PlanInProgress: Sendable {
+    let plan: RestorePlan
+    let isRoot: Bool
+    private let done: @Sendable (RestoreSummary) -> Void
+    private let state = Mutex<(summary: RestoreSummary, pending: Int, allQueued: Bool)>((RestoreSummary(), 0, false))
+
+    init(plan: RestorePlan, isRoot: Bool, done: @escaping @Sendable (RestoreSummary) -> Void) {
+        self.plan = plan
+        self.isRoot = isRoot
+        self.done = done
+    }
+
+    func queued() { state.withLock { $0.pending += 1 } }
+
+    /// A file that could not be created or written: it is removed, and named in the summary's errors.
+    func record(job: Int, error: any Error) {
+        let file = plan.files[job]
+        FileName.withPath(file.path) { _ = unlink($0) }
+        state.withLock { $0.summary.errors.append("\(FileName.printable(file.relative)): \(error)") }
+    }
+
+    func written(bytes: Int64) {
+        let finished = state.withLock { state -> RestoreSummary? in
+            state.summary.files += 1
+            state.summary.bytes += bytes
+            state.pending -= 1
+            return state.pending == 0 && state.allQueued ? state.summary : nil
+        }
+        if let finished { done(plan.finish(finished, isRoot: isRoot)) }
+    }
+
+    func failed(job: Int, error: any Error) {
+        record(job: job, error: error)
+        let finished = state.withLock { state -> RestoreSummary? in
+            state.pending -= 1
+            return state.pending == 0 && state.allQueued ? state.summary : nil
+        }
+        if let finished { done(plan.finish(finished, isRoot: isRoot)) }
+    }
+
+    /// Every file of the plan has been created (or has failed): the writers may finish the plan.
+    func allQueued() {
+        let finished = state.withLock { state -> RestoreSummary? in
+            state.allQueued = true
+            return state.pending == 0 ? state.summary : nil
+        }
+        if let finished { done(plan.finish(finished, isRoot: isRoot)) }
+    }
+}
+
+/// A file created, empty and open, on its way from the creating thread to a writer.
+struct CreatedFile: Sendable {
+    let restoring: PlanInProgress
+    let job: Int
+    let descriptor: Int32
+    let needsOwnerAndMode: Bool
+
+    func write(repository: Repository, decompressor: ZstdDecompressor) {
+        let plan = restoring.plan
+        do {
+            let bytes = try plan.writeFile(plan.files[job], descriptor: descriptor, needsOwnerAndMode: needsOwnerAndMode,
+                                           repository: repository, decompressor: decompressor, isRoot: restoring.isRoot)
+            restoring.written(bytes: bytes)
+        } catch {
+            restoring.failed(job: job, error: error)
+        }
     }
 }
