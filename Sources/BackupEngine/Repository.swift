@@ -299,6 +299,13 @@ public final class Repository: Sendable {
 
     var indexSnapshot: LoadedIndex { indexState.withLock { $0 } }
 
+    /// The group of small blobs `id` belongs to, as pack number and offset; nil for a blob stored on its own.
+    func group(of id: BlobID) -> (pack: Int32, offset: UInt32)? {
+        indexState.withLock { state in
+            state.blobs[id].flatMap { $0.inner == nil ? nil : ($0.pack, $0.offset) }
+        }
+    }
+
     // MARK: Blobs
 
     func decrypt<D: ContiguousBytes>(_ sealed: D, what: String) throws -> [UInt8] {
