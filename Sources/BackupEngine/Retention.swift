@@ -78,8 +78,7 @@ extension Repository {
             let index = indexSnapshot
             let used = try reachableBlobs(kept, index: index)
             // Listed before any pack is rewritten, so a new pack is never taken for an unindexed one.
-            let indexed = Set(index.packs)
-            let unindexed = try packNames().filter { !indexed.contains($0) }
+            let unindexed = try unindexedPackNames(index: index)
             for pack in unindexed { report.bytesFreed += Int64(try storage.size(Self.packPath(pack)) ?? 0) }
             report.unindexedPacksDeleted = unindexed.count
             // A group's members share their bytes: count each stored range once.

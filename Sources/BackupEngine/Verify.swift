@@ -75,8 +75,7 @@ extension Repository {
             if index.deltaChain(id)?.contains(where: bad.contains) ?? true { bad.insert(id) }
         }
         if !bad.isEmpty { report.problems.append("\(bad.count) damaged or missing blobs") }
-        let indexed = Set(index.packs)
-        for pack in try packNames() where !indexed.contains(pack) { report.unindexedPacks += 1 }
+        report.unindexedPacks = try unindexedPackNames(index: index).count
         let (snapshots, damagedSnapshots) = try snapshotsWithDamage(useCache: false)
         for name in damagedSnapshots { report.problems.append("snapshot file \(name.prefix(16)) is damaged") }
         report.snapshots = snapshots.count
@@ -120,9 +119,17 @@ extension Repository {
         return checked
     }
 
-    /// Names of all pack files present in `data/`.
-    func packNames() throws -> [String] {
-        try storage.list("data").filter { $0.count == 2 }.flatMap { try storage.list("data/" + $0) }.filter { $0.count == 64 }
+    /// Names of the pack files present in `data/` that `index` does not name (left by an interrupted backup or
+    /// copy). Listed one `data/xx` directory at a time and checked against the index's own lookup table, so neither
+    /// the listing nor a set of indexed names is ever whole in memory.
+    func unindexedPackNames(index: LoadedIndex) throws -> [String] {
+        var unindexed: [String] = []
+        for directory in try storage.list("data") where directory.count == 2 {
+            for name in try storage.list("data/" + directory) where name.count == 64 && index.packs.number(of: name) == nil {
+                unindexed.append(name)
+            }
+        }
+        return unindexed
     }
 
     /// Decrypts a pack's own header (the trailer written after its blobs).

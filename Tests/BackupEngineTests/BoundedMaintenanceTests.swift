@@ -25,6 +25,33 @@ struct BoundedMaintenanceTests {
         return (repository, first, second)
     }
 
+    /// Stray packs (an interrupted backup's) are found one `data/xx` listing at a time against the index's lookup,
+    /// with the index partly cached and partly in memory: counted by verify, removed by prune, and no indexed pack
+    /// is ever taken for one.
+    @Test func strayPacksAreFoundAgainstTheIndexLookupAndPruned() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 3)
+        let (repository, first, second) = try repositoryWithCacheAndRecentEntries(scene)
+        let strays = ["00" + String(repeating: "a", count: 62), "ff" + String(repeating: "0", count: 62)]
+        for stray in strays {
+            let path = scene.repoPath + "/" + Repository.packPath(stray)
+            try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try Data(repeating: 1, count: 4096).write(to: URL(fileURLWithPath: path))
+        }
+        let indexedPacks = Set(repository.indexSnapshot.packs)
+        #expect(Set(try repository.unindexedPackNames(index: repository.indexSnapshot)) == Set(strays))
+        let report = try repository.verify(readData: true)
+        #expect(report.isHealthy && report.unindexedPacks == 2)
+
+        let pruned = try repository.prune(policy: { _ in RetentionPolicy(keepDaily: 30) }, dryRun: false)
+        #expect(pruned.unindexedPacksDeleted == 2)
+        for stray in strays { #expect(!FileManager.default.fileExists(atPath: scene.repoPath + "/" + Repository.packPath(stray))) }
+        for pack in indexedPacks { #expect(FileManager.default.fileExists(atPath: scene.repoPath + "/" + Repository.packPath(pack))) }
+        let after = try openSmall(scene)
+        #expect(try after.verify(readData: true).isHealthy)
+        #expect(try after.verify(readData: false).unindexedPacks == 0)
+        #expect(Set(try after.snapshots().map(\.id)) == [first.id, second.id])
+    }
+
     @Test func marksHoldExactlyTheInsertedBlobs() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 3)
         let (repository, _, _) = try repositoryWithCacheAndRecentEntries(scene)
