@@ -106,12 +106,14 @@ extension Repository {
         var report = CopyReport()
         let index = indexSnapshot
         let needed = try reachableBlobs(snapshots, index: index)
-        var neededPacks = Set<Int32>()
+        // One byte per local pack, and the remote's own name lookup (from its cache), rather than sets of pack
+        // numbers and names that grow with both repositories.
+        var neededPacks = [Bool](repeating: false, count: index.packs.count)
         for id in needed {
             guard let location = index.blobs[id] else { throw RepositoryError("blob \(id) needed by a snapshot is missing locally; run verify") }
-            neededPacks.insert(location.pack)
+            neededPacks[Int(location.pack)] = true
         }
-        let remoteIndexed = Set(remote.indexSnapshot.packs)
+        let remoteIndex = remote.indexSnapshot
         let connections = uploaders.isEmpty ? [remote.storage] : uploaders
         var batch: [(pack: String, entries: [PackEntry])] = []
         var batchEntries = 0
@@ -126,9 +128,9 @@ extension Repository {
             missing = []
         }
         try index.forEachPack(limit: foldLimit) { number, entries in
-            guard neededPacks.contains(number) else { return }
+            guard neededPacks[Int(number)] else { return }
             let pack = index.packs[Int(number)]
-            if remoteIndexed.contains(pack) {
+            if remoteIndex.packs.number(of: pack) != nil {
                 report.packsAlreadyThere += 1
                 return
             }
