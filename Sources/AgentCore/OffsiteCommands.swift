@@ -34,11 +34,9 @@ public enum OffsiteCommands {
         case "trust": return try trust(target: target, config: config)
         case "push": return try push(target: target, config: config, arguments: arguments)
         case "snapshots", "verify", "restore", "prune":
-            // Without a local repository (a new server), the remote's caches go to a private scratch directory for
-            // this one command, so its index is still on disk rather than in memory.
-            let scratch = remoteCacheDirectory(target: target, config: config) == nil ? try ScratchCacheDirectory() : nil
-            defer { scratch?.remove() }
-            let (remote, _) = try openRemote(target: target, config: config, create: false, scratchCache: scratch?.path)
+            let caches = try remoteCaches(target: target, config: config)
+            defer { caches.scratch?.remove() }
+            let (remote, _) = try openRemote(target: target, config: config, create: false, cacheDirectory: caches.path)
             switch action {
             case "snapshots":
                 let list = try remote.snapshots()
@@ -99,25 +97,30 @@ public enum OffsiteCommands {
         }
     }
 
-    /// Opens the remote repository with its caches in the local repository, or in `scratchCache` when there is no
-    /// local repository; with neither, the remote index is held in memory.
+    /// Opens the remote repository, keeping its index and snapshot caches in the local `cacheDirectory`
+    /// (see `remoteCaches`).
     static func openRemote(target: OffsiteTarget, config: AgentConfig, create: Bool, local: Repository? = nil,
-                           scratchCache: String? = nil) throws -> (Repository, SFTPStorage) {
+                           cacheDirectory: String) throws -> (Repository, SFTPStorage) {
         let storage = SFTPStorage(session: try connect(target: target, config: config), target: target)
         if create, let local {
             try local.replicateConfiguration(to: storage)
         }
-        let keySource = KeySource.keyFile(config.keyFile)
-        guard let cache = remoteCacheDirectory(target: target, config: config) ?? scratchCache else {
-            return (try Repository.open(storage: storage, keySource: keySource), storage)
-        }
-        return (try Repository.open(storage: storage, keySource: keySource, cacheDirectory: cache), storage)
+        return (try Repository.open(storage: storage, keySource: .keyFile(config.keyFile), cacheDirectory: cacheDirectory), storage)
+    }
+
+    /// Where an off-site command keeps the remote's caches: in the local repository (`remoteCacheDirectory`), or,
+    /// on a new server without one, in a private scratch directory made for this command, which the caller removes
+    /// when it ends. Either way the remote index is on disk, in bounded memory.
+    static func remoteCaches(target: OffsiteTarget, config: AgentConfig) throws -> (path: String, scratch: ScratchCacheDirectory?) {
+        if let kept = remoteCacheDirectory(target: target, config: config) { return (kept, nil) }
+        let scratch = try ScratchCacheDirectory()
+        return (scratch.path, scratch)
     }
 
     /// The remote repository's index and snapshot caches live inside the local repository, one directory per target
     /// (`cache/offsite-<SHA-256 of the target URL, 16 hex digits>`): pushes then hold a bounded index in memory and
     /// re-open the remote without reading every index file over SFTP. Nil without a local repository (a disaster
-    /// recovery on a new server); the command then uses a `ScratchCacheDirectory`.
+    /// recovery on a new server).
     static func remoteCacheDirectory(target: OffsiteTarget, config: AgentConfig) -> String? {
         guard FileManager.default.fileExists(atPath: config.repository + "/config") else { return nil }
         return config.repository + "/cache/offsite-" + String(SHA256.hex(Array(target.description.utf8)).prefix(16))
@@ -142,7 +145,9 @@ public enum OffsiteCommands {
         let kinds = Set(config.offsite.kinds.map(\.rawValue))
         // The newest snapshot of every account/kind/database group: that is this week's off-site copy.
         let latest = BackupCommands.latestSnapshots(try local.snapshots().filter { kinds.contains($0.tags["kind"] ?? "") })
-        let (remote, storage) = try openRemote(target: target, config: config, create: true, local: local)
+        let caches = try remoteCaches(target: target, config: config)
+        defer { caches.scratch?.remove() }
+        let (remote, storage) = try openRemote(target: target, config: config, create: true, local: local, cacheDirectory: caches.path)
         for directory in ["data", "index", "snapshots"] { storage.removeTemporaryUploads(in: directory) }
         var progress: (@Sendable (CopyReport) -> Void)?
         if Console.isTerminal && !arguments.flag("json") { progress = showProgress }

@@ -6,7 +6,12 @@ import Foundation
 struct ScratchCacheDirectory {
     let path: String
 
-    init(parent: String = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/tmp") throws {
+    /// `$TMPDIR` when set, else `/var/tmp`.
+    static var defaultParent: String {
+        ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/tmp"
+    }
+
+    init(parent: String = ScratchCacheDirectory.defaultParent) throws {
         var template = Array((parent + "/fleetkeep-cache-XXXXXX").utf8CString)
         let made = template.withUnsafeMutableBufferPointer { buffer in mkdtemp(buffer.baseAddress!).map { String(cString: $0) } }
         guard let made else {

@@ -299,10 +299,16 @@ public final class Repository: Sendable {
 
     var indexSnapshot: LoadedIndex { indexState.withLock { $0 } }
 
-    /// The group of small blobs `id` belongs to, as pack number and offset; nil for a blob stored on its own.
-    func group(of id: BlobID) -> (pack: Int32, offset: UInt32)? {
+    /// A group of small blobs, named by where it is stored.
+    struct BlobGroup: Equatable {
+        let pack: Int32
+        let offset: UInt32
+    }
+
+    /// The group of small blobs `id` belongs to; nil for a blob stored on its own.
+    func group(of id: BlobID) -> BlobGroup? {
         indexState.withLock { state in
-            state.blobs[id].flatMap { $0.inner == nil ? nil : ($0.pack, $0.offset) }
+            state.blobs[id].flatMap { $0.inner == nil ? nil : BlobGroup(pack: $0.pack, offset: $0.offset) }
         }
     }
 

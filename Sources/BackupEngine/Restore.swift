@@ -74,12 +74,12 @@ extension Repository {
                 // `batchSize`), so one writer opens each group once: when writers took consecutive files one by one,
                 // several opened the same group at the same time. A file stored in blobs of its own is a batch alone.
                 var batch: [CreatedFile] = []
-                var batchGroup: (pack: Int32, offset: UInt32)?
+                var batchGroup: BlobGroup?
                 for job in plan.files.indices {
                     let first = plan.files[job].node.content.first
                     let group = first.flatMap { self.group(of: $0) }
                     // An empty file needs no blob and joins any batch.
-                    let sameGroup = first == nil || (group != nil && batchGroup != nil && group! == batchGroup!)
+                    let sameGroup = first == nil || (group != nil && group == batchGroup)
                     if !batch.isEmpty && (batch.count == RestorePlan.batchSize || !sameGroup) {
                         queue.put(batch)
                         batch = []
@@ -334,7 +334,7 @@ struct RestorePlan {
     }
 
     /// Open files handed from the creating thread to the writers at most (see `Repository.restore`), in batches of
-    /// at most `batchSize` files of one directory.
+    /// at most `batchSize` files whose data starts in the same group of small blobs.
     static let inFlight = 256
     static let batchSize = 32
 
@@ -469,29 +469,25 @@ final class PlanInProgress: Sendable {
     }
 
     func written(bytes: Int64) {
-        let finished = state.withLock { state -> RestoreSummary? in
-            state.summary.files += 1
-            state.summary.bytes += bytes
-            state.pending -= 1
-            return state.pending == 0 && state.allQueued ? state.summary : nil
-        }
-        if let finished { done(plan.finish(finished, isRoot: isRoot)) }
+        settle { $0.summary.files += 1; $0.summary.bytes += bytes; $0.pending -= 1 }
     }
 
     func failed(job: Int, error: any Error) {
         record(job: job, error: error)
-        let finished = state.withLock { state -> RestoreSummary? in
-            state.pending -= 1
-            return state.pending == 0 && state.allQueued ? state.summary : nil
-        }
-        if let finished { done(plan.finish(finished, isRoot: isRoot)) }
+        settle { $0.pending -= 1 }
     }
 
     /// Every file of the plan has been created (or has failed): the writers may finish the plan.
     func allQueued() {
+        settle { $0.allQueued = true }
+    }
+
+    /// Applies `change`, then finishes the plan if that left no file pending and no more to come (exactly once: only
+    /// the change that reaches that state sees it).
+    private func settle(_ change: (inout (summary: RestoreSummary, pending: Int, allQueued: Bool)) -> Void) {
         let finished = state.withLock { state -> RestoreSummary? in
-            state.allQueued = true
-            return state.pending == 0 ? state.summary : nil
+            change(&state)
+            return state.pending == 0 && state.allQueued ? state.summary : nil
         }
         if let finished { done(plan.finish(finished, isRoot: isRoot)) }
     }

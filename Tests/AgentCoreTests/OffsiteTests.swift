@@ -40,7 +40,10 @@ struct OffsiteScene {
 
     var target: OffsiteTarget { try! OffsiteTarget(url: config.offsite.target!) }
 
-    func remote() throws -> Repository { try OffsiteCommands.openRemote(target: target, config: config, create: true, local: local).0 }
+    func remote() throws -> Repository {
+        let cacheDirectory = try #require(OffsiteCommands.remoteCacheDirectory(target: target, config: config))
+        return try OffsiteCommands.openRemote(target: target, config: config, create: true, local: local, cacheDirectory: cacheDirectory).0
+    }
 
     func push() throws -> CopyReport {
         let remote = try remote()
@@ -78,7 +81,7 @@ struct OffsiteScene {
         #expect(OffsiteCommands.remoteCacheDirectory(target: scene.target, config: newServer) == nil)
         let scratchCache = try ScratchCacheDirectory(parent: scene.scratch.path)
         #expect(try FileManager.default.attributesOfItem(atPath: scratchCache.path)[.posixPermissions] as? Int == 0o700)
-        let (opened, _) = try OffsiteCommands.openRemote(target: scene.target, config: newServer, create: false, scratchCache: scratchCache.path)
+        let (opened, _) = try OffsiteCommands.openRemote(target: scene.target, config: newServer, create: false, cacheDirectory: scratchCache.path)
         #expect(try opened.snapshots().count == remote.snapshots().count)
         #expect(FileManager.default.fileExists(atPath: scratchCache.path + "/index"))
         scratchCache.remove()
@@ -97,9 +100,9 @@ struct OffsiteScene {
         #expect(Self.scratchCaches() == scratchBefore)
     }
 
-    /// Scratch cache directories left in /var/tmp (the default parent when TMPDIR is unset).
+    /// Scratch cache directories left where off-site commands make them.
     static func scratchCaches() -> Set<String> {
-        let parent = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/tmp"
+        let parent = ScratchCacheDirectory.defaultParent
         return Set(((try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []).filter { $0.hasPrefix("fleetkeep-cache-") })
     }
 
