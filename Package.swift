@@ -16,10 +16,12 @@ var targets: [Target] = [
 
     // Linux constants glibc hides behind _GNU_SOURCE (O_DIRECT); a C target, so the define reaches the headers.
     .target(name: "CLinux"),
+    // Turns libmicrohttpd's own fixed HTML error pages into the protocol's JSON errors (see its header for how).
+    .target(name: "CMicroHTTPDErrorBodies", dependencies: ["CMicroHTTPD"]),
 
     // Wrappers: one concern each, no knowledge of Fleetkeep.
     .target(name: "SQLite", dependencies: ["CSQLite"]),
-    .target(name: "HTTPServer", dependencies: ["CMicroHTTPD"]),
+    .target(name: "HTTPServer", dependencies: ["CMicroHTTPD", "CMicroHTTPDErrorBodies"]),
     .target(name: "HTTPClient", dependencies: ["CCurl"]),
     .target(name: "Crypto", dependencies: ["CCrypto"]),
     .target(name: "Zstd", dependencies: ["CZstd"]),
@@ -56,7 +58,7 @@ var targets: [Target] = [
 ]
 
 // One place for compiler settings, applied to every Swift target.
-for target in targets where target.type != .system && target.name != "CLinux" {
+for target in targets where target.type != .system && !["CLinux", "CMicroHTTPDErrorBodies"].contains(target.name) {
     target.swiftSettings = (target.swiftSettings ?? []) + [
         .swiftLanguageMode(.v6),
         .enableUpcomingFeature("ExistentialAny"),

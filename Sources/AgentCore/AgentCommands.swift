@@ -58,7 +58,7 @@ public enum AgentCommands {
         let arguments = try Arguments(raw, options: ["state", "root", "interval", "tier"])
         try arguments.expectPositionals(atMost: 0)
         SignalWaiter.blockTerminationSignals()
-        let interval = try arguments.value("interval").map { try Arguments.parseDuration($0, option: "interval") }
+        let interval = try arguments.value("interval").map { Double(try Arguments.parseDuration($0, option: "interval", maximum: HeartbeatTiming.longestInterval)) }
         let daemon = HeartbeatDaemon(state: state(arguments),
                                      collector: FactsCollector(root: arguments.value("root") ?? "/", tier: arguments.value("tier") ?? "standard"),
                                      intervalOverride: interval)

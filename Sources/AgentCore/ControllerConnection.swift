@@ -67,7 +67,9 @@ public struct ControllerConnection: Sendable {
         }
         let credentials = SessionCredentials(token: answer.sessionToken, key: sessionKey, expiresAt: answer.expiresAt)
         // Renew a little early so a request never goes out on a session about to lapse.
-        let renewAfter = Date().addingTimeInterval(Double(max(answer.expiresInSeconds - 60, 0)))
+        // The lifetime is the controller's number: clamped to a day, so no value can trap or pin a session forever.
+        let lifetime = min(max(answer.expiresInSeconds, 0), 86_400)
+        let renewAfter = Date().addingTimeInterval(Double(max(lifetime - 60, 0)))
         session.state.withLock { $0 = (credentials, renewAfter) }
         return credentials
     }

@@ -51,14 +51,15 @@ public struct HeartbeatDaemon: Sendable {
     public func run() throws {
         let enrollment = try state.loadEnrollment()
         let connection = try Enrollment.connection(state: state)
-        var interval = intervalOverride ?? Double(enrollment.heartbeatIntervalSeconds)
+        var interval = intervalOverride ?? Double(HeartbeatTiming.clamp(enrollment.heartbeatIntervalSeconds))
         var failures = 0
         log("fleetkeep-agent \(enrollment.agentID) reporting to \(enrollment.controllerURL) every \(Int(interval))s")
         while true {
             let wait: Double
             do {
                 let answer = try beat(connection: connection)
-                if intervalOverride == nil { interval = Double(max(answer.heartbeatIntervalSeconds, 5)) }
+                // The controller's number is outside input: clamped, so the waits below stay in range.
+                if intervalOverride == nil { interval = Double(HeartbeatTiming.clamp(answer.heartbeatIntervalSeconds)) }
                 if failures > 0 { log("controller reachable again after \(failures) failed attempts") }
                 failures = 0
                 log("heartbeat ok; licence \(answer.licence.status)")

@@ -72,16 +72,26 @@ public struct Arguments: Sendable {
         if positionals.count > count { throw UsageError("unexpected argument '\(positionals[count])'") }
     }
 
-    /// Parses a duration such as `30s`, `15m`, `24h`, `7d` (plain numbers are seconds).
-    public static func parseDuration(_ text: String, option: String) throws -> TimeInterval {
+    /// The longest duration any option accepts: ten years. Every duration is used in Int64 second arithmetic
+    /// (expiry = now + duration), so a bound far below Int64.max keeps that arithmetic from trapping.
+    public static let longestDuration: Int64 = 10 * 366 * 86_400
+
+    /// Parses a duration such as `30s`, `15m`, `24h`, `7d` (plain numbers are seconds) into whole seconds from 1 up
+    /// to `maximum`. Values that are not finite, not positive or too long are usage errors naming the option.
+    public static func parseDuration(_ text: String, option: String, maximum: Int64 = longestDuration) throws -> Int64 {
         let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604_800]
         var number = Substring(text)
         var scale = 1.0
         if let last = text.last, let unit = units[last] { scale = unit; number = number.dropLast() }
-        guard let value = Double(number), value > 0, value.isFinite else {
+        guard let value = Double(number), value.isFinite, value > 0 else {
             throw UsageError("--\(option) '\(text)' is not a duration; use e.g. 30s, 15m, 24h or 7d")
         }
-        return value * scale
+        let seconds = (value * scale).rounded(.up)
+        // Compared as Doubles before converting, so no value reaches Int64(_:) outside its range.
+        guard seconds.isFinite, seconds <= Double(maximum) else {
+            throw UsageError("--\(option) '\(text)' is longer than the longest allowed, \(maximum)s (\(maximum / 86_400) days)")
+        }
+        return Int64(seconds)
     }
 }
 

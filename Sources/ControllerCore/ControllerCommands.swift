@@ -27,11 +27,20 @@ public enum ControllerCommands {
     public static func initialize(_ raw: [String]) throws -> Int32 {
         let arguments = try Arguments(raw, options: ["data", "heartbeat-interval"])
         try arguments.expectPositionals(atMost: 0)
-        let interval = try arguments.value("heartbeat-interval").map { try Arguments.parseDuration($0, option: "heartbeat-interval") } ?? 300
+        let interval = try arguments.value("heartbeat-interval").map(heartbeatInterval) ?? 300
         let pin = try ControllerSetup.initialize(paths: paths(arguments), heartbeatInterval: Int(interval))
         print("controller initialized in \(paths(arguments).directory)")
         print("certificate fingerprint (sha256 of public key): \(pin)")
         return 0
+    }
+
+    /// `--heartbeat-interval`, within the range agents accept (`HeartbeatTiming`).
+    static func heartbeatInterval(_ text: String) throws -> Int64 {
+        let seconds = try Arguments.parseDuration(text, option: "heartbeat-interval", maximum: HeartbeatTiming.longestInterval)
+        guard seconds >= HeartbeatTiming.shortestInterval else {
+            throw UsageError("--heartbeat-interval '\(text)' is shorter than \(HeartbeatTiming.shortestInterval)s, the shortest agents accept")
+        }
+        return seconds
     }
 
     public static func serve(_ raw: [String]) throws -> Int32 {
@@ -55,7 +64,7 @@ public enum ControllerCommands {
         // Block SIGINT/SIGTERM before the server's threads exist, so they inherit the mask and the signal reaches sigwait.
         SignalWaiter.blockTerminationSignals()
         if let text = arguments.value("heartbeat-interval") {
-            try store.setSetting("heartbeat_interval", String(Int(try Arguments.parseDuration(text, option: "heartbeat-interval"))))
+            try store.setSetting("heartbeat_interval", String(try heartbeatInterval(text)))
         }
         let (server, service) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads,
                                                            plainHTTP: plainHTTP)

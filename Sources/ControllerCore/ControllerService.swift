@@ -26,7 +26,9 @@ public final class ControllerService: Sendable {
         self.store = store
         self.certificatePin = certificatePin
         sessions = SessionTickets(secret: sessionSecret)
-        restartFloor = (try? store.lastSignedHeartbeats(since: clock() - RequestSigning.allowedSkew - 60)) ?? [:]
+        let started = clock()
+        // Clamped to this clock as well, for floors stored before recordHeartbeat clamped them.
+        restartFloor = ((try? store.lastSignedHeartbeats(since: started - RequestSigning.allowedSkew - 60)) ?? [:]).mapValues { min($0, started) }
         self.clock = clock
         interval = (try? store.heartbeatInterval()) ?? 300
     }
@@ -74,6 +76,7 @@ public final class ControllerService: Sendable {
         router.add("POST", APIPath.session) { [self] in try openSession($0) }
         router.add("POST", APIPath.escrowRecipient) { [self] request in
             _ = try authenticate(request)
+            _ = try decode(EmptyRequest.self, request)
             return .json(EscrowRecipient(recoveryPublicKey: try store.setting("recovery_public_key")))
         }
         router.add("POST", APIPath.escrow) { [self] in try depositEscrow($0) }
@@ -89,16 +92,27 @@ public final class ControllerService: Sendable {
         guard let raw = Base64URL.decode(body.publicKey), let key = try? Ed25519PublicKey(rawRepresentation: raw) else {
             throw HTTPError(400, "publicKey is not a base64url Ed25519 public key")
         }
-        if let field = DataInventory.undeclared(body.facts.keys) { throw HTTPError(400, "fact '\(field)' is not in the controller's data inventory; it was not stored") }
+        if let violation = DataInventory.violation(facts: body.facts, problems: body.problems) { throw HTTPError(400, violation) }
+        guard request.headers[RequestSigning.keyHeader] == body.publicKey else {
+            throw HTTPError(400, "\(RequestSigning.keyHeader) header must carry the publicKey being enrolled")
+        }
+        guard request.headers[RequestSigning.agentHeader] == nil, request.headers[RequestSigning.sessionHeader] == nil else {
+            throw HTTPError(400, "enrollment is signed with the key being registered only: drop the \(RequestSigning.agentHeader) and \(RequestSigning.sessionHeader) headers")
+        }
         guard body.controllerPin == certificatePin else {
             throw HTTPError(403, "enrollment token was made for another controller (its certificate fingerprint \(body.controllerPin) is not this controller's); create a token on this controller")
         }
         let now = clock()
         do {
             // Proof of possession: the enrollment body is signed by the key being registered.
-            _ = try RequestSigning.verify(method: request.method, path: request.path, headers: request.headers, body: request.body,
-                                          publicKey: key, now: now)
-            let agentID = try store.enroll(tokenID: body.tokenID, secret: body.tokenSecret, publicKey: key,
+            let signed = try RequestSigning.verify(method: request.method, path: request.path, headers: request.headers, body: request.body,
+                                                   publicKey: key, now: now)
+            let agentID = RequestSigning.agentID(for: key)
+            guard try store.admitSignedNonce(agentID: agentID, nonce: signed.nonce, signedAt: signed.timestamp, now: now,
+                                             window: RequestSigning.allowedSkew) else {
+                throw HTTPError(409, "replayed request: this nonce was already used")
+            }
+            _ = try store.enroll(tokenID: body.tokenID, secret: body.tokenSecret, publicKey: key,
                                            facts: body.facts, problems: body.problems, now: now)
             return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: interval, licence: licence(now: now)))
         } catch let rejection as RequestSigning.Rejection {
@@ -112,7 +126,7 @@ public final class ControllerService: Sendable {
             throw HTTPError(409, "replayed request: signed at or before the last heartbeat stored before the controller restarted; sign it again")
         }
         let body = try decode(HeartbeatRequest.self, request)
-        if let field = DataInventory.undeclared(body.facts.keys) { throw HTTPError(400, "fact '\(field)' is not in the controller's data inventory; it was not stored") }
+        if let violation = DataInventory.violation(facts: body.facts, problems: body.problems) { throw HTTPError(400, violation) }
         let now = clock()
         let batched = pendingHeartbeats.withLock { pending -> Bool in
             guard pending != nil else { return false }
@@ -147,6 +161,7 @@ public final class ControllerService: Sendable {
             throw HTTPError(401, "a session must be opened with the agent's Ed25519 signature, not with another session")
         }
         let agentID = try authenticate(request)
+        _ = try decode(EmptyRequest.self, request)
         let now = clock()
         let credentials = sessions.mint(agentID: agentID, now: now)
         return .json(SessionResponse(sessionToken: credentials.token, sessionKey: Base64URL.encode(credentials.key),
@@ -158,9 +173,17 @@ public final class ControllerService: Sendable {
 
     /// Verifies the signature headers and returns the agent id and the request's signed timestamp.
     func authenticateRequest(_ request: HTTPRequest) throws -> (agentID: String, timestamp: Int64) {
+        // Exactly one identity per request, so no header is silently ignored.
+        guard request.headers[RequestSigning.keyHeader] == nil else {
+            throw HTTPError(400, "\(RequestSigning.keyHeader) is only sent with \(APIPath.enroll); sign with \(RequestSigning.agentHeader) or \(RequestSigning.sessionHeader)")
+        }
+        guard request.headers[RequestSigning.sessionHeader] == nil || request.headers[RequestSigning.agentHeader] == nil else {
+            throw HTTPError(400, "send either \(RequestSigning.agentHeader) or \(RequestSigning.sessionHeader), not both")
+        }
         let now = clock()
         let agentID: String
         let verify: () throws -> (timestamp: Int64, nonce: String)
+        var durableNonce = false
         if let token = request.headers[RequestSigning.sessionHeader] {
             let session: (agentID: String, key: [UInt8])
             do { session = try sessions.open(token, now: now) } catch let rejection as RequestSigning.Rejection {
@@ -171,6 +194,8 @@ public final class ControllerService: Sendable {
                                                  body: request.body, sessionKey: session.key, now: now) }
         } else if let claimed = request.headers[RequestSigning.agentHeader] {
             agentID = claimed
+            // Ed25519 requests open sessions and deposit keys: rare, and worth a replay check that survives a restart.
+            durableNonce = true
             guard let key = try cachedKey(agentID) else { throw Self.notEnrolled(agentID) }
             verify = { try RequestSigning.verify(method: request.method, path: request.path, headers: request.headers,
                                                  body: request.body, publicKey: key, now: now) }
@@ -183,6 +208,10 @@ public final class ControllerService: Sendable {
             let (timestamp, nonce) = try verify()
             guard replayGuard.admit(agentID: agentID, nonce: nonce, timestamp: timestamp, now: now) else {
                 throw HTTPError(409, "replayed request: this nonce was already used")
+            }
+            if durableNonce, try !store.admitSignedNonce(agentID: agentID, nonce: nonce, signedAt: timestamp, now: now,
+                                                        window: RequestSigning.allowedSkew) {
+                throw HTTPError(409, "replayed request: this nonce was already used (before the controller restarted)")
             }
             return (agentID, timestamp)
         } catch let rejection as RequestSigning.Rejection {
@@ -207,9 +236,10 @@ public final class ControllerService: Sendable {
         return try store.removeAgent(agentID, now: clock())
     }
 
-    private func decode<T: Decodable>(_ type: T.Type, _ request: HTTPRequest) throws -> T {
+    /// Decodes a request body, refusing fields the protocol does not declare (`Strict`).
+    private func decode<T: StrictlyDecoded>(_ type: T.Type, _ request: HTTPRequest) throws -> T {
         do {
-            return try JSONDecoder().decode(type, from: Data(request.body))
+            return try JSONDecoder().decode(Strict<T>.self, from: Data(request.body)).value
         } catch {
             throw HTTPError(400, "request body is not valid \(type) JSON: \(Self.describe(error))")
         }
@@ -220,6 +250,8 @@ public final class ControllerService: Sendable {
         case DecodingError.keyNotFound(let key, _): return "missing field '\(key.stringValue)'"
         case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):
             return "wrong type at '\(context.codingPath.map(\.stringValue).joined(separator: "."))'"
+        case DecodingError.dataCorrupted(let context) where context.debugDescription.hasPrefix("unknown field"):
+            return context.debugDescription
         case DecodingError.dataCorrupted: return "malformed JSON"
         default: return "\(error)"
         }

@@ -34,6 +34,13 @@ public final class ControllerStore: Sendable {
             """),
         // The signed timestamp of each agent's last stored heartbeat: the replay floor after a restart.
         Migration(version: 3, sql: "ALTER TABLE agents ADD COLUMN last_request_at INTEGER;"),
+        // Nonces of Ed25519-signed requests (enrollment, sessions, escrow), kept for the clock window, so a captured
+        // request cannot be replayed after a restart empties the in-memory nonce cache.
+        Migration(version: 4, sql: """
+            CREATE TABLE signed_nonces (agent_id TEXT NOT NULL, nonce TEXT NOT NULL, signed_at INTEGER NOT NULL,
+                                        PRIMARY KEY (agent_id, nonce)) WITHOUT ROWID;
+            CREATE INDEX signed_nonces_time ON signed_nonces (signed_at);
+            """),
     ]
 
     public init(path: String) throws {
@@ -52,17 +59,24 @@ public final class ControllerStore: Sendable {
                          [.text(key), .text(value)])
     }
 
-    public func heartbeatInterval() throws -> Int { Int(try setting("heartbeat_interval") ?? "") ?? 300 }
+    /// The interval agents are asked to beat at; a stored value outside the accepted range falls back to the default.
+    public func heartbeatInterval() throws -> Int {
+        guard let stored = Int(try setting("heartbeat_interval") ?? ""), HeartbeatTiming.accepted.contains(Int64(stored)) else { return 300 }
+        return stored
+    }
 
     // MARK: Tokens
 
     /// Creates a token and returns its id and secret. Only a hash of the secret is stored.
-    public func createToken(expiresIn seconds: TimeInterval, now: Date = Date()) throws -> (id: String, secret: String) {
+    /// `seconds` is bounded by the caller (`Arguments.parseDuration`); the sum is still checked so no value traps.
+    public func createToken(expiresIn seconds: Int64, now: Date = Date()) throws -> (id: String, secret: String) {
         let id = Hex.encode(SecureRandom.bytes(8))
         let secret = Base64URL.encode(SecureRandom.bytes(24))
         let created = Int64(now.timeIntervalSince1970)
+        let (expires, overflow) = created.addingReportingOverflow(seconds)
+        guard !overflow, seconds > 0 else { throw ControllerError("token lifetime \(seconds)s is out of range") }
         try database.run("INSERT INTO tokens (id, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                         [.text(id), .blob(SHA256.hash(Array(secret.utf8))), .integer(created), .integer(created + Int64(seconds))])
+                         [.text(id), .blob(SHA256.hash(Array(secret.utf8))), .integer(created), .integer(expires)])
         return (id, secret)
     }
 
@@ -115,9 +129,11 @@ public final class ControllerStore: Sendable {
         return try Ed25519PublicKey(rawRepresentation: raw)
     }
 
+    /// Records a heartbeat. The replay floor (`last_request_at`) never passes the controller's own clock: a heartbeat
+    /// signed by a clock running ahead must not make the agent's correct heartbeats look replayed after a restart.
     func recordHeartbeat(agentID: String, facts: [String: String], problems: [String: String], now: Int64, signedAt: Int64) throws {
         try database.run("UPDATE agents SET last_seen = ?, last_request_at = MAX(COALESCE(last_request_at, 0), ?), hostname = ?, facts = ?, problems = ? WHERE id = ?",
-                         [.integer(now), .integer(signedAt), .text(facts["hostname"] ?? "unknown"), .text(Self.json(facts)),
+                         [.integer(now), .integer(min(signedAt, now)), .text(facts["hostname"] ?? "unknown"), .text(Self.json(facts)),
                           .text(Self.json(problems)), .text(agentID)])
     }
 
@@ -128,6 +144,16 @@ public final class ControllerStore: Sendable {
             if let id = row.string("id"), let at = row.int("last_request_at") { floors[id] = at }
         }
         return floors
+    }
+
+    /// Records the nonce of an Ed25519-signed request; false when it was already used (a replay). Nonces signed more
+    /// than `window` seconds before `now` are dropped on the way: their requests are refused by their timestamp.
+    func admitSignedNonce(agentID: String, nonce: String, signedAt: Int64, now: Int64, window: Int64) throws -> Bool {
+        try database.transaction { database in
+            _ = try database.run("DELETE FROM signed_nonces WHERE signed_at < ?", [.integer(now - 2 * window)])
+            return try database.run("INSERT INTO signed_nonces (agent_id, nonce, signed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                                    [.text(agentID), .text(nonce), .integer(signedAt)]) == 1
+        }
     }
 
     /// Marks an agent removed: its requests are refused from then on.

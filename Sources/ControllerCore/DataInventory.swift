@@ -30,6 +30,24 @@ public enum DataInventory {
 
     public static let declaredFactNames: Set<String> = Set(facts.map(\.name))
 
+    /// The longest value stored for one fact or problem; agents send short strings (an OS name, a kernel version).
+    public static let longestValue = 1024
+
+    /// Why a report of facts and problems must not be stored, or nil when every field is declared and every value
+    /// fits. `problems` explain why a fact could not be read, so their keys must be declared fact names too.
+    public static func violation(facts: [String: String], problems: [String: String]) -> String? {
+        if let field = undeclared(facts.keys) { return "fact '\(field)' is not in the controller's data inventory; it was not stored" }
+        if let field = undeclared(problems.keys) {
+            return "problem key '\(field)' is not a fact in the controller's data inventory; nothing was stored"
+        }
+        for (kind, fields) in [("fact", facts), ("problem", problems)] {
+            if let (name, _) = fields.filter({ $0.value.utf8.count > longestValue }).min(by: { $0.key < $1.key }) {
+                return "\(kind) '\(name)' is longer than \(longestValue) bytes; nothing was stored"
+            }
+        }
+        return nil
+    }
+
     /// The first undeclared field name, if any, in sorted order so the error is stable.
     public static func undeclared(_ names: some Collection<String>) -> String? {
         names.filter { !declaredFactNames.contains($0) }.sorted().first

@@ -31,7 +31,8 @@ public struct SessionTickets: Sendable {
             throw RequestSigning.Rejection(status: 401, message: "malformed \(RequestSigning.sessionHeader) header; open a new session")
         }
         guard expires >= now else {
-            throw RequestSigning.Rejection(status: 401, message: "session expired \(now - expires)s ago; open a new session (POST \(APIPath.session))")
+            let ago = RequestSigning.clockDistance(expires, now: now).map { "\($0)s" } ?? "long"
+            throw RequestSigning.Rejection(status: 401, message: "session expired \(ago) ago; open a new session (POST \(APIPath.session))")
         }
         return (String(parts[1]), key(for: token))
     }

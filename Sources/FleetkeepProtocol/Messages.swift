@@ -1,5 +1,7 @@
 /// Body of `POST /v1/enroll`: the agent presents the token secret and proves it holds the key it registers.
-public struct EnrollRequest: Codable, Sendable {
+public struct EnrollRequest: Codable, Sendable, StrictlyDecoded {
+    enum CodingKeys: String, CodingKey, CaseIterable { case tokenID, tokenSecret, controllerPin, publicKey, facts, problems }
+    public static let fieldNames = Set(CodingKeys.allCases.map(\.stringValue))
     public var tokenID: String
     public var tokenSecret: String
     /// The certificate pin the token carries: the controller refuses a token that was made for another controller.
@@ -32,7 +34,9 @@ public struct EnrollResponse: Codable, Sendable {
 }
 
 /// Body of `POST /v1/heartbeat`.
-public struct HeartbeatRequest: Codable, Sendable {
+public struct HeartbeatRequest: Codable, Sendable, StrictlyDecoded {
+    enum CodingKeys: String, CodingKey, CaseIterable { case facts, problems }
+    public static let fieldNames = Set(CodingKeys.allCases.map(\.stringValue))
     public var facts: [String: String]
     public var problems: [String: String]
     public init(facts: [String: String], problems: [String: String]) {
@@ -83,7 +87,9 @@ public struct EscrowRecipient: Codable, Sendable {
 
 /// Body of `POST /v1/escrow`: the repository key sealed to the operator's recovery key. The controller stores it
 /// but cannot open it.
-public struct EscrowDeposit: Codable, Sendable {
+public struct EscrowDeposit: Codable, Sendable, StrictlyDecoded {
+    enum CodingKeys: String, CodingKey, CaseIterable { case sealedKey, recoveryPublicKey }
+    public static let fieldNames = Set(CodingKeys.allCases.map(\.stringValue))
     public var sealedKey: String
     public var recoveryPublicKey: String
     public init(sealedKey: String, recoveryPublicKey: String) {
@@ -95,4 +101,52 @@ public struct EscrowDeposit: Codable, Sendable {
 extension APIPath {
     public static let escrowRecipient = "/v1/escrow/recipient"
     public static let escrow = "/v1/escrow"
+}
+
+/// The range of heartbeat intervals both sides accept. The controller's configured interval and an agent's
+/// `--interval` are checked against it; an agent clamps what the controller sends, since that is outside input,
+/// and never beats more often than every `agentShortestInterval` seconds on the controller's say-so.
+public enum HeartbeatTiming {
+    public static let shortestInterval: Int64 = 1
+    public static let longestInterval: Int64 = 7 * 86_400
+    public static let accepted: ClosedRange<Int64> = shortestInterval...longestInterval
+    public static let agentShortestInterval = 5
+
+    public static func clamp(_ seconds: Int) -> Int {
+        min(max(seconds, agentShortestInterval), Int(longestInterval))
+    }
+}
+
+/// A request body whose top-level fields are checked against a fixed list: a field the controller does not know is
+/// refused with 400 instead of being silently dropped, so nothing is sent (or stored) that the protocol does not
+/// declare. Conforming types list their `CodingKeys` (which must be `CaseIterable`), so adding a property without
+/// declaring its key does not compile.
+public protocol StrictlyDecoded: Decodable {
+    static var fieldNames: Set<String> { get }
+}
+
+/// Decodes `Value` after refusing any top-level field it does not declare.
+public struct Strict<Value: StrictlyDecoded>: Decodable {
+    public let value: Value
+
+    private struct FieldName: CodingKey {
+        let stringValue: String
+        init(stringValue: String) { self.stringValue = stringValue }
+        var intValue: Int? { nil }
+        init?(intValue: Int) { nil }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let names = try decoder.container(keyedBy: FieldName.self).allKeys.map(\.stringValue)
+        if let unknown = names.filter({ !Value.fieldNames.contains($0) }).sorted().first {
+            throw DecodingError.dataCorrupted(DecodingError.Context(codingPath: [], debugDescription: "unknown field '\(unknown.prefix(64))'"))
+        }
+        value = try Value(from: decoder)
+    }
+}
+
+/// The body of requests that carry no data (`POST /v1/session`, `POST /v1/escrow/recipient`): exactly `{}`.
+public struct EmptyRequest: Codable, Sendable, StrictlyDecoded {
+    public static let fieldNames: Set<String> = []
+    public init() {}
 }

@@ -83,13 +83,22 @@ public enum RequestSigning {
         return (timestamp, nonce)
     }
 
+    /// |now - timestamp|, or nil when it does not fit in an Int64 (a hostile or garbage timestamp).
+    public static func clockDistance(_ timestamp: Int64, now: Int64) -> Int64? {
+        let (difference, overflow) = now.subtractingReportingOverflow(timestamp)
+        guard !overflow, difference != .min else { return nil }
+        return abs(difference)
+    }
+
     /// Timestamp (inside the skew window), nonce and raw signature from the headers.
     private static func signedFields(_ headers: [String: String], now: Int64) throws -> (Int64, String, [UInt8]) {
         guard let timestampText = headers[timestampHeader], let timestamp = Int64(timestampText) else {
             throw Rejection(status: 401, message: "missing or malformed \(timestampHeader) header")
         }
-        guard abs(now - timestamp) <= allowedSkew else {
-            throw Rejection(status: 401, message: "request timestamp \(timestamp) is \(now - timestamp)s away from the controller clock (allowed ±\(allowedSkew)s); fix the server clock (NTP)")
+        // The header is attacker-controlled: any Int64 parses, so the distance is computed without trapping.
+        guard let distance = clockDistance(timestamp, now: now), distance <= allowedSkew else {
+            let away = clockDistance(timestamp, now: now).map { "\($0)s" } ?? "more than 2^63 s"
+            throw Rejection(status: 401, message: "request timestamp \(timestamp) is \(away) away from the controller clock (allowed ±\(allowedSkew)s); fix the server clock (NTP)")
         }
         guard let nonce = headers[nonceHeader], nonce.utf8.count <= 64, let nonceBytes = Base64URL.decode(nonce), nonceBytes.count >= 12 else {
             throw Rejection(status: 401, message: "missing or malformed \(nonceHeader) header")

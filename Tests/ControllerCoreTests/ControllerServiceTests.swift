@@ -26,13 +26,15 @@ final class ControllerHarness: @unchecked Sendable {
     init() throws {
         store = try ControllerStore(path: directory.appending("controller.db"))
         let clockBox = ClockBox()
-        service = ControllerService(store: store, certificatePin: Self.pin, clock: { clockBox.now })
+        service = ControllerService(store: store, certificatePin: Self.pin, sessionSecret: Self.sessionSecret, clock: { clockBox.now })
         router = service.router
         self.clock = clockBox
         clockBox.now = now
     }
     let clock: ClockBox
     static let pin = Base64URL.encode(SHA256.hash(Array("this controller".utf8)))
+    /// Fixed, as a serving controller derives it from its signing key: sessions survive a restart.
+    static let sessionSecret = SHA256.hash(Array("this controller's session secret".utf8))
 
     final class ClockBox: @unchecked Sendable { var now: Int64 = 0 }  // tests set it from one thread
 
@@ -117,7 +119,7 @@ struct EnrollmentTests {
         let key = Ed25519PrivateKey(), impostor = Ed25519PrivateKey()
         let body = try harness.enrollBody(key: key, token: token)
         let headers = try RequestSigning.sign(method: "POST", path: APIPath.enroll, body: body, key: impostor,
-                                              identity: (RequestSigning.keyHeader, "x"), now: harness.clock.now)
+                                              identity: (RequestSigning.keyHeader, Base64URL.encode(key.publicKey.rawRepresentation)), now: harness.clock.now)
         #expect(harness.send(APIPath.enroll, body: body, headers: headers).status == 401)
         #expect(try harness.store.agents().isEmpty)
     }

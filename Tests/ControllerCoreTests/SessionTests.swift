@@ -158,3 +158,79 @@ struct RestartReplayTests {
         #expect(restarted.router.handle(HTTPRequest(method: "POST", path: APIPath.heartbeat, headers: fresh, body: body)).status == 200)
     }
 }
+
+struct RestartReplayOfSessionsAndFloorsTests {
+    func restart(_ harness: ControllerHarness, after seconds: Int64) -> ControllerService {
+        let clock = harness.clock
+        return ControllerService(store: harness.store, certificatePin: ControllerHarness.pin, sessionSecret: ControllerHarness.sessionSecret,
+                                 clock: { clock.now + seconds })
+    }
+
+    /// A captured session handshake must not hand out a fresh session key after a restart empties the nonce cache.
+    @Test func aSessionOpeningCapturedBeforeARestartIsRefusedAfterIt() throws {
+        let (harness, key) = try ControllerHarness.enrolled()
+        let body = Array("{}".utf8)
+        let captured = try harness.heartbeatHeaders(key: key, body: body, path: APIPath.session)
+        #expect(harness.send(APIPath.session, body: body, headers: captured).status == 200)
+
+        let restarted = restart(harness, after: 5)
+        let replay = restarted.router.handle(HTTPRequest(method: "POST", path: APIPath.session, headers: captured, body: body))
+        #expect(replay.status == 409, "\(errorText(replay))")
+        #expect(!errorText(replay).contains("sessionKey"))
+        // A new handshake, signed now, still opens a session.
+        let fresh = try harness.heartbeatHeaders(key: key, body: body, at: harness.clock.now + 5, path: APIPath.session)
+        #expect(restarted.router.handle(HTTPRequest(method: "POST", path: APIPath.session, headers: fresh, body: body)).status == 200)
+    }
+
+    /// An agent whose clock ran ahead (within the allowed skew) must not raise the post-restart replay floor past the
+    /// controller's clock: once its clock is corrected, its heartbeats are accepted after a restart.
+    @Test func aHeartbeatSignedAheadOfTheControllerClockDoesNotLockOutLaterOnesAfterARestart() throws {
+        let (harness, key) = try ControllerHarness.enrolled()
+        let session = try SessionTests().openSession(harness, key: key)
+        let (ahead, _, _) = try SessionTests().heartbeat(harness, session, at: harness.clock.now + 280)
+        #expect(ahead.status == 200)
+
+        let restarted = restart(harness, after: 10)
+        let body = Array(try JSONEncoder().encode(HeartbeatRequest(facts: ["hostname": "web1"], problems: [:])))
+        let corrected = RequestSigning.sign(method: "POST", path: APIPath.heartbeat, body: body, session: session, now: harness.clock.now + 10)
+        let answer = restarted.router.handle(HTTPRequest(method: "POST", path: APIPath.heartbeat, headers: corrected, body: body))
+        #expect(answer.status == 200, "\(errorText(answer))")
+    }
+
+    /// The floor still refuses a session-signed heartbeat captured before the restart.
+    @Test func aSessionHeartbeatCapturedBeforeARestartIsRefusedAfterIt() throws {
+        let (harness, key) = try ControllerHarness.enrolled()
+        let session = try SessionTests().openSession(harness, key: key)
+        let (first, captured, body) = try SessionTests().heartbeat(harness, session)
+        #expect(first.status == 200)
+        let restarted = restart(harness, after: 5)
+        let replay = restarted.router.handle(HTTPRequest(method: "POST", path: APIPath.heartbeat, headers: captured, body: body))
+        #expect(replay.status == 409)
+    }
+}
+
+struct ProblemsInventoryTests {
+    @Test func problemKeysMustBeDeclaredFactsAndValuesBounded() throws {
+        let (harness, key) = try ControllerHarness.enrolled()
+        let before = try harness.snapshot()
+        for problems in [["customerEmail": "x"], ["osID": String(repeating: "x", count: DataInventory.longestValue + 1)]] {
+            let body = Array(try JSONEncoder().encode(HeartbeatRequest(facts: ["hostname": "web1"], problems: problems)))
+            let response = harness.send(APIPath.heartbeat, body: body, headers: try harness.heartbeatHeaders(key: key, body: body))
+            #expect(response.status == 400)
+            #expect(errorText(response).contains(problems.keys.first ?? "?"))
+        }
+        #expect(try harness.snapshot() == before)
+        let stored = try #require(try harness.store.agents().first)
+        #expect(stored.problems.isEmpty)
+    }
+
+    @Test func unknownTopLevelFieldsAreRefused() throws {
+        let (harness, key) = try ControllerHarness.enrolled()
+        let before = try harness.snapshot()
+        let body = Array(#"{"facts":{"hostname":"web1"},"problems":{},"customerEmail":"a@b"}"#.utf8)
+        let response = harness.send(APIPath.heartbeat, body: body, headers: try harness.heartbeatHeaders(key: key, body: body))
+        #expect(response.status == 400)
+        #expect(errorText(response).contains("customerEmail"))
+        #expect(try harness.snapshot() == before)
+    }
+}

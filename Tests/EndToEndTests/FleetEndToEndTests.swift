@@ -12,13 +12,17 @@ final class RunningController: @unchecked Sendable {
     let pin: String
     static var bin: String { ProcessRunner.productsDirectory }
 
-    init(heartbeatInterval: String = "2s") throws {
+    let scheme: String
+
+    init(heartbeatInterval: String = "2s", plainHTTP: Bool = false) throws {
         let initialized = try ProcessRunner.run(Self.bin + "/fleetkeep-controller", ["init", "--data", data.path, "--heartbeat-interval", heartbeatInterval])
         guard initialized.status == 0, let line = initialized.stdout.split(separator: "\n").first(where: { $0.contains("fingerprint") }) else {
             throw TestFailure("controller init failed: \(initialized.stderr)")
         }
         pin = String(line.split(separator: " ").last!)
-        server = try BackgroundProcess(Self.bin + "/fleetkeep-controller", ["serve", "--data", data.path, "--listen", "127.0.0.1:0"])
+        scheme = plainHTTP ? "http" : "https"
+        server = try BackgroundProcess(Self.bin + "/fleetkeep-controller", ["serve", "--data", data.path, "--listen", "127.0.0.1:0"]
+                                           + (plainHTTP ? ["--plain-http"] : []))
         let output = try server.waitForOutput { $0.contains("listening on") }
         guard let match = output.firstMatch(of: /listening on 127\.0\.0\.1:(\d+)/), let port = Int(match.1) else {
             throw TestFailure("no port in controller output: \(output)")
@@ -37,7 +41,7 @@ final class RunningController: @unchecked Sendable {
     }
 
     func client(pin: String? = nil) throws -> HTTPClient {
-        try HTTPClient(configuration: HTTPClientConfiguration(baseURL: "https://127.0.0.1:\(port)", pinnedPublicKeySHA256: pin ?? self.pin,
+        try HTTPClient(configuration: HTTPClientConfiguration(baseURL: "\(scheme)://127.0.0.1:\(port)", pinnedPublicKeySHA256: scheme == "https" ? pin ?? self.pin : nil,
                                                               timeoutSeconds: 10, retry: .none))
     }
 }

@@ -1,3 +1,4 @@
+import CommandLineSupport
 import Crypto
 import FleetkeepProtocol
 import Foundation
@@ -119,5 +120,35 @@ struct SessionSigningTests {
         let request = EnrollRequest(tokenID: "i", tokenSecret: "s", controllerPin: "PIN", publicKey: "k", facts: [:], problems: [:])
         let json = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(request)) as? [String: Any])
         #expect(json["controllerPin"] as? String == "PIN")
+    }
+}
+
+struct OutsideNumberTests {
+    /// A timestamp header is any Int64 an attacker likes; the distance to the clock must never trap.
+    @Test func extremeTimestampsAreRefusedWithoutTrapping() throws {
+        let key = Ed25519PrivateKey()
+        for timestamp in [Int64.min, Int64.min + 1, Int64.max, Int64.max - 1, -1, 0] {
+            let headers = try RequestSigning.sign(method: "POST", path: "/v1/x", body: [], key: key, identity: ("x-fleetkeep-agent", "a"), now: timestamp)
+            #expect(throws: RequestSigning.Rejection.self) {
+                _ = try RequestSigning.verify(method: "POST", path: "/v1/x", headers: headers, body: [], publicKey: key.publicKey, now: 1_800_000_000)
+            }
+        }
+        #expect(RequestSigning.clockDistance(.min, now: 1_800_000_000) == nil)
+        #expect(RequestSigning.clockDistance(.max, now: -1) == nil)
+        #expect(RequestSigning.clockDistance(1_799_999_700, now: 1_800_000_000) == 300)
+        #expect(RequestSigning.clockDistance(1_800_000_300, now: 1_800_000_000) == 300)
+    }
+
+    @Test func durationsAreWholeSecondsWithinABound() throws {
+        #expect(try Arguments.parseDuration("30s", option: "x") == 30)
+        #expect(try Arguments.parseDuration("1.5m", option: "x") == 90)
+        #expect(try Arguments.parseDuration("0.1s", option: "x") == 1)
+        #expect(try Arguments.parseDuration("7d", option: "x") == 604_800)
+        for hostile in ["99999999999999999h", "9223372036854775807s", "9223372036854775807", "1e308w", "1e19", "inf", "nan", "-5s", "0",
+                        "", "h", "11y", "3700d"] {
+            #expect(throws: UsageError.self, "\(hostile)") { _ = try Arguments.parseDuration(hostile, option: "expires") }
+        }
+        #expect(try Arguments.parseDuration("3650d", option: "x") == 3650 * 86_400)
+        #expect(throws: UsageError.self) { _ = try Arguments.parseDuration("2h", option: "x", maximum: 3600) }
     }
 }
