@@ -108,7 +108,12 @@ public final class SFTPStorage: RepositoryStorage, @unchecked Sendable {
 
     public func size(_ path: String) throws -> Int? {
         let full = try full(path)
-        return try wrap(path) { try session.stat(full).flatMap { $0.size.map { Int($0) } } }
+        guard let reported = try wrap(path, { try session.stat(full)?.size }) else { return nil }
+        // The server's number: a size no file can have is refused, not converted into a trap.
+        guard let size = Int(exactly: reported), size <= Int(Int64.max / 2) else {
+            throw StorageError(path: location + "/" + path, message: "the SFTP server reports an impossible size (\(reported) bytes); check the server")
+        }
+        return size
     }
 
     /// Removes leftover temporary uploads (from an interrupted push) in `directory`.

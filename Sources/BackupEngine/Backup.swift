@@ -272,8 +272,8 @@ final class BackupJob: @unchecked Sendable {
                 continue
             }
             var node = TreeNode(name: name, kind: .other, mode: info.st_mode, uid: info.st_uid, gid: info.st_gid,
-                                mtime: Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec),
-                                ctime: Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec),
+                                mtime: UTCTime.nanoseconds(seconds: Int64(info.st_mtim.tv_sec), nanoseconds: Int64(info.st_mtim.tv_nsec)),
+                                ctime: UTCTime.nanoseconds(seconds: Int64(info.st_ctim.tv_sec), nanoseconds: Int64(info.st_ctim.tv_nsec)),
                                 inode: UInt64(info.st_ino), size: Int64(info.st_size))
             switch info.st_mode & S_IFMT {
             case S_IFDIR:

@@ -120,3 +120,16 @@ private extension Int64 {
         return (self % divisor != 0 && (self < 0) != (divisor < 0)) ? quotient - 1 : quotient
     }
 }
+
+extension UTCTime {
+    /// A file time as nanoseconds since the epoch, clamped to what an Int64 holds (years 1677 to 2262). An account
+    /// owner can set any time on their files (`touch -d 2300-01-01`), so the product must not trap; clamping is
+    /// deterministic, so an unchanged file still compares equal on the next run.
+    public static func nanoseconds(seconds: Int64, nanoseconds: Int64) -> Int64 {
+        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if overflow { return seconds < 0 ? .min : .max }
+        let (sum, carry) = scaled.addingReportingOverflow(nanoseconds)
+        if carry { return nanoseconds < 0 ? .min : .max }
+        return sum
+    }
+}

@@ -29,7 +29,10 @@ public enum SignalWaiter {
         sigemptyset(&signals)
         sigaddset(&signals, SIGINT)
         sigaddset(&signals, SIGTERM)
-        var timeout = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+        // Callers pass computed waits: anything not finite or beyond a year is clamped, never converted into a trap.
+        let bounded = seconds.isFinite ? min(max(seconds, 0), 366 * 86_400) : 0
+        let whole = bounded.rounded(.down)
+        var timeout = timespec(tv_sec: Int(whole), tv_nsec: Int((bounded - whole) * 1e9))
         return sigtimedwait(&signals, nil, &timeout) > 0
     }
 }

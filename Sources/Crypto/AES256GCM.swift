@@ -18,6 +18,10 @@ public enum AES256GCM {
         if !aad.isEmpty { try check(EVP_EncryptUpdate(context, nil, &length, aad, Int32(aad.count)), "AES-256-GCM aad") }
         return try plaintext.withUnsafeBytes { input -> [UInt8] in
             let count = input.count
+            // OpenSSL takes an int length; larger messages are refused rather than truncated or trapped on.
+            guard count <= Int(Int32.max) - overhead else {
+                throw CryptoError(operation: "AES-256-GCM seal", message: "message of \(count) bytes is larger than 2 GiB")
+            }
             return try [UInt8](unsafeUninitializedCapacity: count + overhead) { output, initialized in
                 let base = output.baseAddress!
                 base.initialize(from: nonce, count: nonceSize)
@@ -44,6 +48,9 @@ public enum AES256GCM {
             }
             let bytes = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
             let count = input.count - overhead
+            guard count <= Int(Int32.max) else {
+                throw CryptoError(operation: "AES-256-GCM open", message: "message of \(input.count) bytes is larger than 2 GiB; it cannot be one of ours")
+            }
             guard let context = EVP_CIPHER_CTX_new() else { throw CryptoError.openssl("AES-256-GCM open") }
             defer { EVP_CIPHER_CTX_free(context) }
             try check(EVP_DecryptInit_ex(context, EVP_aes_256_gcm(), nil, key, bytes), "AES-256-GCM open init")

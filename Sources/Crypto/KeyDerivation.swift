@@ -4,6 +4,11 @@ import CCrypto
 public enum PasswordKDF {
     public static func scrypt(password: [UInt8], salt: [UInt8], n: UInt64 = 1 << 15, r: UInt64 = 8, p: UInt64 = 1,
                               length: Int = 32) throws -> [UInt8] {
+        // The parameters come from key files, which are not authenticated: only sane costs are run, and the memory
+        // bound is computed without overflow.
+        guard n >= 2, n & (n - 1) == 0, n <= 1 << 22, (1...32).contains(r), (1...16).contains(p), (16...64).contains(length) else {
+            throw CryptoError(operation: "scrypt key derivation", message: "parameters N=\(n) r=\(r) p=\(p) are outside the supported range (N a power of two up to 2^22)")
+        }
         var output = [UInt8](repeating: 0, count: length)
         // scrypt needs 128·N·r·p bytes; allow twice that so the default parameters always fit.
         let maxMemory = 256 * n * r * p

@@ -119,7 +119,9 @@ public final class SFTPSession: @unchecked Sendable {
             var attributes = LIBSSH2_SFTP_ATTRIBUTES()
             let rc = try handle.call("fstat", path: path) { libssh2_sftp_fstat_ex(file, &attributes, 0) }
             try handle.check(rc, "fstat", path: path, sftp: raw)
-            let hint = SFTPFileInfo(attributes).size.map { Int(clamping: $0) } ?? 0
+            // The size is the server's claim: it only sizes the first allocation, capped, and the result grows with the
+            // bytes actually received.
+            let hint = min(SFTPFileInfo(attributes).size.map { Int(clamping: $0) } ?? 0, Self.largestSizeHint)
             return try readLocked(file, path: path, limit: nil, sizeHint: hint)
         }
     }
@@ -324,6 +326,9 @@ public final class SFTPSession: @unchecked Sendable {
             offset += written
         }
     }
+
+    /// The most a server-reported size may pre-allocate before a byte arrives.
+    static let largestSizeHint = 64 << 20
 
     /// Reads until EOF or `limit` bytes, straight into the result array.
     func readLocked(_ file: OpaquePointer, path: String, limit: Int?, sizeHint: Int) throws -> [UInt8] {

@@ -161,3 +161,14 @@ struct CertificateTests {
         #expect(throws: CryptoError.self) { try SelfSignedCertificate.publicKeySHA256(certificatePEM: "hello") }
     }
 }
+
+/// scrypt parameters come from key files that are not authenticated: hostile ones are refused, not run or trapped on.
+struct HostileKDFParameterTests {
+    @Test func outOfRangeScryptParametersAreRefused() throws {
+        for n: UInt64 in [0, 1, 3, 1 << 23, 1 << 53, 9_007_199_254_740_992, .max] {
+            #expect(throws: CryptoError.self, "N=\(n)") { _ = try PasswordKDF.scrypt(password: [1], salt: [2], n: n) }
+        }
+        #expect(throws: CryptoError.self) { _ = try PasswordKDF.scrypt(password: [1], salt: [2], n: 1 << 10, r: .max) }
+        #expect(try PasswordKDF.scrypt(password: [1], salt: [2], n: 1 << 10).count == 32)
+    }
+}
