@@ -10,9 +10,14 @@ enum CurlGlobal {
 final class ResponseCollector {
     var body: [UInt8] = []
     var headers: [String: String] = [:]
+    /// The largest body kept; a server sending more is cut off (the transfer fails) rather than filling memory.
+    var maximumBodyBytes = HTTPClientConfiguration.defaultMaximumResponseBytes
+    /// Set when the body passed `maximumBodyBytes`, so the failure can say so.
+    var bodyTooLarge = false
 
     func reset() {
         body = []
+        bodyTooLarge = false
         headers.removeAll(keepingCapacity: true)
     }
 
@@ -38,6 +43,10 @@ enum CurlCallbacks {
         let length = size * count
         guard let userdata else { return 0 }
         let collector = Unmanaged<ResponseCollector>.fromOpaque(userdata).takeUnretainedValue()
+        guard length <= collector.maximumBodyBytes - collector.body.count else {
+            collector.bodyTooLarge = true
+            return 0  // libcurl ends the transfer with CURLE_WRITE_ERROR
+        }
         if length > 0, let data { collector.body.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length)) }
         return length
     }

@@ -71,6 +71,7 @@ public final class HTTPClient: Sendable {
         let configuration = self.configuration
         return try easy.withLock { easy -> HTTPClientResponse in
             try easy.resetForRequest()
+            easy.collector.maximumBodyBytes = configuration.maximumResponseBytes
             try easy.set(CURLOPT_URL, url)
             try easy.set(CURLOPT_TIMEOUT_MS, Int(configuration.timeoutSeconds * 1000))
             try easy.set(CURLOPT_CONNECTTIMEOUT_MS, Int(configuration.connectTimeoutSeconds * 1000))
@@ -132,6 +133,9 @@ public final class HTTPClient: Sendable {
         case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST:
             kind = .connectionFailed
             message = "\(method) could not connect: \(detail)"
+        case CURLE_WRITE_ERROR where easy.collector.bodyTooLarge:
+            kind = .transport(Int32(code.rawValue))
+            message = "\(method) answer is larger than the limit of \(easy.collector.maximumBodyBytes) bytes; refused"
         case CURLE_URL_MALFORMAT, CURLE_UNSUPPORTED_PROTOCOL:
             kind = .invalidURL
             message = "invalid URL: \(detail)"

@@ -53,6 +53,9 @@ public struct HTTPClientConfiguration: Sendable {
     public var timeoutSeconds: Double = 30
     public var connectTimeoutSeconds: Double = 10
     public var retry = RetryPolicy()
+    /// The largest response body accepted; a larger one fails the request instead of filling memory.
+    public var maximumResponseBytes = Self.defaultMaximumResponseBytes
+    public static let defaultMaximumResponseBytes = 16 << 20
 
     public init(baseURL: String, pinnedPublicKeySHA256: String? = nil, timeoutSeconds: Double = 30,
                 connectTimeoutSeconds: Double = 10, retry: RetryPolicy = RetryPolicy()) {

@@ -122,3 +122,25 @@ struct ClientTests {
         #expect(policy.delay(afterAttempt: 1, retryAfter: 0.5) == 0.5)
     }
 }
+
+/// A server (a hostile or broken controller) that answers with an endless body must not fill the agent's memory.
+struct ResponseSizeLimitTests {
+    @Test func aBodyLargerThanTheLimitFailsTheRequestWithAClearError() throws {
+        let server = try RunningServer { router in
+            router.add("GET", "/big") { _ in HTTPResponse(status: 200, body: [UInt8](repeating: 7, count: 3 << 20)) }
+            router.add("GET", "/small") { _ in .text("ok") }
+        }
+        var configuration = HTTPClientConfiguration(baseURL: server.baseURL, retry: .none)
+        configuration.maximumResponseBytes = 1 << 20
+        let client = try HTTPClient(configuration: configuration)
+        do {
+            _ = try client.send(method: "GET", path: "/big")
+            Issue.record("a 3 MiB body was accepted with a 1 MiB limit")
+        } catch let error as HTTPClientError {
+            #expect(error.message.contains("larger than the limit"), "\(error)")
+        }
+        // The same client still works, with no leftover bytes from the refused answer.
+        let small = try client.send(method: "GET", path: "/small")
+        #expect(small.body == Array("ok".utf8))
+    }
+}
