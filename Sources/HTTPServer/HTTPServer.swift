@@ -83,7 +83,7 @@ public final class HTTPServer: @unchecked Sendable {
                 fk_mhd_start_daemon(
                     UInt32(flags), raw.baseAddress!.assumingMemoryBound(to: sockaddr.self),
                     MHDCallbacks.access, context, MHDCallbacks.completed, context, MHDCallbacks.log, context,
-                    UInt32(configuration.threads), UInt32(clamping: configuration.maxConnections),
+                    UInt32(clamping: configuration.threads), UInt32(clamping: configuration.maxConnections),
                     UInt32(clamping: configuration.connectionTimeoutSeconds), 32 * 1024,
                     certificatePEM, privateKeyPEM)
             }

@@ -18,7 +18,7 @@ final class RequestDispatcher: Sendable {
     let router: Router
     let maxBodyBytes: Int
     /// Oversized bodies up to this size are read to their end before the 413 (see `access`).
-    var drainLimit: Int { max(maxBodyBytes * 4, 1 << 20) }
+    var drainLimit: Int { max(maxBodyBytes.multipliedReportingOverflow(by: 4).overflow ? .max : maxBodyBytes * 4, 1 << 20) }
     /// Requests whose headers have arrived and whose completion was not yet reported; graceful shutdown waits for 0.
     let inFlight = Atomic<Int>(0)
     /// Connections suspended while a handler runs; libmicrohttpd must not be stopped while this is above 0.
