@@ -18,6 +18,7 @@ public enum ControllerCommands {
       recovery-key create --out FILE                   make the operator's recovery key pair (keep FILE offline)
       recovery-key set PUBLIC_KEY                      agents escrow their repository keys to this public key
       escrow open AGENT_ID --recovery-key FILE --out FILE   recover a dead server's repository key file
+    \(LicenceCommands.usage)
     """
 
     public static func paths(_ arguments: Arguments) -> ControllerPaths {
@@ -93,7 +94,7 @@ public enum ControllerCommands {
         let (store, pin) = try ControllerSetup.open(paths: paths(arguments))
         if arguments.positionals.first == "remove" {
             let agentID = try arguments.positional(1, "AGENT_ID")
-            let service = ControllerService(store: store, certificatePin: pin)
+            let service = ControllerService(store: store, certificatePin: pin, signingKey: try ControllerSetup.signingKey(paths: paths(arguments)))
             guard try service.removeAgent(agentID) else { throw ControllerError("no active agent \(agentID); see `fleetkeep-controller agents`") }
             print("agent \(agentID) removed")
             return 0

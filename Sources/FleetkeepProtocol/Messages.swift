@@ -24,10 +24,13 @@ public struct EnrollResponse: Codable, Sendable {
     public var agentID: String
     public var heartbeatIntervalSeconds: Int
     public var licence: LicenceStatus
-    public init(agentID: String, heartbeatIntervalSeconds: Int, licence: LicenceStatus) {
+    /// The controller's Ed25519 lease-signing key (base64url), pinned by the agent to verify leases offline.
+    public var controllerSigningKey: String?
+    public init(agentID: String, heartbeatIntervalSeconds: Int, licence: LicenceStatus, controllerSigningKey: String? = nil) {
         self.agentID = agentID
         self.heartbeatIntervalSeconds = heartbeatIntervalSeconds
         self.licence = licence
+        self.controllerSigningKey = controllerSigningKey
     }
 }
 
@@ -35,9 +38,12 @@ public struct EnrollResponse: Codable, Sendable {
 public struct HeartbeatRequest: Codable, Sendable {
     public var facts: [String: String]
     public var problems: [String: String]
-    public init(facts: [String: String], problems: [String: String]) {
+    /// Keyed hashes of the machine (see `MachineIdentity`), for leases and clone detection; absent from old agents.
+    public var machine: MachineIdentity?
+    public init(facts: [String: String], problems: [String: String], machine: MachineIdentity? = nil) {
         self.facts = facts
         self.problems = problems
+        self.machine = machine
     }
 }
 
@@ -45,9 +51,16 @@ public struct HeartbeatRequest: Codable, Sendable {
 public struct HeartbeatResponse: Codable, Sendable {
     public var heartbeatIntervalSeconds: Int
     public var licence: LicenceStatus
-    public init(heartbeatIntervalSeconds: Int, licence: LicenceStatus) {
+    /// A renewed lease, when the controller signed one for this heartbeat (at most about once a day, or at once
+    /// after the licence changed: suspended, resumed, revoked).
+    public var lease: SignedLease?
+    /// Controller clock, Unix seconds: one of the times the agent trusts for clock-rollback detection.
+    public var controllerTime: Int64?
+    public init(heartbeatIntervalSeconds: Int, licence: LicenceStatus, lease: SignedLease? = nil, controllerTime: Int64? = nil) {
         self.heartbeatIntervalSeconds = heartbeatIntervalSeconds
         self.licence = licence
+        self.lease = lease
+        self.controllerTime = controllerTime
     }
 }
 
@@ -56,10 +69,13 @@ public struct LicenceStatus: Codable, Sendable, Equatable {
     public var status: String
     public var tier: String
     public var validUntil: Int64
-    public init(status: String, tier: String, validUntil: Int64) {
+    /// Why, when the status is not plain `active` (e.g. no seat, clone, suspended).
+    public var reason: String?
+    public init(status: String, tier: String, validUntil: Int64, reason: String? = nil) {
         self.status = status
         self.tier = tier
         self.validUntil = validUntil
+        self.reason = reason
     }
 }
 
