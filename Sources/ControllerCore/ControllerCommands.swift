@@ -100,12 +100,12 @@ public enum ControllerCommands {
             return 0
         }
         try arguments.expectPositionals(atMost: 0)
-        let agents = try store.agents()
+        let agents = try AgentListing.all(store: store)
         if arguments.flag("json") {
             print(try jsonText(agents))
         } else {
             for agent in agents {
-                print("\(agent.agentID)  \(agent.hostname)  enrolled \(agent.enrolledAt)\(agent.removed ? "  removed" : "")")
+                print("\(agent.agentID)  \(agent.hostname)  enrolled \(agent.enrolledAt)\(agent.removed ? "  removed" : "")\(agent.licence.map { "  licence \($0)" } ?? "")\(agent.clone ? "  CLONE: this agent key was seen on \(agent.machines) machines; decide with `agents remove` or `licence deactivate-server`" : "")")
             }
             print("\(agents.count) agents")
         }

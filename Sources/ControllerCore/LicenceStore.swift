@@ -279,3 +279,38 @@ public final class SQLiteLicenceStore: LicenceStore, CustomerStore {
                          [.text(name), .text(value)])
     }
 }
+
+/// One agent as `agents` lists it: its record plus the licence seat it holds and whether it is a flagged clone.
+public struct AgentListing: Codable, Sendable {
+    public let agentID: String
+    public let hostname: String
+    public let enrolledAt: Int64
+    public let lastSeen: Int64?
+    public let removed: Bool
+    public let facts: [String: String]
+    public let problems: [String: String]
+    public let licence: String?
+    /// Seen on more than one machine (keyed machine-id and root file system hashes differ).
+    public let clone: Bool
+    public let machines: Int
+
+    static func licensing(store: ControllerStore) throws -> (seats: [String: String], cloned: Set<String>, machines: [String: Int]) {
+        var seats: [String: String] = [:], machines: [String: Int] = [:]
+        for row in try store.database.query("SELECT agent_id, licence_id FROM licence_seats WHERE released_at IS NULL") {
+            if let agent = row.string("agent_id"), let licence = row.string("licence_id") { seats[agent] = licence }
+        }
+        for row in try store.database.query("SELECT agent_id, count(*) AS n FROM agent_machines GROUP BY agent_id") {
+            if let agent = row.string("agent_id") { machines[agent] = Int(clamping: row.int("n") ?? 0) }
+        }
+        return (seats, Set(machines.filter { $0.value > 1 }.keys), machines)
+    }
+
+    public static func all(store: ControllerStore) throws -> [AgentListing] {
+        let licensing = try licensing(store: store)
+        return try store.agents().map { agent in
+            AgentListing(agentID: agent.agentID, hostname: agent.hostname, enrolledAt: agent.enrolledAt, lastSeen: agent.lastSeen,
+                         removed: agent.removed, facts: agent.facts, problems: agent.problems, licence: licensing.seats[agent.agentID],
+                         clone: licensing.cloned.contains(agent.agentID), machines: licensing.machines[agent.agentID] ?? 0)
+        }
+    }
+}

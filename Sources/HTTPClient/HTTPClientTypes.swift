@@ -53,9 +53,12 @@ public struct HTTPClientConfiguration: Sendable {
     public var timeoutSeconds: Double = 30
     public var connectTimeoutSeconds: Double = 10
     public var retry = RetryPolicy()
+    /// Local address to connect from (e.g. "127.0.0.2" to test per-address limits on loopback); nil lets the kernel pick.
+    public var localAddress: String?
 
     public init(baseURL: String, pinnedPublicKeySHA256: String? = nil, timeoutSeconds: Double = 30,
-                connectTimeoutSeconds: Double = 10, retry: RetryPolicy = RetryPolicy()) {
+                connectTimeoutSeconds: Double = 10, retry: RetryPolicy = RetryPolicy(), localAddress: String? = nil) {
+        self.localAddress = localAddress
         self.baseURL = baseURL
         self.pinnedPublicKeySHA256 = pinnedPublicKeySHA256
         self.timeoutSeconds = timeoutSeconds
