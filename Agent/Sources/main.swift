@@ -18,6 +18,8 @@ let commands: [String: ([String]) throws -> Int32] = [
     "prune": BackupCommands.prune,
     "offsite": OffsiteCommands.run,
     "escrow": KeyEscrow.command,
+    "licence": AgentLicenceCommands.run,
+    "license": AgentLicenceCommands.run,
 ]
 
 CryptoLibrary.disableCleanupAtExit()

@@ -13,6 +13,8 @@ let commands: [String: ([String]) throws -> Int32] = [
     "report": ControllerCommands.report,
     "recovery-key": RecoveryCommands.recoveryKey,
     "escrow": RecoveryCommands.escrow,
+    "licence": LicenceCommands.run,
+    "license": LicenceCommands.run,
 ]
 
 CryptoLibrary.disableCleanupAtExit()

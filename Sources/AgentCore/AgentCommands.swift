@@ -12,6 +12,9 @@ public enum AgentCommands {
       facts [--root DIR] [--json]                 what the agent reports about this server
       run [--state DIR] [--root DIR] [--interval 5m]   the daemon: heartbeats with facts
       status [--state DIR] [--json]               enrollment, last heartbeat, licence
+      licence activate KEY [--state DIR] [--root DIR]   bind this server to a licence; the lease is checked offline
+      licence status [--state DIR] [--json]       valid|grace|expired|suspended|revoked|over-limit|invalid|unlicensed|clock-rollback
+      licence install FILE                        install a lease file from the operator (same checks)
       escrow [--state DIR] [--key-file FILE]      escrow the repository key, sealed to the operator's recovery key
 
     backup (every command takes --config FILE, default /etc/fleetkeep/agent.conf, and --key-file FILE):
@@ -67,15 +70,18 @@ public enum AgentCommands {
     }
 
     public static func status(_ raw: [String]) throws -> Int32 {
-        let arguments = try Arguments(raw, options: ["state"], flags: ["json"])
+        let arguments = try Arguments(raw, options: ["state", "root"], flags: ["json"])
         try arguments.expectPositionals(atMost: 0)
         let state = state(arguments)
         let enrollment = try state.loadEnrollment()
         _ = try state.loadKey()
         let status = try state.loadStatus()
+        let licence = AgentLicence(state: state, root: arguments.value("root") ?? "/").check()
         if arguments.flag("json") {
-            struct Combined: Encodable { let enrollment: AgentState.Enrollment; let status: AgentState.Status; let version: String }
-            print(String(decoding: try AgentState.encode(Combined(enrollment: enrollment, status: status, version: FleetkeepVersion.agent)), as: UTF8.self))
+            struct Combined: Encodable {
+                let enrollment: AgentState.Enrollment; let status: AgentState.Status; let version: String; let licence: AgentLicence.Report
+            }
+            print(String(decoding: try AgentState.encode(Combined(enrollment: enrollment, status: status, version: FleetkeepVersion.agent, licence: licence)), as: UTF8.self))
             return 0
         }
         let formatter = ISO8601DateFormatter()
@@ -83,10 +89,11 @@ public enum AgentCommands {
         print("controller:     \(enrollment.controllerURL)")
         print("last heartbeat: \(status.lastSuccessAt.map { formatter.string(from: $0) } ?? "never")")
         if let error = status.lastError { print("last error:     \(error)") }
-        if let licence = status.licence {
-            print("licence:        \(licence.status), tier \(licence.tier), valid until \(formatter.string(from: Date(timeIntervalSince1970: TimeInterval(licence.validUntil))))")
-        } else {
-            print("licence:        unknown (no heartbeat yet)")
+        print("licence:        \(licence.status)\(licence.licenceID.map { " (\($0), tier \(licence.tier ?? "?"))" } ?? "") (checked offline)")
+        print("  reason:       \(licence.reason)")
+        print("  next step:    \(licence.nextStep)")
+        if let seen = status.licence {
+            print("  controller:   \(seen.status)\(seen.reason.map { ": \($0)" } ?? "") (at the last heartbeat)")
         }
         return 0
     }

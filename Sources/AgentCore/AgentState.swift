@@ -13,6 +13,9 @@ public struct AgentState: Sendable {
         public var certificatePin: String
         public var enrolledAt: Date
         public var heartbeatIntervalSeconds: Int
+        /// The controller's Ed25519 lease-signing key (base64url), pinned at enrollment (or at the first activation
+        /// of an agent enrolled before keys were handed out), over the pinned TLS connection.
+        public var controllerSigningKey: String?
     }
 
     /// The latest heartbeat outcome, for `fleetkeep-agent status`.
@@ -55,7 +58,7 @@ public struct AgentState: Sendable {
         return key
     }
 
-    func save(_ enrollment: Enrollment) throws { try PrivateFile.write(enrollmentPath, try Self.encode(enrollment)) }
+    public func save(_ enrollment: Enrollment) throws { try PrivateFile.write(enrollmentPath, try Self.encode(enrollment)) }
 
     public func loadEnrollment() throws -> Enrollment {
         guard isEnrolled else {

@@ -44,12 +44,12 @@ public struct ControllerConnection: Sendable {
         guard usesSessions else {
             let key = self.key, identity = self.identity
             return try client.send(method: "POST", path: path, body: body, headers: headers) { method, path, body in
-                try RequestSigning.sign(method: method, path: path, body: body, key: key, identity: identity)
+                try RequestSigning.sign(method: method, path: path, body: body, key: key, identity: identity, now: FleetkeepClock.now())
             }
         }
         let credentials = try currentSession()
         return try client.send(method: "POST", path: path, body: body, headers: headers) { method, path, body in
-            RequestSigning.sign(method: method, path: path, body: body, session: credentials)
+            RequestSigning.sign(method: method, path: path, body: body, session: credentials, now: FleetkeepClock.now())
         }
     }
 
@@ -59,7 +59,7 @@ public struct ControllerConnection: Sendable {
         let key = self.key, identity = self.identity
         let response = try client.send(method: "POST", path: APIPath.session, body: Array("{}".utf8),
                                        headers: ["content-type": "application/json"]) { method, path, body in
-            try RequestSigning.sign(method: method, path: path, body: body, key: key, identity: identity)
+            try RequestSigning.sign(method: method, path: path, body: body, key: key, identity: identity, now: FleetkeepClock.now())
         }
         let answer = try Self.decode(response, path: APIPath.session, as: SessionResponse.self)
         guard let sessionKey = Base64URL.decode(answer.sessionKey), sessionKey.count == 32 else {

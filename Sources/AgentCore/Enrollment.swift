@@ -29,7 +29,8 @@ public enum Enrollment {
         try state.saveKey(key)
         let enrollment = AgentState.Enrollment(agentID: answer.agentID, controllerURL: token.controllerURL,
                                                certificatePin: token.certificatePin, enrolledAt: Date(),
-                                               heartbeatIntervalSeconds: answer.heartbeatIntervalSeconds)
+                                               heartbeatIntervalSeconds: answer.heartbeatIntervalSeconds,
+                                               controllerSigningKey: answer.controllerSigningKey)
         try state.save(enrollment)
         try state.save(AgentState.Status(licence: answer.licence))
         return enrollment

@@ -25,12 +25,19 @@ public struct HeartbeatDaemon: Sendable {
         var status = (try? state.loadStatus()) ?? AgentState.Status()
         status.lastAttemptAt = Date()
         let facts = collector.collect()
+        let licence = AgentLicence(state: state, root: collector.root)
         do {
-            let answer = try connection.post(APIPath.heartbeat, HeartbeatRequest(facts: facts.fields, problems: facts.problems),
+            let answer = try connection.post(APIPath.heartbeat, HeartbeatRequest(facts: facts.fields, problems: facts.problems,
+                                                                                 machine: licence.machineIdentity()),
                                              as: HeartbeatResponse.self)
             status.lastSuccessAt = Date()
             status.lastError = nil
             status.licence = answer.licence
+            if let lease = answer.lease {
+                do { try licence.accept(lease, controllerTime: answer.controllerTime) } catch {
+                    log("lease from the controller refused: \(error)")
+                }
+            }
             try state.save(status)
             return answer
         } catch {
@@ -62,7 +69,8 @@ public struct HeartbeatDaemon: Sendable {
                 if intervalOverride == nil { interval = Double(HeartbeatTiming.clamp(answer.heartbeatIntervalSeconds)) }
                 if failures > 0 { log("controller reachable again after \(failures) failed attempts") }
                 failures = 0
-                log("heartbeat ok; licence \(answer.licence.status)")
+                let licence = AgentLicence(state: state, root: collector.root).check()
+                log("heartbeat ok; licence \(licence.status)\(licence.status == "valid" ? "" : ": \(licence.reason)")")
                 // ±10% jitter keeps a fleet that restarted together from beating in lockstep.
                 wait = interval * Double.random(in: 0.9...1.1)
             } catch {

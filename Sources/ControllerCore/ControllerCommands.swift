@@ -18,6 +18,7 @@ public enum ControllerCommands {
       recovery-key create --out FILE                   make the operator's recovery key pair (keep FILE offline)
       recovery-key set PUBLIC_KEY                      agents escrow their repository keys to this public key
       escrow open AGENT_ID --recovery-key FILE --out FILE   recover a dead server's repository key file
+    \(LicenceCommands.usage)
     """
 
     public static func paths(_ arguments: Arguments) -> ControllerPaths {
@@ -102,18 +103,18 @@ public enum ControllerCommands {
         let (store, pin) = try ControllerSetup.open(paths: paths(arguments))
         if arguments.positionals.first == "remove" {
             let agentID = try arguments.positional(1, "AGENT_ID")
-            let service = ControllerService(store: store, certificatePin: pin)
+            let service = ControllerService(store: store, certificatePin: pin, signingKey: try ControllerSetup.signingKey(paths: paths(arguments)))
             guard try service.removeAgent(agentID) else { throw ControllerError("no active agent \(agentID); see `fleetkeep-controller agents`") }
             print("agent \(agentID) removed")
             return 0
         }
         try arguments.expectPositionals(atMost: 0)
-        let agents = try store.agents()
+        let agents = try AgentListing.all(store: store)
         if arguments.flag("json") {
             print(try jsonText(agents))
         } else {
             for agent in agents {
-                print("\(agent.agentID)  \(agent.hostname)  enrolled \(agent.enrolledAt)\(agent.removed ? "  removed" : "")")
+                print("\(agent.agentID)  \(agent.hostname)  enrolled \(agent.enrolledAt)\(agent.removed ? "  removed" : "")\(agent.licence.map { "  licence \($0)" } ?? "")\(agent.clone ? "  CLONE: this agent key was seen on \(agent.machines) machines; decide with `agents remove` or `licence deactivate-server`" : "")")
             }
             print("\(agents.count) agents")
         }

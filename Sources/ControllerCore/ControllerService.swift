@@ -19,10 +19,14 @@ public final class ControllerService: Sendable {
     /// starts empty after a restart, so a heartbeat signed at or before that time is refused as a possible replay.
     private let restartFloor: [String: Int64]
     private let interval: Int
+    /// Licences, leases and the validation API (see `LicenceService`).
+    public let licences: LicenceService
 
     /// `sessionSecret` keys the session tokens (see `SessionTickets`); serving processes derive it from the signing key.
+    /// `signingKey` signs leases and validation answers; serving processes load the controller's own.
     public init(store: ControllerStore, certificatePin: String, sessionSecret: [UInt8] = SecureRandom.bytes(32),
-                clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
+                signingKey: Ed25519PrivateKey = Ed25519PrivateKey(),
+                clock: @escaping @Sendable () -> Int64 = FleetkeepClock.now) {
         self.store = store
         self.certificatePin = certificatePin
         sessions = SessionTickets(secret: sessionSecret)
@@ -31,6 +35,7 @@ public final class ControllerService: Sendable {
         restartFloor = ((try? store.lastSignedHeartbeats(since: started - RequestSigning.allowedSkew - 60)) ?? [:]).mapValues { min($0, started) }
         self.clock = clock
         interval = (try? store.heartbeatInterval()) ?? 300
+        licences = LicenceService(store: SQLiteLicenceStore(database: store.database), signingKey: signingKey, clock: clock)
     }
 
     /// Batches heartbeat writes: each heartbeat updates memory, and one transaction per `period` writes the latest
@@ -49,6 +54,7 @@ public final class ControllerService: Sendable {
                     keyCache.withLock { cache in for agentID in removed { cache.removeValue(forKey: agentID) } }
                 }
                 removalsCheckedAt = now
+                try? licences.refreshChanges()
             }
         }
     }
@@ -80,11 +86,8 @@ public final class ControllerService: Sendable {
             return .json(EscrowRecipient(recoveryPublicKey: try store.setting("recovery_public_key")))
         }
         router.add("POST", APIPath.escrow) { [self] in try depositEscrow($0) }
+        licences.addRoutes(to: &router) { [self] in try authenticate($0) }
         return router
-    }
-
-    func licence(now: Int64) -> LicenceStatus {
-        LicenceStatus(status: "active", tier: "standard", validUntil: now + 7 * 86400)
     }
 
     func enroll(_ request: HTTPRequest) throws -> HTTPResponse {
@@ -114,7 +117,10 @@ public final class ControllerService: Sendable {
             }
             _ = try store.enroll(tokenID: body.tokenID, secret: body.tokenSecret, publicKey: key,
                                            facts: body.facts, problems: body.problems, now: now)
-            return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: interval, licence: licence(now: now)))
+            let licence = LicenceStatus(status: "unlicensed", tier: "none", validUntil: 0,
+                                        reason: "no licence is activated on this server; run `fleetkeep-agent licence activate KEY`")
+            return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: interval, licence: licence,
+                                        controllerSigningKey: licences.signingPublicKey))
         } catch let rejection as RequestSigning.Rejection {
             throw HTTPError(rejection.status, rejection.message)
         }
@@ -135,7 +141,8 @@ public final class ControllerService: Sendable {
             return true
         }
         if !batched { try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now, signedAt: signedAt) }
-        return .json(HeartbeatResponse(heartbeatIntervalSeconds: interval, licence: licence(now: now)))
+        let (licence, lease) = try licences.renewal(agentID: agentID, machine: body.machine, now: now)
+        return .json(HeartbeatResponse(heartbeatIntervalSeconds: interval, licence: licence, lease: lease, controllerTime: now))
     }
 
     /// Stores a repository key sealed to the operator's recovery key; only that exact key is accepted, so an agent
@@ -233,7 +240,9 @@ public final class ControllerService: Sendable {
     /// Forgets a removed agent's key so its next request is refused at once.
     public func removeAgent(_ agentID: String) throws -> Bool {
         keyCache.withLock { _ = $0.removeValue(forKey: agentID) }
-        return try store.removeAgent(agentID, now: clock())
+        guard try store.removeAgent(agentID, now: clock()) else { return false }
+        try licences.agentRemoved(agentID)
+        return true
     }
 
     /// Decodes a request body, refusing fields the protocol does not declare (`Strict`).

@@ -43,6 +43,15 @@ public enum ControllerSetup {
         return (store, try SelfSignedCertificate.publicKeySHA256(certificatePEM: pem))
     }
 
+    /// The controller's Ed25519 signing key: it signs leases and validation answers.
+    public static func signingKey(paths: ControllerPaths) throws -> Ed25519PrivateKey {
+        guard let text = try? String(contentsOfFile: paths.signingKey, encoding: .utf8),
+              let raw = Base64URL.decode(text.trimmingCharacters(in: .whitespacesAndNewlines)), let key = try? Ed25519PrivateKey(rawRepresentation: raw) else {
+            throw ControllerError("signing key \(paths.signingKey) is missing or damaged; restore the data directory from a backup")
+        }
+        return key
+    }
+
     /// The secret that keys session tokens, derived from the controller's Ed25519 signing key.
     public static func sessionSecret(paths: ControllerPaths) throws -> [UInt8] {
         guard let text = try? String(contentsOfFile: paths.signingKey, encoding: .utf8),
@@ -56,7 +65,8 @@ public enum ControllerSetup {
     public static func serve(paths: ControllerPaths, host: String, port: UInt16, threads: Int = ProcessInfo.processInfo.activeProcessorCount,
                              plainHTTP: Bool = false) throws -> (HTTPServer, ControllerService) {
         let (store, pin) = try open(paths: paths)
-        let service = ControllerService(store: store, certificatePin: pin, sessionSecret: try sessionSecret(paths: paths))
+        let service = ControllerService(store: store, certificatePin: pin, sessionSecret: try sessionSecret(paths: paths),
+                                            signingKey: try signingKey(paths: paths))
         service.startBatchedWrites()
         if plainHTTP && !isLoopback(host) {
             throw ControllerError("plain HTTP is only allowed on a loopback address (127.0.0.1, ::1, localhost), not \(host); drop --plain-http to serve HTTPS")

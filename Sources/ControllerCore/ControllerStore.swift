@@ -45,7 +45,7 @@ public final class ControllerStore: Sendable {
 
     public init(path: String) throws {
         database = try Database(path: path)
-        try database.migrate(Self.migrations)
+        try database.migrate(Self.migrations + LicenceSchema.migrations)
     }
 
     // MARK: Settings

@@ -28,6 +28,15 @@ public enum DataInventory {
         DeclaredField(name: "agentTier", purpose: licence, legalBasis: "legitimate interests", retention: whileActive, personal: false),
     ]
 
+    /// What the licence system stores besides facts (tables of `LicenceSchema`). Customer name and email live behind
+    /// `CustomerStore` only, so encrypting them is a change to one type.
+    public static let licensing: [DeclaredField] = [
+        DeclaredField(name: "customer.name", purpose: licence, legalBasis: "contract", retention: whileActive, personal: true),
+        DeclaredField(name: "customer.email", purpose: licence, legalBasis: "contract", retention: whileActive, personal: true),
+        DeclaredField(name: "machine.machineIDHash", purpose: licence, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+        DeclaredField(name: "machine.rootFilesystemHash", purpose: licence, legalBasis: "legitimate interests", retention: whileActive, personal: false),
+    ]
+
     public static let declaredFactNames: Set<String> = Set(facts.map(\.name))
 
     /// The longest value stored for one fact or problem; agents send short strings (an OS name, a kernel version).

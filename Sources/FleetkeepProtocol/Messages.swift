@@ -1,7 +1,6 @@
 /// Body of `POST /v1/enroll`: the agent presents the token secret and proves it holds the key it registers.
 public struct EnrollRequest: Codable, Sendable, StrictlyDecoded {
-    enum CodingKeys: String, CodingKey, CaseIterable { case tokenID, tokenSecret, controllerPin, publicKey, facts, problems }
-    public static let fieldNames = Set(CodingKeys.allCases.map(\.stringValue))
+    public static let fieldNames = storedPropertyNames(of: EnrollRequest(tokenID: "", tokenSecret: "", controllerPin: "", publicKey: "", facts: [:], problems: [:]))
     public var tokenID: String
     public var tokenSecret: String
     /// The certificate pin the token carries: the controller refuses a token that was made for another controller.
@@ -26,22 +25,27 @@ public struct EnrollResponse: Codable, Sendable {
     public var agentID: String
     public var heartbeatIntervalSeconds: Int
     public var licence: LicenceStatus
-    public init(agentID: String, heartbeatIntervalSeconds: Int, licence: LicenceStatus) {
+    /// The controller's Ed25519 lease-signing key (base64url), pinned by the agent to verify leases offline.
+    public var controllerSigningKey: String?
+    public init(agentID: String, heartbeatIntervalSeconds: Int, licence: LicenceStatus, controllerSigningKey: String? = nil) {
         self.agentID = agentID
         self.heartbeatIntervalSeconds = heartbeatIntervalSeconds
         self.licence = licence
+        self.controllerSigningKey = controllerSigningKey
     }
 }
 
 /// Body of `POST /v1/heartbeat`.
 public struct HeartbeatRequest: Codable, Sendable, StrictlyDecoded {
-    enum CodingKeys: String, CodingKey, CaseIterable { case facts, problems }
-    public static let fieldNames = Set(CodingKeys.allCases.map(\.stringValue))
+    public static let fieldNames = storedPropertyNames(of: HeartbeatRequest(facts: [:], problems: [:]))
     public var facts: [String: String]
     public var problems: [String: String]
-    public init(facts: [String: String], problems: [String: String]) {
+    /// Keyed hashes of the machine (see `MachineIdentity`), for leases and clone detection; absent from old agents.
+    public var machine: MachineIdentity?
+    public init(facts: [String: String], problems: [String: String], machine: MachineIdentity? = nil) {
         self.facts = facts
         self.problems = problems
+        self.machine = machine
     }
 }
 
@@ -49,9 +53,16 @@ public struct HeartbeatRequest: Codable, Sendable, StrictlyDecoded {
 public struct HeartbeatResponse: Codable, Sendable {
     public var heartbeatIntervalSeconds: Int
     public var licence: LicenceStatus
-    public init(heartbeatIntervalSeconds: Int, licence: LicenceStatus) {
+    /// A renewed lease, when the controller signed one for this heartbeat (at most about once a day, or at once
+    /// after the licence changed: suspended, resumed, revoked).
+    public var lease: SignedLease?
+    /// Controller clock, Unix seconds: one of the times the agent trusts for clock-rollback detection.
+    public var controllerTime: Int64?
+    public init(heartbeatIntervalSeconds: Int, licence: LicenceStatus, lease: SignedLease? = nil, controllerTime: Int64? = nil) {
         self.heartbeatIntervalSeconds = heartbeatIntervalSeconds
         self.licence = licence
+        self.lease = lease
+        self.controllerTime = controllerTime
     }
 }
 
@@ -60,10 +71,13 @@ public struct LicenceStatus: Codable, Sendable, Equatable {
     public var status: String
     public var tier: String
     public var validUntil: Int64
-    public init(status: String, tier: String, validUntil: Int64) {
+    /// Why, when the status is not plain `active` (e.g. no seat, clone, suspended).
+    public var reason: String?
+    public init(status: String, tier: String, validUntil: Int64, reason: String? = nil) {
         self.status = status
         self.tier = tier
         self.validUntil = validUntil
+        self.reason = reason
     }
 }
 
@@ -88,8 +102,7 @@ public struct EscrowRecipient: Codable, Sendable {
 /// Body of `POST /v1/escrow`: the repository key sealed to the operator's recovery key. The controller stores it
 /// but cannot open it.
 public struct EscrowDeposit: Codable, Sendable, StrictlyDecoded {
-    enum CodingKeys: String, CodingKey, CaseIterable { case sealedKey, recoveryPublicKey }
-    public static let fieldNames = Set(CodingKeys.allCases.map(\.stringValue))
+    public static let fieldNames = storedPropertyNames(of: EscrowDeposit(sealedKey: "", recoveryPublicKey: ""))
     public var sealedKey: String
     public var recoveryPublicKey: String
     public init(sealedKey: String, recoveryPublicKey: String) {
@@ -119,10 +132,15 @@ public enum HeartbeatTiming {
 
 /// A request body whose top-level fields are checked against a fixed list: a field the controller does not know is
 /// refused with 400 instead of being silently dropped, so nothing is sent (or stored) that the protocol does not
-/// declare. Conforming types list their `CodingKeys` (which must be `CaseIterable`), so adding a property without
-/// declaring its key does not compile.
+/// declare. Conforming types take `fieldNames` from `storedPropertyNames(of:)` on an instance, so the list follows
+/// their properties (and their synthesized coding keys) without being written twice.
 public protocol StrictlyDecoded: Decodable {
     static var fieldNames: Set<String> { get }
+}
+
+/// The names of a value's stored properties, which are the JSON keys of a type with synthesized `Codable`.
+public func storedPropertyNames(of value: Any) -> Set<String> {
+    Set(Mirror(reflecting: value).children.compactMap(\.label))
 }
 
 /// Decodes `Value` after refusing any top-level field it does not declare.

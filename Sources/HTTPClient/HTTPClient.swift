@@ -76,6 +76,7 @@ public final class HTTPClient: Sendable {
             try easy.set(CURLOPT_TIMEOUT_MS, Int(configuration.timeoutSeconds * 1000))
             try easy.set(CURLOPT_CONNECTTIMEOUT_MS, Int(configuration.connectTimeoutSeconds * 1000))
             try easy.set(CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
+            if let local = configuration.localAddress { try easy.set(CURLOPT_INTERFACE, "host!" + local) }
             if let pin = configuration.pinnedPublicKeySHA256 {
                 try easy.set(CURLOPT_PINNEDPUBLICKEY, "sha256//" + pin)
                 try easy.set(CURLOPT_SSL_VERIFYPEER, 0)

@@ -56,9 +56,12 @@ public struct HTTPClientConfiguration: Sendable {
     /// The largest response body accepted; a larger one fails the request instead of filling memory.
     public var maximumResponseBytes = Self.defaultMaximumResponseBytes
     public static let defaultMaximumResponseBytes = 16 << 20
+    /// Local address to connect from (e.g. "127.0.0.2" to test per-address limits on loopback); nil lets the kernel pick.
+    public var localAddress: String?
 
     public init(baseURL: String, pinnedPublicKeySHA256: String? = nil, timeoutSeconds: Double = 30,
-                connectTimeoutSeconds: Double = 10, retry: RetryPolicy = RetryPolicy()) {
+                connectTimeoutSeconds: Double = 10, retry: RetryPolicy = RetryPolicy(), localAddress: String? = nil) {
+        self.localAddress = localAddress
         self.baseURL = baseURL
         self.pinnedPublicKeySHA256 = pinnedPublicKeySHA256
         self.timeoutSeconds = timeoutSeconds

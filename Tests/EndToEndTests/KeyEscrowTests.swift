@@ -70,12 +70,16 @@ struct KeyEscrowTests {
         let backedUp = try agent(["backup", "--config", config])
         #expect(backedUp.status == 0, "\(backedUp.stderr)")
 
-        // Not enrolled yet: the push works and says the key is not escrowed.
+        // Not enrolled, so not licensed: off-site pushes are a tier feature and are refused, saying why.
         let unenrolled = try agent(["offsite", "push", "--config", config, "--state", state])
-        #expect(unenrolled.status == 0, "\(unenrolled.stderr)")
-        #expect(unenrolled.stderr.contains("not escrowed"), "\(unenrolled.stderr)")
+        #expect(unenrolled.status == 1, "\(unenrolled.stderr)")
+        #expect(unenrolled.stderr.contains("unlicensed"), "\(unenrolled.stderr)")
 
-        #expect(try agent(["enroll", try controller.token(), "--state", state]).status == 0)
+        #expect(try agent(["enroll", try controller.token(), "--state", state, "--root", site]).status == 0)
+        let key = try controller.controller(["licence", "issue", "--customer", "Acme", "--email", "ops@acme.example", "--tier", "standard",
+                                             "--max-servers", "1"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let activated = try agent(["licence", "activate", key, "--state", state, "--root", site])
+        #expect(activated.status == 0, "\(activated.stderr)")
         let pushed = try agent(["offsite", "push", "--config", config, "--state", state])
         #expect(pushed.status == 0, "\(pushed.stderr)")
         #expect(pushed.stdout.contains("escrowed"), "\(pushed.stdout)")

@@ -152,3 +152,29 @@ struct OutsideNumberTests {
         #expect(throws: UsageError.self) { _ = try Arguments.parseDuration("2h", option: "x", maximum: 3600) }
     }
 }
+
+/// Strict decoding refuses fields a request type does not declare; the declared list must be exactly what the type
+/// encodes with every optional set, or a real field would be refused (or an unknown one accepted).
+struct StrictRequestFieldTests {
+    func encodedKeys<T: Encodable>(_ value: T) throws -> Set<String> {
+        let object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(value)) as? [String: Any]
+        return Set(object?.keys.map { $0 } ?? [])
+    }
+
+    @Test func declaredFieldsAreExactlyTheEncodedOnes() throws {
+        let machine = MachineIdentity(machineIDHash: "a", rootFilesystemHash: "b")
+        #expect(HeartbeatRequest.fieldNames == (try encodedKeys(HeartbeatRequest(facts: [:], problems: [:], machine: machine))))
+        #expect(EnrollRequest.fieldNames == (try encodedKeys(EnrollRequest(tokenID: "", tokenSecret: "", controllerPin: "", publicKey: "", facts: [:], problems: [:]))))
+        #expect(EscrowDeposit.fieldNames == (try encodedKeys(EscrowDeposit(sealedKey: "", recoveryPublicKey: ""))))
+        #expect(ActivationRequest.fieldNames == (try encodedKeys(ActivationRequest(key: "", machine: machine))))
+        #expect(ValidationRequest.fieldNames == (try encodedKeys(ValidationRequest(key: "", nonce: "n"))))
+        #expect(EmptyRequest.fieldNames.isEmpty)
+    }
+
+    @Test func anUndeclaredFieldIsRefusedAndADeclaredOptionalIsAccepted() throws {
+        let withMachine = Data(#"{"facts":{},"problems":{},"machine":{"machineIDHash":"a","rootFilesystemHash":"b"}}"#.utf8)
+        #expect(try JSONDecoder().decode(Strict<HeartbeatRequest>.self, from: withMachine).value.machine?.machineIDHash == "a")
+        let extra = Data(#"{"facts":{},"problems":{},"mac":"00:11"}"#.utf8)
+        #expect(throws: DecodingError.self) { _ = try JSONDecoder().decode(Strict<HeartbeatRequest>.self, from: extra) }
+    }
+}

@@ -1,3 +1,4 @@
+import AgentCore
 import Crypto
 import FleetkeepProtocol
 import Foundation
@@ -10,6 +11,13 @@ import Synchronization
 // agent with its own Ed25519 key and its own keep-alive HTTPS connection. With `--scheme session` (the default, what
 // the agent daemon does) each agent opens a session with one Ed25519-signed request and signs its heartbeats with
 // HMAC-SHA256; `--scheme ed25519` signs every heartbeat with Ed25519. Prints one JSON object with the figures.
+//
+// Licence modes (`ops/bench licence`):
+//   fleetkeep-loadgen --validate KEYS --url URL --pin PIN [--clients 32] [--addresses 8] [--seconds 10]
+//     POST /v1/licences/validate back to back from `--clients` threads, each with its own keep-alive connection from
+//     127.0.0.(1 + client % addresses), with keys drawn from KEYS (one per line).
+//   fleetkeep-loadgen --lease-check STATE --root ROOT [--count 1000]
+//     times the agent's offline lease check (`AgentLicence.check`) `--count` times in this process.
 
 enum Scheme: String { case session, ed25519 }
 
@@ -22,6 +30,10 @@ struct Options {
 func parseOptions() -> Options {
     var options = Options()
     var arguments = CommandLine.arguments.dropFirst()
+    if let mode = arguments.first, mode == "--validate" || mode == "--lease-check" {
+        runLicenceMode(Array(arguments))
+        exit(0)
+    }
     while let flag = arguments.popFirst() {
         guard let value = arguments.popFirst() else { fatalError("\(flag) needs a value") }
         switch flag {
@@ -123,3 +135,82 @@ let figures = Figures(scheme: options.scheme.rawValue, agents: agents.count, req
 let encoder = JSONEncoder()
 encoder.outputFormatting = [.sortedKeys]
 print(String(decoding: try encoder.encode(figures), as: UTF8.self))
+
+// MARK: Licence modes
+
+func licenceOption(_ arguments: [String], _ name: String) -> String? {
+    guard let index = arguments.firstIndex(of: name), index + 1 < arguments.count else { return nil }
+    return arguments[index + 1]
+}
+
+func milliseconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
+}
+
+func runLicenceMode(_ arguments: [String]) {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    if let state = licenceOption(arguments, "--lease-check") {
+        let licence = AgentLicence(state: AgentState(directory: state), root: licenceOption(arguments, "--root") ?? "/")
+        let count = max(1, Int(licenceOption(arguments, "--count") ?? "1000") ?? 1000)
+        var samples: [Double] = []
+        var status = ""
+        for _ in 0..<count {
+            let started = ContinuousClock.now
+            status = licence.check(recordRun: false).status
+            samples.append(milliseconds(ContinuousClock.now - started) * 1000)
+        }
+        samples.sort()
+        struct Check: Encodable { let count: Int; let median_us: Double; let p99_us: Double; let status: String }
+        print(String(decoding: try! encoder.encode(Check(count: count, median_us: samples[count / 2], p99_us: samples[min(count - 1, count * 99 / 100)], status: status)), as: UTF8.self))
+        return
+    }
+    let keys = ((try? String(contentsOfFile: licenceOption(arguments, "--validate") ?? "", encoding: .utf8)) ?? "")
+        .split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+    guard !keys.isEmpty, let url = licenceOption(arguments, "--url"), let pin = licenceOption(arguments, "--pin") else {
+        fatalError("usage: fleetkeep-loadgen --validate KEYS --url URL --pin PIN [--clients 32] [--addresses 8] [--seconds 10]")
+    }
+    let clients = max(1, Int(licenceOption(arguments, "--clients") ?? "32") ?? 32)
+    let addresses = max(1, min(250, Int(licenceOption(arguments, "--addresses") ?? "8") ?? 8))
+    let seconds = Double(licenceOption(arguments, "--seconds") ?? "10") ?? 10
+    let latencies = Mutex<[Double]>([])
+    let limited = Atomic<Int>(0), failed = Atomic<Int>(0)
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    let group = DispatchGroup()
+    let started = Date()
+    for index in 0..<clients {
+        group.enter()
+        Thread.detachNewThread {
+            defer { group.leave() }
+            guard let client = try? HTTPClient(configuration: HTTPClientConfiguration(baseURL: url, pinnedPublicKeySHA256: pin, timeoutSeconds: 10,
+                                                                                       retry: .none, localAddress: "127.0.0.\(1 + index % addresses)")) else {
+                failed.add(1, ordering: .relaxed)
+                return
+            }
+            let bodies = keys.map { Array(#"{"key":""#.utf8) + Array($0.utf8) + Array(#""}"#.utf8) }
+            var mine: [Double] = []
+            var next = index
+            while ContinuousClock.now < deadline {
+                let begin = ContinuousClock.now
+                let response = try? client.send(method: "POST", path: APIPath.licenceValidate, body: bodies[next % bodies.count])
+                next += 1
+                switch response?.status {
+                case 200: mine.append(milliseconds(ContinuousClock.now - begin))
+                case 429: limited.add(1, ordering: .relaxed)
+                default: failed.add(1, ordering: .relaxed)
+                }
+            }
+            latencies.withLock { $0.append(contentsOf: mine) }
+        }
+    }
+    group.wait()
+    let elapsed = Date().timeIntervalSince(started)
+    let sorted = latencies.withLock { $0.sorted() }
+    func percentile(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
+    struct Validation: Encodable {
+        let clients: Int, addresses: Int, answered: Int, seconds: Double, rps: Double, p50_ms: Double, p99_ms: Double, limited: Int, errors: Int
+    }
+    let figures = Validation(clients: clients, addresses: addresses, answered: sorted.count, seconds: elapsed, rps: Double(sorted.count) / elapsed,
+                             p50_ms: percentile(0.5), p99_ms: percentile(0.99), limited: limited.load(ordering: .relaxed), errors: failed.load(ordering: .relaxed))
+    print(String(decoding: try! encoder.encode(figures), as: UTF8.self))
+}
