@@ -13,6 +13,8 @@ let commands: [String: ([String]) throws -> Int32] = [
     "report": ControllerCommands.report,
     "recovery-key": RecoveryCommands.recoveryKey,
     "escrow": RecoveryCommands.escrow,
+    "schedule": ScheduleCommands.schedule,
+    "group": ScheduleCommands.group,
 ]
 
 CryptoLibrary.disableCleanupAtExit()
