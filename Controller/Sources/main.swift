@@ -15,6 +15,7 @@ let commands: [String: ([String]) throws -> Int32] = [
     "escrow": RecoveryCommands.escrow,
     "schedule": ScheduleCommands.schedule,
     "group": ScheduleCommands.group,
+    "job": JobCommands.job,
 ]
 
 CryptoLibrary.disableCleanupAtExit()
