@@ -20,6 +20,7 @@ let commands: [String: ([String]) throws -> Int32] = [
     "escrow": KeyEscrow.command,
 ]
 
+JobChild.bindToParentIfJob()
 CryptoLibrary.disableCleanupAtExit()
 MemoryTuning.apply()
 exit(CommandRunner.run(program: "fleetkeep-agent", version: FleetkeepVersion.agent, commands: commands, usage: AgentCommands.usage, arguments: RawArguments.current()))

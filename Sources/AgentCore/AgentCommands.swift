@@ -10,7 +10,9 @@ public enum AgentCommands {
     fleet:
       enroll TOKEN [--state DIR]                 join a controller (state default \(AgentState.defaultDirectory))
       facts [--root DIR] [--json]                 what the agent reports about this server
-      run [--state DIR] [--root DIR] [--interval 5m]   the daemon: heartbeats with facts
+      run [--state DIR] [--root DIR] [--interval 5m] [--config FILE] [--offline-grace 10m] [--no-jobs]
+                                                  the daemon: heartbeats, and the controller's jobs (run as child
+                                                  commands); its schedule runs here while the controller is away
       status [--state DIR] [--json]               enrollment, last heartbeat, licence
       escrow [--state DIR] [--key-file FILE]      escrow the repository key, sealed to the operator's recovery key
 
@@ -19,7 +21,7 @@ public enum AgentCommands {
       backup [--root DIR] [--repo DIR] [--account USER]... [--kind files,databases,email]
       snapshots [--json] [--account USER] [--kind KIND]
       restore latest|SNAPSHOT [--account USER] [--kind KIND] [--path P] --target DIR
-      verify [--read-data]
+      verify [--read-data | --read-data-part P/N]
       prune [--dry-run]
       offsite push|snapshots|verify|prune|trust [--target sftp://user@host:port/path] [--host-key SHA256] [--identity KEY]
       offsite restore latest|SNAPSHOT|--all --to DIR [--account U] [--kind K] [--load-databases]
@@ -55,9 +57,14 @@ public enum AgentCommands {
     }
 
     public static func run(_ raw: [String]) throws -> Int32 {
-        let arguments = try Arguments(raw, options: ["state", "root", "interval", "tier"])
+        let arguments = try Arguments(raw, options: ["state", "root", "interval", "tier", "config", "offline-grace"], flags: ["no-jobs"])
         try arguments.expectPositionals(atMost: 0)
         SignalWaiter.blockTerminationSignals()
+        let grace = try arguments.value("offline-grace").map { Double(try Arguments.parseDuration($0, option: "offline-grace", maximum: 7 * 86_400)) } ?? 600
+        if !arguments.flag("no-jobs") {
+            try JobAgent(state: state(arguments), configPath: arguments.value("config"), offlineGrace: grace,
+                         log: { print($0); fflush(nil) }).start()
+        }
         let interval = try arguments.value("interval").map { Double(try Arguments.parseDuration($0, option: "interval", maximum: HeartbeatTiming.longestInterval)) }
         let daemon = HeartbeatDaemon(state: state(arguments),
                                      collector: FactsCollector(root: arguments.value("root") ?? "/", tier: arguments.value("tier") ?? "standard"),
