@@ -16,6 +16,13 @@ public enum JobChild {
     /// Call first thing in `main`.
     public static func bindToParentIfJob() {
         guard let text = ProcessInfo.processInfo.environment[parentVariable], let parent = Int32(text) else { return }
+        // The daemon blocks SIGTERM for its own sigwait, and a spawned child inherits that mask: without this a
+        // cancelled job would not stop.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGINT)
+        sigaddset(&signals, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &signals, nil)
         _ = fleetkeep_set_parent_death_signal(SIGKILL)
         // The parent may have died before the call above: then nobody would ever send the signal.
         if getppid() != parent { exit(1) }
@@ -112,6 +119,8 @@ public final class JobAgent: Sendable {
                 markOnline()
                 for id in answer.cancel { cancel(id) }
                 for job in answer.jobs where !holding.contains(job.id) { accept(job, task: nil, slot: nil, localID: nil) }
+                // A cancelled job is still held until its process has ended; do not ask again at once.
+                if answer.jobs.isEmpty && !answer.cancel.isEmpty { Thread.sleep(forTimeInterval: 0.5) }
             } catch {
                 failures += 1
                 runScheduleOffline()

@@ -62,7 +62,7 @@ public final class JobService: Sendable {
         do {
             try queueScheduledRuns(now: now)
             _ = try jobs.expireOverdue(now: now, retryJitter: Double.random(in: 0.5..<1))
-            let due = try jobs.agentsWithDueJobs(now: now)
+            let due = try jobs.agentsWithDueJobs(now: now).union(try jobs.agentsWithCancelRequests())
             let ready = waiters.withLock { waiting -> [(String, Waiter)] in
                 let chosen = waiting.filter { due.contains($0.key) || $0.value.deadline <= now }
                 for (agent, _) in chosen { waiting.removeValue(forKey: agent) }

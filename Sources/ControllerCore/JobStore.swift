@@ -130,6 +130,8 @@ public protocol JobStore: Sendable {
     func cancel(_ id: Int64, now: Int64) throws -> JobState?
     /// Open jobs of the agent that an operator cancelled.
     func cancelRequests(agentID: String, holding: Set<Int64>) throws -> [Int64]
+    /// Agents with a dispatched or running job an operator cancelled.
+    func agentsWithCancelRequests() throws -> Set<String>
     /// Expires jobs past their timeout (retrying them when attempts remain); returns their ids.
     func expireOverdue(now: Int64, retryJitter: Double) throws -> [Int64]
     func hasJob(agentID: String, task: ScheduledTask, slot: Int64) throws -> Bool
@@ -352,6 +354,11 @@ public final class SQLiteJobStore: JobStore {
     public func cancelRequests(agentID: String, holding: Set<Int64>) throws -> [Int64] {
         try database.query("SELECT id FROM jobs WHERE agent_id = ? AND cancel_requested = 1 AND state IN ('dispatched', 'running')", [.text(agentID)])
             .compactMap { $0.int("id") }.filter(holding.contains)
+    }
+
+    public func agentsWithCancelRequests() throws -> Set<String> {
+        Set(try database.query("SELECT DISTINCT agent_id FROM jobs WHERE cancel_requested = 1 AND state IN ('dispatched', 'running')")
+            .compactMap { $0.string("agent_id") })
     }
 
     public func expireOverdue(now: Int64, retryJitter: Double) throws -> [Int64] {
