@@ -60,12 +60,13 @@ public enum AgentCommands {
         let arguments = try Arguments(raw, options: ["state", "root", "interval", "tier", "config", "offline-grace"], flags: ["no-jobs"])
         try arguments.expectPositionals(atMost: 0)
         SignalWaiter.blockTerminationSignals()
+        // Every option is checked before anything starts, so a bad value is a usage error whatever the state.
+        let interval = try arguments.value("interval").map { Double(try Arguments.parseDuration($0, option: "interval", maximum: HeartbeatTiming.longestInterval)) }
         let grace = try arguments.value("offline-grace").map { Double(try Arguments.parseDuration($0, option: "offline-grace", maximum: 7 * 86_400)) } ?? 600
         if !arguments.flag("no-jobs") {
             try JobAgent(state: state(arguments), configPath: arguments.value("config"), offlineGrace: grace,
                          log: { print($0); fflush(nil) }).start()
         }
-        let interval = try arguments.value("interval").map { Double(try Arguments.parseDuration($0, option: "interval", maximum: HeartbeatTiming.longestInterval)) }
         let daemon = HeartbeatDaemon(state: state(arguments),
                                      collector: FactsCollector(root: arguments.value("root") ?? "/", tier: arguments.value("tier") ?? "standard"),
                                      intervalOverride: interval)
