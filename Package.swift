@@ -29,13 +29,15 @@ var targets: [Target] = [
 
     // Small argument parser shared by both programs (no third-party packages).
     .target(name: "CommandLineSupport"),
+    // Schedules: cron expressions, windows with per-agent jitter, policies. Pure computation over an injected clock.
+    .target(name: "Scheduling"),
     // The shared language between agent and controller.
-    .target(name: "FleetkeepProtocol", dependencies: ["Crypto"]),
+    .target(name: "FleetkeepProtocol", dependencies: ["Crypto", "Scheduling"]),
     // Backup engine: repository format, chunking, packs, snapshots. No HTTP, no controller.
     .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite", "CLinux"]),
     // Agent and controller logic.
-    .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto", "CommandLineSupport"]),
-    .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "Crypto", "CommandLineSupport"]),
+    .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto", "CommandLineSupport", "Scheduling", "CLinux"]),
+    .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "HTTPClient", "Crypto", "CommandLineSupport", "Scheduling"]),
 
     // The two thin programs.
     .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol"], path: "Agent/Sources"),
@@ -50,6 +52,7 @@ var targets: [Target] = [
     .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
     .testTarget(name: "ZstdTests", dependencies: ["Zstd", "TestSupport"]),
     .testTarget(name: "SFTPTests", dependencies: ["SFTP", "TestSupport"]),
+    .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
     .testTarget(name: "ProtocolTests", dependencies: ["FleetkeepProtocol", "CommandLineSupport"]),
     .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),
     .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "TestSupport"]),

@@ -22,6 +22,7 @@ let commands: [String: ([String]) throws -> Int32] = [
     "license": AgentLicenceCommands.run,
 ]
 
+JobChild.bindToParentIfJob()
 CryptoLibrary.disableCleanupAtExit()
 MemoryTuning.apply()
 exit(CommandRunner.run(program: "fleetkeep-agent", version: FleetkeepVersion.agent, commands: commands, usage: AgentCommands.usage, arguments: RawArguments.current()))

@@ -15,6 +15,9 @@ let commands: [String: ([String]) throws -> Int32] = [
     "escrow": RecoveryCommands.escrow,
     "licence": LicenceCommands.run,
     "license": LicenceCommands.run,
+    "schedule": ScheduleCommands.schedule,
+    "group": ScheduleCommands.group,
+    "job": JobCommands.job,
 ]
 
 CryptoLibrary.disableCleanupAtExit()

@@ -10,7 +10,9 @@ public enum AgentCommands {
     fleet:
       enroll TOKEN [--state DIR]                 join a controller (state default \(AgentState.defaultDirectory))
       facts [--root DIR] [--json]                 what the agent reports about this server
-      run [--state DIR] [--root DIR] [--interval 5m]   the daemon: heartbeats with facts
+      run [--state DIR] [--root DIR] [--interval 5m] [--config FILE] [--offline-grace 10m] [--no-jobs]
+                                                  the daemon: heartbeats, and the controller's jobs (run as child
+                                                  commands); its schedule runs here while the controller is away
       status [--state DIR] [--json]               enrollment, last heartbeat, licence
       licence activate KEY [--state DIR] [--root DIR]   bind this server to a licence; the lease is checked offline
       licence status [--state DIR] [--json]       valid|grace|expired|suspended|revoked|over-limit|invalid|unlicensed|clock-rollback
@@ -22,7 +24,7 @@ public enum AgentCommands {
       backup [--root DIR] [--repo DIR] [--account USER]... [--kind files,databases,email]
       snapshots [--json] [--account USER] [--kind KIND]
       restore latest|SNAPSHOT [--account USER] [--kind KIND] [--path P] --target DIR
-      verify [--read-data]
+      verify [--read-data | --read-data-part P/N]
       prune [--dry-run]
       offsite push|snapshots|verify|prune|trust [--target sftp://user@host:port/path] [--host-key SHA256] [--identity KEY]
       offsite restore latest|SNAPSHOT|--all --to DIR [--account U] [--kind K] [--load-databases]
@@ -58,10 +60,16 @@ public enum AgentCommands {
     }
 
     public static func run(_ raw: [String]) throws -> Int32 {
-        let arguments = try Arguments(raw, options: ["state", "root", "interval", "tier"])
+        let arguments = try Arguments(raw, options: ["state", "root", "interval", "tier", "config", "offline-grace"], flags: ["no-jobs"])
         try arguments.expectPositionals(atMost: 0)
         SignalWaiter.blockTerminationSignals()
+        // Every option is checked before anything starts, so a bad value is a usage error whatever the state.
         let interval = try arguments.value("interval").map { Double(try Arguments.parseDuration($0, option: "interval", maximum: HeartbeatTiming.longestInterval)) }
+        let grace = try arguments.value("offline-grace").map { Double(try Arguments.parseDuration($0, option: "offline-grace", maximum: 7 * 86_400)) } ?? 600
+        if !arguments.flag("no-jobs") {
+            try JobAgent(state: state(arguments), configPath: arguments.value("config"), offlineGrace: grace,
+                         log: { print($0); fflush(nil) }).start()
+        }
         let daemon = HeartbeatDaemon(state: state(arguments),
                                      collector: FactsCollector(root: arguments.value("root") ?? "/", tier: arguments.value("tier") ?? "standard"),
                                      intervalOverride: interval)

@@ -32,7 +32,7 @@ public enum BackupCommands {
     }
 
     /// One snapshot made (or failed) by `backup`.
-    struct BackupResult: Codable {
+    struct BackupResult: Codable, Sendable {
         var account: String
         var kind: String
         var database: String?
@@ -54,7 +54,8 @@ public enum BackupCommands {
         if !wanted.isEmpty { accounts = accounts.filter { wanted.contains($0.user) } }
         let repository = try open(config)
         let json = arguments.flag("json")
-        let run = BackupRun(config: config, json: json, showsProgress: Console.isTerminal && !json)
+        let run = BackupRun(config: config, json: json, showsProgress: Console.isTerminal && !json,
+                            progressFile: ProcessInfo.processInfo.environment[JobChild.progressFileVariable])
         let session = try BackupSession(repository: repository)
         defer { session.close() }
         // Start-up touched library pages (relocations, option parsing, key derivation) that a long backup never
@@ -91,10 +92,14 @@ public enum BackupCommands {
         }
         private let state = Mutex(State())
 
-        init(config: AgentConfig, json: Bool, showsProgress: Bool) {
+        init(config: AgentConfig, json: Bool, showsProgress: Bool, progressFile: String? = nil) {
             self.config = config
             self.json = json
-            progress = showsProgress ? BackupCommands.showProgress : nil
+            if let progressFile {
+                progress = JobChild.progressWriter(path: progressFile)
+            } else {
+                progress = showsProgress ? BackupCommands.showProgress : nil
+            }
         }
 
         var results: [BackupResult] { state.withLock { $0.results } }
@@ -348,10 +353,18 @@ public enum BackupCommands {
     }
 
     public static func verify(_ raw: [String]) throws -> Int32 {
-        let arguments = try Arguments(raw, options: common, flags: ["read-data", "json"])
+        let arguments = try Arguments(raw, options: common.union(["read-data-part"]), flags: ["read-data", "json"])
         try arguments.expectPositionals(atMost: 0)
         let repository = try open(try settings(arguments))
-        let report = try repository.verify(readData: arguments.flag("read-data"))
+        var readPacks: ((String) -> Bool)?
+        if let text = arguments.value("read-data-part") {
+            let pieces = text.split(separator: "/")
+            guard pieces.count == 2, let part = Int(pieces[0]), let parts = Int(pieces[1]), (1...366).contains(parts), (0..<parts).contains(part) else {
+                throw UsageError("--read-data-part '\(text.prefix(32))' must be P/N with 0 <= P < N <= 366, e.g. 3/7")
+            }
+            readPacks = { VerifyReport.packIsInPart($0, part: part, of: parts) }
+        }
+        let report = try repository.verify(readData: arguments.flag("read-data") || readPacks != nil, readPacks: readPacks)
         if arguments.flag("json") { print(try jsonText(report)) } else {
             print("checked \(report.snapshots) snapshots, \(report.packs) packs\(arguments.flag("read-data") ? ", \(report.blobsChecked) blobs (\(report.bytesRead / 1_048_576) MiB read)" : "")")
             for problem in report.problems { print("problem: \(problem)") }

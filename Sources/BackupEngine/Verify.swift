@@ -5,6 +5,14 @@ import Zstd
 /// What `verify` found. `damagedFiles` maps a snapshot id to the paths whose data is damaged or missing
 /// (a directory whose listing is lost is reported as "path/").
 public struct VerifyReport: Codable, Sendable {
+    /// Part `part` (0..<parts) of the packs, by the first 8 hex digits of their names: reading one part a day over
+    /// `parts` days reads every pack once.
+    public static func packIsInPart(_ pack: String, part: Int, of parts: Int) -> Bool {
+        guard parts > 1 else { return true }
+        guard let value = UInt32(pack.prefix(8), radix: 16) else { return part == 0 }
+        return Int(value % UInt32(parts)) == part
+    }
+
     public var snapshots = 0
     public var packs = 0
     public var blobsChecked = 0
@@ -13,6 +21,8 @@ public struct VerifyReport: Codable, Sendable {
     public var damagedFiles: [String: [String]] = [:]
     /// Packs in `data/` that no index names: left by an interrupted backup, harmless, removed by the next prune.
     public var unindexedPacks = 0
+    /// Packs whose data was read (all with `readData`, or the chosen part).
+    public var packsRead = 0
     public var isHealthy: Bool { problems.isEmpty && damagedFiles.isEmpty }
 }
 
@@ -20,7 +30,7 @@ extension Repository {
     /// Checks that every pack the index names exists and is large enough, and that every snapshot's trees and
     /// file contents are reachable. With `readData`, also reads every pack, opens its header and authenticates
     /// every blob (decrypt, decompress, HMAC), so a flipped byte is found and attributed to snapshots and files.
-    public func verify(readData: Bool) throws -> VerifyReport {
+    public func verify(readData: Bool, readPacks: ((String) -> Bool)? = nil) throws -> VerifyReport {
         var report = VerifyReport()
         // Verify trusts nothing derived: the index cache is rebuilt from the index files themselves.
         try reloadIndex(rebuildCache: true)
@@ -36,7 +46,8 @@ extension Repository {
                 bad.formUnion(entries.map(\.0))
                 return
             }
-            guard readData else { return }
+            guard readData, readPacks?(pack) ?? true else { return }
+            report.packsRead += 1
             let bytes: [UInt8]
             do {
                 bytes = try self.storage.read(Self.packPath(pack))

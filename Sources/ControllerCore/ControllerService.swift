@@ -246,7 +246,7 @@ public final class ControllerService: Sendable {
     }
 
     /// Decodes a request body, refusing fields the protocol does not declare (`Strict`).
-    private func decode<T: StrictlyDecoded>(_ type: T.Type, _ request: HTTPRequest) throws -> T {
+    func decode<T: StrictlyDecoded>(_ type: T.Type, _ request: HTTPRequest) throws -> T {
         do {
             return try JSONDecoder().decode(Strict<T>.self, from: Data(request.body)).value
         } catch {

@@ -75,8 +75,15 @@ public enum ControllerSetup {
                                                     tlsPrivateKeyPath: plainHTTP ? nil : paths.privateKey, threads: threads)
         // Agent messages are a few hundred bytes; anything near this limit is a mistake or an attack.
         configuration.maxBodyBytes = 64 * 1024
-        let server = try HTTPServer(configuration: configuration, router: service.router)
+        let jobService = JobService(jobs: try SQLiteJobStore(database: store.database),
+                                    schedules: ScheduleService(store: try SQLiteScheduleStore(database: store.database)), agents: service)
+        var router = service.router
+        jobService.register(in: &router)
+        // Every agent keeps one long poll open (see JobService): room for a large fleet on top of the short requests.
+        configuration.maxConnections = 16_384
+        let server = try HTTPServer(configuration: configuration, router: router)
         try server.start()
+        jobService.start()
         return (server, service)
     }
 

@@ -106,3 +106,41 @@ enum JSONErrorText {
         }
     }
 }
+
+/// Answers one deferred request, once: later calls are ignored, so a long poll answered by its timeout and by new work
+/// at the same moment gets exactly one answer. Thread-safe.
+public final class HTTPResponder: @unchecked Sendable {
+    // @unchecked: every field is behind `lock`, and `deliver` is called at most once.
+    private let lock = NSCondition()
+    private var answered = false
+    private var answer: HTTPResponse?
+    private let deliver: @Sendable (HTTPResponse) -> Void
+    /// Called after the answer went out (the server forgets the responder).
+    var onAnswer: (@Sendable () -> Void)?
+
+    init(deliver: @escaping @Sendable (HTTPResponse) -> Void) { self.deliver = deliver }
+
+    /// Sends `response`; true when this call answered, false when the request was answered already.
+    @discardableResult
+    public func respond(_ response: HTTPResponse) -> Bool {
+        lock.lock()
+        guard !answered else { lock.unlock(); return false }
+        answered = true
+        answer = response
+        let done = onAnswer
+        lock.broadcast()
+        lock.unlock()
+        deliver(response)
+        done?()
+        return true
+    }
+
+    public var isAnswered: Bool { lock.lock(); defer { lock.unlock() }; return answered }
+
+    func wait() -> HTTPResponse {
+        lock.lock()
+        defer { lock.unlock() }
+        while answer == nil { lock.wait() }
+        return answer ?? .error(500, "no answer")
+    }
+}

@@ -73,7 +73,8 @@ public final class HTTPServer: @unchecked Sendable {
             }
             var flags = MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue | MHD_USE_ITC.rawValue
                 | MHD_USE_ERROR_LOG.rawValue | MHD_USE_TURBO.rawValue
-            if configuration.handlerThreads > 0 { flags |= MHD_ALLOW_SUSPEND_RESUME.rawValue }
+            // Always: deferred routes (long polls) suspend their connection even without a handler pool.
+            flags |= MHD_ALLOW_SUSPEND_RESUME.rawValue
             if certificatePEM != nil { flags |= MHD_USE_TLS.rawValue }
             if bindAddress.isIPv6 { flags |= MHD_USE_IPv6.rawValue }
             let context = Unmanaged.passUnretained(dispatcher).toOpaque()
@@ -113,6 +114,9 @@ public final class HTTPServer: @unchecked Sendable {
         }
         guard let daemon else { return }
         let listenSocket = MHD_quiesce_daemon(daemon)
+        // Long polls would wait for work that will not come: answer them now (and again below, for any that arrived
+        // on a kept-alive connection in between).
+        for responder in dispatcher.outstanding.withLock({ Array($0.values) }) { responder.respond(.error(503, "server is shutting down")) }
         let deadline = ContinuousClock.now + .seconds(configuration.connectionTimeoutSeconds)
         while dispatcher.inFlight.load(ordering: .relaxed) > 0 && ContinuousClock.now < deadline {
             usleep(2_000)
@@ -120,6 +124,8 @@ public final class HTTPServer: @unchecked Sendable {
         // Stopping libmicrohttpd with a suspended connection is undefined behaviour, so running handlers are
         // always waited for, even past the deadline.
         dispatcher.stopping.store(true, ordering: .sequentiallyConsistent)
+        // Long polls would wait for work that will not come: answer them now.
+        for responder in dispatcher.outstanding.withLock({ Array($0.values) }) { responder.respond(.error(503, "server is shutting down")) }
         while dispatcher.suspended.load(ordering: .sequentiallyConsistent) > 0 { usleep(2_000) }
         MHD_stop_daemon(daemon)
         if listenSocket >= 0 { close(listenSocket) }

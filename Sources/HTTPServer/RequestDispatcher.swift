@@ -27,6 +27,8 @@ final class RequestDispatcher: Sendable {
     let stopping = Atomic<Bool>(false)
     /// Last message libmicrohttpd logged; included in startup errors.
     let lastLogMessage = Mutex<String>("")
+    /// Deferred answers not yet given (long polls); shutdown answers them with 503.
+    let outstanding = Mutex<[ObjectIdentifier: HTTPResponder]>([:])
     /// Set once at start, before the daemon exists, so the callbacks never see nil.
     private let pool = Mutex<HandlerPool?>(nil)
 
@@ -104,6 +106,34 @@ final class RequestDispatcher: Sendable {
             var response = HTTPResponse.error(405, "method \(methodName) not allowed for \(path)")
             response.headers["Allow"] = allowed.joined(separator: ", ")
             return queue(response, on: connection)
+        case .deferred(let handler):
+            let request = HTTPRequest(method: methodName, path: path,
+                                      query: Self.values(of: connection, kind: .GET_ARGUMENT_KIND, lowercaseKeys: false),
+                                      headers: Self.values(of: connection, kind: .HEADER_KIND, lowercaseKeys: true),
+                                      body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)))
+            state.body = []
+            suspended.add(1, ordering: .sequentiallyConsistent)
+            if stopping.load(ordering: .sequentiallyConsistent) {
+                suspended.subtract(1, ordering: .sequentiallyConsistent)
+                return queue(.error(503, "server is shutting down"), on: connection)
+            }
+            MHD_suspend_connection(connection)
+            let parked = ParkedConnection(state: state, connection: connection)
+            let responder = HTTPResponder { [self] response in
+                parked.state.response = response
+                MHD_resume_connection(parked.connection)
+                suspended.subtract(1, ordering: .sequentiallyConsistent)
+            }
+            outstanding.withLock { $0[ObjectIdentifier(responder)] = responder }
+            responder.onAnswer = { [weak self] in self?.outstanding.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(responder)) } }
+            do {
+                if let response = try handler(request, responder) { responder.respond(response) }
+            } catch let error as HTTPError {
+                responder.respond(.error(error.status, error.message))
+            } catch {
+                responder.respond(.error(500, "internal server error handling \(methodName) \(path)"))
+            }
+            return .YES
         case .handler(let handler):
             let request = HTTPRequest(method: methodName, path: path,
                                       query: Self.values(of: connection, kind: .GET_ARGUMENT_KIND, lowercaseKeys: false),
@@ -180,6 +210,13 @@ final class RequestDispatcher: Sendable {
         }
         return MHD_queue_response(connection, UInt32(clamping: response.status), mhdResponse)
     }
+}
+
+/// A suspended connection waiting for a deferred answer. `@unchecked Sendable`: while the connection is suspended
+/// only the responder touches it, once (see `HTTPResponder`).
+struct ParkedConnection: @unchecked Sendable {
+    let state: RequestState
+    let connection: OpaquePointer
 }
 
 /// The C entry points libmicrohttpd calls. They capture nothing: context arrives through the `void *` arguments.

@@ -1,9 +1,14 @@
 /// Handles one request. Runs on a libmicrohttpd I/O thread (or a handler-pool thread); handlers run concurrently.
 public typealias HTTPHandler = @Sendable (HTTPRequest) throws -> HTTPResponse
 
+/// Handles one request whose answer may come later: it returns a response now, or nil after keeping `responder` to
+/// answer from another thread (a long poll). It runs on an I/O thread and must not block.
+public typealias DeferredHTTPHandler = @Sendable (HTTPRequest, HTTPResponder) throws -> HTTPResponse?
+
 /// Exact-path routing table: path -> method -> handler. Built before the server starts, immutable afterwards.
 public struct Router: Sendable {
     private var routes: [String: [String: HTTPHandler]] = [:]
+    private var deferredRoutes: [String: [String: DeferredHTTPHandler]] = [:]
 
     public init() {}
 
@@ -12,8 +17,15 @@ public struct Router: Sendable {
         routes[path, default: [:]][method] = handler
     }
 
+    /// Registers a handler that may answer later, through its `HTTPResponder` (see `DeferredHTTPHandler`).
+    public mutating func addDeferred(_ method: String, _ path: String, _ handler: @escaping DeferredHTTPHandler) {
+        deferredRoutes[path, default: [:]][method] = handler
+        routes[path, default: [:]][method] = { _ in throw HTTPError(500, "deferred route called directly") }
+    }
+
     /// The outcome of looking a request up.
     enum Match {
+        case deferred(DeferredHTTPHandler)
         case handler(HTTPHandler)
         case notFound
         case methodNotAllowed(allowed: [String])
@@ -22,6 +34,7 @@ public struct Router: Sendable {
     func match(method: String, path: String) -> Match {
         guard let methods = routes[path] else { return .notFound }
         guard let handler = methods[method] else { return .methodNotAllowed(allowed: methods.keys.sorted()) }
+        if let deferred = deferredRoutes[path]?[method] { return .deferred(deferred) }
         return .handler(handler)
     }
 
@@ -37,6 +50,16 @@ public struct Router: Sendable {
             return response
         case .handler(let handler):
             return Self.run(handler, request)
+        case .deferred(let handler):
+            // Tests without a socket: wait for the answer on this thread.
+            let responder = HTTPResponder { _ in }
+            let immediate: HTTPResponse?
+            do { immediate = try handler(request, responder) } catch let error as HTTPError {
+                return .error(error.status, error.message)
+            } catch {
+                return .error(500, "internal server error handling \(request.method) \(request.path)")
+            }
+            return immediate ?? responder.wait()
         }
     }
 
