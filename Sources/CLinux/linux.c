@@ -1,6 +1,15 @@
 // Compiled as plain C (not imported as a module), so _GNU_SOURCE takes effect before glibc's headers are read.
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sys/fsuid.h>
 #include "CLinux.h"
 
 int fleetkeep_o_direct(void) { return O_DIRECT; }
+
+int fleetkeep_o_path(void) { return O_PATH; }
+
+int fleetkeep_at_empty_path(void) { return AT_EMPTY_PATH; }
+
+int fleetkeep_setfsuid(unsigned int uid) { return setfsuid(uid); }
+
+int fleetkeep_setfsgid(unsigned int gid) { return setfsgid(gid); }
