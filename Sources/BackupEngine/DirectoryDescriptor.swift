@@ -173,11 +173,53 @@ public final class DirectoryDescriptor: @unchecked Sendable {
     /// Opens (making what is missing) the directories `components` below this one, one at a time, each as
     /// `makeDirectory` does. A directory is made as the owner of the one it is made in when that is not root, so
     /// root's rights are not lent to a directory someone else controls.
+    ///
+    /// These are the components between an operator's path and what is restored (`home/USER` below a `--target`).
+    /// A symlink among them is followed only when root placed it: it is root's, in a directory that is root's and
+    /// that no one else may change (an operator's `/home -> /data/home`). The path it names is walked by the same
+    /// rules and nothing is made along it. Any other symlink is replaced by a directory.
     public func makeDirectories(_ components: [String], mode: mode_t, thread: ThreadFilesystemIdentity) throws -> DirectoryDescriptor {
         var directory = self
         for component in components {
+            if directory.isRootPlacedSymlink(component) {
+                directory = try directory.followRootPlacedSymlink(component, depth: 0)
+                continue
+            }
             let creator = directory.owner == 0 ? nil : FilesystemIdentity(uid: directory.owner, gid: directory.group)
             directory = try directory.makeDirectory(component, mode: mode, creator: creator, thread: thread).directory
+        }
+        return directory
+    }
+
+    /// Whether no one but root can add, remove or rename entries here: root's, and writable by no one else unless
+    /// sticky (then others cannot touch root's entries).
+    private var onlyRootChangesEntries: Bool { owner == 0 && (mode & 0o022 == 0 || mode & S_ISVTX != 0) }
+
+    /// Whether `name` here is a symlink that root placed (see `makeDirectories`).
+    private func isRootPlacedSymlink(_ name: String) -> Bool {
+        var info = stat()
+        return FileName.withPath(name, { fstatat(descriptor, $0, &info, AT_SYMLINK_NOFOLLOW) }) == 0
+            && info.st_mode & S_IFMT == S_IFLNK && info.st_uid == 0 && onlyRootChangesEntries
+    }
+
+    /// The directory the root-placed symlink `name` here names, walked one component at a time: a component that is
+    /// a symlink is followed only if root placed it too (at most 8 deep), and nothing is made.
+    private func followRootPlacedSymlink(_ name: String, depth: Int) throws -> DirectoryDescriptor {
+        guard depth < 8 else { throw FileSystemError("cannot follow \(FileName.printable(name))", code: ELOOP) }
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = FileName.withPath(name) { readlinkat(descriptor, $0, &buffer, buffer.count - 1) }
+        guard length > 0 else { throw FileSystemError("cannot read symlink \(FileName.printable(name))", code: length < 0 ? errno : ENOENT) }
+        let target = FileName.string(from: buffer[0..<length].map { UInt8(bitPattern: $0) })
+        var directory = target.hasPrefix("/") ? try DirectoryDescriptor(trustedPath: "/") : self
+        for component in target.split(separator: "/").map(String.init) where component != "." {
+            if component == ".." {
+                directory = try directory.openDirectory("..")
+            } else if directory.isRootPlacedSymlink(component) {
+                directory = try directory.followRootPlacedSymlink(component, depth: depth + 1)
+            } else {
+                // A symlink here that root did not place is refused (ELOOP), not followed.
+                directory = try directory.openDirectory(component)
+            }
         }
         return directory
     }
