@@ -123,7 +123,6 @@ struct RestoreTargetSafetyTests {
             // Errors are expected (a directory swapped away is refused); writing outside is not.
             let summaries = try? scene.restoreAll(into: target)
             racer.stop()
-            print("DEBUG round \(round): errors \(summaries?.map { $0.errors.count } ?? []) \(summaries?.flatMap { $0.errors }.prefix(3) ?? [])")
             #expect(summaries != nil, "round \(round): the restore gave up")
             #expect(manifestDifference(before, fileTreeManifest(scene.outside)) == [], "round \(round): the restore wrote outside its target")
         }
