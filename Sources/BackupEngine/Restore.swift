@@ -458,7 +458,7 @@ struct RestorePlan {
 
     /// Who owns an entry `creator` makes in `directory` (whose set-group-ID bit hands down its group).
     static func bornOwner(creator: FilesystemIdentity?, in directory: DirectoryDescriptor, thread: ThreadFilesystemIdentity) -> FilesystemIdentity {
-        let maker = creator ?? thread.process
+        let maker = thread.canSwitch ? creator ?? thread.process : thread.process
         return FilesystemIdentity(uid: maker.uid, gid: directory.mode & S_ISGID != 0 ? directory.group : maker.gid)
     }
 
@@ -610,12 +610,15 @@ final class MadeDirectories: @unchecked Sendable {
 /// The open directories from a restore target down to the one being worked in, so a run of entries in one
 /// directory costs one openat for the directory, not one per path component and entry. A directory is opened
 /// without following a symlink, and only if it is still the one the restore made or opened (`made`): one that
-/// whoever controls its parent put in its place is refused. Used by one thread.
+/// whoever controls its parent put in its place is refused. At most `limit` are held: a tree nested deeper than
+/// that (an account can make one on purpose) costs walks from the target instead of running the process out of
+/// descriptors, which would fail other accounts' files too. Used by one thread.
 struct DirectoryCursor {
+    static let limit = 48
     let plan: RestorePlan
     let target: DirectoryDescriptor
     let made: MadeDirectories
-    /// From the target's child down; each is the parent of the next.
+    /// A run of the path to the directory worked in: each is the parent of the next.
     private var open: [(index: Int, directory: DirectoryDescriptor)] = []
 
     init(plan: RestorePlan, target: DirectoryDescriptor, made: MadeDirectories) {
@@ -639,11 +642,16 @@ struct DirectoryCursor {
             step = plan.directories[step].parent
         }
         chain.reverse()
+        // Keep the open run as far as it is on the way to `index`; start from the target when none of it is.
+        var next = 0
         var kept = 0
-        while kept < open.count && kept < chain.count && open[kept].index == chain[kept] { kept += 1 }
+        if let first = open.first, let start = chain.firstIndex(of: first.index) {
+            while kept < open.count && start + kept < chain.count && open[kept].index == chain[start + kept] { kept += 1 }
+            next = start + kept
+        }
         open.removeLast(open.count - kept)
         var directory = open.last?.directory ?? target
-        for step in chain[kept...] {
+        for step in chain[next...] {
             let entry = plan.directories[step]
             guard let expected = made.identity(of: step) else {
                 throw RepositoryError("its directory \(FileName.printable(entry.relative)) could not be restored")
@@ -652,15 +660,16 @@ struct DirectoryCursor {
             guard opened.identity == expected else {
                 throw RepositoryError("directory \(FileName.printable(entry.relative)) was replaced by something else during the restore")
             }
-            open.append((step, opened))
+            push(step, opened)
             directory = opened
         }
         return directory
     }
 
-    /// `directory` was just made as `index`, whose parent `directory(_:)` returned last.
+    /// `directory` was just made (or opened) as `index`, whose parent `directory(_:)` returned last.
     mutating func push(_ index: Int, _ directory: DirectoryDescriptor) {
         open.append((index, directory))
+        if open.count > Self.limit { open.removeFirst(open.count - Self.limit) }
     }
 }
 

@@ -149,6 +149,26 @@ struct RestoreTargetSafetyTests {
         #expect(manifestDifference(fileTreeManifest(scene.home, includingRoot: false), fileTreeManifest(target + "/home/user000", includingRoot: false)) == [])
     }
 
+    /// A tree nested deeper than the directories a restore holds open (`DirectoryCursor.limit`), with files listed
+    /// before and after each subdirectory, so the restore has to find its way back up: it comes back exactly.
+    @Test func aTreeDeeperThanTheOpenDirectoryLimitComesBackExactly() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-deep")
+        var path = scratch.appending("source")
+        for level in 0..<(DirectoryCursor.limit * 3) {
+            try FileManager.default.createDirectory(atPath: path + "/m", withIntermediateDirectories: true)
+            try Data("a \(level)\n".utf8).write(to: URL(fileURLWithPath: path + "/a.txt"))
+            try Data("z \(level)\n".utf8).write(to: URL(fileURLWithPath: path + "/z.txt"))
+            path += "/m"
+        }
+        let repository = try Repository.initialize(storage: LocalStorage(root: scratch.appending("repo")), keySource: .keyFile(scratch.appending("k")))
+        let snapshot = try repository.backup(directory: scratch.appending("source"), options: BackupOptions(tags: ["kind": "files"]))
+        let summary = try repository.restore(snapshot, target: scratch.appending("restored"))
+        #expect(summary.errors.isEmpty, "\(summary.errors.prefix(3))")
+        #expect(summary.files == DirectoryCursor.limit * 6)
+        #expect(manifestDifference(fileTreeManifest(scratch.appending("source"), includingRoot: false),
+                                   fileTreeManifest(scratch.appending("restored"), includingRoot: false)) == [])
+    }
+
     /// A symlink that only root could have placed on the way to the account's home (root's, in a directory only root
     /// may change) is the operator's layout, such as `/home -> /data/home`: it is followed, and stays.
     @Test func anOperatorsOwnSymlinkAboveTheHomeIsFollowed() throws {
