@@ -300,13 +300,14 @@ public enum BackupCommands {
         var trees: [(snapshot: Snapshot, target: String)] = []
         for snapshot in chosen {
             if snapshot.tags["kind"] == BackupKind.databases.rawValue {
-                let path = try writeDump(snapshot, from: repository, into: root + "/var/lib/fleetkeep/restored-databases")
+                let path = try writeDump(snapshot, from: repository, into: root + "/var/lib/fleetkeep/restored-databases", beneath: root)
                 print("\(snapshot.tags["account"] ?? "-") database \(snapshot.tags["database"] ?? "-"): written to \(path)")
             } else {
                 trees.append((snapshot, root + (try restoreLocation(of: snapshot))))
             }
         }
-        let summaries = try repository.restore(trees)
+        // Only ROOT is the operator's path: the homes below it may hold an account owner's symlinks.
+        let summaries = try repository.restore(trees, beneath: root)
         for ((snapshot, target), summary) in zip(trees, summaries) {
             if !arguments.flag("json") {
                 print("\(snapshot.tags["account"] ?? "-") \(snapshot.tags["kind"] ?? "-"): snapshot \(snapshot.shortID), \(summary.files) files (\(String(format: "%.1f", Double(summary.bytes) / 1_048_576)) MiB) to \(FileName.printable(target))")
@@ -339,17 +340,13 @@ public enum BackupCommands {
     }
 
     /// Writes a database snapshot to `directory/<database>.sql` (mode 0600) and returns the path. The database
-    /// name comes from the snapshot's tags, so it is checked before it becomes part of a path.
-    static func writeDump(_ snapshot: Snapshot, from repository: Repository, into directory: String) throws -> String {
+    /// name comes from the snapshot's tags, so it is checked before it becomes part of a path. With `root`,
+    /// `directory` is inside `root` and only `root` is the operator's own path: what is below it is made and opened
+    /// without following symlinks, as in a restore, and the file replaces whatever stands at its name.
+    static func writeDump(_ snapshot: Snapshot, from repository: Repository, into directory: String, beneath root: String? = nil) throws -> String {
         let name = snapshot.tags["database"] ?? "database"
         try HostingAccounts.validateName(name, source: "snapshot \(snapshot.shortID)")
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let path = directory + "/" + name + ".sql"
-        let descriptor = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw AgentError("cannot create \(path): \(String(cString: strerror(errno)))") }
-        defer { close(descriptor) }
-        try repository.restoreStream(snapshot, to: descriptor)
-        return path
+        return try repository.restoreStream(snapshot, toFileNamed: name + ".sql", in: directory, beneath: root)
     }
 
     public static func verify(_ raw: [String]) throws -> Int32 {

@@ -217,13 +217,15 @@ public enum OffsiteCommands {
                     try DatabaseDumper(settings: config.database).load(into: name) { try remote.restoreStream(snapshot, to: $0) }
                     print("\(account): database \(name) loaded")
                 } else {
-                    let path = try BackupCommands.writeDump(snapshot, from: remote, into: destination + "/var/lib/fleetkeep/restored-databases")
+                    let path = try BackupCommands.writeDump(snapshot, from: remote, into: destination + "/var/lib/fleetkeep/restored-databases",
+                                                            beneath: destination)
                     print("\(account): database \(name) written to \(path)")
                 }
                 continue
             }
             let where_ = arguments.flag("all") ? destination + (try BackupCommands.restoreLocation(of: snapshot)) : destination
-            let summary = try remote.restore(snapshot, subpath: arguments.value("path"), target: where_)
+            // Only --to is the operator's path: with --all, the homes below it may hold an account owner's symlinks.
+            let summary = try remote.restore(snapshot, subpath: arguments.value("path"), target: where_, beneath: destination)
             print("\(account) \(snapshot.tags["kind"] ?? ""): restored \(summary.files) files to \(where_)")
             if !summary.errors.isEmpty {
                 failures += summary.errors.count

@@ -14,15 +14,26 @@ public struct RestoreSummary: Codable, Sendable {
 }
 
 extension Repository {
-    /// Restores `snapshot` (or only `subpath` inside it) under `target`. Never writes outside `target`: names from
-    /// the snapshot are validated, directories are created by us, and existing symlinks are never followed.
-    /// Damaged files are listed in `errors`; everything else is restored.
-    public func restore(_ snapshot: Snapshot, subpath: String? = nil, target: String) throws -> RestoreSummary {
-        try restore([(snapshot, target)], subpath: subpath)[0]
+    /// Restores `snapshot` (or only `subpath` inside it) under `target`; with `root`, `target` is a path inside
+    /// `root` (see `restore(_:subpath:beneath:)`). Never writes outside the target: names from the snapshot are
+    /// validated, every entry is made relative to an open directory, and nothing that already exists in the target is
+    /// followed or written through. Damaged files are listed in `errors`; everything else is restored.
+    public func restore(_ snapshot: Snapshot, subpath: String? = nil, target: String, beneath root: String? = nil) throws -> RestoreSummary {
+        try restore([(snapshot, target)], subpath: subpath, beneath: root)[0]
     }
 
     /// Restores several snapshots, each under its own target, in one process (a server's accounts, say), and
     /// returns one summary per snapshot, in order; the first error that is not about one file stops the restore.
+    ///
+    /// A target is an operator's own path, made if missing and its symlinks followed like any path on a command
+    /// line. With `root` (the `--target` of `restore --all`), each target is a path inside `root` and only `root` is
+    /// taken so: the components below it (`home/USER`) may be controlled by an account owner, so they are treated
+    /// like everything inside a target. Inside, every directory is opened one name at a time with
+    /// `O_NOFOLLOW|O_DIRECTORY` and held open while its entries are made; whatever stands where an entry goes (a
+    /// symlink, a hard-linked file, any non-directory where a directory belongs) is removed and made again, never
+    /// followed or written through; owners, modes and times are set through descriptors. Run as root, entries that
+    /// belong to the owner of the directory they are made in are made with that owner's file-system identity
+    /// (setfsuid/setfsgid on the making thread), so root's rights never reach a place the account owner chose.
     ///
     /// One thread plans each snapshot in turn (every name validated, nothing written before); the calling thread
     /// makes its directories and creates every file, empty; a pool of writer threads fills the files in, and the last
@@ -33,7 +44,7 @@ extension Repository {
     /// restore spent 4.4–4.7 s of system time with four threads creating files and 2.9–3.2 s this way, in the same
     /// wall time; on a new file system the two take the same time. Memory: the plans of the snapshots still being
     /// written (usually one or two), and at most `inFlight` open files (plus one batch being filled).
-    public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil) throws -> [RestoreSummary] {
+    public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil, beneath root: String? = nil) throws -> [RestoreSummary] {
         _ = BackupSession.allocatorTuned
         let cores = max(2, ProcessInfo.processInfo.activeProcessorCount)
         // Two threads per core in all, so a core stays busy while a thread waits for a direct write or the disk.
@@ -50,7 +61,10 @@ extension Repository {
             let decompressor = ZstdDecompressor()
             for (index, (snapshot, target)) in snapshots.enumerated() {
                 guard !stopPlanning.load(ordering: .relaxed) else { break }
-                let plan = Result { try self.makeRestorePlan(snapshot, target: target, subpath: subpath, decompressor: decompressor) }
+                let plan = Result {
+                    try self.makeRestorePlan(snapshot, location: try RestoreLocation(target: target, beneath: root), subpath: subpath,
+                                             decompressor: decompressor)
+                }
                 plans.put((index, plan))
                 if case .failure = plan { break }
             }
@@ -65,18 +79,26 @@ extension Repository {
         var failure: (any Error)?
         let isRoot = getuid() == 0
         let umask = currentUmask()
+        // This thread's file-system identity while it makes entries; back to the process's own before anything else.
+        let identity = ThreadFilesystemIdentity()
+        defer { identity.reset() }
         while let (index, planned) = plans.take() {
             do {
                 let plan = try planned.get()
-                let restoring = PlanInProgress(plan: plan, isRoot: isRoot) { summary in summaries.withLock { $0[index] = summary } }
-                try plan.makeDirectories()
+                let target = try plan.location.open(thread: identity)
+                let restoring = PlanInProgress(plan: plan, target: target, isRoot: isRoot) { summary in summaries.withLock { $0[index] = summary } }
+                // The directories from the target down to the one being filled stay open, so a file costs one
+                // openat in its directory, and a directory one openat after it is made.
+                var cursor = DirectoryCursor(plan: plan, target: target, made: restoring.made)
+                var directoriesMade = 0
                 // Files go to writers in batches of files whose data starts in the same group of small blobs (up to
                 // `batchSize`), so one writer opens each group once: when writers took consecutive files one by one,
                 // several opened the same group at the same time. A file stored in blobs of its own is a batch alone.
                 var batch: [CreatedFile] = []
                 var batchGroup: BlobGroup?
                 for job in plan.files.indices {
-                    let first = plan.files[job].node.content.first
+                    let file = plan.files[job]
+                    let first = file.node.content.first
                     let group = first.flatMap { self.group(of: $0) }
                     // An empty file needs no blob and joins any batch.
                     let sameGroup = first == nil || (group != nil && group == batchGroup)
@@ -85,17 +107,31 @@ extension Repository {
                         batch = []
                     }
                     if first != nil { batchGroup = group }
+                    // Directories are made in the order they were listed, each just before the first file listed
+                    // after it, so the file's directory is the one made last or one of its parents.
+                    while directoriesMade < file.directoriesBefore {
+                        restoring.makeDirectory(directoriesMade, cursor: &cursor, thread: identity)
+                        directoriesMade += 1
+                    }
                     do {
-                        let (descriptor, needsOwnerAndMode) = try plan.createFile(plan.files[job], isRoot: isRoot, umask: umask)
+                        let directory = try cursor.directory(file.directory)
+                        let (descriptor, needsOwnerAndMode) = try plan.createFile(file, in: directory, thread: identity, isRoot: isRoot, umask: umask)
                         restoring.queued()
                         batch.append(CreatedFile(restoring: restoring, job: job, descriptor: descriptor, needsOwnerAndMode: needsOwnerAndMode))
                     } catch {
                         restoring.record(job: job, error: error)
                     }
                 }
+                while directoriesMade < plan.directories.count {
+                    restoring.makeDirectory(directoriesMade, cursor: &cursor, thread: identity)
+                    directoriesMade += 1
+                }
+                // The plan may be finished on this thread (by `allQueued`), which starts from the process's identity.
+                identity.reset()
                 if !batch.isEmpty { queue.put(batch) }
                 restoring.allQueued()
             } catch {
+                identity.reset()
                 failure = error
                 stopPlanning.store(true, ordering: .relaxed)
                 while plans.take() != nil {}
@@ -109,9 +145,9 @@ extension Repository {
         return snapshots.indices.map { finished[$0] ?? RestoreSummary() }
     }
 
-    /// Reads `snapshot`'s trees (below `subpath`, if given), validates every name, and creates `target`: nothing
-    /// inside the target is written before the whole plan is known.
-    private func makeRestorePlan(_ snapshot: Snapshot, target: String, subpath: String?, decompressor: ZstdDecompressor) throws -> RestorePlan {
+    /// Reads `snapshot`'s trees (below `subpath`, if given) and validates every name. Nothing is written: the
+    /// target is made when the plan is carried out.
+    private func makeRestorePlan(_ snapshot: Snapshot, location: RestoreLocation, subpath: String?, decompressor: ZstdDecompressor) throws -> RestorePlan {
         let snapshotRoot = try loadTree(snapshot.tree, decompressor: decompressor)
         var root = snapshotRoot
         var prefix = ""
@@ -130,9 +166,8 @@ extension Repository {
                 prefix = components.dropLast().joined(separator: "/")
             }
         }
-        var plan = RestorePlan(target: target, prefix: prefix, snapshotRoot: snapshotRoot)
-        try plan.collect(tree: root, directory: target, relative: prefix, repository: self, decompressor: decompressor)
-        try makeTargetDirectory(plan.target)
+        var plan = RestorePlan(location: location, prefix: prefix, snapshotRoot: snapshotRoot)
+        try plan.collect(tree: root, directory: RestorePlan.target, relative: prefix, repository: self, decompressor: decompressor)
         return plan
     }
 
@@ -167,6 +202,23 @@ extension Repository {
             let bytes = try loadBlob(id, decompressor: decompressor)
             try writeAll(descriptor, bytes, what: "output")
         }
+    }
+
+    /// Writes the single file of a stream snapshot (a database dump) as the file `name` (mode 0600) in `directory`,
+    /// which is a restore target as in `restore` (inside `root` when given), and returns the file's path. The file
+    /// is written under a temporary name and renamed over `name`, so a symlink or hard link planted there is
+    /// replaced, never followed or written through, and a damaged snapshot leaves the old file in place. It belongs
+    /// to the process's user from its creation: made as anyone else, it could be opened by them before its owner
+    /// changed.
+    public func restoreStream(_ snapshot: Snapshot, toFileNamed name: String, in directory: String, beneath root: String? = nil) throws -> String {
+        try validateTreeName(name)
+        let location = try RestoreLocation(target: directory, beneath: root)
+        let identity = ThreadFilesystemIdentity()
+        defer { identity.reset() }
+        let opened = try location.open(thread: identity)
+        identity.reset()
+        try opened.replaceFile(name, mode: 0o600) { try restoreStream(snapshot, to: $0) }
+        return location.path + "/" + name
     }
 }
 
@@ -246,17 +298,7 @@ func currentUmask() -> mode_t {
     return value
 }
 
-/// Creates a directory, refusing to reuse anything that is not a real directory (a symlink could lead outside).
-func makeDirectory(_ path: String) throws {
-    if FileName.withPath(path, { mkdir($0, 0o700) }) == 0 { return }
-    guard errno == EEXIST else { throw RepositoryError("cannot create directory \(FileName.printable(path)): \(String(cString: strerror(errno)))") }
-    var info = stat()
-    guard FileName.withPath(path, { lstat($0, &info) }) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-        throw RepositoryError("refusing to restore into \(FileName.printable(path)): it exists and is not a directory (possibly a symlink)")
-    }
-}
-
-/// Creates the restore target and any missing parents (which, unlike directories inside the target, may be
+/// Creates the operator's restore target and any missing parents (which, unlike anything inside the target, may be
 /// symlinks: /var can be one). The target may be a non-UTF-8 path given on the command line.
 func makeTargetDirectory(_ target: String) throws {
     var path = target.hasPrefix("/") ? "" : "."
@@ -271,23 +313,90 @@ func makeTargetDirectory(_ target: String) throws {
     }
 }
 
+/// Where one snapshot is restored. `trusted` is the operator's own path (a `--target`): made if missing, its
+/// symlinks followed like those of any path on a command line. `below` are the components under it (an account's
+/// home, for `restore --all`): an account owner may control them, so each is opened without following a symlink,
+/// and something else standing where a directory belongs is replaced, as everywhere inside a target.
+struct RestoreLocation: Sendable {
+    let trusted: String
+    let below: [String]
+
+    /// `target` itself is trusted without `root`; with it, `target` must be `root` or a path inside it.
+    init(target: String, beneath root: String?) throws {
+        guard let root else {
+            trusted = target
+            below = []
+            return
+        }
+        // Compared as bytes: Swift's == treats NFC and NFD spellings as equal, Linux does not.
+        let rootComponents = root.split(separator: "/").map { Array($0.utf8) }
+        let targetComponents = target.split(separator: "/")
+        guard root.hasPrefix("/") == target.hasPrefix("/"),
+              targetComponents.map({ Array($0.utf8) }).starts(with: rootComponents) else {
+            throw RepositoryError("restore target \(FileName.printable(target)) is not inside \(FileName.printable(root))")
+        }
+        let rest = targetComponents.dropFirst(rootComponents.count).map(String.init)
+        guard !rest.contains(where: { $0 == "." || $0 == ".." }) else {
+            throw RepositoryError("restore target \(FileName.printable(target)) leaves \(FileName.printable(root)); refusing it")
+        }
+        trusted = root
+        below = rest
+    }
+
+    /// The target's path, for messages.
+    var path: String { below.isEmpty ? trusted : ([trusted.hasSuffix("/") ? String(trusted.dropLast()) : trusted] + below).joined(separator: "/") }
+
+    /// Makes what is missing of the target and opens it; components below `trusted` are made as `makeDirectories`
+    /// does, on `thread`.
+    func open(thread: ThreadFilesystemIdentity) throws -> DirectoryDescriptor {
+        try makeTargetDirectory(trusted)
+        let root: DirectoryDescriptor
+        do { root = try DirectoryDescriptor(trustedPath: trusted) } catch {
+            throw RepositoryError("cannot restore into \(FileName.printable(trusted)): \(error)")
+        }
+        guard !below.isEmpty else { return root }
+        do { return try root.makeDirectories(below, mode: 0o777, thread: thread) } catch {
+            throw RepositoryError("cannot restore into \(FileName.printable(path)): \(error)")
+        }
+    }
+}
+
 /// The restore, planned first (directories, links) and then executed (file contents in parallel, metadata last).
+/// Entries are named by the directory they are in (an index into `directories`, or `target`) and their own name,
+/// so that every step works in an open directory; `relative` is their path in the snapshot, for messages.
 struct RestorePlan {
-    struct FileJob { let path: String; let relative: String; let node: TreeNode }
-    let target: String
-    /// The snapshot path restored at `target` (empty for the whole snapshot).
+    /// The `directory` of an entry directly in the target.
+    static let target = -1
+
+    struct Directory { let parent: Int; let name: String; let relative: String; let node: TreeNode }
+    struct Entry { let directory: Int; let name: String; let relative: String; let node: TreeNode }
+    /// A file to create and fill; `directoriesBefore` is how many directories were listed before it, all of which
+    /// are made before it is created.
+    struct FileJob { let directory: Int; let name: String; let relative: String; let node: TreeNode; let directoriesBefore: Int }
+    /// A hard link to the file restored from the snapshot path `source`.
+    struct HardLink { let entry: Entry; let source: String }
+
+    let location: RestoreLocation
+    /// The snapshot path restored at the target (empty for the whole snapshot).
     let prefix: String
     /// The snapshot's root listing: a hard link inside `prefix` may point at a file outside it.
     let snapshotRoot: Tree
     /// Hard-link targets outside `prefix`, by the relative path of the first link restored as their copy.
     var outsideTargets: [String: String] = [:]
     var files: [FileJob] = []
-    var directories: [(path: String, node: TreeNode)] = []
-    var symlinks: [(path: String, node: TreeNode)] = []
-    var hardlinks: [(path: String, relative: String, target: String)] = []
-    var others: [(path: String, node: TreeNode)] = []
+    /// Parents before children.
+    var directories: [Directory] = []
+    var symlinks: [Entry] = []
+    var hardlinks: [HardLink] = []
+    var others: [Entry] = []
 
-    mutating func collect(tree: Tree, directory: String, relative: String, repository: Repository, decompressor: ZstdDecompressor) throws {
+    init(location: RestoreLocation, prefix: String, snapshotRoot: Tree) {
+        self.location = location
+        self.prefix = prefix
+        self.snapshotRoot = snapshotRoot
+    }
+
+    mutating func collect(tree: Tree, directory: Int, relative: String, repository: Repository, decompressor: ZstdDecompressor) throws {
         // Byte-wise: "café" in NFC and in NFD are two files on Linux, though Swift's == calls them equal.
         var seen = Set<[UInt8]>()
         for node in tree.nodes {
@@ -295,32 +404,33 @@ struct RestorePlan {
             guard seen.insert(Array(node.name.utf8)).inserted else {
                 throw RepositoryError("snapshot lists \(FileName.printable(node.name).debugDescription) twice in one directory; refusing to restore it (damaged or tampered)")
             }
-            let path = directory + "/" + node.name
             let childRelative = relative.isEmpty ? node.name : relative + "/" + node.name
+            let entry = Entry(directory: directory, name: node.name, relative: childRelative, node: node)
             switch node.kind {
             case .directory:
-                directories.append((path, node))
+                directories.append(Directory(parent: directory, name: node.name, relative: childRelative, node: node))
                 if let subtree = node.subtree {
-                    try collect(tree: try repository.loadTree(subtree, decompressor: decompressor), directory: path, relative: childRelative,
-                                repository: repository, decompressor: decompressor)
+                    try collect(tree: try repository.loadTree(subtree, decompressor: decompressor), directory: directories.count - 1,
+                                relative: childRelative, repository: repository, decompressor: decompressor)
                 }
-            case .file: files.append(FileJob(path: path, relative: childRelative, node: node))
-            case .symlink: symlinks.append((path, node))
+            case .file:
+                files.append(FileJob(directory: directory, name: node.name, relative: childRelative, node: node, directoriesBefore: directories.count))
+            case .symlink: symlinks.append(entry)
             case .hardlink:
                 guard let target = node.target, !target.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }), !target.hasPrefix("/") else {
                     throw RepositoryError("hard link \(childRelative) points at an unsafe path; refusing to restore the snapshot")
                 }
                 if prefix.isEmpty || target.hasPrefix(prefix + "/") {
-                    hardlinks.append((path, childRelative, target))
+                    hardlinks.append(HardLink(entry: entry, source: target))
                 } else if let first = outsideTargets[target] {
-                    hardlinks.append((path, childRelative, first))
+                    hardlinks.append(HardLink(entry: entry, source: first))
                 } else {
                     // The file it links to is outside the restored path: the first such link gets the content.
                     let linked = try fileNode(at: target, repository: repository, decompressor: decompressor)
-                    files.append(FileJob(path: path, relative: childRelative, node: linked))
+                    files.append(FileJob(directory: directory, name: node.name, relative: childRelative, node: linked, directoriesBefore: directories.count))
                     outsideTargets[target] = childRelative
                 }
-            case .other: others.append((path, node))
+            case .other: others.append(entry)
             }
         }
     }
@@ -338,45 +448,91 @@ struct RestorePlan {
     static let inFlight = 256
     static let batchSize = 32
 
-    /// Creates the directories, parents first (`directories` lists parents before children), private until `finish`.
-    func makeDirectories() throws {
-        for (path, _) in directories { try makeDirectory(path) }
+    /// The identity that makes an entry owned by `node`'s owner in `directory`: that owner's, when it also owns the
+    /// directory and is not root (an account restoring into its own home), so that root's rights never reach a
+    /// place the account chose; otherwise the process's own. An entry made so for another owner is made private and
+    /// given its owner through its descriptor.
+    static func creator(of node: TreeNode, in directory: DirectoryDescriptor) -> FilesystemIdentity? {
+        directory.owner != 0 && node.uid == directory.owner ? FilesystemIdentity(uid: node.uid, gid: node.gid) : nil
     }
 
-    /// Links, special files and directory metadata, after the file contents are in place.
-    func finish(_ summary: RestoreSummary, isRoot: Bool) -> RestoreSummary {
+    /// Who owns an entry `creator` makes in `directory` (whose set-group-ID bit hands down its group).
+    static func bornOwner(creator: FilesystemIdentity?, in directory: DirectoryDescriptor, thread: ThreadFilesystemIdentity) -> FilesystemIdentity {
+        let maker = thread.canSwitch ? creator ?? thread.process : thread.process
+        return FilesystemIdentity(uid: maker.uid, gid: directory.mode & S_ISGID != 0 ? directory.group : maker.gid)
+    }
+
+    /// Links, special files and directory metadata, after the file contents are in place, on the calling thread
+    /// (a writer), whose file-system identity is the process's again when this returns. `failed` are the files
+    /// that were not restored; `unwritten`, those of them that were created and must be removed.
+    func finish(_ summary: RestoreSummary, target: DirectoryDescriptor, made: MadeDirectories, failed: Set<Int>, unwritten: [Int],
+                isRoot: Bool) -> RestoreSummary {
         var result = summary
-        // Hard links before symlinks: no symlink exists yet in the target, so a link path cannot lead outside.
-        for link in hardlinks {
-            let relativeTarget = prefix.isEmpty ? link.target : (link.target.hasPrefix(prefix + "/") ? String(link.target.dropFirst(prefix.count + 1)) : link.target)
-            let source = target + "/" + relativeTarget
-            FileName.withPath(link.path) { _ = unlink($0) }
-            let linked = FileName.withPath(source) { source in FileName.withPath(link.path) { Glibc.link(source, $0) } }
-            if linked == 0 { result.hardlinks += 1 } else {
-                result.errors.append("\(FileName.printable(link.relative)): cannot create hard link to \(FileName.printable(link.target)): \(String(cString: strerror(errno)))")
+        let identity = ThreadFilesystemIdentity()
+        defer { identity.reset() }
+        var cursor = DirectoryCursor(plan: self, target: target, made: made)
+        for job in unwritten {
+            let file = files[job]
+            guard let directory = try? cursor.directory(file.directory) else { continue }
+            try? identity.use(Self.creator(of: file.node, in: directory))
+            FileName.withPath(file.name) { _ = unlinkat(directory.descriptor, $0, 0) }
+        }
+        if !hardlinks.isEmpty {
+            var sources = DirectoryCursor(plan: self, target: target, made: made)
+            // Keyed by bytes: Swift's == treats NFC and NFD spellings as equal, Linux does not.
+            var jobs: [[UInt8]: Int] = [:]
+            for (job, file) in files.enumerated() where !failed.contains(job) { jobs[Array(file.relative.utf8)] = job }
+            for link in hardlinks {
+                do {
+                    guard let job = jobs[Array(link.source.utf8)] else { throw RepositoryError("that file was not restored") }
+                    let source = try sources.directory(files[job].directory)
+                    let directory = try cursor.directory(link.entry.directory)
+                    try directory.makeHardLink(link.entry.name, to: files[job].name, in: source,
+                                               creator: Self.creator(of: link.entry.node, in: directory), thread: identity)
+                    result.hardlinks += 1
+                } catch {
+                    result.errors.append("\(FileName.printable(link.entry.relative)): cannot create hard link to \(FileName.printable(link.source)): \(error)")
+                }
             }
         }
-        for (path, node) in symlinks {
-            FileName.withPath(path) { _ = unlink($0) }
-            guard FileName.withPath(node.target ?? "", { target in FileName.withPath(path) { symlink(target, $0) } }) == 0 else {
-                result.errors.append("\(FileName.printable(path)): cannot create symlink: \(String(cString: strerror(errno)))")
-                continue
+        for link in symlinks {
+            do {
+                let directory = try cursor.directory(link.directory)
+                // Made, and its times set by name, as the owner of a directory that is not root's, so neither can
+                // touch anything that owner could not; its own owner is then set through a descriptor of the link.
+                let creator = directory.owner == 0 ? nil
+                    : FilesystemIdentity(uid: directory.owner, gid: link.node.uid == directory.owner ? link.node.gid : directory.group)
+                try directory.makeSymlink(link.name, to: link.node.target ?? "", creator: creator, thread: identity)
+                try? directory.setTimes(link.name, modified: link.node.mtime)
+                let born = Self.bornOwner(creator: creator, in: directory, thread: identity)
+                if isRoot && (born.uid != link.node.uid || born.gid != link.node.gid) {
+                    try identity.use(nil)
+                    try directory.setSymlinkOwner(link.name, uid: link.node.uid, gid: link.node.gid)
+                }
+                result.symlinks += 1
+            } catch {
+                result.errors.append("\(FileName.printable(link.relative)): cannot create symlink: \(error)")
             }
-            if isRoot { FileName.withPath(path) { _ = lchown($0, node.uid, node.gid) } }
-            setTimes(path: path, node: node, followLinks: false)
-            result.symlinks += 1
         }
-        for (path, node) in others where node.mode & S_IFMT == S_IFIFO {
-            FileName.withPath(path) { _ = mkfifo($0, node.mode & 0o7777) }
+        for entry in others where entry.node.mode & S_IFMT == S_IFIFO {
+            guard let directory = try? cursor.directory(entry.directory) else { continue }
+            try? directory.makeFIFO(entry.name, mode: entry.node.mode & 0o7777, creator: Self.creator(of: entry.node, in: directory), thread: identity)
         }
-        // Directories last and deepest first, so writing their contents does not disturb their mtimes.
-        for (path, node) in directories.reversed() {
-            FileName.withPath(path) { path in
-                if isRoot { chown(path, node.uid, node.gid) }
-                chmod(path, node.mode & 0o7777)
+        // Directories last and deepest first, so writing their contents does not disturb their mtimes. Through
+        // their descriptors, as the process: the cursor opens only the directories this restore made or opened.
+        identity.reset()
+        for index in directories.indices.reversed() where made.identity(of: index) != nil {
+            let entry = directories[index]
+            do {
+                let directory = try cursor.directory(index)
+                if isRoot { fchown(directory.descriptor, entry.node.uid, entry.node.gid) }
+                fchmod(directory.descriptor, entry.node.mode & 0o7777)
+                var times = timestamps(entry.node.mtime)
+                futimens(directory.descriptor, &times)
+                result.directories += 1
+            } catch {
+                result.errors.append("\(FileName.printable(entry.relative)): \(error)")
             }
-            setTimes(path: path, node: node, followLinks: true)
-            result.directories += 1
         }
         return result
     }
@@ -386,24 +542,25 @@ struct RestorePlan {
     /// the benchmark; the highest keeps the most files clear of that wait on slower disks.
     static let directWriteThreshold: Int64 = 256 << 10
 
-    /// Creates `job`'s file, empty, and opens it for writing; the one step of a file's restore that allocates an
-    /// inode. Returns whether its owner and mode still have to be set after writing.
-    func createFile(_ job: FileJob, isRoot: Bool, umask: mode_t) throws -> (descriptor: Int32, needsOwnerAndMode: Bool) {
+    /// Creates `job`'s file in `directory` (replacing whatever is there), empty, and opens it for writing; the one
+    /// step of a file's restore that allocates an inode. Returns whether its owner and mode still have to be set
+    /// after writing.
+    func createFile(_ job: FileJob, in directory: DirectoryDescriptor, thread: ThreadFilesystemIdentity, isRoot: Bool,
+                    umask: mode_t) throws -> (descriptor: Int32, needsOwnerAndMode: Bool) {
         let mode = mode_t(job.node.mode & 0o7777)
+        let creator = Self.creator(of: job.node, in: directory)
+        let born = Self.bornOwner(creator: creator, in: directory, thread: thread)
         // A new file that already has its final owner, and whose mode the umask leaves alone, is created with that
         // mode: on ext4 each fchown/fchmod dirties the inode again, which was a measurable part of a restore.
-        // Otherwise (an existing file, another owner, special bits) it is created private and fixed up at the end.
-        if (!isRoot || (job.node.uid == geteuid() && job.node.gid == getegid())) && mode & 0o7000 == 0 && mode & umask == 0 {
-            let descriptor = FileName.withPath(job.path) { open($0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode) }
-            if descriptor >= 0 { return (descriptor, false) }
+        // Otherwise (another owner, special bits) it is created private and fixed up at the end.
+        if (!isRoot || (job.node.uid == born.uid && job.node.gid == born.gid)) && mode & 0o7000 == 0 && mode & umask == 0 {
+            return (try directory.createFile(job.name, mode: mode, creator: creator, thread: thread), false)
         }
-        let descriptor = FileName.withPath(job.path) { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600) }
-        guard descriptor >= 0 else { throw RepositoryError("cannot create: \(String(cString: strerror(errno)))") }
-        return (descriptor, true)
+        return (try directory.createFile(job.name, mode: 0o600, creator: creator, thread: thread), true)
     }
 
-    /// Writes the content of a file `createFile` made, then its owner, mode and times, and closes it. Returns the
-    /// file's size.
+    /// Writes the content of a file `createFile` made, then its owner, mode and times, and closes it. Only the
+    /// descriptor is used, so the writer threads keep the process's identity. Returns the file's size.
     func writeFile(_ job: FileJob, descriptor: Int32, needsOwnerAndMode: Bool, repository: Repository,
                    decompressor: ZstdDecompressor, isRoot: Bool) throws -> Int64 {
         defer { close(descriptor) }
@@ -431,16 +588,88 @@ struct RestorePlan {
             if isRoot { fchown(descriptor, job.node.uid, job.node.gid) }
             fchmod(descriptor, mode_t(job.node.mode & 0o7777))
         }
-        var times = [timespec(tv_sec: Int(job.node.mtime / 1_000_000_000), tv_nsec: Int(job.node.mtime % 1_000_000_000)),
-                     timespec(tv_sec: Int(job.node.mtime / 1_000_000_000), tv_nsec: Int(job.node.mtime % 1_000_000_000))]
+        var times = timestamps(job.node.mtime)
         futimens(descriptor, &times)
         return offset
     }
+}
 
-    private func setTimes(path: String, node: TreeNode, followLinks: Bool) {
-        var times = [timespec(tv_sec: Int(node.mtime / 1_000_000_000), tv_nsec: Int(node.mtime % 1_000_000_000)),
-                     timespec(tv_sec: Int(node.mtime / 1_000_000_000), tv_nsec: Int(node.mtime % 1_000_000_000))]
-        FileName.withPath(path) { _ = utimensat(AT_FDCWD, $0, &times, followLinks ? 0 : AT_SYMLINK_NOFOLLOW) }
+/// Which of a plan's directories the restore made or opened, by where they are on disk; nil for one it could not
+/// make. Written by the creating thread before the plan's last file is queued, read by the thread that finishes
+/// the plan after that (the hand-over goes through `PlanInProgress`'s lock), never both at once.
+final class MadeDirectories: @unchecked Sendable {
+    private var identities: [FileIdentity?]
+
+    init(count: Int) { identities = Array(repeating: nil, count: count) }
+
+    func identity(of index: Int) -> FileIdentity? { identities[index] }
+
+    func record(_ index: Int, _ identity: FileIdentity) { identities[index] = identity }
+}
+
+/// The open directories from a restore target down to the one being worked in, so a run of entries in one
+/// directory costs one openat for the directory, not one per path component and entry. A directory is opened
+/// without following a symlink, and only if it is still the one the restore made or opened (`made`): one that
+/// whoever controls its parent put in its place is refused. At most `limit` are held: a tree nested deeper than
+/// that (an account can make one on purpose) costs walks from the target instead of running the process out of
+/// descriptors, which would fail other accounts' files too. Used by one thread.
+struct DirectoryCursor {
+    static let limit = 48
+    let plan: RestorePlan
+    let target: DirectoryDescriptor
+    let made: MadeDirectories
+    /// A run of the path to the directory worked in: each is the parent of the next.
+    private var open: [(index: Int, directory: DirectoryDescriptor)] = []
+
+    init(plan: RestorePlan, target: DirectoryDescriptor, made: MadeDirectories) {
+        self.plan = plan
+        self.target = target
+        self.made = made
+    }
+
+    /// The open directory `index` (`RestorePlan.target` for the target), opening what is missing below the deepest
+    /// of its parents that is open.
+    mutating func directory(_ index: Int) throws -> DirectoryDescriptor {
+        if index == RestorePlan.target {
+            open.removeAll()
+            return target
+        }
+        if let last = open.last, last.index == index { return last.directory }
+        var chain: [Int] = []
+        var step = index
+        while step != RestorePlan.target {
+            chain.append(step)
+            step = plan.directories[step].parent
+        }
+        chain.reverse()
+        // Keep the open run as far as it is on the way to `index`; start from the target when none of it is.
+        var next = 0
+        var kept = 0
+        if let first = open.first, let start = chain.firstIndex(of: first.index) {
+            while kept < open.count && start + kept < chain.count && open[kept].index == chain[start + kept] { kept += 1 }
+            next = start + kept
+        }
+        open.removeLast(open.count - kept)
+        var directory = open.last?.directory ?? target
+        for step in chain[next...] {
+            let entry = plan.directories[step]
+            guard let expected = made.identity(of: step) else {
+                throw RepositoryError("its directory \(FileName.printable(entry.relative)) could not be restored")
+            }
+            let opened = try directory.openDirectory(entry.name)
+            guard opened.identity == expected else {
+                throw RepositoryError("directory \(FileName.printable(entry.relative)) was replaced by something else during the restore")
+            }
+            push(step, opened)
+            directory = opened
+        }
+        return directory
+    }
+
+    /// `directory` was just made (or opened) as `index`, whose parent `directory(_:)` returned last.
+    mutating func push(_ index: Int, _ directory: DirectoryDescriptor) {
+        open.append((index, directory))
+        if open.count > Self.limit { open.removeFirst(open.count - Self.limit) }
     }
 }
 
@@ -448,33 +677,69 @@ struct RestorePlan {
 /// summary, and runs the plan's `finish` (links, directory metadata) once the last file is written and no more
 /// will come.
 final class PlanInProgress: Sendable {
+    struct Progress {
+        var summary = RestoreSummary()
+        var pending = 0
+        var allQueued = false
+        /// Files not restored; `unwritten` are those of them that were created and are to be removed.
+        var failed = Set<Int>()
+        var unwritten: [Int] = []
+    }
+
     let plan: RestorePlan
+    let target: DirectoryDescriptor
+    let made: MadeDirectories
     let isRoot: Bool
     private let done: @Sendable (RestoreSummary) -> Void
-    private let state = Mutex<(summary: RestoreSummary, pending: Int, allQueued: Bool)>((RestoreSummary(), 0, false))
+    private let state = Mutex(Progress())
 
-    init(plan: RestorePlan, isRoot: Bool, done: @escaping @Sendable (RestoreSummary) -> Void) {
+    init(plan: RestorePlan, target: DirectoryDescriptor, isRoot: Bool, done: @escaping @Sendable (RestoreSummary) -> Void) {
         self.plan = plan
+        self.target = target
+        self.made = MadeDirectories(count: plan.directories.count)
         self.isRoot = isRoot
         self.done = done
     }
 
+    /// Makes (or opens) the plan's directory `index` in its parent, private to its maker until `finish`, and
+    /// leaves it open in `cursor`. One that cannot be made is named in the summary, and so is every file below it.
+    func makeDirectory(_ index: Int, cursor: inout DirectoryCursor, thread: ThreadFilesystemIdentity) {
+        let entry = plan.directories[index]
+        do {
+            let parent = try cursor.directory(entry.parent)
+            let creator = RestorePlan.creator(of: entry.node, in: parent)
+            let (directory, made) = try parent.makeDirectory(entry.name, mode: 0o700, creator: creator, thread: thread)
+            // An existing directory its owner may not write in (an earlier restore of a read-only directory, say)
+            // is opened up for the restore; `finish` sets its mode from the snapshot.
+            if !made && directory.owner != 0 && directory.mode & 0o700 != 0o700 {
+                fchmod(directory.descriptor, (directory.mode & 0o7777) | 0o700)
+            }
+            self.made.record(index, directory.identity)
+            cursor.push(index, directory)
+        } catch {
+            state.withLock { $0.summary.errors.append("\(FileName.printable(entry.relative)): \(error)") }
+        }
+    }
+
     func queued() { state.withLock { $0.pending += 1 } }
 
-    /// A file that could not be created or written: it is removed, and named in the summary's errors.
+    /// A file that could not be created: named in the summary's errors.
     func record(job: Int, error: any Error) {
         let file = plan.files[job]
-        FileName.withPath(file.path) { _ = unlink($0) }
-        state.withLock { $0.summary.errors.append("\(FileName.printable(file.relative)): \(error)") }
+        state.withLock {
+            $0.summary.errors.append("\(FileName.printable(file.relative)): \(error)")
+            $0.failed.insert(job)
+        }
     }
 
     func written(bytes: Int64) {
         settle { $0.summary.files += 1; $0.summary.bytes += bytes; $0.pending -= 1 }
     }
 
+    /// A file created but not written: named in the summary's errors, and removed by `finish`.
     func failed(job: Int, error: any Error) {
         record(job: job, error: error)
-        settle { $0.pending -= 1 }
+        settle { $0.unwritten.append(job); $0.pending -= 1 }
     }
 
     /// Every file of the plan has been created (or has failed): the writers may finish the plan.
@@ -484,12 +749,14 @@ final class PlanInProgress: Sendable {
 
     /// Applies `change`, then finishes the plan if that left no file pending and no more to come (exactly once: only
     /// the change that reaches that state sees it).
-    private func settle(_ change: (inout (summary: RestoreSummary, pending: Int, allQueued: Bool)) -> Void) {
-        let finished = state.withLock { state -> RestoreSummary? in
+    private func settle(_ change: (inout Progress) -> Void) {
+        let finished = state.withLock { state -> Progress? in
             change(&state)
-            return state.pending == 0 && state.allQueued ? state.summary : nil
+            return state.pending == 0 && state.allQueued ? state : nil
         }
-        if let finished { done(plan.finish(finished, isRoot: isRoot)) }
+        if let finished {
+            done(plan.finish(finished.summary, target: target, made: made, failed: finished.failed, unwritten: finished.unwritten, isRoot: isRoot))
+        }
     }
 }
 

@@ -1,10 +1,18 @@
 // Compiled as plain C (not imported as a module), so _GNU_SOURCE takes effect before glibc's headers are read.
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <sys/fsuid.h>
+#include <sys/prctl.h>
 #include "CLinux.h"
 
 int fleetkeep_o_direct(void) { return O_DIRECT; }
 
-#include <sys/prctl.h>
-
 int fleetkeep_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0, 0, 0); }
+
+int fleetkeep_o_path(void) { return O_PATH; }
+
+int fleetkeep_at_empty_path(void) { return AT_EMPTY_PATH; }
+
+int fleetkeep_setfsuid(unsigned int uid) { return setfsuid(uid); }
+
+int fleetkeep_setfsgid(unsigned int gid) { return setfsgid(gid); }

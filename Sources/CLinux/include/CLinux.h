@@ -1,5 +1,6 @@
 #pragma once
-// Linux flags that Swift's Glibc module leaves out because glibc only defines them under _GNU_SOURCE.
+// Linux flags and calls that Swift's Glibc module leaves out because glibc only declares them under _GNU_SOURCE
+// (or in headers the module does not include).
 
 /// O_DIRECT for open(2) and fcntl(F_SETFL) on this architecture.
 int fleetkeep_o_direct(void);
@@ -7,3 +8,14 @@ int fleetkeep_o_direct(void);
 /// prctl(PR_SET_PDEATHSIG, signal): the kernel sends `signal` to this process when its parent thread exits (prctl is
 /// variadic, which Swift cannot call). Returns 0 or -1 with errno.
 int fleetkeep_set_parent_death_signal(int signal);
+
+/// O_PATH for open(2): a descriptor that names a file (a symlink itself, with O_NOFOLLOW) without opening it.
+int fleetkeep_o_path(void);
+
+/// AT_EMPTY_PATH for the *at(2) calls: act on the descriptor itself.
+int fleetkeep_at_empty_path(void);
+
+/// setfsuid(2)/setfsgid(2): the calling thread's file-system identity (per thread on Linux, unlike setuid).
+/// Each returns the identity before the call; passing (unsigned)-1 changes nothing and so reads the current one.
+int fleetkeep_setfsuid(unsigned int uid);
+int fleetkeep_setfsgid(unsigned int gid);
