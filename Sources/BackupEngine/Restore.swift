@@ -11,6 +11,9 @@ public struct RestoreSummary: Codable, Sendable {
     public var hardlinks = 0
     public var bytes: Int64 = 0
     public var errors: [String] = []
+    /// Why nothing of the snapshot was restored (its root listing cannot be read, a name in it is unsafe, the target
+    /// cannot be made); nil when it was restored (`errors` then names what could not be).
+    public var failure: String?
 }
 
 extension Repository {
@@ -18,11 +21,26 @@ extension Repository {
     /// the snapshot are validated, directories are created by us, and existing symlinks are never followed.
     /// Damaged files are listed in `errors`; everything else is restored.
     public func restore(_ snapshot: Snapshot, subpath: String? = nil, target: String) throws -> RestoreSummary {
-        try restore([(snapshot, target)], subpath: subpath)[0]
+        try restoreEach([(snapshot, target)], subpath: subpath)[0].get()
     }
 
     /// Restores several snapshots, each under its own target, in one process (a server's accounts, say), and
-    /// returns one summary per snapshot, in order; the first error that is not about one file stops the restore.
+    /// returns one summary per snapshot, in order. A snapshot that cannot be restored at all (its root listing is
+    /// damaged, it holds an unsafe name) has its `failure` set, and the others are restored all the same; inside a
+    /// snapshot, a directory whose listing cannot be read is named in `errors` and the rest is restored.
+    public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil) throws -> [RestoreSummary] {
+        try restoreEach(snapshots, subpath: subpath).map { result in
+            switch result {
+            case .success(let summary): return summary
+            case .failure(let error):
+                var summary = RestoreSummary()
+                summary.failure = "\(error)"
+                return summary
+            }
+        }
+    }
+
+    /// The restore of several snapshots, each with its own outcome.
     ///
     /// One thread plans each snapshot in turn (every name validated, nothing written before); the calling thread
     /// makes its directories and creates every file, empty; a pool of writer threads fills the files in, and the last
@@ -33,7 +51,7 @@ extension Repository {
     /// restore spent 4.4–4.7 s of system time with four threads creating files and 2.9–3.2 s this way, in the same
     /// wall time; on a new file system the two take the same time. Memory: the plans of the snapshots still being
     /// written (usually one or two), and at most `inFlight` open files (plus one batch being filled).
-    public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil) throws -> [RestoreSummary] {
+    func restoreEach(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil) throws -> [Result<RestoreSummary, any Error>] {
         _ = BackupSession.allocatorTuned
         let cores = max(2, ProcessInfo.processInfo.activeProcessorCount)
         // Two threads per core in all, so a core stays busy while a thread waits for a direct write or the disk.
@@ -43,16 +61,13 @@ extension Repository {
         // Plans are made one snapshot ahead on a thread of their own (reading and decoding the listings), so the
         // writers are not left idle while the next snapshot is planned.
         let plans = HandOffQueue<(index: Int, plan: Result<RestorePlan, any Error>)>(capacity: 1)
-        let stopPlanning = Atomic<Bool>(false)
         let pool = WorkerPool(threads: writers + 1, name: "restore")
         defer { pool.close() }
         pool.submit {
             let decompressor = ZstdDecompressor()
+            // A snapshot that cannot be planned fails alone: the next ones are planned all the same.
             for (index, (snapshot, target)) in snapshots.enumerated() {
-                guard !stopPlanning.load(ordering: .relaxed) else { break }
-                let plan = Result { try self.makeRestorePlan(snapshot, target: target, subpath: subpath, decompressor: decompressor) }
-                plans.put((index, plan))
-                if case .failure = plan { break }
+                plans.put((index, Result { try self.makeRestorePlan(snapshot, target: target, subpath: subpath, decompressor: decompressor) }))
             }
             plans.close()
         }
@@ -62,7 +77,7 @@ extension Repository {
                 for created in batch { created.write(repository: self, decompressor: decompressor) }
             }
         } }
-        var failure: (any Error)?
+        var failures: [Int: any Error] = [:]
         let isRoot = getuid() == 0
         let umask = currentUmask()
         while let (index, planned) = plans.take() {
@@ -96,17 +111,13 @@ extension Repository {
                 if !batch.isEmpty { queue.put(batch) }
                 restoring.allQueued()
             } catch {
-                failure = error
-                stopPlanning.store(true, ordering: .relaxed)
-                while plans.take() != nil {}
-                break
+                failures[index] = error
             }
         }
         queue.close()
         pool.wait()
-        if let failure { throw failure }
         let finished = summaries.withLock { $0 }
-        return snapshots.indices.map { finished[$0] ?? RestoreSummary() }
+        return snapshots.indices.map { index in failures[index].map { .failure($0) } ?? .success(finished[index] ?? RestoreSummary()) }
     }
 
     /// Reads `snapshot`'s trees (below `subpath`, if given), validates every name, and creates `target`: nothing
@@ -286,6 +297,8 @@ struct RestorePlan {
     var symlinks: [(path: String, node: TreeNode)] = []
     var hardlinks: [(path: String, relative: String, target: String)] = []
     var others: [(path: String, node: TreeNode)] = []
+    /// Directories whose listing cannot be read, with the reason (they are restored empty).
+    var unreadableListings: [String] = []
 
     mutating func collect(tree: Tree, directory: String, relative: String, repository: Repository, decompressor: ZstdDecompressor) throws {
         // Byte-wise: "café" in NFC and in NFD are two files on Linux, though Swift's == calls them equal.
@@ -301,8 +314,13 @@ struct RestorePlan {
             case .directory:
                 directories.append((path, node))
                 if let subtree = node.subtree {
-                    try collect(tree: try repository.loadTree(subtree, decompressor: decompressor), directory: path, relative: childRelative,
-                                repository: repository, decompressor: decompressor)
+                    // A listing that cannot be read (damaged, its pack lost) costs what is below it, not the restore.
+                    guard let listing = try? repository.loadTree(subtree, decompressor: decompressor) else {
+                        unreadableListings.append("\(FileName.printable(childRelative))/: its directory listing cannot be read (damaged or lost), "
+                            + "so nothing below it is restored")
+                        continue
+                    }
+                    try collect(tree: listing, directory: path, relative: childRelative, repository: repository, decompressor: decompressor)
                 }
             case .file: files.append(FileJob(path: path, relative: childRelative, node: node))
             case .symlink: symlinks.append((path, node))
@@ -451,12 +469,15 @@ final class PlanInProgress: Sendable {
     let plan: RestorePlan
     let isRoot: Bool
     private let done: @Sendable (RestoreSummary) -> Void
-    private let state = Mutex<(summary: RestoreSummary, pending: Int, allQueued: Bool)>((RestoreSummary(), 0, false))
+    private let state: Mutex<(summary: RestoreSummary, pending: Int, allQueued: Bool)>
 
     init(plan: RestorePlan, isRoot: Bool, done: @escaping @Sendable (RestoreSummary) -> Void) {
         self.plan = plan
         self.isRoot = isRoot
         self.done = done
+        var summary = RestoreSummary()
+        summary.errors = plan.unreadableListings
+        state = Mutex((summary, 0, false))
     }
 
     func queued() { state.withLock { $0.pending += 1 } }
