@@ -106,6 +106,10 @@ public enum RepairCommands {
         if !report.damagedIndexFiles.isEmpty || !report.damagedPackHeaders.isEmpty {
             steps.append("run `\(copy.commands)repair index`: it rebuilds the index from the packs' own headers and rewrites packs whose "
                 + "header is damaged; then verify again")
+        } else if case .offsite = copy, !report.missingPacks.isEmpty {
+            // A push sends only the packs the off-site index does not name: the lost ones must leave it first.
+            steps.append("run `\(copy.commands)repair index`: it drops the lost packs from the index, so that \(copy.refill); "
+                + "then verify again")
         } else {
             steps.append("to keep restores of the other files clean, run `\(copy.commands)repair snapshots\(readData ? " --read-data" : "")`: "
                 + "it drops the lost files from the snapshots, naming each one, and takes damaged blobs out of the index; \(copy.refill)")

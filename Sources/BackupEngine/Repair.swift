@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 import Zstd
 
 /// What `data/` holds, compared with a loaded index.
@@ -261,8 +262,12 @@ extension Repository {
             let (snapshots, unreadable) = try snapshotsWithDamage(useCache: false)
             report.snapshotsChecked = snapshots.count + unreadable.count
 
-            // New listings go to packs of their own; a listing is stored again when the one the index has is damaged.
-            let writer = PackWriter(storage: storage, dataKey: keys.dataKey, isIndexed: { [self] id in !bad.contains(id) && isIndexed(id) })
+            // Damaged blobs, and the listings found damaged on the way: left out of the new listings, then purged.
+            var unusable = bad
+            // New listings go to packs of their own; a listing is stored again when the one the index has is unusable.
+            let unusableForWriter = Mutex(bad)
+            let writer = PackWriter(storage: storage, dataKey: keys.dataKey,
+                                    isIndexed: { [self] id in !unusableForWriter.withLock { $0.contains(id) } && isIndexed(id) })
             let compressor = ZstdCompressor(level: CompressorPool.fileLevel, checksum: false)
             var clean = BlobMarks(index: index)
             var replacements: [(old: Snapshot, new: Snapshot?, dropped: [String])] = []
@@ -270,9 +275,13 @@ extension Repository {
                 for snapshot in snapshots {
                     var rewrite = SnapshotRewrite()
                     let result = try BlobID(hex: snapshot.tree).map {
-                        try repairListing($0, path: "", bad: bad, index: index, clean: &clean, rewrite: &rewrite, writer: writer,
-                                          compressor: compressor, decompressor: decompressor).result
+                        try repairListing($0, path: "", bad: unusable, index: index, clean: &clean, rewrite: &rewrite,
+                                          writer: writer, compressor: compressor, decompressor: decompressor).result
                     } ?? .lost
+                    if !rewrite.damagedListings.isEmpty {
+                        unusable.formUnion(rewrite.damagedListings)
+                        unusableForWriter.withLock { $0.formUnion(rewrite.damagedListings) }
+                    }
                     switch result {
                     case .unchanged:
                         continue
@@ -305,8 +314,8 @@ extension Repository {
                 try storage.remove("snapshots/" + name)
                 report.unreadableSnapshotFiles.append(name)
             }
-            if !bad.isEmpty || !report.missingPacks.isEmpty {
-                try purge(bad, index: index, oldIndexFiles: oldIndexFiles, report: &report)
+            if !unusable.isEmpty || !report.missingPacks.isEmpty {
+                try purge(unusable, index: index, oldIndexFiles: oldIndexFiles, report: &report)
             }
             try reloadIndex(rebuildCache: true)
             return report
@@ -326,6 +335,8 @@ extension Repository {
         var dropped: [String] = []
         var droppedFiles = Set<String>()
         var lostDirectories: [String] = []
+        /// Listings the index has that do not load.
+        var damagedListings = Set<BlobID>()
 
         mutating func drop(_ path: String) {
             dropped.append(FileName.printable(path))
@@ -347,7 +358,12 @@ extension Repository {
                                rewrite: inout SnapshotRewrite, writer: PackWriter, compressor: ZstdCompressor,
                                decompressor: ZstdDecompressor) throws -> (result: ListingRepair, hasHardLinks: Bool) {
         if clean.contains(id) { return (.unchanged, false) }
-        guard !bad.contains(id), index.blobs[id] != nil, let listing = try? loadTree(id, decompressor: decompressor) else { return (.lost, false) }
+        guard !bad.contains(id), index.blobs[id] != nil else { return (.lost, false) }
+        guard let listing = try? loadTree(id, decompressor: decompressor) else {
+            // Damaged in place (found without reading all data): taken out of the index with the other damaged blobs.
+            rewrite.damagedListings.insert(id)
+            return (.lost, false)
+        }
         var nodes: [TreeNode] = []
         var changed = false, hasHardLinks = false
         for var node in listing.nodes {

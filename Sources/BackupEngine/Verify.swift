@@ -37,7 +37,7 @@ extension Repository {
         report.damagedIndexFiles = damagedIndexFiles
         for name in report.damagedIndexFiles {
             report.problems.append("index file \(name.prefix(16)) is damaged (it does not authenticate) and was skipped, so the blobs only it "
-                + "lists look missing; `fleetkeep-agent repair index` rebuilds the index from the packs")
+                + "lists look missing; `repair index` rebuilds the index from the packs")
         }
         let inventory = try excludeMissingPacks()
         report.missingPacks = inventory.missing
@@ -146,7 +146,7 @@ extension Repository {
             header = try whole.map { try decodePackHeader(tail: $0, tailStart: 0, size: $0.count, pack: pack) } ?? readPackHeader(pack, size: size)
         } catch let error as PackHeaderDamage {
             return "pack \(pack.prefix(16)) has a damaged header or trailer (\(error)); its blobs are still found through the index, "
-                + "and `fleetkeep-agent repair index` rewrites the pack with a sound header"
+                + "and `repair index` rewrites the pack with a sound header"
         }
         let listed = Dictionary(header.entries.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         for (id, location) in entries {
@@ -154,7 +154,7 @@ extension Repository {
                   entry.rawLength == location.rawLength, entry.kind == location.kind, entry.compressed == location.compressed,
                   entry.inner == location.inner, entry.base == index.bases[id] else {
                 return "pack \(pack.prefix(16)) has a header that does not match the index (blob \(id)); "
-                    + "`fleetkeep-agent repair index` rebuilds the index from the packs"
+                    + "`repair index` rebuilds the index from the packs"
             }
         }
         return nil
