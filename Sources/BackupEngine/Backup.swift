@@ -309,7 +309,7 @@ final class BackupJob: @unchecked Sendable {
                 if info.st_nlink > 1 { hardLinks[linkKey] = childRelative }
                 node.kind = .file
                 if let old = previous[nameKey], old.kind == .file, old.size == node.size, old.mtime == node.mtime,
-                   old.ctime == node.ctime, old.inode == node.inode, old.content.allSatisfy(repository.isIndexed) {
+                   old.ctime == node.ctime, old.inode == node.inode, repository.areIndexed(old.content) {
                     // Unchanged: size, mtime, ctime and inode match the parent snapshot, so the file is not read.
                     // Unless a blob of it is lost (its pack is gone, say): then the file is read and its data stored
                     // again, which also makes whole every older snapshot that refers to the same blobs.

@@ -371,6 +371,11 @@ struct IndexedBlobs: Sequence {
         set { recent[id] = newValue }
     }
 
+    /// Whether `id` is listed, without decoding its record (a backup asks this for every unchanged file's blobs).
+    func contains(_ id: BlobID) -> Bool {
+        (!recent.isEmpty && recent[id] != nil) || cache?.position(of: id) != nil
+    }
+
     func makeIterator() -> AnyIterator<(key: BlobID, value: BlobLocation)> {
         var position = 0
         var recentIterator = recent.makeIterator()
@@ -397,8 +402,9 @@ struct DeltaBases: Sequence {
     init(cache: IndexCacheFile? = nil) { self.cache = cache }
 
     subscript(id: BlobID) -> BlobID? {
-        if let added = recent[id] { return added }
-        return cache?.base(of: id)
+        if !recent.isEmpty, let added = recent[id] { return added }
+        guard let cache, cache.deltaCount > 0 else { return nil }
+        return cache.base(of: id)
     }
 
     /// Records the base of `id`, or that `id` is stored whole.

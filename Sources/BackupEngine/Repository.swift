@@ -40,6 +40,9 @@ public final class Repository: Sendable {
             return chain
         }
 
+        /// Indexed, and for a delta, every base down its chain indexed too.
+        func isUsable(_ id: BlobID) -> Bool { blobs.contains(id) && (bases[id] == nil || deltaChain(id) != nil) }
+
         /// How many deltas lead from `id` to a blob stored whole (0 for a whole blob); nil for a broken chain.
         func deltaDepth(_ id: BlobID) -> Int? { deltaChain(id)?.count }
 
@@ -367,7 +370,12 @@ public final class Repository: Sendable {
     /// Whether `id` is stored as far as the index knows: indexed, and for a delta, every base down its chain
     /// indexed too. Backups deduplicate only against such blobs (a delta on a lost base is stored again).
     func isIndexed(_ id: BlobID) -> Bool {
-        indexState.withLock { state in state.blobs[id] != nil && (state.bases[id] == nil || state.deltaChain(id) != nil) }
+        indexState.withLock { $0.isUsable(id) }
+    }
+
+    /// `isIndexed` for every id, under one lock: an unchanged file's blobs, checked before the file is skipped.
+    func areIndexed(_ ids: [BlobID]) -> Bool {
+        indexState.withLock { state in ids.allSatisfy(state.isUsable) }
     }
 
     /// See `LoadedIndex.deltaDepth`.
