@@ -220,7 +220,8 @@ public final class Repository: Sendable {
         let reader = IndexFileReader(decompressor: ZstdDecompressor(), excludedPacks: excludedPacks)
         var loaded: LoadedIndex?
         if let cachePath = indexCachePath {
-            if !rebuildCache, excludedPacks.isEmpty, let cache = IndexCacheFile(path: cachePath), cache.indexFiles.isSubset(of: Set(names)) {
+            if !rebuildCache, excludedPacks.isEmpty, try !excludedPackReturned(cachePath: cachePath),
+               let cache = IndexCacheFile(path: cachePath), cache.indexFiles.isSubset(of: Set(names)) {
                 var fromCache = LoadedIndex(cache: cache)
                 for name in names where !cache.indexFiles.contains(name) { try readIndexFile(name, into: &fromCache, reader: reader) }
                 if fromCache.blobs.recent.count >= foldLimit { try? fold(&fromCache) }
@@ -241,6 +242,33 @@ public final class Repository: Sendable {
         indexState.withLock { $0 = loaded! }
     }
 
+    /// Whether a pack whose entries the index cache leaves out (it was gone when the cache was built) is back: put
+    /// back from another copy, say. The cache must then be rebuilt with its entries, or prune would take it for an
+    /// unindexed pack and delete it.
+    private func excludedPackReturned(cachePath: String) throws -> Bool {
+        guard let list = FileManager.default.contents(atPath: cachePath + Self.excludedPacksSuffix) else { return false }
+        for name in String(decoding: list, as: UTF8.self).split(separator: "\n") where name.count == 64 {
+            if try storage.size(Self.packPath(String(name))) != nil { return true }
+        }
+        return false
+    }
+
+    /// Beside the index cache: the packs it leaves out, one name a line.
+    static let excludedPacksSuffix = ".excluded-packs"
+
+    private static func writeExcludedPacks(_ packs: Set<String>, cachePath: String) throws {
+        let path = cachePath + excludedPacksSuffix
+        if packs.isEmpty {
+            guard unlink(path) == 0 || errno == ENOENT else { throw IndexCacheUnavailable() }
+            return
+        }
+        do {
+            try Data(packs.sorted().joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw IndexCacheUnavailable()
+        }
+    }
+
     /// Index files that were skipped at the last load because they do not authenticate (see `repairIndex`).
     public var damagedIndexFiles: [String] { indexState.withLock { $0.damagedIndexFiles } }
 
@@ -255,6 +283,8 @@ public final class Repository: Sendable {
         } catch {
             throw IndexCacheUnavailable()
         }
+        // Written before the cache: a cache without some packs' entries is never there without this list.
+        try Self.writeExcludedPacks(reader.excludedPacks, cachePath: cachePath)
         var loaded = LoadedIndex()
         var runs: [IndexCacheFile] = []
         defer { for run in runs { unlink(run.path) } }

@@ -83,6 +83,27 @@ struct RepairTests {
         #expect(verified.isHealthy, "\(verified.problems) \(verified.damagedFiles)")
     }
 
+    /// A pack that was gone while a backup ran (so the index cache left it out) and is then put back (copied from
+    /// another copy, say) is indexed again, and prune keeps it instead of deleting it as an unindexed pack.
+    @Test func aPackPutBackAfterItWasMissingIsKept() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 2)
+        let repository = try scene.initialize()
+        let snapshot = try Damage.backup(repository, scene, account: "user000")
+        let rootID = try #require(BlobID(hex: snapshot.tree))
+        let (pack, _) = try #require(repository.location(of: rootID))
+        let path = scene.repoPath + "/" + Repository.packPath(pack)
+        try FileManager.default.moveItem(atPath: path, toPath: scene.scratch.appending("kept-pack"))
+        let reopened = try scene.open()
+        _ = try reopened.backup(directory: scene.root + "/home/user000/public_html", options: BackupOptions(tags: ["kind": "other"]))
+        try FileManager.default.moveItem(atPath: scene.scratch.appending("kept-pack"), toPath: path)
+
+        let again = try scene.open()
+        #expect(again.location(of: rootID)?.pack == pack)
+        _ = try again.prune(policy: { _ in RetentionPolicy(keepLast: 10) }, dryRun: false)
+        #expect(FileManager.default.fileExists(atPath: path))
+        #expect(try again.verify(readData: true).isHealthy)
+    }
+
     /// `repairSnapshots` drops exactly the lost files (naming each), keeps the snapshot's time and tags, writes the
     /// new snapshot and removes the old one; with `readData` it also finds blobs damaged in place and takes them out
     /// of the index and the packs, so the next backup stores them again. The repository then verifies clean.
