@@ -315,8 +315,11 @@ struct RestorePlan {
                 directories.append((path, node))
                 if let subtree = node.subtree {
                     // A listing that cannot be read (damaged, its pack lost) costs what is below it, not the restore.
-                    guard let listing = try? repository.loadTree(subtree, decompressor: decompressor) else {
-                        unreadableListings.append("\(FileName.printable(childRelative))/: its directory listing cannot be read (damaged or lost), "
+                    let listing: Tree
+                    do {
+                        listing = try repository.loadTree(subtree, decompressor: decompressor)
+                    } catch {
+                        unreadableListings.append("\(FileName.printable(childRelative))/: its directory listing cannot be read (\(error)), "
                             + "so nothing below it is restored")
                         continue
                     }
