@@ -16,10 +16,11 @@ public enum BackupCommands {
         return config
     }
 
-    /// Opens the local repository; damaged index files are skipped, with a warning saying how to repair them.
-    static func open(_ config: AgentConfig) throws -> Repository {
+    /// Opens the local repository; damaged index files are skipped, with a warning saying how to repair them
+    /// (unless the command reports or repairs them itself).
+    static func open(_ config: AgentConfig, warnAboutDamage: Bool = true) throws -> Repository {
         let repository = try Repository.open(storage: LocalStorage(root: config.repository), keySource: .keyFile(config.keyFile))
-        RepairCommands.warnAboutDamagedIndex(repository, copy: .local)
+        if warnAboutDamage { RepairCommands.warnAboutDamagedIndex(repository, copy: .local) }
         return repository
     }
 
@@ -392,7 +393,7 @@ public enum BackupCommands {
     public static func verify(_ raw: [String]) throws -> Int32 {
         let arguments = try Arguments(raw, options: common, flags: ["read-data", "json"])
         try arguments.expectPositionals(atMost: 0)
-        let repository = try open(try settings(arguments))
+        let repository = try open(try settings(arguments), warnAboutDamage: false)
         let report = try repository.verify(readData: arguments.flag("read-data"))
         if arguments.flag("json") { print(try jsonText(report)) } else {
             print("checked \(report.snapshots) snapshots, \(report.packs) packs\(arguments.flag("read-data") ? ", \(report.blobsChecked) blobs (\(report.bytesRead / 1_048_576) MiB read)" : "")")

@@ -36,7 +36,9 @@ public enum OffsiteCommands {
         case "snapshots", "verify", "restore", "prune", "repair":
             let caches = try remoteCaches(target: target, config: config)
             defer { caches.scratch?.remove() }
-            let (remote, _) = try openRemote(target: target, config: config, create: false, cacheDirectory: caches.path)
+            // verify and repair report damaged index files themselves.
+            let (remote, _) = try openRemote(target: target, config: config, create: false, cacheDirectory: caches.path,
+                                             warnAboutDamage: action != "verify" && action != "repair")
             switch action {
             case "snapshots":
                 let list = try remote.snapshots()
@@ -110,13 +112,13 @@ public enum OffsiteCommands {
     /// Opens the remote repository, keeping its index and snapshot caches in the local `cacheDirectory`
     /// (see `remoteCaches`).
     static func openRemote(target: OffsiteTarget, config: AgentConfig, create: Bool, local: Repository? = nil,
-                           cacheDirectory: String) throws -> (Repository, SFTPStorage) {
+                           cacheDirectory: String, warnAboutDamage: Bool = true) throws -> (Repository, SFTPStorage) {
         let storage = SFTPStorage(session: try connect(target: target, config: config), target: target)
         if create, let local {
             try local.replicateConfiguration(to: storage)
         }
         let remote = try Repository.open(storage: storage, keySource: .keyFile(config.keyFile), cacheDirectory: cacheDirectory)
-        RepairCommands.warnAboutDamagedIndex(remote, copy: .offsite(target.description))
+        if warnAboutDamage { RepairCommands.warnAboutDamagedIndex(remote, copy: .offsite(target.description)) }
         return (remote, storage)
     }
 

@@ -9,7 +9,7 @@ public enum RepairCommands {
         let arguments = try Arguments(raw, options: BackupCommands.common, flags: ["read-data", "json"])
         let action = try arguments.positional(0, "what to repair (`index` or `snapshots`)")
         try arguments.expectPositionals(atMost: 1)
-        let repository = try BackupCommands.open(try BackupCommands.settings(arguments))
+        let repository = try BackupCommands.open(try BackupCommands.settings(arguments), warnAboutDamage: false)
         return try run(action, on: repository, arguments: arguments, copy: .local)
     }
 
@@ -106,10 +106,19 @@ public enum RepairCommands {
         if !report.damagedIndexFiles.isEmpty || !report.damagedPackHeaders.isEmpty {
             steps.append("run `\(copy.commands)repair index`: it rebuilds the index from the packs' own headers and rewrites packs whose "
                 + "header is damaged; then verify again")
-        } else if case .offsite = copy, !report.missingPacks.isEmpty {
-            // A push sends only the packs the off-site index does not name: the lost ones must leave it first.
-            steps.append("run `\(copy.commands)repair index`: it drops the lost packs from the index, so that \(copy.refill); "
-                + "then verify again")
+        } else if !report.missingPacks.isEmpty {
+            switch copy {
+            case .local:
+                // A backup stores the lost blobs again from the server, and older snapshots that use them are whole
+                // again: run it before dropping anything from the snapshots.
+                steps.append("run `fleetkeep-agent backup`: it stores again whatever the server still has of the lost packs, which makes "
+                    + "the older snapshots that use it whole again too; then verify again, and `fleetkeep-agent repair snapshots` "
+                    + "drops what is still lost")
+            case .offsite:
+                // A push sends only the packs the off-site index does not name: the lost ones must leave it first.
+                steps.append("run `\(copy.commands)repair index`: it drops the lost packs from the index, so that \(copy.refill); "
+                    + "then verify again")
+            }
         } else {
             steps.append("to keep restores of the other files clean, run `\(copy.commands)repair snapshots\(readData ? " --read-data" : "")`: "
                 + "it drops the lost files from the snapshots, naming each one, and takes damaged blobs out of the index; \(copy.refill)")
