@@ -16,6 +16,7 @@ let commands: [String: ([String]) throws -> Int32] = [
     "restore": BackupCommands.restore,
     "verify": BackupCommands.verify,
     "prune": BackupCommands.prune,
+    "repair": RepairCommands.repair,
     "offsite": OffsiteCommands.run,
     "escrow": KeyEscrow.command,
     "licence": AgentLicenceCommands.run,

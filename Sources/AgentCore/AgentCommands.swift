@@ -24,10 +24,14 @@ public enum AgentCommands {
       backup [--root DIR] [--repo DIR] [--account USER]... [--kind files,databases,email]
       snapshots [--json] [--account USER] [--kind KIND]
       restore latest|SNAPSHOT [--account USER] [--kind KIND] [--path P] --target DIR
+      restore latest --all --target ROOT [--account USER]... [--kind files,email]   (exit 3: partly restored)
       verify [--read-data | --read-data-part P/N]
       prune [--dry-run]
+      repair index                                rebuild the index from the packs' own headers
+      repair snapshots [--read-data]              drop lost files from the snapshots (each one named)
       offsite push|snapshots|verify|prune|trust [--target sftp://user@host:port/path] [--host-key SHA256] [--identity KEY]
       offsite restore latest|SNAPSHOT|--all --to DIR [--account U] [--kind K] [--load-databases]
+      offsite repair index|snapshots [--read-data]
     """
 
     static func state(_ arguments: Arguments) -> AgentState {

@@ -16,8 +16,12 @@ public enum BackupCommands {
         return config
     }
 
-    static func open(_ config: AgentConfig) throws -> Repository {
-        try Repository.open(storage: LocalStorage(root: config.repository), keySource: .keyFile(config.keyFile))
+    /// Opens the local repository; damaged index files are skipped, with a warning saying how to repair them
+    /// (unless the command reports or repairs them itself).
+    static func open(_ config: AgentConfig, warnAboutDamage: Bool = true) throws -> Repository {
+        let repository = try Repository.open(storage: LocalStorage(root: config.repository), keySource: .keyFile(config.keyFile))
+        if warnAboutDamage { RepairCommands.warnAboutDamagedIndex(repository, copy: .local) }
+        return repository
     }
 
     public static func repo(_ raw: [String]) throws -> Int32 {
@@ -286,41 +290,80 @@ public enum BackupCommands {
     /// `restore latest --all --target ROOT`: the latest snapshot of every account (or of each `--account`) and kind
     /// (`--kind`, default files and email) back in its place under ROOT, as on the server: files in the home, email
     /// in home/mail, databases as .sql files in ROOT/var/lib/fleetkeep/restored-databases. One process writes all
-    /// accounts with one pool of threads.
+    /// accounts with one pool of threads. Whatever can be read is restored; every account, listing and file that
+    /// cannot be is named, and the exit status is then `partialRestore` (1 when nothing at all was restored).
     static func restoreAll(_ repository: Repository, reference: String, arguments: Arguments) throws -> Int32 {
         guard reference == "latest" else { throw UsageError("--all restores the latest snapshots; use `restore latest --all`") }
         guard let root = arguments.value("target") else { throw UsageError("--target DIR is required (the root to rebuild the accounts under)") }
         let kinds = try arguments.value("kind").map { try BackupKind.parseList($0, source: "--kind") } ?? [.files, .email]
         let accounts = arguments.list("account")
-        let chosen = latestSnapshots(try repository.snapshots()).filter { snapshot in
+        let (all, unreadable) = try repository.snapshotsReportingDamage()
+        let chosen = latestSnapshots(all).filter { snapshot in
             kinds.contains { $0.rawValue == snapshot.tags["kind"] } && (accounts.isEmpty || accounts.contains(snapshot.tags["account"] ?? ""))
         }
         guard !chosen.isEmpty else { throw AgentError("no snapshots match in \(repository.storage.location); see `fleetkeep-agent snapshots`") }
-        var failures = 0
+        var outcome = RestoreOutcome()
+        if !unreadable.isEmpty {
+            // Which account such a file was for cannot be known: an older snapshot of it may have been chosen instead.
+            outcome.failed("\(unreadable.count) snapshot files cannot be read (damaged: \(unreadable.map { $0.prefix(16) }.joined(separator: ", "))); "
+                + "the accounts they belong to may be restored from an older snapshot, or not at all")
+        }
         var trees: [(snapshot: Snapshot, target: String)] = []
         for snapshot in chosen {
-            if snapshot.tags["kind"] == BackupKind.databases.rawValue {
-                let path = try writeDump(snapshot, from: repository, into: root + "/var/lib/fleetkeep/restored-databases", beneath: root)
-                print("\(snapshot.tags["account"] ?? "-") database \(snapshot.tags["database"] ?? "-"): written to \(path)")
-            } else {
-                trees.append((snapshot, root + (try restoreLocation(of: snapshot))))
+            let what = "\(snapshot.tags["account"] ?? "-") \(snapshot.tags["kind"] ?? "-")"
+            do {
+                if snapshot.tags["kind"] == BackupKind.databases.rawValue {
+                    let path = try writeDump(snapshot, from: repository, into: root + "/var/lib/fleetkeep/restored-databases", beneath: root)
+                    print("\(snapshot.tags["account"] ?? "-") database \(snapshot.tags["database"] ?? "-"): written to \(path)")
+                    outcome.restored += 1
+                } else {
+                    trees.append((snapshot, root + (try restoreLocation(of: snapshot))))
+                }
+            } catch {
+                outcome.failed("\(what)\(snapshot.tags["database"].map { " \($0)" } ?? ""): NOT restored: \(error)")
             }
         }
         // Only ROOT is the operator's path: the homes below it may hold an account owner's symlinks.
         let summaries = try repository.restore(trees, beneath: root)
         for ((snapshot, target), summary) in zip(trees, summaries) {
-            if !arguments.flag("json") {
-                print("\(snapshot.tags["account"] ?? "-") \(snapshot.tags["kind"] ?? "-"): snapshot \(snapshot.shortID), \(summary.files) files (\(String(format: "%.1f", Double(summary.bytes) / 1_048_576)) MiB) to \(FileName.printable(target))")
+            let what = "\(snapshot.tags["account"] ?? "-") \(snapshot.tags["kind"] ?? "-")"
+            if let failure = summary.failure {
+                outcome.failed("\(what): snapshot \(snapshot.shortID) NOT restored: \(failure)")
+                continue
             }
-            failures += summary.errors.count
+            outcome.restored += 1
+            if !arguments.flag("json") {
+                print("\(what): snapshot \(snapshot.shortID), \(summary.files) files (\(String(format: "%.1f", Double(summary.bytes) / 1_048_576)) MiB) to \(FileName.printable(target))")
+            }
+            if !summary.errors.isEmpty { outcome.failed("\(what): \(summary.errors.count) paths could NOT be restored:") }
             for error in summary.errors.prefix(20) { Console.error("  could not restore \(error)") }
+            if summary.errors.count > 20 { Console.error("  … and \(summary.errors.count - 20) more") }
         }
         if arguments.flag("json") { print(try jsonText(summaries)) }
-        if failures > 0 {
-            Console.error("\(failures) files could NOT be restored (the lines above say why; where it is damaged data, run `fleetkeep-agent verify --read-data`)")
-            return 1
+        return outcome.status(advice: "where it is damaged data, run `fleetkeep-agent verify`")
+    }
+
+    /// Exit status of a restore that went on past what it could not restore: some things restored and some not is a
+    /// partial restore.
+    static let partialRestore: Int32 = 3
+
+    /// What a restore of many snapshots restored and what it names as not restored.
+    struct RestoreOutcome {
+        var restored = 0
+        var failures = 0
+
+        /// Names what could not be restored, on standard error.
+        mutating func failed(_ message: String) {
+            failures += 1
+            Console.error(message)
         }
-        return 0
+
+        /// 0 when everything was restored, `partialRestore` when only some was, 1 when nothing was.
+        func status(advice: String) -> Int32 {
+            guard failures > 0 else { return 0 }
+            Console.error(restored > 0 ? "partial restore: everything else was restored (\(advice))" : "nothing could be restored (\(advice))")
+            return restored > 0 ? BackupCommands.partialRestore : 1
+        }
     }
 
     /// The newest snapshot of each group (same account, kind, host and database), oldest group first.
@@ -352,7 +395,7 @@ public enum BackupCommands {
     public static func verify(_ raw: [String]) throws -> Int32 {
         let arguments = try Arguments(raw, options: common.union(["read-data-part"]), flags: ["read-data", "json"])
         try arguments.expectPositionals(atMost: 0)
-        let repository = try open(try settings(arguments))
+        let repository = try open(try settings(arguments), warnAboutDamage: false)
         var readPacks: ((String) -> Bool)?
         if let text = arguments.value("read-data-part") {
             let pieces = text.split(separator: "/")
@@ -368,7 +411,12 @@ public enum BackupCommands {
             for (snapshot, files) in report.damagedFiles.sorted(by: { $0.key < $1.key }) {
                 print("snapshot \(snapshot.prefix(8)): \(files.count) damaged files: \(files.prefix(20).joined(separator: ", "))")
             }
-            print(report.isHealthy ? "repository is healthy" : "repository is DAMAGED: restore affected files from another copy (off-site) and run a new backup")
+            if report.isHealthy {
+                print("repository is healthy")
+            } else {
+                print("repository is DAMAGED:")
+                for step in RepairCommands.advice(for: report, readData: arguments.flag("read-data"), copy: .local) { print("- \(step)") }
+            }
         }
         return report.isHealthy ? 0 : 1
     }
@@ -383,6 +431,11 @@ public enum BackupCommands {
             tags["kind"].flatMap(BackupKind.init(rawValue:)).flatMap { retention[$0] } ?? RetentionPolicy()
         }, dryRun: arguments.flag("dry-run"))
         if arguments.flag("json") { print(try jsonText(report)) } else {
+            for pack in report.missingPacks { print("pack \(pack.prefix(16)) is missing: left out of the index (its blobs are lost)") }
+            if !report.snapshotsWithUnreadableListings.isEmpty {
+                print("\(report.snapshotsWithUnreadableListings.count) kept snapshots have directory listings that cannot be read, so no pack "
+                    + "was deleted or rewritten: run `fleetkeep-agent repair snapshots`, then prune again")
+            }
             print("\(report.dryRun ? "would keep" : "kept") \(report.keptSnapshots.count) snapshots, \(report.dryRun ? "would remove" : "removed") \(report.removedSnapshots.count); packs deleted \(report.packsDeleted) (rewritten \(report.packsRewritten)); \(String(format: "%.1f", Double(report.bytesFreed) / 1_048_576)) MiB freed")
         }
         return 0

@@ -14,7 +14,7 @@ public enum OffsiteCommands {
     public static func run(_ raw: [String]) throws -> Int32 {
         let arguments = try Arguments(raw, options: options, flags: ["json", "read-data", "dry-run", "all", "load-databases"])
         guard let action = arguments.positionals.first else {
-            throw UsageError("expected `offsite push|snapshots|verify|restore|prune|trust`")
+            throw UsageError("expected `offsite push|snapshots|verify|restore|prune|repair|trust`")
         }
         var config = try BackupCommands.settings(arguments)
         if let target = arguments.value("target") { config.offsite.target = target }
@@ -33,10 +33,12 @@ public enum OffsiteCommands {
         switch action {
         case "trust": return try trust(target: target, config: config)
         case "push": return try push(target: target, config: config, arguments: arguments)
-        case "snapshots", "verify", "restore", "prune":
+        case "snapshots", "verify", "restore", "prune", "repair":
             let caches = try remoteCaches(target: target, config: config)
             defer { caches.scratch?.remove() }
-            let (remote, _) = try openRemote(target: target, config: config, create: false, cacheDirectory: caches.path)
+            // verify and repair report damaged index files themselves.
+            let (remote, _) = try openRemote(target: target, config: config, create: false, cacheDirectory: caches.path,
+                                             warnAboutDamage: action != "verify" && action != "repair")
             switch action {
             case "snapshots":
                 let list = try remote.snapshots()
@@ -53,9 +55,19 @@ public enum OffsiteCommands {
                     print("checked \(report.snapshots) snapshots, \(report.packs) packs at \(target.description)")
                     for problem in report.problems { print("problem: \(problem)") }
                     for (snapshot, files) in report.damagedFiles { print("snapshot \(snapshot.prefix(8)): damaged \(files.prefix(20).joined(separator: ", "))") }
-                    print(report.isHealthy ? "off-site copy is healthy" : "off-site copy is DAMAGED: run a new push")
+                    if report.isHealthy {
+                        print("off-site copy is healthy")
+                    } else {
+                        print("off-site copy is DAMAGED:")
+                        for step in RepairCommands.advice(for: report, readData: arguments.flag("read-data"), copy: .offsite(target.description)) {
+                            print("- \(step)")
+                        }
+                    }
                 }
                 return report.isHealthy ? 0 : 1
+            case "repair":
+                let what = try arguments.positional(1, "what to repair (`index` or `snapshots`)")
+                return try RepairCommands.run(what, on: remote, arguments: arguments, copy: .offsite(target.description))
             case "prune":
                 escrowAfterPush(state: AgentCommands.state(arguments), keyFile: config.keyFile, json: arguments.flag("json"))
         let keep = config.offsite.keepWeekly
@@ -66,7 +78,7 @@ public enum OffsiteCommands {
                 return try restore(remote: remote, config: config, arguments: arguments)
             }
         default:
-            throw UsageError("unknown offsite action '\(action)' (push, snapshots, verify, restore, prune, trust)")
+            throw UsageError("unknown offsite action '\(action)' (push, snapshots, verify, restore, prune, repair, trust)")
         }
     }
 
@@ -100,12 +112,14 @@ public enum OffsiteCommands {
     /// Opens the remote repository, keeping its index and snapshot caches in the local `cacheDirectory`
     /// (see `remoteCaches`).
     static func openRemote(target: OffsiteTarget, config: AgentConfig, create: Bool, local: Repository? = nil,
-                           cacheDirectory: String) throws -> (Repository, SFTPStorage) {
+                           cacheDirectory: String, warnAboutDamage: Bool = true) throws -> (Repository, SFTPStorage) {
         let storage = SFTPStorage(session: try connect(target: target, config: config), target: target)
         if create, let local {
             try local.replicateConfiguration(to: storage)
         }
-        return (try Repository.open(storage: storage, keySource: .keyFile(config.keyFile), cacheDirectory: cacheDirectory), storage)
+        let remote = try Repository.open(storage: storage, keySource: .keyFile(config.keyFile), cacheDirectory: cacheDirectory)
+        if warnAboutDamage { RepairCommands.warnAboutDamagedIndex(remote, copy: .offsite(target.description)) }
+        return (remote, storage)
     }
 
     /// Where an off-site command keeps the remote's caches: in the local repository (`remoteCacheDirectory`), or,
@@ -208,30 +222,37 @@ public enum OffsiteCommands {
             tags["kind"] = arguments.value("kind")
             chosen = [try remote.findSnapshot(reference, tags: tags)]
         }
-        var failures = 0
+        // Whatever can be read is restored; every account, listing and file that cannot be is named.
+        var outcome = BackupCommands.RestoreOutcome()
         for snapshot in chosen {
             let account = snapshot.tags["account"] ?? "unknown"
-            if snapshot.tags["kind"] == BackupKind.databases.rawValue {
-                let name = snapshot.tags["database"] ?? "database"
-                if arguments.flag("load-databases") {
-                    try DatabaseDumper(settings: config.database).load(into: name) { try remote.restoreStream(snapshot, to: $0) }
-                    print("\(account): database \(name) loaded")
-                } else {
-                    let path = try BackupCommands.writeDump(snapshot, from: remote, into: destination + "/var/lib/fleetkeep/restored-databases",
-                                                            beneath: destination)
-                    print("\(account): database \(name) written to \(path)")
+            do {
+                if snapshot.tags["kind"] == BackupKind.databases.rawValue {
+                    let name = snapshot.tags["database"] ?? "database"
+                    if arguments.flag("load-databases") {
+                        try DatabaseDumper(settings: config.database).load(into: name) { try remote.restoreStream(snapshot, to: $0) }
+                        print("\(account): database \(name) loaded")
+                    } else {
+                        let path = try BackupCommands.writeDump(snapshot, from: remote, into: destination + "/var/lib/fleetkeep/restored-databases",
+                                                                beneath: destination)
+                        print("\(account): database \(name) written to \(path)")
+                    }
+                    outcome.restored += 1
+                    continue
                 }
-                continue
-            }
-            let where_ = arguments.flag("all") ? destination + (try BackupCommands.restoreLocation(of: snapshot)) : destination
-            // Only --to is the operator's path: with --all, the homes below it may hold an account owner's symlinks.
-            let summary = try remote.restore(snapshot, subpath: arguments.value("path"), target: where_, beneath: destination)
-            print("\(account) \(snapshot.tags["kind"] ?? ""): restored \(summary.files) files to \(where_)")
-            if !summary.errors.isEmpty {
-                failures += summary.errors.count
-                for error in summary.errors.prefix(20) { Console.error("  could not restore \(error)") }
+                let where_ = arguments.flag("all") ? destination + (try BackupCommands.restoreLocation(of: snapshot)) : destination
+                // Only --to is the operator's path: with --all, the homes below it may hold an account owner's symlinks.
+                let summary = try remote.restore(snapshot, subpath: arguments.value("path"), target: where_, beneath: destination)
+                outcome.restored += 1
+                print("\(account) \(snapshot.tags["kind"] ?? ""): restored \(summary.files) files to \(where_)")
+                if !summary.errors.isEmpty {
+                    outcome.failed("\(account) \(snapshot.tags["kind"] ?? ""): \(summary.errors.count) paths could NOT be restored:")
+                    for error in summary.errors.prefix(20) { Console.error("  could not restore \(error)") }
+                }
+            } catch {
+                outcome.failed("\(account) \(snapshot.tags["kind"] ?? "")\(snapshot.tags["database"].map { " \($0)" } ?? ""): snapshot \(snapshot.shortID) NOT restored: \(error)")
             }
         }
-        return failures == 0 ? 0 : 1
+        return outcome.status(advice: "where it is damaged data, run `fleetkeep-agent offsite verify`")
     }
 }

@@ -90,6 +90,9 @@ public final class BackupSession: Sendable {
         self.repository = repository
         self.checkpoint = checkpoint
         lease = try repository.acquireLease(exclusive: false)
+        // Blobs in packs that are gone must not be deduplicated against: they are left out of the index, so this
+        // session stores them again from the source wherever it still has them.
+        try repository.excludeMissingPacks()
         existing = try repository.snapshots()
         var packHook: (@Sendable (String) throws -> Void)?
         if let checkpoint { packHook = { name in try checkpoint("pack:" + name) } }
@@ -123,8 +126,7 @@ public final class BackupSession: Sendable {
         }
         defer { Glibc.close(descriptor) }
         return try run(options: options) { job in
-            let parentTree = try job.parent.map { try self.repository.loadTree($0.tree, decompressor: job.decompressor) }
-            return try job.directory(descriptor, relative: "", parent: parentTree)
+            try job.directory(descriptor, relative: "", parent: job.parent.flatMap { BlobID(hex: $0.tree) }.flatMap(job.parentListing))
         }
     }
 
@@ -254,6 +256,12 @@ final class BackupJob: @unchecked Sendable {
 
     // MARK: Walking
 
+    /// The parent snapshot's listing of a directory, to skip reading unchanged files; nil when it cannot be read
+    /// (its pack is lost or damaged), and then every file of the directory is read as if new.
+    func parentListing(_ id: BlobID) -> Tree? {
+        try? repository.loadTree(id, decompressor: decompressor)
+    }
+
     /// Stores the directory open at `descriptor` and everything under it. Entries are reached relative to their
     /// directory's descriptor (`fstatat`, `openat`, never following a symbolic link), so the kernel does not walk the
     /// whole path again for each of them, and a directory swapped for a link during the walk cannot lead outside.
@@ -285,8 +293,7 @@ final class BackupJob: @unchecked Sendable {
                     continue
                 }
                 defer { close(child) }
-                let childParent = try previous[nameKey].flatMap { $0.kind == .directory ? $0.subtree : nil }
-                    .map { try repository.loadTree($0, decompressor: decompressor) }
+                let childParent = previous[nameKey].flatMap { $0.kind == .directory ? $0.subtree : nil }.flatMap(parentListing)
                 node.subtree = try directory(child, relative: childRelative, parent: childParent)
                 summary.withLock { $0.directories += 1 }
             case S_IFLNK:
@@ -302,8 +309,10 @@ final class BackupJob: @unchecked Sendable {
                 if info.st_nlink > 1 { hardLinks[linkKey] = childRelative }
                 node.kind = .file
                 if let old = previous[nameKey], old.kind == .file, old.size == node.size, old.mtime == node.mtime,
-                   old.ctime == node.ctime, old.inode == node.inode {
+                   old.ctime == node.ctime, old.inode == node.inode, repository.areIndexed(old.content) {
                     // Unchanged: size, mtime, ctime and inode match the parent snapshot, so the file is not read.
+                    // Unless a blob of it is lost (its pack is gone, say): then the file is read and its data stored
+                    // again, which also makes whole every older snapshot that refers to the same blobs.
                     node.content = old.content
                     summary.withLock { $0.filesUnchanged += 1; $0.bytesTotal += node.size }
                 } else {

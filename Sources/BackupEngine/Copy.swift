@@ -104,6 +104,8 @@ extension Repository {
                      progress: (@Sendable (CopyReport) -> Void)? = nil) throws -> CopyReport {
         let started = Date()
         var report = CopyReport()
+        // A local pack that is gone cannot be sent: its blobs count as missing (and the message says so) instead.
+        try excludeMissingPacks()
         let index = indexSnapshot
         let needed = try reachableBlobs(snapshots, index: index)
         // One byte per local pack, and the remote's own name lookup (from its cache), rather than sets of pack

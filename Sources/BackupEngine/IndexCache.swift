@@ -191,7 +191,8 @@ final class IndexCacheFile: @unchecked Sendable {
         return nil
     }
 
-    /// Writes a cache of `sources` (each sorted by id; where an id repeats, the last source wins) to `path`,
+    /// Writes a cache of `sources` (each sorted by id; where an id repeats, the last source wins, but a whole blob
+    /// wins over a delta) to `path`,
     /// atomically, streaming: memory stays at one record per source. Delta bases travel with their records and are
     /// written to a side file during the merge, which is appended after the records (already in id order).
     static func write(path: String, packs: PackNames, indexFiles: [String], sources: [any IndexRecordSource]) throws {
@@ -223,11 +224,15 @@ final class IndexCacheFile: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: IndexRecord.size * 4096)
         var buffered = 0
         while true {
-            // The smallest id among the sources' heads; on a tie the later source's record is kept.
+            // The smallest id among the sources' heads; on a tie the later source's record is kept, unless only
+            // the earlier one is stored whole (a whole blob depends on no base; see `LoadedIndex.add`).
             var best: Int?
             for index in heads.indices {
                 guard let head = heads[index] else { continue }
-                if let current = best, let bestHead = heads[current], bestHead.id < head.id { continue }
+                if let current = best, let bestHead = heads[current] {
+                    if bestHead.id < head.id { continue }
+                    if bestHead.id == head.id && bestHead.base == nil && head.base != nil { continue }
+                }
                 best = index
             }
             guard let chosen = best, let record = heads[chosen] else { break }
@@ -366,6 +371,11 @@ struct IndexedBlobs: Sequence {
         set { recent[id] = newValue }
     }
 
+    /// Whether `id` is listed, without decoding its record (a backup asks this for every unchanged file's blobs).
+    func contains(_ id: BlobID) -> Bool {
+        (!recent.isEmpty && recent[id] != nil) || cache?.position(of: id) != nil
+    }
+
     func makeIterator() -> AnyIterator<(key: BlobID, value: BlobLocation)> {
         var position = 0
         var recentIterator = recent.makeIterator()
@@ -392,8 +402,9 @@ struct DeltaBases: Sequence {
     init(cache: IndexCacheFile? = nil) { self.cache = cache }
 
     subscript(id: BlobID) -> BlobID? {
-        if let added = recent[id] { return added }
-        return cache?.base(of: id)
+        if !recent.isEmpty, let added = recent[id] { return added }
+        guard let cache, cache.deltaCount > 0 else { return nil }
+        return cache.base(of: id)
     }
 
     /// Records the base of `id`, or that `id` is stored whole.

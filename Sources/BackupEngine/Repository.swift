@@ -24,6 +24,9 @@ public final class Repository: Sendable {
         /// Delta blob -> its base. Only deltas (dump chunks) are here, so ordinary entries stay 20 bytes.
         var bases = DeltaBases()
         var indexFiles: [String] = []
+        /// Index files that did not authenticate or decode when they were read: skipped, so one flipped byte costs
+        /// only the entries of that file (until `repairIndex` rebuilds the index from the packs), not the repository.
+        var damagedIndexFiles: [String] = []
 
         /// The bases `id` is built on, nearest first (empty for a whole blob); nil for a chain that is broken (a base
         /// missing from the index) or longer than `maximumDeltaDepth` (damaged, or looping).
@@ -36,6 +39,9 @@ public final class Repository: Sendable {
             }
             return chain
         }
+
+        /// Indexed, and for a delta, every base down its chain indexed too.
+        func isUsable(_ id: BlobID) -> Bool { blobs.contains(id) && (bases[id] == nil || deltaChain(id) != nil) }
 
         /// How many deltas lead from `id` to a blob stored whole (0 for a whole blob); nil for a broken chain.
         func deltaDepth(_ id: BlobID) -> Int? { deltaChain(id)?.count }
@@ -68,6 +74,9 @@ public final class Repository: Sendable {
         mutating func add(pack: String, entries: [PackEntry]) {
             let number = packs.number(of: pack) ?? packs.append(pack)
             for entry in entries {
+                // A blob stored twice (a backup stored again a blob whose delta chain broke, or an interrupted prune)
+                // keeps its whole copy: a whole blob depends on no other, whatever order the index files are read in.
+                if entry.base != nil, blobs[entry.id] != nil, bases[entry.id] == nil { continue }
                 bases.set(entry.base, for: entry.id)
                 blobs[entry.id] = BlobLocation(pack: number, kind: entry.kind, compressed: entry.compressed, offset: entry.offset,
                                                length: entry.length, rawLength: entry.rawLength, inner: entry.inner)
@@ -119,27 +128,76 @@ public final class Repository: Sendable {
         guard try storage.size("config") != nil else {
             throw RepositoryError("no repository at \(storage.location); create one with `fleetkeep-agent repo init`")
         }
-        guard let config = try? JSONDecoder().decode([String: String].self, from: Data(try storage.read("config"))),
-              let version = config["version"].flatMap(Int.init) else {
-            throw RepositoryError("repository config at \(storage.location) is damaged")
-        }
+        let version = try formatVersion(of: try storage.read("config"), at: storage.location)
         guard readableRepositoryFormatVersions.contains(version) else {
             throw RepositoryError("repository at \(storage.location) has format version \(version); this agent reads versions "
                 + "\(readableRepositoryFormatVersions.lowerBound) to \(readableRepositoryFormatVersions.upperBound)"
                 + (version > repositoryFormatVersion ? ", so upgrade the agent to use it" : ""))
         }
-        let secret = try keySource.secret(create: false)
-        var opened: MasterKeys?
-        for name in try storage.list("keys") {
-            guard let file = try? JSONDecoder().decode(SealedKeyFile.self, from: Data(try storage.read("keys/" + name))) else { continue }
-            if let keys = try file.open(secret) { opened = keys; break }
-        }
-        guard let keys = opened else {
-            throw RepositoryError("wrong key: the given key file or passphrase does not open the repository at \(storage.location)")
-        }
+        let keys = try openKeys(storage: storage, secret: try keySource.secret(create: false))
         let repository = Repository(storage: storage, keys: keys, foldLimit: foldLimit, cacheDirectory: cacheDirectory)
         try repository.reloadIndex()
         return repository
+    }
+
+    /// The format version in a repository's `config`. Only the version is read, as a string or a number: a newer
+    /// agent may add fields of any type, and such a repository must be refused as newer ("upgrade the agent"),
+    /// not called damaged.
+    static func formatVersion(of config: [UInt8], at location: String) throws -> Int {
+        guard let declared = try? JSONDecoder().decode(DeclaredVersion.self, from: Data(config)) else {
+            throw RepositoryError("repository config at \(location) is damaged (not a JSON object with a version); "
+                + "copy `config` from the off-site copy, which holds the same file")
+        }
+        if let version = Int(declared.text) { return version }
+        // Not a whole number: a version scheme this agent does not know, so a newer one.
+        throw RepositoryError("repository at \(location) has format version \(declared.text.prefix(20).debugDescription), which this agent "
+            + "does not know; upgrade the agent to use it")
+    }
+
+    /// The `version` of a config, written as a string (as this agent does) or as a number; other fields are ignored.
+    private struct DeclaredVersion: Decodable {
+        let text: String
+        enum Keys: String, CodingKey { case version }
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: Keys.self)
+            if let text = try? container.decode(String.self, forKey: .version) {
+                self.text = text
+            } else if let number = try? container.decode(Int.self, forKey: .version) {
+                text = String(number)
+            } else {
+                text = String(try container.decode(Double.self, forKey: .version))
+            }
+        }
+    }
+
+    /// Opens the master keys with `secret`, trying every entry of `keys/`. A `keys/` entry that is not a key entry
+    /// at all (damaged) is named as such; only when every entry is intact and none opens is it "wrong key". A key
+    /// entry that is intact JSON but whose sealed bytes were changed cannot be told from a wrong key (the GCM tag
+    /// fails either way), so that message mentions both.
+    static func openKeys(storage: any RepositoryStorage, secret: [UInt8]) throws -> MasterKeys {
+        let names = try storage.list("keys")
+        var damaged: [String] = []
+        for name in names {
+            // A storage error (unreadable file) is thrown as it is; only bytes that are not a key entry are damage.
+            let bytes = try storage.read("keys/" + name)
+            guard let file = try? JSONDecoder().decode(SealedKeyFile.self, from: Data(bytes)), file.isWellFormed else {
+                damaged.append(name)
+                continue
+            }
+            if let keys = try file.open(secret) { return keys }
+        }
+        let fix = "copy keys/ from the off-site copy (it holds the same key entries), or open the repository with a key whose entry is intact"
+        if !damaged.isEmpty {
+            let list = damaged.map { "keys/\($0)" }.joined(separator: ", ")
+            let others = names.count - damaged.count
+            throw RepositoryError("key entry \(list) of the repository at \(storage.location) is damaged (not a readable key entry)"
+                + (others > 0 ? ", and the given key opens none of the \(others) other entries" : "") + "; " + fix)
+        }
+        guard !names.isEmpty else {
+            throw RepositoryError("the repository at \(storage.location) has no key entries (keys/ is empty or missing); " + fix)
+        }
+        throw RepositoryError("wrong key: the given key file or passphrase opens none of the \(names.count) key entries of the repository at "
+            + "\(storage.location) (if it is the right key, its entry in keys/ may be damaged: " + fix + ")")
     }
 
     // MARK: Index
@@ -153,21 +211,24 @@ public final class Repository: Sendable {
     /// Loads the index: from the index cache plus the index files it does not cover yet, or, without a usable
     /// cache (none yet, an index file it covers is gone after a prune, `rebuildCache`), from every index file,
     /// writing a new cache as it goes. Either way at most `foldLimit` entries are held in memory.
-    func reloadIndex(rebuildCache: Bool = false) throws {
+    /// Entries of the packs in `excludedPacks` (packs that are gone) are left out, and so is every index file that
+    /// does not authenticate (named in `damagedIndexFiles`).
+    func reloadIndex(rebuildCache: Bool = false, excludedPacks: Set<String> = []) throws {
         // Opened groups are from before: a reload (verify, prune) must read the packs as they are now.
         openedGroups.withLock { $0.removeAll() }
         let names = try storage.list("index")
-        let decompressor = ZstdDecompressor()
+        let reader = IndexFileReader(decompressor: ZstdDecompressor(), excludedPacks: excludedPacks)
         var loaded: LoadedIndex?
         if let cachePath = indexCachePath {
-            if !rebuildCache, let cache = IndexCacheFile(path: cachePath), cache.indexFiles.isSubset(of: Set(names)) {
+            if !rebuildCache, excludedPacks.isEmpty, try !excludedPackReturned(cachePath: cachePath),
+               let cache = IndexCacheFile(path: cachePath), cache.indexFiles.isSubset(of: Set(names)) {
                 var fromCache = LoadedIndex(cache: cache)
-                for name in names where !cache.indexFiles.contains(name) { try readIndexFile(name, into: &fromCache, decompressor: decompressor) }
+                for name in names where !cache.indexFiles.contains(name) { try readIndexFile(name, into: &fromCache, reader: reader) }
                 if fromCache.blobs.recent.count >= foldLimit { try? fold(&fromCache) }
                 loaded = fromCache
             } else {
                 do {
-                    loaded = try buildIndexCache(from: names, decompressor: decompressor)
+                    loaded = try buildIndexCache(from: names, reader: reader)
                 } catch is IndexCacheUnavailable {
                     // A read-only repository or a full disk: the index is still readable, only not cached (below).
                 }
@@ -175,16 +236,46 @@ public final class Repository: Sendable {
         }
         if loaded == nil {
             var inMemory = LoadedIndex()
-            for name in names { try readIndexFile(name, into: &inMemory, decompressor: decompressor) }
+            for name in names { try readIndexFile(name, into: &inMemory, reader: reader) }
             loaded = inMemory
         }
         indexState.withLock { $0 = loaded! }
     }
 
+    /// Whether a pack whose entries the index cache leaves out (it was gone when the cache was built) is back: put
+    /// back from another copy, say. The cache must then be rebuilt with its entries, or prune would take it for an
+    /// unindexed pack and delete it.
+    private func excludedPackReturned(cachePath: String) throws -> Bool {
+        guard let list = FileManager.default.contents(atPath: cachePath + Self.excludedPacksSuffix) else { return false }
+        for name in String(decoding: list, as: UTF8.self).split(separator: "\n") where name.count == 64 {
+            if try storage.size(Self.packPath(String(name))) != nil { return true }
+        }
+        return false
+    }
+
+    /// Beside the index cache: the packs it leaves out, one name a line.
+    static let excludedPacksSuffix = ".excluded-packs"
+
+    private static func writeExcludedPacks(_ packs: Set<String>, cachePath: String) throws {
+        let path = cachePath + excludedPacksSuffix
+        if packs.isEmpty {
+            guard unlink(path) == 0 || errno == ENOENT else { throw IndexCacheUnavailable() }
+            return
+        }
+        do {
+            try Data(packs.sorted().joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw IndexCacheUnavailable()
+        }
+    }
+
+    /// Index files that were skipped at the last load because they do not authenticate (see `repairIndex`).
+    public var damagedIndexFiles: [String] { indexState.withLock { $0.damagedIndexFiles } }
+
     /// Reads every index file into a new cache: entries go to sorted run files a batch at a time, and the runs are
     /// merged into the cache at the end, so memory stays at `foldLimit` entries. Throws `IndexCacheUnavailable` when
-    /// the cache cannot be written, and a damaged index file's error as is.
-    private func buildIndexCache(from names: [String], decompressor: ZstdDecompressor) throws -> LoadedIndex {
+    /// the cache cannot be written.
+    private func buildIndexCache(from names: [String], reader: IndexFileReader) throws -> LoadedIndex {
         guard let cachePath = indexCachePath else { throw IndexCacheUnavailable() }
         do {
             try FileManager.default.createDirectory(atPath: (cachePath as NSString).deletingLastPathComponent,
@@ -192,11 +283,13 @@ public final class Repository: Sendable {
         } catch {
             throw IndexCacheUnavailable()
         }
+        // Written before the cache: a cache without some packs' entries is never there without this list.
+        try Self.writeExcludedPacks(reader.excludedPacks, cachePath: cachePath)
         var loaded = LoadedIndex()
         var runs: [IndexCacheFile] = []
         defer { for run in runs { unlink(run.path) } }
         for name in names {
-            try readIndexFile(name, into: &loaded, decompressor: decompressor)
+            try readIndexFile(name, into: &loaded, reader: reader)
             if loaded.blobs.recent.count >= foldLimit {
                 runs.append(try Self.writeCache(cachePath + ".run\(runs.count)", packs: loaded.packs, indexFiles: [],
                                                 sources: [SortedRecords(loaded.recentRecords)]))
@@ -232,21 +325,40 @@ public final class Repository: Sendable {
         return file
     }
 
-    private func readIndexFile(_ name: String, into loaded: inout LoadedIndex, decompressor: ZstdDecompressor) throws {
-        let what = "index file index/\(name.prefix(16))"
+    /// How index files are read during one load.
+    private struct IndexFileReader {
+        let decompressor: ZstdDecompressor
+        let excludedPacks: Set<String>
+    }
+
+    /// Adds one index file's entries to `loaded`, all or none: a file that does not authenticate or decode is
+    /// recorded in `damagedIndexFiles` and skipped. A storage error (the file cannot be read at all) is thrown.
+    private func readIndexFile(_ name: String, into loaded: inout LoadedIndex, reader: IndexFileReader) throws {
         let sealed = try storage.read("index/" + name)
+        guard let packs = try? decodeIndexFile(sealed, name: name, decompressor: reader.decompressor) else {
+            loaded.damagedIndexFiles.append(name)
+            return
+        }
+        for (pack, entries) in packs where !reader.excludedPacks.contains(pack) { loaded.add(pack: pack, entries: entries) }
+        loaded.indexFiles.append(name)
+    }
+
+    /// An index file's packs and their entries; throws when it does not authenticate or decode.
+    func decodeIndexFile(_ sealed: [UInt8], name: String, decompressor: ZstdDecompressor) throws -> [(pack: String, entries: [PackEntry])] {
+        let what = "index file index/\(name.prefix(16))"
         let plain: [UInt8]
         do {
             plain = try decompressor.decompress(try AES256GCM.open(sealed, key: keys.dataKey, aad: Self.indexAAD), maxOutputSize: 1 << 30)
         } catch {
-            throw RepositoryError("\(what) is damaged: it does not authenticate (flipped bytes or truncation); run verify")
+            throw RepositoryError("\(what) is damaged: it does not authenticate (flipped bytes or truncation)")
         }
         var reader = ByteReader(plain, what: what)
+        var packs: [(pack: String, entries: [PackEntry])] = []
         while !reader.isAtEnd {
             let pack = try reader.id()
-            loaded.add(pack: pack.hex, entries: try BinaryCodec.decode(&reader))
+            packs.append((pack.hex, try BinaryCodec.decode(&reader)))
         }
-        loaded.indexFiles.append(name)
+        return packs
     }
 
     /// Writes an index file for `packs` and adds them to the loaded index.
@@ -285,7 +397,16 @@ public final class Repository: Sendable {
         }
     }
 
-    func isIndexed(_ id: BlobID) -> Bool { indexState.withLock { $0.blobs[id] != nil } }
+    /// Whether `id` is stored as far as the index knows: indexed, and for a delta, every base down its chain
+    /// indexed too. Backups deduplicate only against such blobs (a delta on a lost base is stored again).
+    func isIndexed(_ id: BlobID) -> Bool {
+        indexState.withLock { $0.isUsable(id) }
+    }
+
+    /// `isIndexed` for every id, under one lock: an unchanged file's blobs, checked before the file is skipped.
+    func areIndexed(_ ids: [BlobID]) -> Bool {
+        indexState.withLock { state in ids.allSatisfy(state.isUsable) }
+    }
 
     /// See `LoadedIndex.deltaDepth`.
     func indexSnapshotDeltaDepth(_ id: BlobID) -> Int? { indexState.withLock { $0.deltaDepth(id) } }
@@ -434,6 +555,11 @@ public final class Repository: Sendable {
     /// Every snapshot, oldest first. Damaged snapshot files are reported in `damaged`.
     public func snapshots() throws -> [Snapshot] {
         try snapshotsWithDamage().snapshots
+    }
+
+    /// Every snapshot, oldest first, and the names of the snapshot files that cannot be read (damaged).
+    public func snapshotsReportingDamage() throws -> (snapshots: [Snapshot], damaged: [String]) {
+        try snapshotsWithDamage()
     }
 
     /// Every snapshot and the names of the damaged ones. Snapshot files are read through the local snapshot cache

@@ -25,7 +25,16 @@ public enum KeySource: Sendable {
                 guard written == text.count else { throw RepositoryError("cannot write key file \(path)") }
             }
             var info = stat()
-            if stat(path, &info) == 0, info.st_mode & 0o077 != 0 {
+            guard stat(path, &info) == 0 else {
+                throw RepositoryError("key file \(path) cannot be read: \(String(cString: strerror(errno)))")
+            }
+            if info.st_mode & S_IFMT == S_IFDIR {
+                throw RepositoryError("key file \(path) is a directory, not a key file; pass the key file itself with --key-file FILE")
+            }
+            guard info.st_mode & S_IFMT == S_IFREG else {
+                throw RepositoryError("key file \(path) is not a regular file; pass the key file itself with --key-file FILE")
+            }
+            if info.st_mode & 0o077 != 0 {
                 throw RepositoryError("key file \(path) is readable by other users (mode \(String(info.st_mode & 0o777, radix: 8))); run `chmod 600 \(path)`")
             }
             guard let data = FileManager.default.contents(atPath: path),
@@ -79,9 +88,22 @@ struct SealedKeyFile: Codable {
         }
     }
 
+    /// Sizes a key entry we wrote always has: a salt of 32 bytes, sealed keys of a nonce, JSON and a tag.
+    /// A scrypt cost from the repository is checked before use: N is a power of two, and at most 2^20 (1 GiB of
+    /// memory), so a damaged or hostile entry cannot make the key derivation overflow or exhaust memory.
+    var isWellFormed: Bool {
+        guard salt.count == 32, sealed.count > 12 + 16 else { return false }
+        guard let n = scryptN else { return true }
+        return n >= 2 && n <= 1 << 20 && n & (n - 1) == 0
+    }
+
     func open(_ secret: [UInt8]) throws -> MasterKeys? {
         guard let plain = try? AES256GCM.open(sealed, key: try derive(secret), aad: Array("fleetkeep keys v1".utf8)) else { return nil }
-        return try JSONDecoder().decode(MasterKeys.self, from: Data(plain))
+        guard let keys = try? JSONDecoder().decode(MasterKeys.self, from: Data(plain)),
+              keys.dataKey.count == 32, keys.idKey.count == 32, !keys.chunkerSeed.isEmpty else {
+            throw RepositoryError("a key entry opens with the given key but does not hold keys (written by another program?)")
+        }
+        return keys
     }
 }
 

@@ -11,7 +11,7 @@ public protocol RepositoryStorage: Sendable {
     /// File names in `directory`; empty when it does not exist.
     func list(_ directory: String) throws -> [String]
     func remove(_ path: String) throws
-    /// Size in bytes, nil when missing.
+    /// Size in bytes, nil when missing; throws when the file cannot be looked at.
     func size(_ path: String) throws -> Int?
     /// A human-readable location for messages.
     var location: String { get }
@@ -181,7 +181,12 @@ public struct LocalStorage: RepositoryStorage {
 
     public func size(_ path: String) throws -> Int? {
         var info = stat()
-        guard stat(try full(path), &info) == 0 else { return nil }
+        guard stat(try full(path), &info) == 0 else {
+            // Only a file that is not there is missing: a pack that cannot be looked at (permissions, an I/O error)
+            // must not be taken for a lost one.
+            if errno == ENOENT || errno == ENOTDIR { return nil }
+            throw failure(path, "stat")
+        }
         return Int(info.st_size)
     }
 

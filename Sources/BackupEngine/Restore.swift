@@ -11,6 +11,9 @@ public struct RestoreSummary: Codable, Sendable {
     public var hardlinks = 0
     public var bytes: Int64 = 0
     public var errors: [String] = []
+    /// Why nothing of the snapshot was restored (its root listing cannot be read, a name in it is unsafe, the target
+    /// cannot be made); nil when it was restored (`errors` then names what could not be).
+    public var failure: String?
 }
 
 extension Repository {
@@ -19,11 +22,26 @@ extension Repository {
     /// validated, every entry is made relative to an open directory, and nothing that already exists in the target is
     /// followed or written through. Damaged files are listed in `errors`; everything else is restored.
     public func restore(_ snapshot: Snapshot, subpath: String? = nil, target: String, beneath root: String? = nil) throws -> RestoreSummary {
-        try restore([(snapshot, target)], subpath: subpath, beneath: root)[0]
+        try restoreEach([(snapshot, target)], subpath: subpath, beneath: root)[0].get()
     }
 
     /// Restores several snapshots, each under its own target, in one process (a server's accounts, say), and
-    /// returns one summary per snapshot, in order; the first error that is not about one file stops the restore.
+    /// returns one summary per snapshot, in order. A snapshot that cannot be restored at all (its root listing is
+    /// damaged, it holds an unsafe name) has its `failure` set, and the others are restored all the same; inside a
+    /// snapshot, a directory whose listing cannot be read is named in `errors` and the rest is restored.
+    public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil, beneath root: String? = nil) throws -> [RestoreSummary] {
+        try restoreEach(snapshots, subpath: subpath, beneath: root).map { result in
+            switch result {
+            case .success(let summary): return summary
+            case .failure(let error):
+                var summary = RestoreSummary()
+                summary.failure = "\(error)"
+                return summary
+            }
+        }
+    }
+
+    /// The restore of several snapshots, each with its own outcome.
     ///
     /// A target is an operator's own path, made if missing and its symlinks followed like any path on a command
     /// line. With `root` (the `--target` of `restore --all`), each target is a path inside `root` and only `root` is
@@ -44,7 +62,8 @@ extension Repository {
     /// restore spent 4.4–4.7 s of system time with four threads creating files and 2.9–3.2 s this way, in the same
     /// wall time; on a new file system the two take the same time. Memory: the plans of the snapshots still being
     /// written (usually one or two), and at most `inFlight` open files (plus one batch being filled).
-    public func restore(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil, beneath root: String? = nil) throws -> [RestoreSummary] {
+    func restoreEach(_ snapshots: [(snapshot: Snapshot, target: String)], subpath: String? = nil,
+                     beneath root: String? = nil) throws -> [Result<RestoreSummary, any Error>] {
         _ = BackupSession.allocatorTuned
         let cores = max(2, ProcessInfo.processInfo.activeProcessorCount)
         // Two threads per core in all, so a core stays busy while a thread waits for a direct write or the disk.
@@ -54,19 +73,17 @@ extension Repository {
         // Plans are made one snapshot ahead on a thread of their own (reading and decoding the listings), so the
         // writers are not left idle while the next snapshot is planned.
         let plans = HandOffQueue<(index: Int, plan: Result<RestorePlan, any Error>)>(capacity: 1)
-        let stopPlanning = Atomic<Bool>(false)
         let pool = WorkerPool(threads: writers + 1, name: "restore")
         defer { pool.close() }
         pool.submit {
             let decompressor = ZstdDecompressor()
+            // A snapshot that cannot be planned fails alone: the next ones are planned all the same.
             for (index, (snapshot, target)) in snapshots.enumerated() {
-                guard !stopPlanning.load(ordering: .relaxed) else { break }
                 let plan = Result {
                     try self.makeRestorePlan(snapshot, location: try RestoreLocation(target: target, beneath: root), subpath: subpath,
                                              decompressor: decompressor)
                 }
                 plans.put((index, plan))
-                if case .failure = plan { break }
             }
             plans.close()
         }
@@ -76,7 +93,7 @@ extension Repository {
                 for created in batch { created.write(repository: self, decompressor: decompressor) }
             }
         } }
-        var failure: (any Error)?
+        var failures: [Int: any Error] = [:]
         let isRoot = getuid() == 0
         let umask = currentUmask()
         // This thread's file-system identity while it makes entries; back to the process's own before anything else.
@@ -132,17 +149,13 @@ extension Repository {
                 restoring.allQueued()
             } catch {
                 identity.reset()
-                failure = error
-                stopPlanning.store(true, ordering: .relaxed)
-                while plans.take() != nil {}
-                break
+                failures[index] = error
             }
         }
         queue.close()
         pool.wait()
-        if let failure { throw failure }
         let finished = summaries.withLock { $0 }
-        return snapshots.indices.map { finished[$0] ?? RestoreSummary() }
+        return snapshots.indices.map { index in failures[index].map { .failure($0) } ?? .success(finished[index] ?? RestoreSummary()) }
     }
 
     /// Reads `snapshot`'s trees (below `subpath`, if given) and validates every name. Nothing is written: the
@@ -389,6 +402,8 @@ struct RestorePlan {
     var symlinks: [Entry] = []
     var hardlinks: [HardLink] = []
     var others: [Entry] = []
+    /// Directories whose listing cannot be read, with the reason (they are restored empty).
+    var unreadableListings: [String] = []
 
     init(location: RestoreLocation, prefix: String, snapshotRoot: Tree) {
         self.location = location
@@ -410,8 +425,17 @@ struct RestorePlan {
             case .directory:
                 directories.append(Directory(parent: directory, name: node.name, relative: childRelative, node: node))
                 if let subtree = node.subtree {
-                    try collect(tree: try repository.loadTree(subtree, decompressor: decompressor), directory: directories.count - 1,
-                                relative: childRelative, repository: repository, decompressor: decompressor)
+                    // A listing that cannot be read (damaged, its pack lost) costs what is below it, not the restore.
+                    let listing: Tree
+                    do {
+                        listing = try repository.loadTree(subtree, decompressor: decompressor)
+                    } catch {
+                        unreadableListings.append("\(FileName.printable(childRelative))/: its directory listing cannot be read (\(error)), "
+                            + "so nothing below it is restored")
+                        continue
+                    }
+                    try collect(tree: listing, directory: directories.count - 1, relative: childRelative, repository: repository,
+                                decompressor: decompressor)
                 }
             case .file:
                 files.append(FileJob(directory: directory, name: node.name, relative: childRelative, node: node, directoriesBefore: directories.count))
@@ -691,9 +715,12 @@ final class PlanInProgress: Sendable {
     let made: MadeDirectories
     let isRoot: Bool
     private let done: @Sendable (RestoreSummary) -> Void
-    private let state = Mutex(Progress())
+    private let state: Mutex<Progress>
 
     init(plan: RestorePlan, target: DirectoryDescriptor, isRoot: Bool, done: @escaping @Sendable (RestoreSummary) -> Void) {
+        var progress = Progress()
+        progress.summary.errors = plan.unreadableListings
+        state = Mutex(progress)
         self.plan = plan
         self.target = target
         self.made = MadeDirectories(count: plan.directories.count)

@@ -48,6 +48,12 @@ public struct PruneReport: Codable, Sendable {
     /// Packs no index named (left by interrupted backups), deleted.
     public var unindexedPacksDeleted = 0
     public var bytesFreed: Int64 = 0
+    /// Packs the index named that are gone: left out of the new index (their blobs are lost; backups store them
+    /// again from the source).
+    public var missingPacks: [String] = []
+    /// Kept snapshots with a directory listing that cannot be read. What only such a listing leads to cannot be told
+    /// from garbage, so while there are any, no pack is deleted or rewritten (`repairSnapshots` first).
+    public var snapshotsWithUnreadableListings: [String] = []
 }
 
 extension Repository {
@@ -59,7 +65,17 @@ extension Repository {
         try withLock(exclusive: true) {
             // Another process may have added index files or snapshots since we opened the repository.
             try reloadIndex()
+            // The packs only a damaged index file names would look unindexed, and be deleted below.
+            let damagedFiles = damagedIndexFiles
+            guard damagedFiles.isEmpty else {
+                throw RepositoryError("index file \(damagedFiles.map { String($0.prefix(16)) }.joined(separator: ", ")) is damaged; prune would take "
+                    + "the packs only it names for garbage. Run `fleetkeep-agent repair index` first (it rebuilds the index from the packs)")
+            }
             var report = PruneReport(dryRun: dryRun)
+            // Listed before any pack is rewritten, so a new pack is never taken for an unindexed one. Packs that are
+            // gone drop out of the index: the new index is written without them.
+            let inventory = try excludeMissingPacks()
+            report.missingPacks = inventory.missing
             let all = try snapshots()
             let groups = Dictionary(grouping: all) { $0.tags }
             var kept: [Snapshot] = []
@@ -76,9 +92,13 @@ extension Repository {
                 for id in report.removedSnapshots { try storage.remove("snapshots/" + id) }
             }
             let index = indexSnapshot
-            let used = try reachableBlobs(kept, index: index)
-            // Listed before any pack is rewritten, so a new pack is never taken for an unindexed one.
-            let unindexed = try unindexedPackNames(index: index)
+            var (used, unreadable) = try reachableBlobsSkippingUnreadable(kept, index: index)
+            report.snapshotsWithUnreadableListings = unreadable.sorted()
+            if !unreadable.isEmpty {
+                // Nothing can be proven garbage: every indexed blob is kept.
+                for (id, _) in index.blobs { used.insert(id) }
+            }
+            let unindexed = inventory.unindexed
             for pack in unindexed { report.bytesFreed += Int64(try storage.size(Self.packPath(pack)) ?? 0) }
             report.unindexedPacksDeleted = unindexed.count
             // A group's members share their bytes: count each stored range once.
@@ -122,7 +142,11 @@ extension Repository {
                             // dead members' bytes; only their entries go).
                             for (_, blobs) in Dictionary(grouping: live, by: { $0.location.offset }).sorted(by: { $0.key < $1.key }) {
                                 let location = blobs[0].location
-                                try writer.append(sealed: Array(bytes[Int(location.offset)..<Int(location.offset + location.length)]), kind: location.kind,
+                                let end = Int(location.offset) + Int(location.length)
+                                guard end <= bytes.count else {
+                                    throw RepositoryError("pack \(pack.prefix(16)) is truncated; run `fleetkeep-agent repair snapshots` before pruning")
+                                }
+                                try writer.append(sealed: Array(bytes[Int(location.offset)..<end]), kind: location.kind,
                                                   entries: blobs.map { index.entry($0.id, $0.location) })
                             }
                         }

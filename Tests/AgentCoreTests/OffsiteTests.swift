@@ -1,5 +1,6 @@
 @testable import AgentCore
-import BackupEngine
+@testable import BackupEngine
+import CommandLineSupport
 import Foundation
 import SFTP
 import Testing
@@ -172,6 +173,38 @@ struct OffsiteScene {
         } catch {
             #expect("\(error)".contains("not safe"), "\(error)")
         }
+    }
+
+    /// The off-site copy gets a flipped byte in an index file and loses a pack: `offsite verify` says so (instead of
+    /// refusing to open the copy), `offsite repair index` rebuilds its index from the packs' headers, the next push
+    /// sends the lost pack again, and `offsite repair snapshots` drops what a pack lost later held.
+    @Test func offsiteRepairBringsADamagedCopyBackToHealthy() throws {
+        let scene = try OffsiteScene(sizeMB: 2)
+        _ = try scene.push()
+        let remoteRoot = scene.server.root + "/offsite"
+        let arguments = ["--repo", scene.config.repository, "--key-file", scene.config.keyFile, "--target", scene.config.offsite.target!,
+                         "--host-key", scene.config.offsite.hostKey!, "--identity", scene.config.offsite.identity!]
+        let pushed = try scene.remote().snapshots()
+        let rootID = try #require(BlobID(hex: pushed[0].tree))
+        let (lostPack, _) = try #require(try scene.remote().location(of: rootID))
+        try FileManager.default.removeItem(atPath: remoteRoot + "/" + Repository.packPath(lostPack))
+        let index = try #require(try FileManager.default.contentsOfDirectory(atPath: remoteRoot + "/index").first)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: remoteRoot + "/index/" + index)))
+        bytes[bytes.count / 2] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: remoteRoot + "/index/" + index))
+
+        #expect(try OffsiteCommands.run(["verify"] + arguments) == 1)
+        #expect(try OffsiteCommands.run(["repair", "index"] + arguments) == 0)
+        #expect(try OffsiteCommands.run(["push"] + arguments) == 0)
+        #expect(try OffsiteCommands.run(["verify", "--read-data"] + arguments) == 0)
+
+        // A pack lost after that, with nothing to send it again: its files are dropped from the off-site snapshots.
+        let (laterLoss, _) = try #require(try scene.remote().location(of: rootID))
+        try FileManager.default.removeItem(atPath: remoteRoot + "/" + Repository.packPath(laterLoss))
+        #expect(try OffsiteCommands.run(["verify"] + arguments) == 1)
+        #expect(try OffsiteCommands.run(["repair", "snapshots"] + arguments) == 0)
+        #expect(try OffsiteCommands.run(["verify", "--read-data"] + arguments) == 0)
+        #expect(throws: UsageError.self) { try OffsiteCommands.run(["repair", "everything"] + arguments) }
     }
 
     @Test func targetURLsAreValidated() {
