@@ -13,9 +13,14 @@ public struct AgentLicence: Sendable {
     /// How far the clock may be behind the latest trusted time before it counts as turned back.
     public static let rollbackTolerance: Int64 = 300
 
-    public init(state: AgentState, root: String = "/") {
+    /// How many hosting accounts the server has, checked against the tier's `max-accounts`; nil counts them under
+    /// `root` (panel accounts) when a check needs it.
+    public let accountCount: Int?
+
+    public init(state: AgentState, root: String = "/", accountCount: Int? = nil) {
         self.state = state
         self.root = root
+        self.accountCount = accountCount
     }
 
     var leasePath: String { state.directory + "/licence.lease" }
@@ -118,6 +123,13 @@ public struct AgentLicence: Sendable {
         case "expired":
             return Self.report("expired", "licence \(lease.licenceID) has expired", "ask your provider to renew it", now: now, lease: lease)
         default: break
+        }
+        // More accounts than the tier allows: the tier's features stop (a push is refused), local backups of every
+        // account go on, so no customer's data is held hostage.
+        if now < grace, let allowed = lease.features.lazy.compactMap({ $0.hasPrefix("max-accounts:") ? Int($0.dropFirst(13)) : nil }).first,
+           let accounts = accountCount ?? (try? HostingAccounts.discover(root: root, configured: [:]).count), accounts > allowed {
+            return Self.report("over-limit", "this server has \(accounts) hosting accounts; tier \(lease.tier) of licence \(lease.licenceID) allows \(allowed)",
+                               "ask your provider for a tier with more accounts; local backups of every account keep running", now: now, lease: lease)
         }
         if now < lease.expiresAt {
             return Self.report("valid", "lease \(lease.serial) of licence \(lease.licenceID) (tier \(lease.tier)) is valid until \(UTCTimeText.format(lease.expiresAt))",

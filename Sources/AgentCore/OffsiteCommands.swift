@@ -156,7 +156,8 @@ public enum OffsiteCommands {
 
     static func push(target: OffsiteTarget, config: AgentConfig, arguments: Arguments) throws -> Int32 {
         // The tier gates off-site pushes; restores, listings and verification from the remote never ask.
-        try AgentLicence(state: AgentCommands.state(arguments), root: config.root).require("offsite", for: "an off-site push")
+        let accounts = try HostingAccounts.discover(root: config.root, configured: config.accounts).count
+        try AgentLicence(state: AgentCommands.state(arguments), root: config.root, accountCount: accounts).require("offsite", for: "an off-site push")
         let local = try BackupCommands.open(config)
         let kinds = Set(config.offsite.kinds.map(\.rawValue))
         // The newest snapshot of every account/kind/database group: that is this week's off-site copy.

@@ -347,6 +347,26 @@ struct LicenceEndToEndTests {
     }
 
     /// A well-formed key (its check characters right) that the controller never issued.
+    /// A tier's `max-accounts`: a server with more accounts is `over-limit` and loses the tier's features (the push),
+    /// while its local status still says what to do. The account count comes from the server's panel (cPanel users).
+    @Test func moreAccountsThanTheTierAllowsIsOverLimit() throws {
+        let controller = try RunningController()
+        let scratch = TemporaryDirectory(prefix: "fk-e2e-licence")
+        let server = try Server(controller, in: scratch, name: "web1")
+        #expect(try controller.controller(["licence", "tiers", "set", "tiny", "--features", "offsite,max-accounts:2"]).status == 0)
+        let key = try Self.issue(controller, tier: "tiny")
+        #expect(try server.licence(["activate", key]).status == 0)
+        try FileManager.default.createDirectory(atPath: server.root + "/var/cpanel/users", withIntermediateDirectories: true)
+        for user in ["alice", "bob"] {
+            try Data("HOMEDIR=/home/\(user)\n".utf8).write(to: URL(fileURLWithPath: server.root + "/var/cpanel/users/" + user))
+        }
+        #expect(try server.status()["status"] as? String == "valid")
+        try Data("HOMEDIR=/home/carol\n".utf8).write(to: URL(fileURLWithPath: server.root + "/var/cpanel/users/carol"))
+        let over = try server.status()
+        #expect(over["status"] as? String == "over-limit")
+        #expect((over["reason"] as? String)?.contains("3 hosting accounts") == true, "\(over)")
+    }
+
     static func randomKey(id: String? = nil) -> String {
         let alphabet = Array("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
         let body = (id ?? String((0..<5).map { _ in alphabet.randomElement()! })) + String((0..<20).map { _ in alphabet.randomElement()! })
