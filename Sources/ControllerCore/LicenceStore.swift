@@ -280,20 +280,45 @@ public final class SQLiteLicenceStore: LicenceStore, CustomerStore {
     }
 }
 
-/// One agent as `agents` lists it: its record plus the licence seat it holds and whether it is a flagged clone.
+/// One agent as `agents` lists it: its stored record plus the licence seat it holds and whether it is a flagged clone.
+/// Encoded flat (the record's fields beside these), as `agents --json` prints it.
+@dynamicMemberLookup
 public struct AgentListing: Codable, Sendable {
-    public let agentID: String
-    public let hostname: String
-    public let enrolledAt: Int64
-    public let lastSeen: Int64?
-    public let removed: Bool
-    public let facts: [String: String]
-    public let problems: [String: String]
+    public let record: AgentRecord
     public let licence: String?
     /// Seen on more than one machine (keyed machine-id and root file system hashes differ).
     public let clone: Bool
     public let machines: Int
 
+    public subscript<Value>(dynamicMember field: KeyPath<AgentRecord, Value>) -> Value { record[keyPath: field] }
+
+    private enum CodingKeys: String, CodingKey { case licence, clone, machines }
+
+    init(record: AgentRecord, licence: String?, clone: Bool, machines: Int) {
+        self.record = record
+        self.licence = licence
+        self.clone = clone
+        self.machines = machines
+    }
+
+    public init(from decoder: any Decoder) throws {
+        record = try AgentRecord(from: decoder)
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        licence = try container.decodeIfPresent(String.self, forKey: .licence)
+        clone = try container.decode(Bool.self, forKey: .clone)
+        machines = try container.decode(Int.self, forKey: .machines)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try record.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encodeIfPresent(licence, forKey: .licence)
+        try container.encode(clone, forKey: .clone)
+        try container.encode(machines, forKey: .machines)
+    }
+}
+
+extension AgentListing {
     static func licensing(store: ControllerStore) throws -> (seats: [String: String], cloned: Set<String>, machines: [String: Int]) {
         var seats: [String: String] = [:], machines: [String: Int] = [:]
         for row in try store.database.query("SELECT agent_id, licence_id FROM licence_seats WHERE released_at IS NULL") {
@@ -308,9 +333,8 @@ public struct AgentListing: Codable, Sendable {
     public static func all(store: ControllerStore) throws -> [AgentListing] {
         let licensing = try licensing(store: store)
         return try store.agents().map { agent in
-            AgentListing(agentID: agent.agentID, hostname: agent.hostname, enrolledAt: agent.enrolledAt, lastSeen: agent.lastSeen,
-                         removed: agent.removed, facts: agent.facts, problems: agent.problems, licence: licensing.seats[agent.agentID],
-                         clone: licensing.cloned.contains(agent.agentID), machines: licensing.machines[agent.agentID] ?? 0)
+            AgentListing(record: agent, licence: licensing.seats[agent.agentID], clone: licensing.cloned.contains(agent.agentID),
+                         machines: licensing.machines[agent.agentID] ?? 0)
         }
     }
 }

@@ -286,28 +286,23 @@ public struct ValidationAnswer: Codable, Sendable, Equatable {
     }
 }
 
-/// The validation answer as sent: the fields in the clear for convenience, plus `signed` (base64url of the exact
-/// JSON bytes of the answer) and `signature` (Ed25519 over `"FLEETKEEP-VALIDATION-V1\n" + those bytes`).
-/// A caller that needs proof trusts only the decoded `signed` bytes (docs/PROTOCOL.md).
+/// The validation answer as sent: the answer's fields in the clear for convenience (encoded flat, beside these), plus
+/// `signed` (base64url of the exact JSON bytes of the answer) and `signature` (Ed25519 over
+/// `"FLEETKEEP-VALIDATION-V1\n" + those bytes`). A caller that needs proof trusts only the decoded `signed` bytes
+/// (docs/PROTOCOL.md).
+@dynamicMemberLookup
 public struct ValidationResponse: Codable, Sendable {
-    public var status: String
-    public var tier: String?
-    public var features: [String]
-    public var expiresAt: Int64?
-    public var servers: ServerCount
-    public var keyDigest: String
-    public var checkedAt: Int64
-    public var nonce: String?
+    public var answer: ValidationAnswer
     public var signed: String
     public var signature: String
 
     static let domain = Array("FLEETKEEP-VALIDATION-V1\n".utf8)
 
+    public subscript<Value>(dynamicMember field: KeyPath<ValidationAnswer, Value>) -> Value { answer[keyPath: field] }
+
     public static func sign(_ answer: ValidationAnswer, with key: Ed25519PrivateKey) throws -> ValidationResponse {
         let bytes = Array(try SignedPayload.encoder().encode(answer))
-        return ValidationResponse(status: answer.status, tier: answer.tier, features: answer.features, expiresAt: answer.expiresAt,
-                                  servers: answer.servers, keyDigest: answer.keyDigest, checkedAt: answer.checkedAt, nonce: answer.nonce,
-                                  signed: Base64URL.encode(bytes), signature: Base64URL.encode(try key.signature(for: domain + bytes)))
+        return ValidationResponse(answer: answer, signed: Base64URL.encode(bytes), signature: Base64URL.encode(try key.signature(for: domain + bytes)))
     }
 
     /// The signed answer, if the signature verifies with `key`.
@@ -319,18 +314,26 @@ public struct ValidationResponse: Codable, Sendable {
         return try JSONDecoder().decode(ValidationAnswer.self, from: Data(bytes))
     }
 
-    init(status: String, tier: String?, features: [String], expiresAt: Int64?, servers: ServerCount, keyDigest: String,
-         checkedAt: Int64, nonce: String?, signed: String, signature: String) {
-        self.status = status
-        self.tier = tier
-        self.features = features
-        self.expiresAt = expiresAt
-        self.servers = servers
-        self.keyDigest = keyDigest
-        self.checkedAt = checkedAt
-        self.nonce = nonce
+    private enum CodingKeys: String, CodingKey { case signed, signature }
+
+    init(answer: ValidationAnswer, signed: String, signature: String) {
+        self.answer = answer
         self.signed = signed
         self.signature = signature
+    }
+
+    public init(from decoder: any Decoder) throws {
+        answer = try ValidationAnswer(from: decoder)
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        signed = try container.decode(String.self, forKey: .signed)
+        signature = try container.decode(String.self, forKey: .signature)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try answer.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(signed, forKey: .signed)
+        try container.encode(signature, forKey: .signature)
     }
 }
 
