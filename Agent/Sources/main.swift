@@ -26,4 +26,5 @@ let commands: [String: ([String]) throws -> Int32] = [
 JobChild.bindToParentIfJob()
 CryptoLibrary.disableCleanupAtExit()
 MemoryTuning.apply()
-exit(CommandRunner.run(program: "fleetkeep-agent", version: FleetkeepVersion.agent, commands: commands, usage: AgentCommands.usage, arguments: RawArguments.current()))
+exit(CommandRunner.run(program: "fleetkeep-agent", version: FleetkeepVersion.agent, commands: commands, usage: AgentCommands.usage,
+                      help: AgentHelp.program, arguments: RawArguments.current()))

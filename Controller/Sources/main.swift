@@ -21,4 +21,5 @@ let commands: [String: ([String]) throws -> Int32] = [
 ]
 
 CryptoLibrary.disableCleanupAtExit()
-exit(CommandRunner.run(program: "fleetkeep-controller", version: FleetkeepVersion.controller, commands: commands, usage: ControllerCommands.usage))
+exit(CommandRunner.run(program: "fleetkeep-controller", version: FleetkeepVersion.controller, commands: commands, usage: ControllerCommands.usage,
+                      help: ControllerHelp.program))

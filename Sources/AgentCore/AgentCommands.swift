@@ -5,7 +5,7 @@ import Foundation
 /// The fleet-side `fleetkeep-agent` subcommands: enroll, facts, run, status.
 public enum AgentCommands {
     public static let usage = """
-    usage: fleetkeep-agent COMMAND [options]
+    usage: fleetkeep-agent COMMAND [options]        (every command and subcommand explains itself with --help or -h)
 
     fleet:
       enroll TOKEN [--state DIR]                 join a controller (state default \(AgentState.defaultDirectory))

@@ -3,8 +3,10 @@ import Foundation
 /// Dispatches `argv[1]` to a command and turns errors into exit statuses: 2 for usage errors, 1 for the rest.
 /// `--version` (or `version`) prints the program's name and version, as packaging and support scripts expect.
 public enum CommandRunner {
+    /// `--help` or `-h` anywhere after the command (before `--`) prints that command's help from `help` and exits 0,
+    /// before the command runs.
     public static func run(program: String, version: String, commands: [String: ([String]) throws -> Int32], usage: String,
-                           arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Int32 {
+                           help: ProgramHelp? = nil, arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Int32 {
         guard let name = arguments.first, !["-h", "--help", "help"].contains(name) else {
             print(usage)
             return arguments.isEmpty ? 2 : 0
@@ -20,6 +22,10 @@ public enum CommandRunner {
         guard let command = commands[name] else {
             Console.error("\(program): unknown command '\(name)'\n\n\(usage)")
             return 2
+        }
+        if ProgramHelp.asksForHelp(Array(arguments.dropFirst())) {
+            print(help?.text(for: arguments) ?? usage)
+            return 0
         }
         do {
             return try command(Array(arguments.dropFirst()))

@@ -5,7 +5,8 @@ import FleetkeepProtocol
 /// The `fleetkeep-controller` subcommands, kept in the library so tests can call them.
 public enum ControllerCommands {
     public static let usage = """
-    usage: fleetkeep-controller COMMAND [options]     (every command takes --data DIR, default \(ControllerPaths.defaultDirectory))
+    usage: fleetkeep-controller COMMAND [options]     (every command takes --data DIR, default \(ControllerPaths.defaultDirectory),
+                                                      and explains itself with --help or -h)
 
       init   [--heartbeat-interval 5m]                 create database, signing key and TLS certificate; print the fingerprint
       serve  [--listen HOST:PORT] [--url URL]          serve the agent API over HTTPS (default listen 0.0.0.0:8443)
