@@ -326,16 +326,22 @@ public enum DataInventory {
         if let field = undeclared(problems.keys) {
             return "problem key '\(field.prefix(64))' is not a fact in the controller's data inventory; nothing was stored"
         }
-        for (name, value) in facts.sorted(by: { $0.key < $1.key }) {
-            let shape = factShapes[name] ?? .text(maxBytes: longestValue)
-            if value.utf8.count > longestValue { return "fact '\(name)' is longer than \(longestValue) bytes; nothing was stored" }
-            if let problem = shape.problem(with: value) { return "fact '\(name)' \(problem); nothing was stored" }
+        // On every heartbeat: checked unsorted, and the failing field with the smallest name is reported, so the
+        // error is stable without sorting each time.
+        var failure: (name: String, message: String)?
+        func note(_ name: String, _ message: String) { if failure.map({ name < $0.name }) ?? true { failure = (name, message) } }
+        for (name, value) in facts {
+            if value.utf8.count > longestValue { note(name, "fact '\(name)' is longer than \(longestValue) bytes; nothing was stored") }
+            else if let problem = (factShapes[name] ?? .text(maxBytes: longestValue)).problem(with: value) {
+                note(name, "fact '\(name)' \(problem); nothing was stored")
+            }
         }
-        for (name, value) in problems.sorted(by: { $0.key < $1.key }) {
-            if value.utf8.count > longestValue { return "problem '\(name)' is longer than \(longestValue) bytes; nothing was stored" }
-            if let problem = ValueShape.text(maxBytes: longestValue).problem(with: value) { return "problem '\(name)' \(problem); nothing was stored" }
+        if let failure { return failure.message }
+        for (name, value) in problems {
+            if value.utf8.count > longestValue { note(name, "problem '\(name)' is longer than \(longestValue) bytes; nothing was stored") }
+            else if let problem = ValueShape.text(maxBytes: longestValue).problem(with: value) { note(name, "problem '\(name)' \(problem); nothing was stored") }
         }
-        return nil
+        return failure?.message
     }
 
     /// The first undeclared fact name, if any, in sorted order so the error is stable.

@@ -119,8 +119,13 @@ public final class PrivacyService: Sendable {
     /// Appends an audit entry before personal data is handed out: if it cannot be written, nothing is read.
     @discardableResult
     public func audit(_ access: Access, action: String, subject: String) throws -> AuditEntry {
-        try store.appendAudit(at: clock(), actor: String(access.actor.prefix(200)), action: action, subject: subject,
-                              reason: String(access.reason.prefix(500)))
+        // Actor and reason come from the environment and the command line: no control characters reach a terminal
+        // that lists the log.
+        func printable(_ text: String, _ limit: Int) -> String {
+            String(String(text.unicodeScalars.filter { $0.properties.generalCategory != .control }).prefix(limit))
+        }
+        return try store.appendAudit(at: clock(), actor: printable(access.actor, 200), action: action, subject: subject,
+                                     reason: printable(access.reason, 500))
     }
 
     // MARK: Consent

@@ -36,6 +36,12 @@ public enum PrivacySchema {
     /// Seals personal data written in clear by a controller from before encryption at rest (customers' names and
     /// emails, agents' host names) and cuts stored addresses down; then checkpoints the WAL so no old frame keeps them.
     static func sealPlaintext(database: Database, keys: PrivacyKeys) throws {
+        // Checked without the write lock first: every command opens the store, and there is nearly always nothing to do.
+        let pending = try database.query("""
+            SELECT EXISTS (SELECT 1 FROM customers WHERE name != '' OR email != '')
+                OR EXISTS (SELECT 1 FROM agents WHERE hostname != '' OR facts LIKE '%"hostname"%') AS pending
+            """).first?.int("pending") ?? 0
+        guard pending != 0 else { return }
         let changed = try database.transaction { db -> Int in
             var changed = 0
             for row in try db.query("SELECT id, name, email FROM customers WHERE name != '' OR email != ''") {
