@@ -57,7 +57,7 @@ var targets: [Target] = [
     .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),
     .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "TestSupport"]),
     .testTarget(name: "ControllerCoreTests", dependencies: ["ControllerCore", "TestSupport"]),
-    .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Crypto", "HTTPClient", "FleetkeepProtocol"]),
+    .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Crypto", "HTTPClient", "FleetkeepProtocol", "SQLite"]),
 ]
 
 // One place for compiler settings, applied to every Swift target.

@@ -21,6 +21,7 @@ let commands: [String: ([String]) throws -> Int32] = [
     "escrow": KeyEscrow.command,
     "licence": AgentLicenceCommands.run,
     "license": AgentLicenceCommands.run,
+    "telemetry": TelemetryCommands.run,
 ]
 
 JobChild.bindToParentIfJob()

@@ -18,6 +18,11 @@ public enum AgentCommands {
       licence status [--state DIR] [--json]       valid|grace|expired|suspended|revoked|over-limit|invalid|unlicensed|clock-rollback
       licence install FILE                        install a lease file from the operator (same checks)
       escrow [--state DIR] [--key-file FILE]      escrow the repository key, sealed to the operator's recovery key
+      telemetry [off|local|on|status] [--state DIR] [--config FILE] [--json]
+                                                  improvement telemetry: off, local (default: counters stay here) or on
+                                                  (uploaded once the customer consented on the controller); agent.conf
+                                                  `telemetry = off` or DO_NOT_TRACK=1 turn it off whatever is chosen
+      telemetry preview [--json] [--state DIR] [--config FILE]   the exact bytes of the next upload
 
     backup (every command takes --config FILE, default /etc/fleetkeep/agent.conf, and --key-file FILE):
       repo init [--repo DIR]
@@ -76,7 +81,7 @@ public enum AgentCommands {
         }
         let daemon = HeartbeatDaemon(state: state(arguments),
                                      collector: FactsCollector(root: arguments.value("root") ?? "/", tier: arguments.value("tier") ?? "standard"),
-                                     intervalOverride: interval)
+                                     intervalOverride: interval, configPath: arguments.value("config"))
         try daemon.run()
         return 0
     }

@@ -1,4 +1,5 @@
 import BackupEngine
+import FleetkeepProtocol
 import Foundation
 
 /// The agent's backup configuration, read from `/etc/fleetkeep/agent.conf` (or `--config`). Command-line flags
@@ -18,6 +19,8 @@ public struct AgentConfig: Sendable {
         .files: RetentionPolicy(keepDaily: 30), .databases: RetentionPolicy(keepDaily: 30), .email: RetentionPolicy(keepDaily: 1),
     ]
     public var offsite = OffsiteSettings()
+    /// `telemetry = off|local|on`: caps the mode chosen with `fleetkeep-agent telemetry` (off wins over everything).
+    public var telemetry: TelemetryMode?
 
     /// How to reach MariaDB/MySQL for dumps.
     public struct DatabaseSettings: Sendable {
@@ -90,6 +93,9 @@ public struct AgentConfig: Sendable {
             case ("", "repository"): config.repository = try absolutePath()
             case ("", "key-file"): config.keyFile = try absolutePath()
             case ("", "host"): config.host = value
+            case ("", "telemetry"):
+                guard let mode = TelemetryMode(rawValue: value) else { throw AgentError("\(location): telemetry must be off, local or on, got '\(value)'") }
+                config.telemetry = mode
             case ("database", "socket"): config.database.socket = try absolutePath()
             case ("database", "host"): config.database.host = value
             case ("database", "port"): config.database.port = try wholeNumber()

@@ -24,6 +24,8 @@ public struct AgentState: Sendable {
         public var lastSuccessAt: Date?
         public var lastError: String?
         public var licence: LicenceStatus?
+        /// What the controller's last heartbeat answer said about the customer's consent to improvement telemetry.
+        public var telemetryConsent: Bool?
     }
 
     public let directory: String

@@ -39,6 +39,17 @@ public struct ControllerConnection: Sendable {
         return try Self.decode(response, path: path, as: answer)
     }
 
+    /// Sends `body` exactly as given (the telemetry upload, whose bytes `telemetry preview` shows), signed afresh on
+    /// each attempt, and decodes the answer.
+    func post<Answer: Decodable>(_ path: String, body: [UInt8], as answer: Answer.Type) throws -> Answer {
+        var response = try send(path, body)
+        if response.status == 401 && usesSessions {
+            session.state.withLock { $0 = nil }
+            response = try send(path, body)
+        }
+        return try Self.decode(response, path: path, as: answer)
+    }
+
     private func send(_ path: String, _ body: [UInt8]) throws -> HTTPClientResponse {
         let headers = ["content-type": "application/json"]
         guard usesSessions else {

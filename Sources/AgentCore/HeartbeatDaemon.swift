@@ -10,13 +10,16 @@ public struct HeartbeatDaemon: Sendable {
     /// Overrides the interval the controller asks for (tests and demos use seconds).
     public let intervalOverride: Double?
     public let log: @Sendable (String) -> Void
+    /// Improvement telemetry: its mode and counters (see `AgentTelemetry`); agent.conf can turn it off.
+    public let telemetry: AgentTelemetry
 
-    public init(state: AgentState, collector: FactsCollector, intervalOverride: Double? = nil,
+    public init(state: AgentState, collector: FactsCollector, intervalOverride: Double? = nil, configPath: String? = nil,
                 log: @escaping @Sendable (String) -> Void = { print($0); fflush(nil) }) {
         self.state = state
         self.collector = collector
         self.intervalOverride = intervalOverride
         self.log = log
+        telemetry = AgentTelemetry(state: state, configPath: configPath)
     }
 
     /// Sends one heartbeat and records the outcome in the state directory.
@@ -33,12 +36,17 @@ public struct HeartbeatDaemon: Sendable {
             status.lastSuccessAt = Date()
             status.lastError = nil
             status.licence = answer.licence
+            status.telemetryConsent = answer.telemetryConsent ?? false
             if let lease = answer.lease {
                 do { try licence.accept(lease, controllerTime: answer.controllerTime) } catch {
                     log("lease from the controller refused: \(error)")
                 }
             }
             try state.save(status)
+            // Uploads only in mode `on` with consent; in any other mode no request is made (see AgentTelemetry).
+            if let line = telemetry.afterHeartbeat(consent: answer.telemetryConsent ?? false, send: { body in
+                try connection.post(APIPath.telemetry, body: body, as: TelemetryReceipt.self)
+            }) { log(line) }
             return answer
         } catch {
             status.lastError = "\(error)"

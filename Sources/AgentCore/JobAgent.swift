@@ -259,6 +259,7 @@ public final class JobAgent: Sendable {
         do { try PrivateFile.write(directory + "/result-\(name).json", AgentState.encode(result)) } catch {
             log("cannot spool the result of \(name): \(error)")
         }
+        AgentTelemetry(state: state, configPath: configPath).record(result)
     }
 
     /// Sends every spooled result; each file is removed only after the controller answered 2xx (recorded or

@@ -40,7 +40,11 @@ public enum AgentLicenceCommands {
         var enrollment = try licence.state.loadEnrollment()
         guard let machine = licence.machineIdentity() else { throw AgentError("this agent is not enrolled; run `fleetkeep-agent enroll TOKEN` first") }
         let connection = try Enrollment.connection(state: licence.state)
-        let answer = try connection.post(APIPath.licenceActivate, ActivationRequest(key: key.text, machine: machine), as: ActivationResponse.self)
+        // The server's address goes in full only into the controller's encrypted activation record.
+        let address = FactsCollector(root: licence.root).collect().primaryIP
+        let answer = try connection.post(APIPath.licenceActivate, ActivationRequest(key: key.text, machine: machine,
+                                                                                    address: address == AgentFacts.unknown ? nil : address),
+                                         as: ActivationResponse.self)
         if let pinned = enrollment.controllerSigningKey {
             guard pinned == answer.controllerSigningKey else {
                 throw AgentError("the controller's signing key differs from the one pinned at enrollment; refusing its lease (was the controller replaced? enroll again)")

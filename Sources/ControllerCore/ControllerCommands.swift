@@ -20,7 +20,7 @@ public enum ControllerCommands {
       recovery-key set PUBLIC_KEY                      agents escrow their repository keys to this public key
       escrow open AGENT_ID --recovery-key FILE --out FILE   recover a dead server's repository key file
     \(LicenceCommands.usage)
-    """ + "\n" + ScheduleCommands.usage + "\n" + JobCommands.usage
+    """ + "\n" + ScheduleCommands.usage + "\n" + JobCommands.usage + "\n" + PrivacyCommands.usage
 
     public static func paths(_ arguments: Arguments) -> ControllerPaths {
         ControllerPaths(directory: arguments.value("data") ?? ControllerPaths.defaultDirectory)
@@ -100,7 +100,7 @@ public enum ControllerCommands {
     }
 
     public static func agents(_ raw: [String]) throws -> Int32 {
-        let arguments = try Arguments(raw, options: ["data"], flags: ["json"])
+        let arguments = try Arguments(raw, options: ["data", "reason"], flags: ["json"])
         let (store, pin) = try ControllerSetup.open(paths: paths(arguments))
         if arguments.positionals.first == "remove" {
             let agentID = try arguments.positional(1, "AGENT_ID")
@@ -110,6 +110,8 @@ public enum ControllerCommands {
             return 0
         }
         try arguments.expectPositionals(atMost: 0)
+        // Host names are personal data: the listing is recorded in the audit log before it is read.
+        try PrivacyService(controllerStore: store).audit(Access.currentOperator(reason: arguments.value("reason")), action: "agents", subject: "all agents")
         let agents = try AgentListing.all(store: store)
         if arguments.flag("json") {
             print(try jsonText(agents))
@@ -123,9 +125,11 @@ public enum ControllerCommands {
     }
 
     public static func report(_ raw: [String]) throws -> Int32 {
-        let arguments = try Arguments(raw, options: ["data"], flags: ["json"])
+        if raw.first == "aggregate" { return try PrivacyCommands.aggregate(raw) }
+        let arguments = try Arguments(raw, options: ["data", "reason"], flags: ["json"])
         try arguments.expectPositionals(atMost: 0)
         let (store, _) = try ControllerSetup.open(paths: paths(arguments))
+        try PrivacyService(controllerStore: store).audit(Access.currentOperator(reason: arguments.value("reason")), action: "report", subject: "all agents")
         let rows = try FleetReport.rows(store: store)
         print(arguments.flag("json") ? try jsonText(rows) : FleetReport.table(rows))
         return 0

@@ -21,13 +21,19 @@ public final class ControllerService: Sendable {
     private let interval: Int
     /// Licences, leases and the validation API (see `LicenceService`).
     public let licences: LicenceService
+    /// Consent, telemetry, audit, data-subject requests and retention (see `PrivacyService`).
+    public let privacy: PrivacyService
+    /// The controller's own log (standard output when serving). Addresses in it are cut down (`AddressPrivacy`).
+    let log: @Sendable (String) -> Void
 
     /// `sessionSecret` keys the session tokens (see `SessionTickets`); serving processes derive it from the signing key.
     /// `signingKey` signs leases and validation answers; serving processes load the controller's own.
     public init(store: ControllerStore, certificatePin: String, sessionSecret: [UInt8] = SecureRandom.bytes(32),
                 signingKey: Ed25519PrivateKey = Ed25519PrivateKey(),
-                clock: @escaping @Sendable () -> Int64 = FleetkeepClock.now) {
+                clock: @escaping @Sendable () -> Int64 = FleetkeepClock.now,
+                log: @escaping @Sendable (String) -> Void = { print($0); fflush(nil) }) {
         self.store = store
+        self.log = log
         self.certificatePin = certificatePin
         sessions = SessionTickets(secret: sessionSecret)
         let started = clock()
@@ -35,7 +41,8 @@ public final class ControllerService: Sendable {
         restartFloor = ((try? store.lastSignedHeartbeats(since: started - RequestSigning.allowedSkew - 60)) ?? [:]).mapValues { min($0, started) }
         self.clock = clock
         interval = (try? store.heartbeatInterval()) ?? 300
-        licences = LicenceService(store: SQLiteLicenceStore(database: store.database), signingKey: signingKey, clock: clock)
+        licences = LicenceService(store: SQLiteLicenceStore(database: store.database, keys: store.keys), signingKey: signingKey, clock: clock)
+        privacy = PrivacyService(controllerStore: store, clock: clock)
     }
 
     /// Batches heartbeat writes: each heartbeat updates memory, and one transaction per `period` writes the latest
@@ -55,6 +62,22 @@ public final class ControllerService: Sendable {
                 }
                 removalsCheckedAt = now
                 try? licences.refreshChanges()
+                try? privacy.refresh()
+            }
+        }
+    }
+
+    /// Runs the retention purge now and then once a day (see `PrivacyService.purge`), logging what it deleted.
+    public func startDailyPurge(period: Double = 86400) {
+        Thread.detachNewThread { [self] in
+            while true {
+                do {
+                    let report = try privacy.purge(dryRun: false)
+                    log("privacy purge: \(report.customersErased.count) customers erased, \(report.agentsCleared.count) removed agents cleared, \(report.telemetryRecords) telemetry records and \(report.tokens) tokens deleted")
+                } catch {
+                    log("privacy purge failed: \(error); it runs again in \(Int(period))s")
+                }
+                Thread.sleep(forTimeInterval: period)
             }
         }
     }
@@ -86,7 +109,16 @@ public final class ControllerService: Sendable {
             return .json(EscrowRecipient(recoveryPublicKey: try store.setting("recovery_public_key")))
         }
         router.add("POST", APIPath.escrow) { [self] in try depositEscrow($0) }
-        licences.addRoutes(to: &router) { [self] in try authenticate($0) }
+        licences.addRoutes(to: &router, authenticate: { [self] in try authenticate($0) }) { [self] agentID, licenceID, request, remoteAddress in
+            do {
+                try privacy.recordActivation(licenceID: licenceID, agentID: agentID, requestAddress: remoteAddress, serverAddress: request.address,
+                                             hostname: try store.hostname(agentID: agentID))
+                log("licence \(licenceID) activated by agent \(agentID) from \(AddressPrivacy.redacted(remoteAddress))")
+            } catch {
+                log("licence \(licenceID) activated by agent \(agentID), but its activation record was not stored: \(error)")
+            }
+        }
+        privacy.addRoutes(to: &router, authenticate: { [self] in try authenticate($0) }, log: log)
         return router
     }
 
@@ -132,7 +164,10 @@ public final class ControllerService: Sendable {
             throw HTTPError(409, "replayed request: signed at or before the last heartbeat stored before the controller restarted; sign it again")
         }
         let body = try decode(HeartbeatRequest.self, request)
-        if let violation = DataInventory.violation(facts: body.facts, problems: body.problems) { throw HTTPError(400, violation) }
+        if let violation = DataInventory.violation(facts: body.facts, problems: body.problems) {
+            log("heartbeat from agent \(agentID) (\(AddressPrivacy.redacted(request.remoteAddress))) refused: \(violation)")
+            throw HTTPError(400, violation)
+        }
         let now = clock()
         let batched = pendingHeartbeats.withLock { pending -> Bool in
             guard pending != nil else { return false }
@@ -142,7 +177,8 @@ public final class ControllerService: Sendable {
         }
         if !batched { try store.recordHeartbeat(agentID: agentID, facts: body.facts, problems: body.problems, now: now, signedAt: signedAt) }
         let (licence, lease) = try licences.renewal(agentID: agentID, machine: body.machine, now: now)
-        return .json(HeartbeatResponse(heartbeatIntervalSeconds: interval, licence: licence, lease: lease, controllerTime: now))
+        return .json(HeartbeatResponse(heartbeatIntervalSeconds: interval, licence: licence, lease: lease, controllerTime: now,
+                                       telemetryConsent: try privacy.consentForHeartbeat(agentID: agentID)))
     }
 
     /// Stores a repository key sealed to the operator's recovery key; only that exact key is accepted, so an agent

@@ -40,6 +40,8 @@ public enum ControllerSetup {
         guard let pem = try? String(contentsOfFile: paths.certificate, encoding: .utf8) else {
             throw ControllerError("cannot read TLS certificate \(paths.certificate)")
         }
+        // A database restored from a copy older than an erasure must not bring the erased customer back.
+        try PrivacyService(controllerStore: store).applyLedger()
         return (store, try SelfSignedCertificate.publicKeySHA256(certificatePEM: pem))
     }
 
@@ -68,6 +70,7 @@ public enum ControllerSetup {
         let service = ControllerService(store: store, certificatePin: pin, sessionSecret: try sessionSecret(paths: paths),
                                             signingKey: try signingKey(paths: paths))
         service.startBatchedWrites()
+        service.startDailyPurge()
         if plainHTTP && !isLoopback(host) {
             throw ControllerError("plain HTTP is only allowed on a loopback address (127.0.0.1, ::1, localhost), not \(host); drop --plain-http to serve HTTPS")
         }

@@ -17,6 +17,8 @@ public struct AgentRecord: Codable, Sendable {
 /// The controller's SQLite database: enrollment tokens, agents, their latest facts and settings.
 public final class ControllerStore: Sendable {
     public let database: Database
+    /// The privacy key beside the database (see `PrivacyKeys`): personal fields are sealed with it.
+    public let keys: PrivacyKeys
 
     static let migrations = [
         Migration(version: 1, sql: """
@@ -43,9 +45,16 @@ public final class ControllerStore: Sendable {
             """),
     ]
 
+    /// The schema as it was before encryption at rest (for tests of the upgrade).
+    public static var migrationsBeforePrivacy: [Migration] { migrations + LicenceSchema.migrations }
+
     public init(path: String) throws {
         database = try Database(path: path)
-        try database.migrate(Self.migrations + LicenceSchema.migrations)
+        // Deleted and overwritten cells are zeroed, so an erased or re-encrypted value does not linger in free pages.
+        try database.execute("PRAGMA secure_delete=ON")
+        try database.migrate(Self.migrations + LicenceSchema.migrations + PrivacySchema.migrations)
+        keys = try PrivacyKeys.open(database: database)
+        try PrivacySchema.sealPlaintext(database: database, keys: keys)
     }
 
     // MARK: Settings
@@ -99,9 +108,10 @@ public final class ControllerStore: Sendable {
                 throw RequestSigning.Rejection(status: 409, message: "this agent key is already enrolled")
             }
             try db.run("UPDATE tokens SET used_at = ?, used_by = ? WHERE id = ?", [.integer(now), .text(agentID), .text(tokenID)])
-            try db.run("INSERT INTO agents (id, public_key, hostname, enrolled_at, last_seen, facts, problems) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [.text(agentID), .blob(publicKey.rawRepresentation), .text(facts["hostname"] ?? "unknown"), .integer(now),
-                        .integer(now), .text(Self.json(facts)), .text(Self.json(problems))])
+            let stored = try storedForm(facts)
+            try db.run("INSERT INTO agents (id, public_key, hostname, hostname_sealed, enrolled_at, last_seen, facts, problems) VALUES (?, ?, '', ?, ?, ?, ?, ?)",
+                       [.text(agentID), .blob(publicKey.rawRepresentation), .blob(stored.hostname), .integer(now),
+                        .integer(now), .text(stored.facts), .text(Self.json(problems))])
             return agentID
         }
     }
@@ -132,9 +142,19 @@ public final class ControllerStore: Sendable {
     /// Records a heartbeat. The replay floor (`last_request_at`) never passes the controller's own clock: a heartbeat
     /// signed by a clock running ahead must not make the agent's correct heartbeats look replayed after a restart.
     func recordHeartbeat(agentID: String, facts: [String: String], problems: [String: String], now: Int64, signedAt: Int64) throws {
-        try database.run("UPDATE agents SET last_seen = ?, last_request_at = MAX(COALESCE(last_request_at, 0), ?), hostname = ?, facts = ?, problems = ? WHERE id = ?",
-                         [.integer(now), .integer(min(signedAt, now)), .text(facts["hostname"] ?? "unknown"), .text(Self.json(facts)),
+        let stored = try storedForm(facts)
+        try database.run("UPDATE agents SET last_seen = ?, last_request_at = MAX(COALESCE(last_request_at, 0), ?), hostname_sealed = ?, facts = ?, problems = ? WHERE id = ? AND removed_at IS NULL",
+                         [.integer(now), .integer(min(signedAt, now)), .blob(stored.hostname), .text(stored.facts),
                           .text(Self.json(problems)), .text(agentID)])
+    }
+
+    /// Facts as the privacy rules allow them in the database: the host name sealed on its own, the primary address
+    /// cut to its /24 or /48, everything else as sent (and already checked against the inventory).
+    func storedForm(_ facts: [String: String]) throws -> (facts: String, hostname: [UInt8]) {
+        var kept = facts
+        let hostname = kept.removeValue(forKey: "hostname") ?? "unknown"
+        if let address = kept["primaryIP"] { kept["primaryIP"] = AddressPrivacy.redacted(address) }
+        return (Self.json(kept), try keys.seal(hostname, field: "agent.hostname"))
     }
 
     /// Signed timestamps of the last stored heartbeats at or after `since`, by agent.
@@ -166,12 +186,22 @@ public final class ControllerStore: Sendable {
         try database.query("SELECT id FROM agents WHERE removed_at >= ?", [.integer(since)]).compactMap { $0.string("id") }
     }
 
+    /// One agent's host name, opened.
+    func hostname(agentID: String) throws -> String? {
+        try keys.open(optional: try database.query("SELECT hostname_sealed FROM agents WHERE id = ?", [.text(agentID)]).first?.blob("hostname_sealed"),
+                      field: "agent.hostname")
+    }
+
+    /// Every agent, host names opened (a read of personal data: callers that show them record it in the audit log).
     public func agents() throws -> [AgentRecord] {
-        try database.query("SELECT * FROM agents ORDER BY hostname, id").map { row in
-            AgentRecord(agentID: row.string("id") ?? "", hostname: row.string("hostname") ?? "", enrolledAt: row.int("enrolled_at") ?? 0,
-                        lastSeen: row.int("last_seen"), removed: row.int("removed_at") != nil,
-                        facts: Self.decode(row.string("facts")), problems: Self.decode(row.string("problems")))
-        }
+        try database.query("SELECT * FROM agents ORDER BY id").map { row in
+            let hostname = try keys.open(optional: row.blob("hostname_sealed"), field: "agent.hostname") ?? ""
+            var facts = Self.decode(row.string("facts"))
+            if !hostname.isEmpty { facts["hostname"] = hostname }
+            return AgentRecord(agentID: row.string("id") ?? "", hostname: hostname, enrolledAt: row.int("enrolled_at") ?? 0,
+                               lastSeen: row.int("last_seen"), removed: row.int("removed_at") != nil,
+                               facts: facts, problems: Self.decode(row.string("problems")))
+        }.sorted { ($0.hostname, $0.agentID) < ($1.hostname, $1.agentID) }
     }
 
     static func json(_ value: [String: String]) -> String {

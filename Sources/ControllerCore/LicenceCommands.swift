@@ -18,16 +18,20 @@ public enum LicenceCommands {
     public static func run(_ raw: [String]) throws -> Int32 {
         let arguments = try Arguments(raw, options: ["data", "customer", "email", "tier", "max-servers", "expires", "agent", "features",
                                                      "description", "move-limit", "move-window", "lease-duration", "lease-grace",
-                                                     "validate-rate", "validate-burst", "key-rate", "key-burst"], flags: ["json"])
+                                                     "validate-rate", "validate-burst", "key-rate", "key-burst", "reason"], flags: ["json"])
         let (store, _) = try ControllerSetup.open(paths: ControllerCommands.paths(arguments))
         let paths = ControllerCommands.paths(arguments)
-        let service = LicenceService(store: SQLiteLicenceStore(database: store.database), signingKey: try ControllerSetup.signingKey(paths: paths))
+        let service = LicenceService(store: SQLiteLicenceStore(database: store.database, keys: store.keys), signingKey: try ControllerSetup.signingKey(paths: paths))
+        // Customer names and emails are personal data: `list` and `show` are recorded in the audit log first.
+        let privacy = PrivacyService(controllerStore: store)
+        let access = Access.currentOperator(reason: arguments.value("reason"))
         let json = arguments.flag("json")
         do {
             switch arguments.positionals.first {
             case "issue": return try issue(service, arguments, json: json)
             case "list":
                 try arguments.expectPositionals(atMost: 1)
+                try privacy.audit(access, action: "licence list", subject: "all customers")
                 let rows = try service.list()
                 if json { print(try ControllerCommands.jsonText(rows)) } else {
                     for row in rows {
@@ -38,7 +42,9 @@ public enum LicenceCommands {
                 return 0
             case "show":
                 try arguments.expectPositionals(atMost: 2)
-                let detail = try service.detail(try service.find(try arguments.positional(1, "licence ID or KEY")))
+                let licence = try service.find(try arguments.positional(1, "licence ID or KEY"))
+                try privacy.audit(access, action: "licence show", subject: "customer \(licence.customerID)")
+                let detail = try service.detail(licence)
                 if json { print(try ControllerCommands.jsonText(detail)) } else { printDetail(detail) }
                 return 0
             case "suspend", "resume", "revoke":
@@ -157,7 +163,7 @@ public enum LicenceCommands {
 
     static func printDetail(_ detail: LicenceService.Detail) {
         print("licence:   \(detail.id) (\(detail.status); state \(detail.state))")
-        print("customer:  \(detail.customer.map { "\($0.name) <\($0.email)>" } ?? "?")")
+        print("customer:  \(detail.customer.map { "\($0.name) <\($0.email)>" } ?? "?") (customer \(detail.customerID))")
         print("tier:      \(detail.tier) (\(detail.features.joined(separator: ", ")))")
         print("issued:    \(UTCText.format(detail.issuedAt)); expires \(detail.expiresAt.map(UTCText.format) ?? "never")")
         print("servers:   \(detail.servers.count) of \(detail.maxServers)")

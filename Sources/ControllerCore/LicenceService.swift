@@ -138,6 +138,7 @@ public final class LicenceService: Sendable {
 
     public struct Detail: Codable, Sendable {
         public var id: String
+        public var customerID: Int64
         public var customer: Customer?
         public var tier: String
         public var features: [String]
@@ -153,7 +154,7 @@ public final class LicenceService: Sendable {
 
     public func detail(_ licence: Licence) throws -> Detail {
         let seats = try store.allSeats(licenceID: licence.id)
-        return Detail(id: licence.id, customer: try customers.customer(licence.customerID), tier: licence.tier,
+        return Detail(id: licence.id, customerID: licence.customerID, customer: try customers.customer(licence.customerID), tier: licence.tier,
                       features: try store.tier(licence.tier)?.features ?? [], maxServers: licence.maxServers, issuedAt: licence.issuedAt,
                       expiresAt: licence.expiresAt, state: licence.state.rawValue, status: licence.effectiveStatus(now: clock()),
                       servers: seats.filter { $0.releasedAt == nil }, releasedServers: seats.filter { $0.releasedAt != nil },
@@ -404,14 +405,24 @@ public final class LicenceService: Sendable {
     // MARK: HTTP
 
     /// The licence routes, for the controller's router.
-    func addRoutes(to router: inout Router, authenticate: @escaping @Sendable (HTTPRequest) throws -> String) {
+    /// `activated` runs after each successful activation with the agent id, the licence id, the request and the
+    /// client address (the controller keeps them in its encrypted activation record).
+    func addRoutes(to router: inout Router, authenticate: @escaping @Sendable (HTTPRequest) throws -> String,
+                   activated: @escaping @Sendable (_ agentID: String, _ licenceID: String, ActivationRequest, _ remoteAddress: String) -> Void = { _, _, _, _ in }) {
         router.add("POST", APIPath.licenceActivate) { [self] request in
             let agentID = try authenticate(request)
             let body: ActivationRequest
             do { body = try JSONDecoder().decode(Strict<ActivationRequest>.self, from: Data(request.body)).value } catch {
                 throw HTTPError(400, "request body must be JSON {\"key\": \"FK-...\", \"machine\": {...}}: \(ControllerService.describe(error))")
             }
-            return try Self.http { .json(try activate(agentID: agentID, request: body)) }
+            if let address = body.address, !AddressPrivacy.isAddress(address) {
+                throw HTTPError(400, "address must be an IPv4 or IPv6 address; nothing was activated")
+            }
+            return try Self.http {
+                let answer = try activate(agentID: agentID, request: body)
+                if let licenceID = try? LicenceKey(text: body.key).licenceID { activated(agentID, licenceID, body, request.remoteAddress) }
+                return .json(answer)
+            }
         }
         router.add("POST", APIPath.licenceValidate) { [self] request in
             try Self.http { .json(try validate(body: request.body, remoteAddress: request.remoteAddress)) }

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import SQLite
 
@@ -85,24 +86,40 @@ public enum LicenceSchema {
 /// `LicenceStore` and `CustomerStore` on the controller's SQLite database.
 public final class SQLiteLicenceStore: LicenceStore, CustomerStore {
     let database: Database
+    /// Seals customers' names and emails (AES-256-GCM, see `PrivacyKeys`).
+    let keys: PrivacyKeys
 
     /// `database` must have the licence schema: `ControllerStore` applies `LicenceSchema.migrations` on open.
-    public init(database: Database) {
+    public init(database: Database, keys: PrivacyKeys) {
         self.database = database
+        self.keys = keys
+    }
+
+    /// For a database opened by `ControllerStore`, which loaded its privacy key. Any other database gets a key
+    /// that lives only as long as this process: its customers stay sealed, never in clear.
+    public convenience init(database: Database) {
+        self.init(database: database, keys: PrivacyKeys.registered(for: database) ?? .ephemeral())
     }
 
     public func transaction<T>(_ body: () throws -> T) throws -> T { try database.transaction { _ in try body() } }
 
-    // MARK: Customers (personal data: the one place to encrypt)
+    // MARK: Customers (personal data: sealed with the privacy key)
 
+    /// Name and email are stored only sealed; the random uid keys the erasure ledger.
     public func addCustomer(_ customer: Customer, now: Int64) throws -> Int64 {
-        try database.query("INSERT INTO customers (created_at, name, email) VALUES (?, ?, ?) RETURNING id",
-                           [.integer(now), .text(customer.name), .text(customer.email)]).first?.int("id") ?? 0
+        try database.query("INSERT INTO customers (created_at, name, email, name_sealed, email_sealed, uid) VALUES (?, '', '', ?, ?, ?) RETURNING id",
+                           [.integer(now), .blob(try keys.seal(customer.name, field: "customer.name")),
+                            .blob(try keys.seal(customer.email, field: "customer.email")), .text(Hex.encode(SecureRandom.bytes(16)))])
+            .first?.int("id") ?? 0
     }
 
+    /// The customer's opened name and email; an erased customer reads as "(erased)".
     public func customer(_ id: Int64) throws -> Customer? {
-        guard let row = try database.query("SELECT name, email FROM customers WHERE id = ?", [.integer(id)]).first else { return nil }
-        return Customer(name: row.string("name") ?? "", email: row.string("email") ?? "")
+        guard let row = try database.query("SELECT name_sealed, email_sealed, erased_at FROM customers WHERE id = ?", [.integer(id)]).first else { return nil }
+        guard row.int("erased_at") == nil, let name = row.blob("name_sealed"), let email = row.blob("email_sealed") else {
+            return Customer(name: "(erased)", email: "(erased)")
+        }
+        return Customer(name: try keys.open(name, field: "customer.name"), email: try keys.open(email, field: "customer.email"))
     }
 
     // MARK: Tiers

@@ -218,9 +218,12 @@ public struct ActivationRequest: Codable, Sendable, StrictlyDecoded {
     public static let fieldNames = storedPropertyNames(of: ActivationRequest(key: "", machine: MachineIdentity(machineIDHash: "", rootFilesystemHash: "")))
     public var key: String
     public var machine: MachineIdentity
-    public init(key: String, machine: MachineIdentity) {
+    /// The server's primary address, kept in full only inside the controller's encrypted activation record.
+    public var address: String?
+    public init(key: String, machine: MachineIdentity, address: String? = nil) {
         self.key = key
         self.machine = machine
+        self.address = address
     }
 }
 

@@ -58,11 +58,16 @@ public struct HeartbeatResponse: Codable, Sendable {
     public var lease: SignedLease?
     /// Controller clock, Unix seconds: one of the times the agent trusts for clock-rollback detection.
     public var controllerTime: Int64?
-    public init(heartbeatIntervalSeconds: Int, licence: LicenceStatus, lease: SignedLease? = nil, controllerTime: Int64? = nil) {
+    /// Whether the customer of this agent's licence has consented to product-improvement telemetry. Absent or false:
+    /// an agent uploads nothing (and drops what it queued for upload).
+    public var telemetryConsent: Bool?
+    public init(heartbeatIntervalSeconds: Int, licence: LicenceStatus, lease: SignedLease? = nil, controllerTime: Int64? = nil,
+                telemetryConsent: Bool? = nil) {
         self.heartbeatIntervalSeconds = heartbeatIntervalSeconds
         self.licence = licence
         self.lease = lease
         self.controllerTime = controllerTime
+        self.telemetryConsent = telemetryConsent
     }
 }
 

@@ -166,7 +166,8 @@ struct StrictRequestFieldTests {
         #expect(HeartbeatRequest.fieldNames == (try encodedKeys(HeartbeatRequest(facts: [:], problems: [:], machine: machine))))
         #expect(EnrollRequest.fieldNames == (try encodedKeys(EnrollRequest(tokenID: "", tokenSecret: "", controllerPin: "", publicKey: "", facts: [:], problems: [:]))))
         #expect(EscrowDeposit.fieldNames == (try encodedKeys(EscrowDeposit(sealedKey: "", recoveryPublicKey: ""))))
-        #expect(ActivationRequest.fieldNames == (try encodedKeys(ActivationRequest(key: "", machine: machine))))
+        #expect(ActivationRequest.fieldNames == (try encodedKeys(ActivationRequest(key: "", machine: machine, address: "192.0.2.1"))))
+        #expect(TelemetryUpload.fieldNames == (try encodedKeys(TelemetryUpload(from: 0, to: 0, counters: [:]))))
         #expect(ValidationRequest.fieldNames == (try encodedKeys(ValidationRequest(key: "", nonce: "n"))))
         #expect(EmptyRequest.fieldNames.isEmpty)
     }
