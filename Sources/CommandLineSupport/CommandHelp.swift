@@ -8,13 +8,17 @@ public struct CommandHelp: Sendable {
     /// Option names as the program's option table spells them (`--root`); their text comes from that table.
     public let options: [String]
     public let example: String
+    /// Text for options that mean something else in this command than in the program's table (`--verify`).
+    public let overrides: [String: (argument: String, text: String)]
 
-    public init(_ command: String, _ purpose: String, usage: [String], options: [String] = [], example: String) {
+    public init(_ command: String, _ purpose: String, usage: [String], options: [String] = [], example: String,
+                overrides: [String: (argument: String, text: String)] = [:]) {
         self.command = command
         self.purpose = purpose
         self.usage = usage
         self.options = options
         self.example = example
+        self.overrides = overrides
     }
 
     /// The help text. `optionText` maps an option name to its argument and description (with its default).
@@ -24,7 +28,7 @@ public struct CommandHelp: Sendable {
         if !options.isEmpty {
             lines += ["", "Options:"]
             let spelled = options.map { name -> (String, String) in
-                let entry = optionText[name] ?? (argument: "", text: "(not described)")
+                let entry = overrides[name] ?? optionText[name] ?? (argument: "", text: "(not described)")
                 return (entry.argument.isEmpty ? name : name + " " + entry.argument, entry.text)
             }
             let width = min(spelled.map(\.0.count).max() ?? 0, 30)

@@ -6,7 +6,7 @@ public enum CommandRunner {
     /// `--help` or `-h` anywhere after the command (before `--`) prints that command's help from `help` and exits 0,
     /// before the command runs.
     public static func run(program: String, version: String, commands: [String: ([String]) throws -> Int32], usage: String,
-                           help: ProgramHelp? = nil, arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Int32 {
+                           help: @autoclosure () -> ProgramHelp? = nil, arguments: [String] = Array(CommandLine.arguments.dropFirst())) -> Int32 {
         guard let name = arguments.first, !["-h", "--help", "help"].contains(name) else {
             print(usage)
             return arguments.isEmpty ? 2 : 0
@@ -24,7 +24,7 @@ public enum CommandRunner {
             return 2
         }
         if ProgramHelp.asksForHelp(Array(arguments.dropFirst())) {
-            print(help?.text(for: arguments) ?? usage)
+            print(help()?.text(for: arguments) ?? usage)
             return 0
         }
         do {

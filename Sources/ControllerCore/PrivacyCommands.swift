@@ -19,7 +19,7 @@ public enum PrivacyCommands {
     """
 
     static let options: Set<String> = ["data", "licence", "license", "by", "since", "customer", "out", "reason", "name", "email",
-                                       "personal", "telemetry", "agent", "discovered", "k"]
+                                       "personal", "telemetry", "agent", "discovered"]
     static let flags: Set<String> = ["markdown", "json", "granted", "withdrawn", "verify", "dry-run", "totals"]
 
     public static func run(_ raw: [String]) throws -> Int32 {
