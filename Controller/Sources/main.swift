@@ -18,6 +18,7 @@ let commands: [String: ([String]) throws -> Int32] = [
     "schedule": ScheduleCommands.schedule,
     "group": ScheduleCommands.group,
     "job": JobCommands.job,
+    "alerts": AlertCommands.alerts,
 ]
 
 CryptoLibrary.disableCleanupAtExit()

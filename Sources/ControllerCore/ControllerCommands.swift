@@ -19,7 +19,7 @@ public enum ControllerCommands {
       recovery-key set PUBLIC_KEY                      agents escrow their repository keys to this public key
       escrow open AGENT_ID --recovery-key FILE --out FILE   recover a dead server's repository key file
     \(LicenceCommands.usage)
-    """ + "\n" + ScheduleCommands.usage + "\n" + JobCommands.usage
+    """ + "\n" + ScheduleCommands.usage + "\n" + JobCommands.usage + "\n" + AlertCommands.usage
 
     public static func paths(_ arguments: Arguments) -> ControllerPaths {
         ControllerPaths(directory: arguments.value("data") ?? ControllerPaths.defaultDirectory)
@@ -68,7 +68,7 @@ public enum ControllerCommands {
             try store.setSetting("heartbeat_interval", String(try heartbeatInterval(text)))
         }
         let (server, service) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads,
-                                                           plainHTTP: plainHTTP)
+                                                           plainHTTP: plainHTTP, log: { print($0); fflush(nil) })
         let advertised = arguments.value("url") ?? "\(plainHTTP ? "http" : "https")://\(host == "0.0.0.0" || host == "::" ? ProcessInfo.processInfo.hostName : host):\(server.port)"
         try store.setSetting("url", advertised)
         print("fleetkeep-controller listening on \(host):\(server.port) (agents use \(advertised))")

@@ -1,3 +1,4 @@
+import FleetkeepProtocol
 import Foundation
 
 /// One line of the fleet report.
@@ -18,7 +19,7 @@ public struct FleetReportRow: Codable, Sendable {
 
 /// The fleet as operators read it: an agent is online until it misses three heartbeat intervals, then stale.
 public enum FleetReport {
-    public static func rows(store: ControllerStore, now: Int64 = Int64(Date().timeIntervalSince1970)) throws -> [FleetReportRow] {
+    public static func rows(store: ControllerStore, now: Int64 = FleetkeepClock.now()) throws -> [FleetReportRow] {
         let interval = Int64(try store.heartbeatInterval())
         let licensing = try AgentListing.licensing(store: store)
         return try store.agents().map { agent in

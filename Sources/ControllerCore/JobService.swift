@@ -30,7 +30,7 @@ public final class JobService: Sendable {
     static let scheduleRefreshSeconds: Int64 = 30
 
     public init(jobs: any JobStore, schedules: ScheduleService, agents: ControllerService, defaults: JobDefaults = JobDefaults(),
-                clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
+                clock: @escaping @Sendable () -> Int64 = FleetkeepClock.now) {
         self.jobs = jobs
         self.schedules = schedules
         self.agents = agents
@@ -42,6 +42,8 @@ public final class JobService: Sendable {
         router.addDeferred("POST", APIPath.jobsPoll) { [self] request, responder in try poll(request, responder) }
         router.add("POST", APIPath.jobsProgress) { [self] in try progress($0) }
         router.add("POST", APIPath.jobsResult) { [self] in try result($0) }
+        // A large server's result names thousands of accounts and snapshots.
+        router.setBodyLimit(JobLimits.largestResultBody, for: APIPath.jobsResult)
     }
 
     /// Runs the dispatcher: every `period` seconds it answers polls whose agent has due work or whose wait is over,
@@ -146,6 +148,10 @@ public final class JobService: Sendable {
         guard body.snapshots.count <= JobLimits.mostSnapshots, body.snapshots.allSatisfy({ $0.utf8.count <= 128 }),
               (body.error?.utf8.count ?? 0) <= JobLimits.longestError, body.bytesAdded >= 0, body.files >= 0 else {
             throw HTTPError(400, "result fields out of range: at most \(JobLimits.mostSnapshots) snapshot ids of 128 bytes, an error of at most \(JobLimits.longestError) bytes, counts of 0 or more")
+        }
+        if let items = body.items {
+            guard items.count <= JobLimits.mostItems else { throw HTTPError(400, "items lists more than \(JobLimits.mostItems) accounts and kinds") }
+            if let violation = items.lazy.compactMap(\.violation).first { throw HTTPError(400, violation) }
         }
         do {
             switch try jobs.recordResult(agentID: agentID, result: body, now: clock(), retryJitter: Double.random(in: 0.5..<1)) {

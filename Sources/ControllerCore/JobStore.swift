@@ -137,7 +137,7 @@ public protocol JobStore: Sendable {
     func hasJob(agentID: String, task: ScheduledTask, slot: Int64) throws -> Bool
 }
 
-/// `JobStore` in the controller's SQLite database (migration 201).
+/// `JobStore` in the controller's SQLite database (migration 201; 400 adds backup coverage, see `SQLiteBackupStatusStore`).
 public final class SQLiteJobStore: JobStore {
     let database: Database
 
@@ -155,7 +155,7 @@ public final class SQLiteJobStore: JobStore {
             CREATE TABLE job_events (job_id INTEGER NOT NULL REFERENCES jobs(id), at INTEGER NOT NULL, state TEXT NOT NULL, detail TEXT);
             CREATE INDEX job_events_job ON job_events (job_id, at);
             """),
-    ]
+    ] + SQLiteBackupStatusStore.migrations
 
     public init(database: Database) throws {
         self.database = database
@@ -308,6 +308,12 @@ public final class SQLiteJobStore: JobStore {
             try db.run("UPDATE jobs SET state = ?, finished_at = ?, started_at = COALESCE(started_at, ?), outcome = ? WHERE id = ?",
                        [.text(state.rawValue), .integer(now), .integer(now), .text(Self.json(outcome)), .integer(target.id)])
             try event(target.id, state.rawValue, now: now, detail: result.error.map { String($0.prefix(JobLimits.longestError)) }, db: db)
+            if target.kind == .backup, let items = result.items {
+                // In this transaction, so the coverage alerts read is never behind an acknowledged result.
+                try SQLiteBackupStatusStore.record(agentID: agentID, items: items,
+                                                   complete: target.parameters.account == nil && target.parameters.kinds == nil,
+                                                   at: min(max(result.finishedAt, 0), now), jobID: target.id, db: db)
+            }
             if state == .failed { try retryIfAllowed(target, now: now, jitter: retryJitter, db: db) }
             guard let final = try db.query("SELECT * FROM jobs WHERE id = ?", [.integer(target.id)]).first.flatMap(Self.record) else {
                 throw JobStoreError.unknownJob(target.id)
