@@ -14,7 +14,9 @@ public enum ControllerCommands {
       token create [--expires 24h] [--url URL] [--count N]   print single-use enrollment token(s)
       agents [--json]                                  list enrolled agents
       agents remove AGENT_ID                           revoke an agent: its requests are refused from then on
-      report [--json]                                  the fleet: host, OS, kernel, panel, last seen, online/stale
+      report [--json]                                  the fleet: host, OS, kernel, panel, last seen, online/stale; per agent the
+                                                       last backup of each kind with its age, overdue ones, off-site push,
+                                                       last verified, recent failures, firing alerts
       recovery-key create --out FILE                   make the operator's recovery key pair (keep FILE offline)
       recovery-key set PUBLIC_KEY                      agents escrow their repository keys to this public key
       escrow open AGENT_ID --recovery-key FILE --out FILE   recover a dead server's repository key file
@@ -125,8 +127,10 @@ public enum ControllerCommands {
         let arguments = try Arguments(raw, options: ["data"], flags: ["json"])
         try arguments.expectPositionals(atMost: 0)
         let (store, _) = try ControllerSetup.open(paths: paths(arguments))
-        let rows = try FleetReport.rows(store: store)
-        print(arguments.flag("json") ? try jsonText(rows) : FleetReport.table(rows))
+        let now = FleetkeepClock.now()
+        let alerts = try AlertService.open(store: store, startedAt: now, controllerName: try ControllerSetup.name(store: store))
+        let rows = try BackupReport.add(to: try FleetReport.rows(store: store, now: now), service: alerts, now: now)
+        print(arguments.flag("json") ? try jsonText(rows) : FleetReport.table(rows) + "\n" + BackupReport.text(rows))
         return 0
     }
 

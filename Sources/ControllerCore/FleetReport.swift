@@ -15,6 +15,8 @@ public struct FleetReportRow: Codable, Sendable {
     public var licence: String? = nil
     /// The agent key was seen on more than one machine (a copied state directory): the operator must decide.
     public var clone: Bool = false
+    /// Backups, verification, failures and firing alerts (`BackupReport`).
+    public var backup: AgentBackupReport? = nil
 }
 
 /// The fleet as operators read it: an agent is online until it misses three heartbeat intervals, then stale.

@@ -349,3 +349,55 @@ enum ControllerHarnessHeartbeat {
         guard response.status == 200 else { throw TestFailure("heartbeat: \(response.status) \(String(decoding: response.body, as: UTF8.self))") }
     }
 }
+
+/// `report`: per agent, the last successful backup of each kind with its age, what is overdue, off-site, the last
+/// verification, recent failures and the alerts that are firing.
+struct BackupReportTests {
+    @Test func reportShowsBackupsAgesOverdueVerificationFailuresAndAlerts() throws {
+        let fleet = try AlertHarness()
+        let t0 = fleet.enrolledAt
+        try fleet.backup([BackupItemReport(account: "alice", kind: "files", succeeded: true),
+                          BackupItemReport(account: "alice", kind: "email", succeeded: true),
+                          BackupItemReport(account: "bob", kind: "files", succeeded: true)])
+        fleet.now = t0 + 20 * 3600
+        try fleet.backup([BackupItemReport(account: "alice", kind: "files", succeeded: true),
+                          BackupItemReport(account: "alice", kind: "email", succeeded: true),
+                          BackupItemReport(account: "bob", kind: "files", succeeded: false, error: "disk full")])
+        fleet.now = t0 + 21 * 3600
+        try fleet.job(.verify, succeeded: true)
+        fleet.now = t0 + 22 * 3600
+        try fleet.job(.verify, succeeded: false, error: "pack 3f2a damaged")
+        try fleet.job(.restore, succeeded: true, parameters: JobParameters(drill: true, drillIndex: 0))
+        try fleet.job(.offsitePush, succeeded: true)
+        let now = t0 + 27 * 3600
+        fleet.now = now
+        try fleet.service.evaluate(now: now)
+
+        let rows = try BackupReport.add(to: try FleetReport.rows(store: fleet.controller.store, now: now), service: fleet.service, now: now)
+        let report = try #require(rows.first?.backup)
+        let files = try #require(report.kinds.first { $0.kind == "files" })
+        #expect(files.accounts == 2 && files.lastSuccess?.ageSeconds == 7 * 3600 && files.oldestAccountSuccess?.ageSeconds == 27 * 3600)
+        #expect(files.overdueAccounts == ["bob"])
+        let email = report.kinds.first { $0.kind == "email" }
+        #expect(email?.lastSuccess?.ageSeconds == Int64(7 * 3600))
+        #expect(report.overdue == ["bob/files"])
+        #expect(report.accounts.first { $0.account == "bob" }?.lastError == "disk full")
+        #expect(report.lastOffsitePush?.ageSeconds == Int64(5 * 3600))
+        #expect(report.verification.lastVerified?.ageSeconds == Int64(6 * 3600))
+        #expect(report.verification.lastRunSucceeded == false && report.verification.lastError == "pack 3f2a damaged")
+        #expect(report.verification.lastTestRestore?.ageSeconds == Int64(5 * 3600))
+        // Newest first: the verify, and the backup run in which bob's files failed (a run with a failed item fails).
+        #expect(report.recentFailures.map(\.kind) == ["verify", "backup"] && report.recentFailures.first?.error == "pack 3f2a damaged", "\(report.recentFailures)")
+        #expect(Set(report.alerts.map(\.condition)) == ["backup-overdue", "verification-failed", "job-failed"])
+
+        let text = FleetReport.table(rows) + "\n" + BackupReport.text(rows)
+        #expect(text.contains("last backup:      email 7 h ago; files 7 h ago (2 accounts, oldest 27 h)"), "\(text)")
+        #expect(text.contains("OVERDUE:          bob/files"))
+        #expect(text.contains("last verified:    6 h ago"))
+        #expect(text.contains("the latest verify FAILED 5 h ago: pack 3f2a damaged"))
+        #expect(text.contains("ALERT:            backup-overdue: backup overdue on web1: account bob, files"))
+        // The JSON form carries the same.
+        let json = String(decoding: try JSONEncoder().encode(rows), as: UTF8.self)
+        #expect(json.contains("\"lastVerified\"") && json.contains("\"overdue\":[\"bob\\/files\"]"))
+    }
+}
