@@ -199,9 +199,10 @@ enum AlertText {
         ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(at)))
     }
 
-    /// "27 h", "3 d 4 h", "12 min".
+    /// "40 s", "12 min", "27 h", "3 d 4 h".
     static func age(_ seconds: Int64) -> String {
         let seconds = max(0, seconds)
+        if seconds < 120 { return "\(seconds) s" }
         if seconds < 3600 { return "\(seconds / 60) min" }
         if seconds < 2 * 86_400 { return "\(seconds / 3600) h" }
         return "\(seconds / 86_400) d \((seconds % 86_400) / 3600) h"
