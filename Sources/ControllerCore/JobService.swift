@@ -70,19 +70,30 @@ public final class JobService: Sendable {
                 for (agent, _) in chosen { waiting.removeValue(forKey: agent) }
                 return Array(chosen)
             }
-            for (agent, waiter) in ready { answer(agent: agent, waiter: waiter, now: now) }
+            answer(ready, now: now)
         } catch {
             // The next pass tries again; a failing database also fails the polls themselves, which agents see.
         }
     }
 
-    private func answer(agent: String, waiter: Waiter, now: Int64) {
+    /// Answers waiting polls: their jobs are dispatched in one transaction, so a fleet whose jobs were queued together
+    /// costs one commit, not one per agent.
+    private func answer(_ ready: [(String, Waiter)], now: Int64) {
+        guard !ready.isEmpty else { return }
+        let assigned: [String: [JobRecord]]
         do {
-            let assigned = try jobs.dispatch(agentID: agent, holding: waiter.holding, now: now)
-            let cancel = try jobs.cancelRequests(agentID: agent, holding: waiter.holding)
-            waiter.responder.respond(.json(JobPollResponse(jobs: assigned.map(\.assignment), cancel: cancel, policy: waiter.policy)))
+            assigned = try jobs.dispatch(agents: ready.map { (agentID: $0.0, holding: $0.1.holding) }, now: now)
         } catch {
-            waiter.responder.respond(.error(Self.httpError(error).status, Self.httpError(error).message))
+            for (_, waiter) in ready { waiter.responder.respond(.error(Self.httpError(error).status, Self.httpError(error).message)) }
+            return
+        }
+        for (agent, waiter) in ready {
+            do {
+                let cancel = try jobs.cancelRequests(agentID: agent, holding: waiter.holding)
+                waiter.responder.respond(.json(JobPollResponse(jobs: (assigned[agent] ?? []).map(\.assignment), cancel: cancel, policy: waiter.policy)))
+            } catch {
+                waiter.responder.respond(.error(Self.httpError(error).status, Self.httpError(error).message))
+            }
         }
     }
 

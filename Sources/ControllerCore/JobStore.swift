@@ -122,6 +122,8 @@ public protocol JobStore: Sendable {
     /// Marks the agent's due queued jobs dispatched and returns them with the jobs already dispatched to it that it
     /// does not hold (their answer was lost). At most one backup-type job of an agent is out at a time.
     func dispatch(agentID: String, holding: Set<Int64>, now: Int64) throws -> [JobRecord]
+    /// `dispatch` for many agents in one transaction (one commit, so one disk sync, for a whole fleet's pickup).
+    func dispatch(agents: [(agentID: String, holding: Set<Int64>)], now: Int64) throws -> [String: [JobRecord]]
     /// Agents with a queued job due by `now` that could be dispatched.
     func agentsWithDueJobs(now: Int64) throws -> Set<String>
     func recordProgress(agentID: String, jobID: Int64, progress: JobProgress, now: Int64) throws -> (known: Bool, cancel: Bool)
@@ -234,6 +236,15 @@ public final class SQLiteJobStore: JobStore {
             for job in open where job.state == .dispatched && holding.contains(job.id) {
                 try markRunning(job.id, now: now, db: db)
             }
+            return out
+        }
+    }
+
+    public func dispatch(agents: [(agentID: String, holding: Set<Int64>)], now: Int64) throws -> [String: [JobRecord]] {
+        try database.transaction { _ in
+            var out: [String: [JobRecord]] = [:]
+            // Each agent's dispatch becomes a savepoint inside this transaction.
+            for (agentID, holding) in agents { out[agentID] = try dispatch(agentID: agentID, holding: holding, now: now) }
             return out
         }
     }
