@@ -11,7 +11,7 @@ public struct AlertThresholds: Sendable {
     public var offsiteOverdueSeconds: Int64 = 8 * 86_400
     /// Missed heartbeat intervals before an agent is stale (as in `report`).
     public var staleIntervals: Int64 = 3
-    /// Delivery attempts before a notification is given up (about 6 hours of backoff).
+    /// Delivery attempts before a notification is given up (3 to 5 hours of backoff, see `AlertService.backoff`).
     public var deliveryAttempts = 12
 
     public init() {}
