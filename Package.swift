@@ -43,7 +43,7 @@ var targets: [Target] = [
     .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol"], path: "Agent/Sources"),
     .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol"], path: "Controller/Sources"),
     // Load generator for `ops/bench controller`: many simulated agents sending signed heartbeats.
-    .executableTarget(name: "fleetkeep-loadgen", dependencies: ["FleetkeepProtocol", "HTTPClient", "Crypto", "AgentCore"], path: "ops/loadgen"),
+    .executableTarget(name: "fleetkeep-loadgen", dependencies: ["FleetkeepProtocol", "HTTPClient", "Crypto", "AgentCore", "ControllerCore", "SQLite"], path: "ops/loadgen"),
 
     // Tests mirror the modules.
     .target(name: "TestSupport", dependencies: ["Crypto"], path: "Tests/TestSupport"),

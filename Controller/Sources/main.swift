@@ -19,6 +19,7 @@ let commands: [String: ([String]) throws -> Int32] = [
     "group": ScheduleCommands.group,
     "job": JobCommands.job,
     "privacy": PrivacyCommands.run,
+    "alerts": AlertCommands.alerts,
 ]
 
 CryptoLibrary.disableCleanupAtExit()

@@ -207,6 +207,7 @@ public final class JobAgent: Sendable {
             result.snapshots = items.compactMap(\.snapshot)
             result.bytesAdded = items.reduce(0) { $0 &+ ($1.summary?.bytesAdded ?? 0) }
             result.files = items.reduce(0) { $0 &+ Int64(($1.summary.map { $0.filesNew + $0.filesChanged + $0.filesUnchanged }) ?? 0) }
+            result.items = Self.itemReports(items)
         }
         if process.terminationReason == .uncaughtSignal {
             result.error = result.error ?? "stopped by signal \(process.terminationStatus)"
@@ -217,7 +218,42 @@ public final class JobAgent: Sendable {
         } else if result.error == nil {
             result.succeeded = true
         }
+        return Self.fitted(result)
+    }
+
+    /// What the controller needs of each backup item: whether it was backed up, and why not. Items the controller
+    /// would refuse (an account name it cannot store) are left out rather than losing the whole result.
+    static func itemReports(_ items: [BackupCommands.BackupResult]) -> [BackupItemReport] {
+        items.map { item in
+            BackupItemReport(account: item.account, kind: item.kind, succeeded: item.error == nil && item.snapshot != nil,
+                             error: item.error.map { truncated($0, bytes: JobLimits.longestItemError) })
+        }.filter { $0.violation == nil }.prefix(JobLimits.mostItems).map { $0 }
+    }
+
+    /// A result within the controller's body limit: snapshot ids (informational; the items say what was backed
+    /// up) are dropped from the end until it fits.
+    static func fitted(_ result: JobResultRequest) -> JobResultRequest {
+        var result = result
+        result.snapshots = Array(result.snapshots.prefix(JobLimits.mostSnapshots))
+        let budget = JobLimits.largestResultBody - 4096
+        while let size = try? JSONEncoder().encode(result).count, size > budget, !result.snapshots.isEmpty {
+            let excess = size - budget
+            result.snapshots.removeLast(min(result.snapshots.count, max(1, excess / 64)))
+        }
         return result
+    }
+
+    /// `text` cut to at most `bytes` UTF-8 bytes, at a character boundary.
+    static func truncated(_ text: String, bytes: Int) -> String {
+        var count = 0
+        var end = text.startIndex
+        for index in text.indices {
+            let length = String(text[index]).utf8.count
+            guard count + length <= bytes else { break }
+            count += length
+            end = text.index(after: index)
+        }
+        return String(text[..<end])
     }
 
     func arguments(for job: JobAssignment, localID: String?) -> [String] {
@@ -333,5 +369,6 @@ public final class JobAgent: Sendable {
         return try? decoder.decode(type, from: data)
     }
 
-    private func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
+    /// The shared clock (`FleetkeepClock`), so an end-to-end test can move the agent through a simulated outage.
+    private func now() -> Int64 { FleetkeepClock.now() }
 }

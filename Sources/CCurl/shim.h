@@ -19,3 +19,6 @@ static inline CURLcode fk_curl_getinfo_long(CURL *handle, CURLINFO info, long *v
 
 static inline CURLcode fk_curl_global_init_all(void)
 { return curl_global_init(CURL_GLOBAL_ALL); }
+
+static inline CURLcode fk_curl_setopt_read_callback(CURL *handle, CURLoption option, curl_read_callback callback)
+{ return curl_easy_setopt(handle, option, callback); }

@@ -15,12 +15,14 @@ public enum ControllerCommands {
       token create [--expires 24h] [--url URL] [--count N]   print single-use enrollment token(s)
       agents [--json]                                  list enrolled agents
       agents remove AGENT_ID                           revoke an agent: its requests are refused from then on
-      report [--json]                                  the fleet: host, OS, kernel, panel, last seen, online/stale
+      report [--json]                                  the fleet: host, OS, kernel, panel, last seen, online/stale; per agent the
+                                                       last backup of each kind with its age, overdue ones, off-site push,
+                                                       last verified, recent failures, firing alerts
       recovery-key create --out FILE                   make the operator's recovery key pair (keep FILE offline)
       recovery-key set PUBLIC_KEY                      agents escrow their repository keys to this public key
       escrow open AGENT_ID --recovery-key FILE --out FILE   recover a dead server's repository key file
     \(LicenceCommands.usage)
-    """ + "\n" + ScheduleCommands.usage + "\n" + JobCommands.usage + "\n" + PrivacyCommands.usage
+    """ + "\n" + ScheduleCommands.usage + "\n" + JobCommands.usage + "\n" + PrivacyCommands.usage + "\n" + AlertCommands.usage
 
     public static func paths(_ arguments: Arguments) -> ControllerPaths {
         ControllerPaths(directory: arguments.value("data") ?? ControllerPaths.defaultDirectory)
@@ -69,7 +71,7 @@ public enum ControllerCommands {
             try store.setSetting("heartbeat_interval", String(try heartbeatInterval(text)))
         }
         let (server, service) = try ControllerSetup.serve(paths: paths(arguments), host: host, port: port, threads: threads,
-                                                           plainHTTP: plainHTTP)
+                                                           plainHTTP: plainHTTP, log: { print($0); fflush(nil) })
         let advertised = arguments.value("url") ?? "\(plainHTTP ? "http" : "https")://\(host == "0.0.0.0" || host == "::" ? ProcessInfo.processInfo.hostName : host):\(server.port)"
         try store.setSetting("url", advertised)
         print("fleetkeep-controller listening on \(host):\(server.port) (agents use \(advertised))")
@@ -130,8 +132,10 @@ public enum ControllerCommands {
         try arguments.expectPositionals(atMost: 0)
         let (store, _) = try ControllerSetup.open(paths: paths(arguments))
         try PrivacyService(controllerStore: store).audit(Access.currentOperator(reason: arguments.value("reason")), action: "report", subject: "all agents")
-        let rows = try FleetReport.rows(store: store)
-        print(arguments.flag("json") ? try jsonText(rows) : FleetReport.table(rows))
+        let now = FleetkeepClock.now()
+        let alerts = try AlertService.open(store: store, startedAt: now, controllerName: try ControllerSetup.name(store: store))
+        let rows = try BackupReport.add(to: try FleetReport.rows(store: store, now: now), service: alerts, now: now)
+        print(arguments.flag("json") ? try jsonText(rows) : FleetReport.table(rows) + "\n" + BackupReport.text(rows))
         return 0
     }
 

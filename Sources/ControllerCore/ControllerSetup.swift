@@ -1,4 +1,5 @@
 import Crypto
+import FleetkeepProtocol
 import Foundation
 import HTTPServer
 
@@ -65,7 +66,7 @@ public enum ControllerSetup {
 
     /// Starts serving on `host:port`: HTTPS, or plain HTTP when `plainHTTP` is set (loopback hosts only).
     public static func serve(paths: ControllerPaths, host: String, port: UInt16, threads: Int = ProcessInfo.processInfo.activeProcessorCount,
-                             plainHTTP: Bool = false) throws -> (HTTPServer, ControllerService) {
+                             plainHTTP: Bool = false, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> (HTTPServer, ControllerService) {
         let (store, pin) = try open(paths: paths)
         let service = ControllerService(store: store, certificatePin: pin, sessionSecret: try sessionSecret(paths: paths),
                                             signingKey: try signingKey(paths: paths))
@@ -87,7 +88,13 @@ public enum ControllerSetup {
         let server = try HTTPServer(configuration: configuration, router: router)
         try server.start()
         jobService.start()
+        try AlertService.open(store: store, startedAt: FleetkeepClock.now(), controllerName: try name(store: store), log: log).start()
         return (server, service)
+    }
+
+    /// How alerts name this controller: the URL agents use, else the host name.
+    public static func name(store: ControllerStore) throws -> String {
+        try store.setting("url") ?? ProcessInfo.processInfo.hostName
     }
 
     static func isLoopback(_ host: String) -> Bool {

@@ -1,3 +1,4 @@
+import FleetkeepProtocol
 import Foundation
 
 /// One line of the fleet report.
@@ -14,11 +15,13 @@ public struct FleetReportRow: Codable, Sendable {
     public var licence: String? = nil
     /// The agent key was seen on more than one machine (a copied state directory): the operator must decide.
     public var clone: Bool = false
+    /// Backups, verification, failures and firing alerts (`BackupReport`).
+    public var backup: AgentBackupReport? = nil
 }
 
 /// The fleet as operators read it: an agent is online until it misses three heartbeat intervals, then stale.
 public enum FleetReport {
-    public static func rows(store: ControllerStore, now: Int64 = Int64(Date().timeIntervalSince1970)) throws -> [FleetReportRow] {
+    public static func rows(store: ControllerStore, now: Int64 = FleetkeepClock.now()) throws -> [FleetReportRow] {
         let interval = Int64(try store.heartbeatInterval())
         let licensing = try AgentListing.licensing(store: store)
         return try store.agents().map { agent in

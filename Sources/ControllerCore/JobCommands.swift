@@ -18,7 +18,7 @@ public enum JobCommands {
                                                      "retry-base", "state", "limit"], flags: ["json"])
         let (store, _) = try ControllerSetup.open(paths: ControllerCommands.paths(arguments))
         let jobs = try SQLiteJobStore(database: store.database)
-        let now = Int64(Date().timeIntervalSince1970)
+        let now = FleetkeepClock.now()
         switch arguments.positionals.first {
         case "run":
             try arguments.expectPositionals(atMost: 1)

@@ -30,7 +30,7 @@ public final class JobService: Sendable {
     static let scheduleRefreshSeconds: Int64 = 30
 
     public init(jobs: any JobStore, schedules: ScheduleService, agents: ControllerService, defaults: JobDefaults = JobDefaults(),
-                clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
+                clock: @escaping @Sendable () -> Int64 = FleetkeepClock.now) {
         self.jobs = jobs
         self.schedules = schedules
         self.agents = agents
@@ -42,6 +42,8 @@ public final class JobService: Sendable {
         router.addDeferred("POST", APIPath.jobsPoll) { [self] request, responder in try poll(request, responder) }
         router.add("POST", APIPath.jobsProgress) { [self] in try progress($0) }
         router.add("POST", APIPath.jobsResult) { [self] in try result($0) }
+        // A large server's result names thousands of accounts and snapshots.
+        router.setBodyLimit(JobLimits.largestResultBody, for: APIPath.jobsResult)
     }
 
     /// Runs the dispatcher: every `period` seconds it answers polls whose agent has due work or whose wait is over,
@@ -68,19 +70,30 @@ public final class JobService: Sendable {
                 for (agent, _) in chosen { waiting.removeValue(forKey: agent) }
                 return Array(chosen)
             }
-            for (agent, waiter) in ready { answer(agent: agent, waiter: waiter, now: now) }
+            answer(ready, now: now)
         } catch {
             // The next pass tries again; a failing database also fails the polls themselves, which agents see.
         }
     }
 
-    private func answer(agent: String, waiter: Waiter, now: Int64) {
+    /// Answers waiting polls: their jobs are dispatched in one transaction, so a fleet whose jobs were queued together
+    /// costs one commit, not one per agent.
+    private func answer(_ ready: [(String, Waiter)], now: Int64) {
+        guard !ready.isEmpty else { return }
+        let assigned: [String: [JobRecord]]
         do {
-            let assigned = try jobs.dispatch(agentID: agent, holding: waiter.holding, now: now)
-            let cancel = try jobs.cancelRequests(agentID: agent, holding: waiter.holding)
-            waiter.responder.respond(.json(JobPollResponse(jobs: assigned.map(\.assignment), cancel: cancel, policy: waiter.policy)))
+            assigned = try jobs.dispatch(agents: ready.map { (agentID: $0.0, holding: $0.1.holding) }, now: now)
         } catch {
-            waiter.responder.respond(.error(Self.httpError(error).status, Self.httpError(error).message))
+            for (_, waiter) in ready { waiter.responder.respond(.error(Self.httpError(error).status, Self.httpError(error).message)) }
+            return
+        }
+        for (agent, waiter) in ready {
+            do {
+                let cancel = try jobs.cancelRequests(agentID: agent, holding: waiter.holding)
+                waiter.responder.respond(.json(JobPollResponse(jobs: (assigned[agent] ?? []).map(\.assignment), cancel: cancel, policy: waiter.policy)))
+            } catch {
+                waiter.responder.respond(.error(Self.httpError(error).status, Self.httpError(error).message))
+            }
         }
     }
 
@@ -146,6 +159,10 @@ public final class JobService: Sendable {
         guard body.snapshots.count <= JobLimits.mostSnapshots, body.snapshots.allSatisfy({ $0.utf8.count <= 128 }),
               (body.error?.utf8.count ?? 0) <= JobLimits.longestError, body.bytesAdded >= 0, body.files >= 0 else {
             throw HTTPError(400, "result fields out of range: at most \(JobLimits.mostSnapshots) snapshot ids of 128 bytes, an error of at most \(JobLimits.longestError) bytes, counts of 0 or more")
+        }
+        if let items = body.items {
+            guard items.count <= JobLimits.mostItems else { throw HTTPError(400, "items lists more than \(JobLimits.mostItems) accounts and kinds") }
+            if let violation = items.lazy.compactMap(\.violation).first { throw HTTPError(400, violation) }
         }
         do {
             switch try jobs.recordResult(agentID: agentID, result: body, now: clock(), retryJitter: Double.random(in: 0.5..<1)) {

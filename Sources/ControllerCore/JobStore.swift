@@ -122,6 +122,8 @@ public protocol JobStore: Sendable {
     /// Marks the agent's due queued jobs dispatched and returns them with the jobs already dispatched to it that it
     /// does not hold (their answer was lost). At most one backup-type job of an agent is out at a time.
     func dispatch(agentID: String, holding: Set<Int64>, now: Int64) throws -> [JobRecord]
+    /// `dispatch` for many agents in one transaction (one commit, so one disk sync, for a whole fleet's pickup).
+    func dispatch(agents: [(agentID: String, holding: Set<Int64>)], now: Int64) throws -> [String: [JobRecord]]
     /// Agents with a queued job due by `now` that could be dispatched.
     func agentsWithDueJobs(now: Int64) throws -> Set<String>
     func recordProgress(agentID: String, jobID: Int64, progress: JobProgress, now: Int64) throws -> (known: Bool, cancel: Bool)
@@ -137,7 +139,7 @@ public protocol JobStore: Sendable {
     func hasJob(agentID: String, task: ScheduledTask, slot: Int64) throws -> Bool
 }
 
-/// `JobStore` in the controller's SQLite database (migration 201).
+/// `JobStore` in the controller's SQLite database (migration 201; 400 adds backup coverage, see `SQLiteBackupStatusStore`).
 public final class SQLiteJobStore: JobStore {
     let database: Database
 
@@ -155,7 +157,7 @@ public final class SQLiteJobStore: JobStore {
             CREATE TABLE job_events (job_id INTEGER NOT NULL REFERENCES jobs(id), at INTEGER NOT NULL, state TEXT NOT NULL, detail TEXT);
             CREATE INDEX job_events_job ON job_events (job_id, at);
             """),
-    ]
+    ] + SQLiteBackupStatusStore.migrations
 
     public init(database: Database) throws {
         self.database = database
@@ -238,6 +240,15 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
+    public func dispatch(agents: [(agentID: String, holding: Set<Int64>)], now: Int64) throws -> [String: [JobRecord]] {
+        try database.transaction { _ in
+            var out: [String: [JobRecord]] = [:]
+            // Each agent's dispatch becomes a savepoint inside this transaction.
+            for (agentID, holding) in agents { out[agentID] = try dispatch(agentID: agentID, holding: holding, now: now) }
+            return out
+        }
+    }
+
     private func markRunning(_ id: Int64, now: Int64, db: Database) throws {
         if try db.run("UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'dispatched'", [.integer(now), .integer(id)]) == 1 {
             try event(id, JobState.running.rawValue, now: now, detail: nil, db: db)
@@ -308,6 +319,12 @@ public final class SQLiteJobStore: JobStore {
             try db.run("UPDATE jobs SET state = ?, finished_at = ?, started_at = COALESCE(started_at, ?), outcome = ? WHERE id = ?",
                        [.text(state.rawValue), .integer(now), .integer(now), .text(Self.json(outcome)), .integer(target.id)])
             try event(target.id, state.rawValue, now: now, detail: result.error.map { String($0.prefix(JobLimits.longestError)) }, db: db)
+            if target.kind == .backup, let items = result.items {
+                // In this transaction, so the coverage alerts read is never behind an acknowledged result.
+                try SQLiteBackupStatusStore.record(agentID: agentID, items: items,
+                                                   complete: target.parameters.account == nil && target.parameters.kinds == nil,
+                                                   at: min(max(result.finishedAt, 0), now), jobID: target.id, db: db)
+            }
             if state == .failed { try retryIfAllowed(target, now: now, jitter: retryJitter, db: db) }
             guard let final = try db.query("SELECT * FROM jobs WHERE id = ?", [.integer(target.id)]).first.flatMap(Self.record) else {
                 throw JobStoreError.unknownJob(target.id)

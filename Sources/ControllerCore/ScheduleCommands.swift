@@ -1,3 +1,4 @@
+import FleetkeepProtocol
 import CommandLineSupport
 import Foundation
 import Scheduling
@@ -22,7 +23,7 @@ public enum ScheduleCommands {
                                       flags: ["json", "default"])
         let (store, _) = try ControllerSetup.open(paths: ControllerCommands.paths(arguments))
         let service = ScheduleService(store: try SQLiteScheduleStore(database: store.database))
-        let now = Int64(Date().timeIntervalSince1970)
+        let now = FleetkeepClock.now()
         switch arguments.positionals.first {
         case "show":
             try arguments.expectPositionals(atMost: 1)
@@ -86,7 +87,7 @@ public enum ScheduleCommands {
         let arguments = try Arguments(raw, options: ["data"], flags: ["json"])
         let (store, _) = try ControllerSetup.open(paths: ControllerCommands.paths(arguments))
         let schedules = try SQLiteScheduleStore(database: store.database)
-        let now = Int64(Date().timeIntervalSince1970)
+        let now = FleetkeepClock.now()
         switch arguments.positionals.first {
         case "create":
             let name = try groupName(arguments.positional(1, "group NAME"))

@@ -103,7 +103,7 @@ public struct JobProgressResponse: Codable, Sendable {
 /// own from its last known schedule while the controller was unreachable (`localID`, with the task and slot).
 public struct JobResultRequest: Codable, Sendable, StrictlyDecoded, Equatable {
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case jobID, localID, kind, task, slot, succeeded, error, snapshots, bytesAdded, files, startedAt, finishedAt
+        case jobID, localID, kind, task, slot, succeeded, error, snapshots, bytesAdded, files, startedAt, finishedAt, items
     }
     public static let fieldNames = Set(CodingKeys.allCases.map(\.stringValue))
     public var jobID: Int64?
@@ -120,9 +120,12 @@ public struct JobResultRequest: Codable, Sendable, StrictlyDecoded, Equatable {
     /// Unix seconds, agent clock.
     public var startedAt: Int64
     public var finishedAt: Int64
+    /// backup: the outcome of each account and kind the run backed up, so the controller knows which ones are
+    /// overdue. A run of every account and kind lists every one the server has.
+    public var items: [BackupItemReport]?
 
     public init(jobID: Int64?, localID: String?, kind: JobKind, task: ScheduledTask?, slot: Int64?, succeeded: Bool, error: String?,
-                snapshots: [String], bytesAdded: Int64, files: Int64, startedAt: Int64, finishedAt: Int64) {
+                snapshots: [String], bytesAdded: Int64, files: Int64, startedAt: Int64, finishedAt: Int64, items: [BackupItemReport]? = nil) {
         self.jobID = jobID
         self.localID = localID
         self.kind = kind
@@ -135,6 +138,37 @@ public struct JobResultRequest: Codable, Sendable, StrictlyDecoded, Equatable {
         self.files = files
         self.startedAt = startedAt
         self.finishedAt = finishedAt
+        self.items = items
+    }
+}
+
+/// One account and kind of a backup run: backed up (`succeeded`), or the reason it was not.
+public struct BackupItemReport: Codable, Sendable, Equatable {
+    public var account: String
+    /// `files`, `databases` or `email`.
+    public var kind: String
+    public var succeeded: Bool
+    public var error: String?
+
+    public init(account: String, kind: String, succeeded: Bool, error: String? = nil) {
+        self.account = account
+        self.kind = kind
+        self.succeeded = succeeded
+        self.error = error
+    }
+
+    public static let kinds: Set<String> = ["files", "databases", "email"]
+
+    /// Why this item cannot be stored, or nil: an account name of 1 to 128 bytes without control characters or '/',
+    /// a known kind, and an error of at most `JobLimits.longestItemError` bytes.
+    public var violation: String? {
+        guard (1...JobLimits.longestAccount).contains(account.utf8.count),
+              !account.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0 == "/" }) else {
+            return "items: account names are 1 to \(JobLimits.longestAccount) bytes without control characters or '/'"
+        }
+        guard Self.kinds.contains(kind) else { return "items: kind must be files, databases or email" }
+        guard (error?.utf8.count ?? 0) <= JobLimits.longestItemError else { return "items: an error is at most \(JobLimits.longestItemError) bytes" }
+        return nil
     }
 }
 
@@ -159,4 +193,10 @@ public enum JobLimits {
     public static let mostSnapshots = 10_000
     public static let longestLocalID = 64
     public static let mostHeld = 64
+    /// Accounts × kinds in one backup result.
+    public static let mostItems = 10_000
+    public static let longestAccount = 128
+    public static let longestItemError = 512
+    /// The largest result body the controller reads (a large server's items and snapshot ids).
+    public static let largestResultBody = 1 << 20
 }

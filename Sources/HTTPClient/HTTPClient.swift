@@ -33,7 +33,8 @@ public final class HTTPClient: Sendable {
     /// or whatever `authorize` throws.
     public func send(method: String, path: String, body: [UInt8]? = nil, headers: [String: String] = [:],
                      authorize: Authorizer? = nil) throws -> HTTPClientResponse {
-        let url = path.hasPrefix("/") ? base + path : base + "/" + path
+        // An empty path is the configured URL exactly as given (a webhook's own path and query).
+        let url = path.isEmpty ? configuration.baseURL : path.hasPrefix("/") ? base + path : base + "/" + path
         let attempts = max(1, configuration.retry.maxAttempts)
         var attempt = 1
         while true {
@@ -77,10 +78,14 @@ public final class HTTPClient: Sendable {
             try easy.set(CURLOPT_CONNECTTIMEOUT_MS, Int(configuration.connectTimeoutSeconds * 1000))
             try easy.set(CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
             if let local = configuration.localAddress { try easy.set(CURLOPT_INTERFACE, "host!" + local) }
+            // No redirect is followed; a URL cannot switch to another protocol.
+            try easy.set(CURLOPT_PROTOCOLS_STR, "http,https")
             if let pin = configuration.pinnedPublicKeySHA256 {
                 try easy.set(CURLOPT_PINNEDPUBLICKEY, "sha256//" + pin)
                 try easy.set(CURLOPT_SSL_VERIFYPEER, 0)
                 try easy.set(CURLOPT_SSL_VERIFYHOST, 0)
+            } else if let ca = configuration.caFile ?? CABundle.locate() {
+                try easy.set(CURLOPT_CAINFO, ca)
             }
 
             // "Expect:" stops libcurl waiting for 100 Continue before sending bodies larger than 1 KiB.

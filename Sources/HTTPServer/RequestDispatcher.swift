@@ -8,6 +8,8 @@ import Synchronization
 final class RequestState {
     var body: [UInt8] = []
     var bodyTooLarge = false
+    /// The body limit of this request's route.
+    var maxBodyBytes = 0
     var responded = false
     /// Set by the handler thread just before it resumes the connection.
     var response: HTTPResponse?
@@ -17,8 +19,8 @@ final class RequestState {
 final class RequestDispatcher: Sendable {
     let router: Router
     let maxBodyBytes: Int
-    /// Oversized bodies up to this size are read to their end before the 413 (see `access`).
-    var drainLimit: Int { max(maxBodyBytes.multipliedReportingOverflow(by: 4).overflow ? .max : maxBodyBytes * 4, 1 << 20) }
+    /// Oversized bodies up to this size (for a route's body limit) are read to their end before the 413 (see `access`).
+    static func drainLimit(_ limit: Int) -> Int { max(limit.multipliedReportingOverflow(by: 4).overflow ? .max : limit * 4, 1 << 20) }
     /// Requests whose headers have arrived and whose completion was not yet reported; graceful shutdown waits for 0.
     let inFlight = Atomic<Int>(0)
     /// Connections suspended while a handler runs; libmicrohttpd must not be stopped while this is above 0.
@@ -64,13 +66,14 @@ final class RequestDispatcher: Sendable {
             // connection, and the client sees "connection reset" instead of the 413. Anything larger is answered
             // at once and the connection closes, which is what we want for a client sending that much.
             let state = RequestState()
+            state.maxBodyBytes = router.bodyLimit(for: String(cString: url)) ?? maxBodyBytes
             context.pointee = Unmanaged.passRetained(state).toOpaque()
             inFlight.add(1, ordering: .relaxed)
             if let length = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length"),
-               let declared = Int(String(cString: length)), declared > maxBodyBytes {
-                guard declared <= drainLimit else {
+               let declared = Int(String(cString: length)), declared > state.maxBodyBytes {
+                guard declared <= Self.drainLimit(state.maxBodyBytes) else {
                     state.responded = true
-                    return queue(bodyTooLargeResponse(), on: connection)
+                    return queue(bodyTooLargeResponse(state.maxBodyBytes), on: connection)
                 }
                 state.bodyTooLarge = true
             }
@@ -81,7 +84,7 @@ final class RequestDispatcher: Sendable {
         if chunk > 0 {
             uploadDataSize.pointee = 0
             if !state.responded && !state.bodyTooLarge, let uploadData {
-                if state.body.count + chunk > maxBodyBytes {
+                if state.body.count + chunk > state.maxBodyBytes {
                     state.bodyTooLarge = true
                     state.body = []
                 } else {
@@ -97,7 +100,7 @@ final class RequestDispatcher: Sendable {
         }
         if state.responded { return .YES }
         state.responded = true
-        if state.bodyTooLarge { return queue(bodyTooLargeResponse(), on: connection) }
+        if state.bodyTooLarge { return queue(bodyTooLargeResponse(state.maxBodyBytes), on: connection) }
         let path = String(cString: url), methodName = String(cString: method)
         switch router.match(method: methodName, path: path) {
         case .notFound:
@@ -175,8 +178,8 @@ final class RequestDispatcher: Sendable {
         lastLogMessage.withLock { $0 = message }
     }
 
-    private func bodyTooLargeResponse() -> HTTPResponse {
-        .error(413, "request body larger than the limit of \(maxBodyBytes) bytes")
+    private func bodyTooLargeResponse(_ limit: Int) -> HTTPResponse {
+        .error(413, "request body larger than the limit of \(limit) bytes")
     }
 
     private struct Collected {

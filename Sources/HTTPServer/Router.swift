@@ -9,8 +9,16 @@ public typealias DeferredHTTPHandler = @Sendable (HTTPRequest, HTTPResponder) th
 public struct Router: Sendable {
     private var routes: [String: [String: HTTPHandler]] = [:]
     private var deferredRoutes: [String: [String: DeferredHTTPHandler]] = [:]
+    private var bodyLimits: [String: Int] = [:]
 
     public init() {}
+
+    /// Lets requests to exactly `path` carry bodies up to `bytes` instead of the server's `maxBodyBytes`.
+    public mutating func setBodyLimit(_ bytes: Int, for path: String) {
+        bodyLimits[path] = max(0, bytes)
+    }
+
+    func bodyLimit(for path: String) -> Int? { bodyLimits[path] }
 
     /// Registers `handler` for `method` (case-sensitive, e.g. "POST") on exactly `path`. A later registration replaces an earlier one.
     public mutating func add(_ method: String, _ path: String, _ handler: @escaping HTTPHandler) {

@@ -118,3 +118,26 @@ struct JobStoreTests {
         #expect(try jobs.dispatch(agentID: "fk-a", holding: [], now: 9003).isEmpty)
     }
 }
+
+/// The dispatcher's batch: many agents' polls answered from one transaction, with the same rules as one by one.
+struct BatchDispatchTests {
+    @Test func batchDispatchGivesEachAgentItsJobsUnderTheSameRules() throws {
+        let directory = TemporaryDirectory(prefix: "fk-jobs-batch")
+        let jobs = try SQLiteJobStore(database: try Database(path: directory.appending("controller.db")))
+        func draft(_ agent: String, _ kind: JobKind) -> JobDraft {
+            JobDraft(agentID: agent, kind: kind, parameters: JobParameters(), origin: .operator_, maxAttempts: 1, retryBaseSeconds: 10,
+                     timeoutSeconds: 600, notBefore: 1000)
+        }
+        var expected: [String: Int64] = [:]
+        for index in 0..<200 {
+            let agent = "fk-\(index)"
+            expected[agent] = try #require(try jobs.enqueue(draft(agent, .backup), now: 1000))
+            _ = try jobs.enqueue(draft(agent, .verify), now: 1000)
+        }
+        let out = try jobs.dispatch(agents: expected.keys.map { (agentID: $0, holding: Set<Int64>()) }, now: 1001)
+        #expect(out.count == 200)
+        for (agent, id) in expected { #expect(out[agent]?.map(\.id) == [id], "one backup-type job at a time for \(agent)") }
+        #expect(try jobs.jobs(agentID: nil, states: [.dispatched], limit: 1000).count == 200)
+        #expect(try jobs.job(expected["fk-7"] ?? 0)?.events?.map(\.state) == ["queued", "dispatched"])
+    }
+}

@@ -31,10 +31,10 @@ final class JobFleet: @unchecked Sendable {
         agentID = String(id)
     }
 
-    func startAgent(extra: [String] = []) throws {
+    func startAgent(extra: [String] = [], environment: [String: String]? = nil, waitForHeartbeat: Bool = true) throws {
         let process = try BackgroundProcess(RunningController.bin + "/fleetkeep-agent",
-                                            ["run", "--state", statePath, "--config", configPath, "--interval", "1s"] + extra)
-        try process.waitForOutput { $0.contains("heartbeat ok") }
+                                            ["run", "--state", statePath, "--config", configPath, "--interval", "1s"] + extra, environment: environment)
+        if waitForHeartbeat { try process.waitForOutput { $0.contains("heartbeat ok") } }
         daemon = process
     }
 

@@ -12,6 +12,15 @@ import Synchronization
 // the agent daemon does) each agent opens a session with one Ed25519-signed request and signs its heartbeats with
 // HMAC-SHA256; `--scheme ed25519` signs every heartbeat with Ed25519. Prints one JSON object with the figures.
 //
+// Scheduling mode (`ops/bench controller`):
+//   fleetkeep-loadgen --poll TOKENS --ready FILE --go FILE [--seconds 120]
+//     enrolls one agent per token and keeps one long poll open per agent (as the agent daemon does); once all are
+//     polling it writes their ids to READY, waits for GO (the commit time of their jobs) and reports, per agent, the
+//     time from that commit to receiving its job. Several of these share a fleet (each curl handle holds 3 files).
+//   fleetkeep-loadgen --queue --data DIR --ready FILE[,FILE...] --go FILE [--controller-pid PID]
+//     queues one job per ready agent in the controller's database in one transaction, as `job run` would from
+//     another process, writes GO, and reports the controller's CPU until every job is dispatched.
+//
 // Licence modes (`ops/bench licence`):
 //   fleetkeep-loadgen --validate KEYS --url URL --pin PIN [--clients 32] [--addresses 8] [--seconds 10]
 //     POST /v1/licences/validate back to back from `--clients` threads, each with its own keep-alive connection from
@@ -32,6 +41,14 @@ func parseOptions() -> Options {
     var arguments = CommandLine.arguments.dropFirst()
     if let mode = arguments.first, mode == "--validate" || mode == "--lease-check" {
         runLicenceMode(Array(arguments))
+        exit(0)
+    }
+    if arguments.first == "--poll" {
+        runPollMode(Array(arguments))
+        exit(0)
+    }
+    if arguments.first == "--queue" {
+        runQueueMode(Array(arguments))
         exit(0)
     }
     while let flag = arguments.popFirst() {
@@ -59,10 +76,10 @@ final class SimulatedAgent: Sendable {
     let body: [UInt8]
     let session: SessionCredentials?
 
-    init(tokenText: String, index: Int, scheme: Scheme) throws {
+    init(tokenText: String, index: Int, scheme: Scheme, timeoutSeconds: Double = 10) throws {
         let token = try EnrollmentToken(text: tokenText)
         client = try HTTPClient(configuration: HTTPClientConfiguration(baseURL: token.controllerURL, pinnedPublicKeySHA256: token.certificatePin,
-                                                                       timeoutSeconds: 10, retry: .none))
+                                                                       timeoutSeconds: timeoutSeconds, retry: .none))
         let facts = AgentFacts(hostname: "sim-\(index).fleet.example", osID: "almalinux", osName: "AlmaLinux", osVersion: "8.10",
                                kernelRelease: "4.18.0-553.el8_10.x86_64", kernelVersion: "#1 SMP", panel: "cpanel",
                                panelVersion: "11.118.0.12", primaryIP: "192.0.2.\(index % 250 + 1)")
