@@ -18,6 +18,8 @@ let commands: [String: ([String]) throws -> Int32] = [
     "schedule": ScheduleCommands.schedule,
     "group": ScheduleCommands.group,
     "job": JobCommands.job,
+    "operator": OperatorCommands.operatorCommand,
+    "metrics": OperatorCommands.metrics,
 ]
 
 CryptoLibrary.disableCleanupAtExit()
