@@ -89,7 +89,7 @@ final class DashboardHarness: @unchecked Sendable {
             throw TestFailure("sign-in of \(name) answered \(status) \(headers)")
         }
         let browser = Browser(harness: self, cookies: ["__Host-fk-session": session])
-        browser.csrf = try #require(browser.get("/").text.firstMatch(of: /name="csrf" value="([^"]+)"/)).1.description
+        browser.csrf = try #require(browser.get("/jobs").text.firstMatch(of: /name="csrf" value="([^"]+)"/)).1.description
         return browser
     }
 

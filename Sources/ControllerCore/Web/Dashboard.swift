@@ -22,8 +22,9 @@ public final class Dashboard: Sendable {
     let metricsAccess: MetricsAccess
     let heartbeatInterval: @Sendable () -> Int64
     let clock: @Sendable () -> Int64
-    /// The fleet's daily outcomes change by the day: recomputed at most once a minute.
-    private let dailyCache = Mutex<(at: Int64, outcomes: [DailyOutcome])?>(nil)
+    /// The fleet's daily outcomes of the days before today, read at most every 10 minutes (a result that arrives
+    /// late, from an agent that was offline, shows within that); today's are read for each page.
+    private let pastDays = Mutex<(today: Int64, at: Int64, outcomes: [DailyOutcome])?>(nil)
 
     static let sessionCookie = "__Host-fk-session"
     static let loginCookie = "__Host-fk-login"
@@ -222,11 +223,18 @@ public final class Dashboard: Sendable {
 
     // MARK: Shared reads
 
+    /// The last 30 days' backup outcomes, fleet-wide.
     func dailyOutcomes(now: Int64) throws -> [DailyOutcome] {
-        if let cached = dailyCache.withLock({ $0 }), now - cached.at < 60, now >= cached.at { return cached.outcomes }
-        let outcomes = try fleet.dailyOutcomes(since: (now / 86400 - 29) * 86400)
-        dailyCache.withLock { $0 = (now, outcomes) }
-        return outcomes
+        let today = now / 86400
+        var past: [DailyOutcome]
+        if let cached = pastDays.withLock({ $0 }), cached.today == today, now >= cached.at, now - cached.at < 600 {
+            past = cached.outcomes
+        } else {
+            past = try fleet.dailyOutcomes(since: (today - 29) * 86400).filter { $0.day < today }
+            pastDays.withLock { $0 = (today, now, past) }
+        }
+        past += try fleet.dailyOutcomes(since: today * 86400)
+        return past
     }
 }
 

@@ -1,6 +1,7 @@
 import FleetkeepProtocol
 import Foundation
 import SQLite
+import Synchronization
 
 /// Whether an agent's heartbeats arrive: online until it misses three heartbeat intervals.
 public enum AgentLiveness: String, Codable, Sendable, CaseIterable {
@@ -125,13 +126,15 @@ public protocol FleetStore: Sendable {
 /// accounts); the alerts work records each account and kind from backup results and plugs in here.
 public protocol BackupCoverageSource: Sendable {
     func coverage(agentID: String) throws -> [BackupCoverage]
-    /// Per active agent, the coverage of whole-server backups (one entry per kind).
+    /// Per active agent, the last successes of whole-server backups (one entry per kind; failures are left out).
     func fleetCoverage() throws -> [BackupCoverage]
 }
 
 /// `FleetStore` and `BackupCoverageSource` on the controller's SQLite database.
 public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     let database: Database
+    /// The summary of the current second: a page and its alerts grade the fleet once.
+    private let recentSummary = Mutex<(key: [Int64], summary: FleetSummary)?>(nil)
 
     public init(database: Database) throws {
         self.database = database
@@ -160,6 +163,8 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     static func bindings(_ thresholds: FleetThresholds) -> [SQLValue] { [.integer(thresholds.onlineSince), .integer(thresholds.backupFreshSince)] }
 
     public func summary(_ thresholds: FleetThresholds) throws -> FleetSummary {
+        let key = [thresholds.now, thresholds.onlineSince, thresholds.backupFreshSince]
+        if let recent = recentSummary.withLock({ $0 }), recent.key == key { return recent.summary }
         var summary = FleetSummary()
         for row in try database.query(Self.graded + " SELECT liveness, backup, count(*) AS n FROM graded GROUP BY liveness, backup",
                                       Self.bindings(thresholds)) {
@@ -167,6 +172,7 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
             if let liveness = row.string("liveness").flatMap(AgentLiveness.init) { summary.liveness[liveness, default: 0] += count }
             if let backup = row.string("backup").flatMap(BackupHealth.init) { summary.backups[backup, default: 0] += count }
         }
+        recentSummary.withLock { $0 = (key, summary) }
         return summary
     }
 
@@ -195,21 +201,26 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
         guard !overflow else { throw DashboardError.invalidInput("page is out of range") }
         let pattern = "%" + Self.likeEscaped(query.search) + "%"
         let filter = query.search.isEmpty ? "" : "WHERE hostname LIKE :pattern ESCAPE '\\' OR id LIKE :pattern ESCAPE '\\'"
-        let sql = Self.graded + """
-             SELECT \(Self.columns), count(*) OVER () AS matching FROM graded \(filter)
-             ORDER BY \(order) LIMIT \(pageSize) OFFSET \(offset)
-            """
         var bindings = Self.bindings(thresholds)
         if !query.search.isEmpty { bindings.append(.text(pattern)) }
-        let rows = try database.query(sql, bindings)
+        // First the page's ids in order (sorting 10,000 narrow rows), then the columns shown for those 50 only.
+        let ids = try database.query(Self.graded + """
+             SELECT id, count(*) OVER () AS matching FROM graded \(filter) ORDER BY \(order) LIMIT \(pageSize) OFFSET \(offset)
+            """, bindings)
         let matching: Int
-        if let first = rows.first {
+        if let first = ids.first {
             matching = Int(clamping: first.int("matching") ?? 0)
         } else {
             // The page is past the end: count on its own, so the page can say how many there are.
             matching = Int(clamping: try database.query(Self.graded + " SELECT count(*) AS n FROM graded \(filter)", bindings).first?.int("n") ?? 0)
         }
-        return AgentTablePage(rows: rows.compactMap(Self.agentRow), matching: matching)
+        let wanted = ids.compactMap { $0.string("id") }
+        guard !wanted.isEmpty else { return AgentTablePage(rows: [], matching: matching) }
+        let placeholders = wanted.map { _ in "?" }.joined(separator: ",")
+        let graded = Self.graded.replacingOccurrences(of: "FROM agents a WHERE a.removed_at IS NULL", with: "FROM agents a WHERE a.removed_at IS NULL AND a.id IN (\(placeholders))")
+        let rows = try database.query(graded + " SELECT \(Self.columns) FROM graded", wanted.map(SQLValue.text) + Self.bindings(thresholds))
+        let byID = Dictionary(rows.compactMap(Self.agentRow).map { ($0.agentID, $0) }, uniquingKeysWith: { first, _ in first })
+        return AgentTablePage(rows: wanted.compactMap { byID[$0] }, matching: matching)
     }
 
     public func troubled(_ thresholds: FleetThresholds, limit: Int) throws -> [AgentRow] {
@@ -310,19 +321,21 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
         (SELECT \(column) FROM jobs j WHERE j.agent_id = a.id AND j.kind = 'backup' AND j.state IN (\(states))
            AND json_extract(j.parameters, '$.account') IS NULL
            AND (json_extract(j.parameters, '$.kinds') IS NULL OR EXISTS (SELECT 1 FROM json_each(j.parameters, '$.kinds') WHERE value = '\(kind)'))
-         ORDER BY j.finished_at DESC, j.id DESC LIMIT 1)
+         ORDER BY j.finished_at DESC LIMIT 1)
         """
     }
 
-    static func wholeServerCoverage(where filter: String) -> String {
+    static func wholeServerCoverage(where filter: String, failures: Bool) -> String {
         let parts = kinds.map { kind in
-            """
-            SELECT a.id AS agent_id, '\(kind)' AS kind, a.enrolled_at AS since,
-              \(lastWholeServer(kind, states: "'succeeded'", column: "finished_at")) AS last_ok,
-              \(lastWholeServer(kind, states: "'failed', 'expired'", column: "finished_at")) AS last_bad,
-              \(lastWholeServer(kind, states: "'failed', 'expired'", column: "COALESCE(json_extract(j.outcome, '$.error'), 'no result within its timeout')")) AS last_error
-            FROM agents a WHERE a.removed_at IS NULL \(filter)
-            """
+            let failed = failures ? """
+                \(lastWholeServer(kind, states: "'failed', 'expired'", column: "finished_at")) AS last_bad,
+                \(lastWholeServer(kind, states: "'failed', 'expired'", column: "COALESCE(json_extract(j.outcome, '$.error'), 'no result within its timeout')")) AS last_error
+                """ : "NULL AS last_bad, NULL AS last_error"
+            return """
+                SELECT a.id AS agent_id, '\(kind)' AS kind, a.enrolled_at AS since,
+                  \(lastWholeServer(kind, states: "'succeeded'", column: "finished_at")) AS last_ok, \(failed)
+                FROM agents a WHERE a.removed_at IS NULL \(filter)
+                """
         }
         return parts.joined(separator: " UNION ALL ")
     }
@@ -334,11 +347,11 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     }
 
     public func fleetCoverage() throws -> [BackupCoverage] {
-        try database.query(Self.wholeServerCoverage(where: "")).compactMap { Self.coverage($0, account: "*") }
+        try database.query(Self.wholeServerCoverage(where: "", failures: false)).compactMap { Self.coverage($0, account: "*") }
     }
 
     public func coverage(agentID: String) throws -> [BackupCoverage] {
-        var entries = try database.query(Self.wholeServerCoverage(where: "AND a.id = ?1"), [.text(agentID)]).compactMap { Self.coverage($0, account: "*") }
+        var entries = try database.query(Self.wholeServerCoverage(where: "AND a.id = ?1", failures: true), [.text(agentID)]).compactMap { Self.coverage($0, account: "*") }
         // Backups an operator started for one account.
         var perAccount: [String: (since: Int64, ok: Int64?, bad: Int64?, error: String?)] = [:]
         for row in try database.query("""

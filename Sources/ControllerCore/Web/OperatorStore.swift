@@ -82,10 +82,11 @@ enum DashboardSchema {
             CREATE TABLE dashboard_reads (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
                                           subject TEXT NOT NULL, reason TEXT NOT NULL);
             """),
-        // The overview's per-agent backup state (one index seek per agent) and /metrics' jobs by kind and state.
+        // The overview's per-agent backup state (one index seek per agent), /metrics' jobs by kind and state, and the
+        // fleet's daily outcomes (both read from the second index alone).
         Migration(version: 502, sql: """
             CREATE INDEX dashboard_jobs_agent_kind_finished ON jobs (agent_id, kind, state, finished_at);
-            CREATE INDEX dashboard_jobs_kind_state ON jobs (kind, state);
+            CREATE INDEX dashboard_jobs_kind_state ON jobs (kind, state, finished_at);
             """),
     ]
 
