@@ -82,11 +82,15 @@ public final class Dashboard: Sendable {
         router.add("POST", "/licence/revoke") { [self] request in page(request, .admin, fields: ["id"]) { try revokeLicence($0) } }
         router.add("GET", "/login") { [self] request in page(request, .anyone) { try loginPage($0, message: nil, status: 200) } }
         router.add("POST", "/login") { [self] request in page(request, .anyone) { try login($0) } }
-        router.add("POST", "/logout") { [self] request in page(request, .viewer, fields: []) { try logout($0) } }
+        // Open to anyone so that signing out of an expired session still lands on the login page; with a session,
+        // its CSRF token is checked like any other form's.
+        router.add("POST", "/logout") { [self] request in page(request, .anyone, fields: []) { try logout($0) } }
         router.add("GET", "/setup") { [self] request in page(request, .anyone) { try setupPage($0) } }
         router.add("POST", "/setup") { [self] request in page(request, .anyone) { try completeSetup($0) } }
         router.add("GET", "/static/app.css") { _ in Self.asset(DashboardAssets.css, type: "text/css; charset=utf-8") }
         router.add("GET", "/static/app.js") { _ in Self.asset(DashboardAssets.script, type: "text/javascript; charset=utf-8") }
+        // Browsers ask for it on their own; no icon, and no error in their console.
+        router.add("GET", "/favicon.ico") { _ in HTTPResponse(status: 204, headers: ["Cache-Control": "max-age=86400"]) }
         router.add("GET", "/metrics") { [self] request in try serveMetrics(request) }
     }
 

@@ -39,7 +39,7 @@ extension Dashboard {
         let cards: HTML = """
             <section class="cards">
             <div class="card" id="agents-card"><h2>Agents</h2>\(count(summary.liveness[.online], "online", "good"))\(count(summary.liveness[.stale], "stale", "bad"))</div>
-            <div class="card" id="backups-card"><h2>Backups</h2>\(count(summary.backups[.ok], "OK", "good"))\(count(summary.backups[.overdue], "overdue", "warn"))\(count(summary.backups[.failed], "failed", "bad"))\(count(summary.backups[.pending], "not yet run", "neutral"))</div>
+            <div class="card" id="backups-card"><h2>Backups</h2>\(count(summary.backups[.ok], "OK", "good"))\(count(summary.backups[.overdue], "overdue", "warn"))\(count(summary.backups[.failed], "failed", "bad"))\(count(summary.backups[.pending], "pending (new)", "neutral"))</div>
             <div class="card" id="licences-card"><h2>Licences</h2>\(["valid", "expired", "suspended", "revoked"].map { count(licenceStates[$0], $0, $0 == "valid" ? "good" : "warn") })</div>
             <div class="card" id="alerts-card"><h2>Alerts firing</h2>\(firingCounts.sorted(by: { $0.key < $1.key }).map { count($0.value, $0.key, $0.value > 0 ? "bad" : "good") })</div>
             </section>
