@@ -54,3 +54,39 @@ struct DashboardBrowserTests {
         }
     }
 }
+
+struct OperatorCommandTests {
+    /// `operator add|list|reset|remove` and `metrics token` on a real data directory.
+    @Test func operatorCommandsManageAccountsAndLinks() throws {
+        let data = TemporaryDirectory(prefix: "fk-e2e-operators")
+        func controller(_ arguments: [String]) throws -> ProcessOutput {
+            try ProcessRunner.run(RunningController.bin + "/fleetkeep-controller", arguments + ["--data", data.path])
+        }
+        #expect(try controller(["init"]).status == 0)
+        let noURL = try controller(["operator", "add", "alice", "--role", "admin"])
+        #expect(noURL.status != 0 && noURL.stderr.contains("--url"), "no URL known before serve: \(noURL.stderr)")
+        let added = try controller(["operator", "add", "alice", "--role", "admin", "--url", "https://dash.example.net/"])
+        #expect(added.status == 0, "\(added.stderr)")
+        #expect(added.stdout.contains("https://dash.example.net/setup?token="))
+        #expect(try controller(["operator", "add", "alice", "--role", "viewer", "--url", "https://x.example"]).stderr.contains("exists already"))
+        let badRole = try controller(["operator", "add", "bob", "--role", "root", "--url", "https://x.example"])
+        #expect(badRole.status == 2 && badRole.stderr.contains("--role"))
+        #expect(try controller(["operator", "add", "bad name", "--role", "viewer", "--url", "https://x.example"]).stderr.contains("operator name"))
+        #expect(try controller(["operator", "add", "bob", "--role", "viewer", "--url", "https://x.example", "--expires", "99999999999d"]).status == 2)
+        let listed = try controller(["operator", "list", "--json"])
+        let operators = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]])
+        #expect(operators.count == 1 && operators.first?["role"] as? String == "admin" && operators.first?["passwordSet"] as? Bool == false)
+        let reset = try controller(["operator", "reset", "alice", "--url", "https://dash.example.net"])
+        #expect(reset.status == 0 && reset.stdout.contains("/setup?token="))
+        #expect(try controller(["operator", "remove", "alice"]).status == 0)
+        #expect(try controller(["operator", "remove", "alice"]).stderr.contains("no operator"))
+        let token = try controller(["metrics", "token"])
+        #expect(token.status == 0)
+        let mode = try FileManager.default.attributesOfItem(atPath: data.appending("metrics.token"))[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        // A token file others may read stops the controller from serving.
+        chmod(data.appending("metrics.token"), 0o644)
+        let refused = try controller(["serve", "--listen", "127.0.0.1:0"])
+        #expect(refused.status != 0 && refused.stderr.contains("chmod 600"), "\(refused.stderr)")
+    }
+}

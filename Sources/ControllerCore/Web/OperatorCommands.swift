@@ -20,7 +20,8 @@ public enum OperatorCommands {
         let arguments = try Arguments(raw, options: ["data", "role", "expires", "url"], flags: ["json"])
         let (store, _) = try ControllerSetup.open(paths: ControllerCommands.paths(arguments))
         let service = OperatorService(store: try SQLiteOperatorStore(database: store.database))
-        func link(_ secret: String) throws -> String {
+        /// The URL browsers reach the dashboard at, checked before anything is changed.
+        func dashboardURL() throws -> String {
             guard let base = try arguments.value("url") ?? store.setting("url") else {
                 throw ControllerError("no controller URL known yet: start `fleetkeep-controller serve` once, or pass --url https://HOST:PORT")
             }
@@ -28,8 +29,9 @@ public enum OperatorCommands {
             guard let url = URL(string: trimmed), ["https", "http"].contains(url.scheme ?? ""), url.host != nil else {
                 throw UsageError("--url '\(base.prefix(200))' must be an http(s) URL such as https://ctl.example:8443")
             }
-            return trimmed + HTML.url("/setup", [("token", secret)])
+            return trimmed
         }
+        func link(_ base: String, _ secret: String) -> String { base + HTML.url("/setup", [("token", secret)]) }
         func lifetime() throws -> Int64? {
             try arguments.value("expires").map { try Arguments.parseDuration($0, option: "expires", maximum: 30 * 86_400) }
         }
@@ -41,15 +43,17 @@ public enum OperatorCommands {
                 guard let roleText = arguments.value("role") else { throw UsageError("operator add needs --role admin or --role viewer") }
                 guard let role = OperatorRole(rawValue: roleText) else { throw UsageError("--role '\(roleText.prefix(20))' must be admin or viewer") }
                 let expires = try lifetime()
+                let base = try dashboardURL()
                 let secret = try service.add(name: name, role: role, linkSeconds: expires)
                 print("operator \(name) (\(role.rawValue)) created; open this link once to set the password (valid \((expires ?? OperatorPolicy().setupLinkSeconds) / 3600) h):")
-                print(try link(secret))
+                print(link(base, secret))
             case "reset":
                 let name = try arguments.positional(1, "NAME")
                 try arguments.expectPositionals(atMost: 2)
+                let base = try dashboardURL()
                 let secret = try service.reset(name: name, linkSeconds: try lifetime())
                 print("operator \(name): password cleared and every session ended; open this link once to set a new password:")
-                print(try link(secret))
+                print(link(base, secret))
             case "remove":
                 let name = try arguments.positional(1, "NAME")
                 try arguments.expectPositionals(atMost: 2)
