@@ -53,7 +53,7 @@ public struct OperatorPolicy: Sendable {
     public var setupLinkSeconds: Int64 = 24 * 3600
     public var shortestPassword = 12
     public var longestPassword = 1024
-    /// scrypt cost: N = 2^15, r = 8, p = 1 (32 MiB, about 0.1 s per attempt).
+    /// scrypt cost: N = 2^15, r = 8, p = 1 (32 MiB per attempt).
     public var scryptN: UInt64 = 1 << 15
     public var scryptR: UInt64 = 8
     public var scryptP: UInt64 = 1
