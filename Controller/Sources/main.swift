@@ -20,6 +20,8 @@ let commands: [String: ([String]) throws -> Int32] = [
     "job": JobCommands.job,
     "privacy": PrivacyCommands.run,
     "alerts": AlertCommands.alerts,
+    "operator": OperatorCommands.operatorCommand,
+    "metrics": OperatorCommands.metrics,
 ]
 
 CryptoLibrary.disableCleanupAtExit()

@@ -22,7 +22,7 @@ public enum ControllerCommands {
       recovery-key set PUBLIC_KEY                      agents escrow their repository keys to this public key
       escrow open AGENT_ID --recovery-key FILE --out FILE   recover a dead server's repository key file
     \(LicenceCommands.usage)
-    """ + "\n" + ScheduleCommands.usage + "\n" + JobCommands.usage + "\n" + PrivacyCommands.usage + "\n" + AlertCommands.usage
+    """ + "\n" + ScheduleCommands.usage + "\n" + JobCommands.usage + "\n" + PrivacyCommands.usage + "\n" + AlertCommands.usage + "\n" + OperatorCommands.usage
 
     public static func paths(_ arguments: Arguments) -> ControllerPaths {
         ControllerPaths(directory: arguments.value("data") ?? ControllerPaths.defaultDirectory)

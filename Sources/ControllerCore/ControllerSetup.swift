@@ -83,6 +83,11 @@ public enum ControllerSetup {
                                     schedules: ScheduleService(store: try SQLiteScheduleStore(database: store.database)), agents: service)
         var router = service.router
         jobService.register(in: &router)
+        let dashboard = try Dashboard.open(store: store, licences: service.licences, jobs: jobService.jobs, schedules: jobService.schedules,
+                                           metricsAccess: try MetricsAccess.load(path: paths.metricsToken))
+        dashboard.register(in: &router)
+        router.wrap("POST", APIPath.heartbeat, dashboard.metrics.heartbeats.measure)
+        router.wrap("POST", APIPath.licenceValidate, dashboard.metrics.validations.measure)
         // Every agent keeps one long poll open (see JobService): room for a large fleet on top of the short requests.
         configuration.maxConnections = 16_384
         let server = try HTTPServer(configuration: configuration, router: router)

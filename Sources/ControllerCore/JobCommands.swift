@@ -27,26 +27,17 @@ public enum JobCommands {
             guard let kindText = arguments.value("kind") else { throw UsageError("job run needs --kind (\(JobKind.allCases.map(\.rawValue).joined(separator: ", ")))") }
             let kind: JobKind
             do { kind = try JobKind.parse(kindText) } catch let error as ScheduleError { throw UsageError("--kind: \(error.message)") }
-            var parameters = JobParameters()
-            if let account = arguments.value("account") {
-                guard (1...64).contains(account.utf8.count), account.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
-                    throw UsageError("--account '\(account.prefix(64))' is not a hosting account name")
-                }
-                parameters.account = account
+            let parameters: JobParameters
+            do {
+                let account = try arguments.value("account").map { try OnDemandJob.account($0) }
+                let snapshot = try arguments.value("snapshot").flatMap { try OnDemandJob.snapshot($0) }
+                let kinds = arguments.list("kinds")
+                for name in kinds where !["files", "databases", "email"].contains(name) { throw UsageError("--kinds: unknown kind '\(name.prefix(32))' (files, databases, email)") }
+                let policy = try ScheduleService(store: try SQLiteScheduleStore(database: store.database)).effectivePolicy(agentID: agentID)
+                parameters = try OnDemandJob.parameters(kind: kind, account: account, snapshot: snapshot, kinds: kinds, policy: policy)
+            } catch let invalid as OnDemandJob.Invalid {
+                throw UsageError("job run: \(invalid.description) (--account USER, --snapshot ID)")
             }
-            if let snapshot = arguments.value("snapshot") {
-                guard (1...128).contains(snapshot.utf8.count), snapshot.allSatisfy({ $0.isHexDigit }) || snapshot == "latest" else {
-                    throw UsageError("--snapshot '\(snapshot.prefix(64))' must be a snapshot id (hex) or `latest`")
-                }
-                parameters.snapshot = snapshot == "latest" ? nil : snapshot
-            }
-            let kinds = arguments.list("kinds")
-            for name in kinds where !["files", "databases", "email"].contains(name) { throw UsageError("--kinds: unknown kind '\(name.prefix(32))' (files, databases, email)") }
-            if !kinds.isEmpty { parameters.kinds = kinds }
-            if kind == .restore && parameters.account == nil { throw UsageError("a restore job needs --account USER") }
-            let policy = try ScheduleService(store: try SQLiteScheduleStore(database: store.database)).effectivePolicy(agentID: agentID)
-            if kind == .prune || kind == .offsitePush { parameters.retention = policy.retention }
-            if kind == .verify { parameters.verifyParts = nil }
             let defaults = JobDefaults()
             let timeout = try arguments.value("timeout").map { try Arguments.parseDuration($0, option: "timeout", maximum: 7 * 86_400) } ?? defaults.timeout(for: kind)
             let retryBase = try arguments.value("retry-base").map { try Arguments.parseDuration($0, option: "retry-base", maximum: 86_400) } ?? defaults.retryBaseSeconds

@@ -14,15 +14,18 @@ public struct HTTPRequest: Sendable {
     public let body: [UInt8]
     /// Numeric address of the peer, e.g. "127.0.0.1" or "::1".
     public let remoteAddress: String
+    /// Cookies as libmicrohttpd parsed them from the Cookie header (name -> value).
+    public let cookies: [String: String]
 
     public init(method: String, path: String, query: [String: String] = [:], headers: [String: String] = [:],
-                body: [UInt8] = [], remoteAddress: String = "") {
+                body: [UInt8] = [], remoteAddress: String = "", cookies: [String: String] = [:]) {
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
         self.body = body
         self.remoteAddress = remoteAddress
+        self.cookies = cookies
     }
 
     /// Decodes the body as JSON, throwing `HTTPError(400, ...)` that names the expected type when it is malformed.

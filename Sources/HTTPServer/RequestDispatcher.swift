@@ -113,7 +113,8 @@ final class RequestDispatcher: Sendable {
             let request = HTTPRequest(method: methodName, path: path,
                                       query: Self.values(of: connection, kind: .GET_ARGUMENT_KIND, lowercaseKeys: false),
                                       headers: Self.values(of: connection, kind: .HEADER_KIND, lowercaseKeys: true),
-                                      body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)))
+                                      body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)),
+                                      cookies: Self.values(of: connection, kind: .COOKIE_KIND, lowercaseKeys: false))
             state.body = []
             suspended.add(1, ordering: .sequentiallyConsistent)
             if stopping.load(ordering: .sequentiallyConsistent) {
@@ -141,7 +142,8 @@ final class RequestDispatcher: Sendable {
             let request = HTTPRequest(method: methodName, path: path,
                                       query: Self.values(of: connection, kind: .GET_ARGUMENT_KIND, lowercaseKeys: false),
                                       headers: Self.values(of: connection, kind: .HEADER_KIND, lowercaseKeys: true),
-                                      body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)))
+                                      body: state.body, remoteAddress: BindAddress.describe(fk_mhd_client_address(connection)),
+                                      cookies: Self.values(of: connection, kind: .COOKIE_KIND, lowercaseKeys: false))
             state.body = []
             guard usesHandlerPool else { return queue(Router.run(handler, request), on: connection) }
             guard let pool = pool.withLock({ $0 }) else {

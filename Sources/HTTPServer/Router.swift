@@ -31,6 +31,13 @@ public struct Router: Sendable {
         routes[path, default: [:]][method] = { _ in throw HTTPError(500, "deferred route called directly") }
     }
 
+    /// Replaces the handler for `method` on `path` with `wrapper(handler)`, to measure or guard it without the route's
+    /// owner knowing. Deferred routes and paths without such a handler are left as they are.
+    public mutating func wrap(_ method: String, _ path: String, _ wrapper: (@escaping HTTPHandler) -> HTTPHandler) {
+        guard deferredRoutes[path]?[method] == nil, let handler = routes[path]?[method] else { return }
+        routes[path]?[method] = wrapper(handler)
+    }
+
     /// The outcome of looking a request up.
     enum Match {
         case deferred(DeferredHTTPHandler)

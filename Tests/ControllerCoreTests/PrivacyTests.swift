@@ -16,6 +16,7 @@ struct PrivacyTests {
         _ = try SQLiteJobStore(database: store.database)
         _ = try SQLiteScheduleStore(database: store.database)
         _ = try SQLiteAlertStore(database: store.database)
+        _ = try SQLiteOperatorStore(database: store.database)
         var columns = Set<String>()
         for table in try store.database.query("SELECT name FROM sqlite_master WHERE type = 'table'").compactMap({ $0.string("name") }) {
             for column in try store.database.query("SELECT name FROM pragma_table_info(?)", [.text(table)]).compactMap({ $0.string("name") }) {
