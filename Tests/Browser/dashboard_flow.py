@@ -99,7 +99,9 @@ try:
     check_console()
 
     step("open the agent page")
-    link.click()
+    # Scrolled into view and clickable first: on a loaded machine the page may still be laying out.
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", link)
+    wait.until(expected_conditions.element_to_be_clickable(link)).click()
     wait.until(expected_conditions.presence_of_element_located((By.ID, "action-backup")))
     shot("3-agent")
 

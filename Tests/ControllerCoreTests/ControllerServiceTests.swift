@@ -61,7 +61,8 @@ final class ControllerHarness: @unchecked Sendable {
     }
 
     func snapshot() throws -> String {
-        let agents = try store.agents().map { "\($0.agentID) \($0.lastSeen ?? -1) \($0.facts) \($0.removed)" }
+        // Facts sorted: two equal dictionaries may print their entries in different orders (per-instance hashing).
+        let agents = try store.agents().map { "\($0.agentID) \($0.lastSeen ?? -1) \($0.facts.sorted { $0.key < $1.key }) \($0.problems.sorted { $0.key < $1.key }) \($0.removed)" }
         let tokens = try store.database.query("SELECT id, used_at FROM tokens ORDER BY id").map { "\($0.string("id") ?? "") \($0.int("used_at") ?? -1)" }
         return (agents + tokens).joined(separator: "\n")
     }

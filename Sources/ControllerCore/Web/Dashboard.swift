@@ -51,7 +51,7 @@ public final class Dashboard: Sendable {
     public static func open(store: ControllerStore, licences: LicenceService, jobs: any JobStore, schedules: ScheduleService,
                             metricsAccess: MetricsAccess, policy: OperatorPolicy = OperatorPolicy(),
                             clock: @escaping @Sendable () -> Int64 = FleetkeepClock.now) throws -> Dashboard {
-        let fleet = try SQLiteFleetStore(database: store.database)
+        let fleet = try SQLiteFleetStore(database: store.database, keys: store.keys)
         return Dashboard(operators: OperatorService(store: try SQLiteOperatorStore(database: store.database), policy: policy, clock: clock),
                          fleet: fleet, coverage: fleet, alerts: FleetConditionAlerts(fleet: fleet),
                          audit: PrivacyAuditReads(privacy: PrivacyService(controllerStore: store, clock: clock)), jobs: jobs, schedules: schedules,

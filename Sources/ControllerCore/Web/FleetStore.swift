@@ -133,19 +133,30 @@ public protocol BackupCoverageSource: Sendable {
 /// `FleetStore` and `BackupCoverageSource` on the controller's SQLite database.
 public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     let database: Database
+    /// Opens the host names, which the privacy work stores sealed (`agents.hostname_sealed`); nil reads the clear
+    /// column (a database without privacy keys, as some tests build).
+    let keys: PrivacyKeys?
     /// The summary of the current second: a page and its alerts grade the fleet once.
     private let recentSummary = Mutex<(key: [Int64], summary: FleetSummary)?>(nil)
 
-    public init(database: Database) throws {
+    public init(database: Database, keys: PrivacyKeys? = nil) throws {
         self.database = database
+        self.keys = keys
         try DashboardSchema.apply(to: database)
+    }
+
+    /// A row's host name: opened from its sealed column when there is one. Only the rows of a page are opened, so
+    /// searching and sorting by host name in SQL see only what is stored in the clear (agent ids still match).
+    func hostname(_ row: Row) -> String {
+        if let keys, let sealed = row.blob("hostname_sealed"), let name = try? keys.open(sealed, field: "agent.hostname") { return name }
+        return row.string("hostname") ?? ""
     }
 
     /// Every active agent with its grades. The three MAX subqueries are one index seek each
     /// (`dashboard_jobs_agent_kind_finished`).
     static let graded = """
         WITH fleet AS (
-          SELECT a.id, a.hostname, a.last_seen, a.enrolled_at, a.facts,
+          SELECT a.id, a.hostname, a.hostname_sealed, a.last_seen, a.enrolled_at, a.facts,
             (SELECT MAX(finished_at) FROM jobs j WHERE j.agent_id = a.id AND j.kind = 'backup' AND j.state = 'succeeded') AS last_ok,
             MAX(COALESCE((SELECT MAX(finished_at) FROM jobs j WHERE j.agent_id = a.id AND j.kind = 'backup' AND j.state = 'failed'), 0),
                 COALESCE((SELECT MAX(finished_at) FROM jobs j WHERE j.agent_id = a.id AND j.kind = 'backup' AND j.state = 'expired'), 0)) AS last_bad
@@ -177,7 +188,7 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     }
 
     static let columns = """
-        id, hostname, last_seen, liveness, backup, last_ok,
+        id, hostname, hostname_sealed, last_seen, liveness, backup, last_ok,
         json_extract(facts, '$.osName') AS os_name, json_extract(facts, '$.osVersion') AS os_version,
         json_extract(facts, '$.panel') AS panel, json_extract(facts, '$.panelVersion') AS panel_version,
         json_extract(facts, '$.agentVersion') AS agent_version,
@@ -219,7 +230,7 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
         let placeholders = wanted.map { _ in "?" }.joined(separator: ",")
         let graded = Self.graded.replacingOccurrences(of: "FROM agents a WHERE a.removed_at IS NULL", with: "FROM agents a WHERE a.removed_at IS NULL AND a.id IN (\(placeholders))")
         let rows = try database.query(graded + " SELECT \(Self.columns) FROM graded", wanted.map(SQLValue.text) + Self.bindings(thresholds))
-        let byID = Dictionary(rows.compactMap(Self.agentRow).map { ($0.agentID, $0) }, uniquingKeysWith: { first, _ in first })
+        let byID = Dictionary(rows.compactMap(agentRow).map { ($0.agentID, $0) }, uniquingKeysWith: { first, _ in first })
         return AgentTablePage(rows: wanted.compactMap { byID[$0] }, matching: matching)
     }
 
@@ -228,12 +239,12 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
              SELECT \(Self.columns) FROM graded WHERE liveness = 'stale' OR backup IN ('failed', 'overdue')
              ORDER BY CASE backup WHEN 'failed' THEN 0 WHEN 'overdue' THEN 1 ELSE 2 END, liveness DESC, hostname COLLATE NOCASE, id
              LIMIT \(max(1, min(limit, 1000)))
-            """, Self.bindings(thresholds)).compactMap(Self.agentRow)
+            """, Self.bindings(thresholds)).compactMap(agentRow)
     }
 
     public func agentRow(_ agentID: String, _ thresholds: FleetThresholds) throws -> AgentRow? {
         try database.query(Self.graded + " SELECT \(Self.columns) FROM graded WHERE id = :agent",
-                           Self.bindings(thresholds) + [.text(agentID)]).first.flatMap(Self.agentRow)
+                           Self.bindings(thresholds) + [.text(agentID)]).first.flatMap(agentRow)
     }
 
     /// `%`, `_` and the escape character itself match literally.
@@ -241,11 +252,11 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
         text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_")
     }
 
-    static func agentRow(_ row: Row) -> AgentRow? {
+    func agentRow(_ row: Row) -> AgentRow? {
         guard let id = row.string("id"), let liveness = row.string("liveness").flatMap(AgentLiveness.init),
               let backup = row.string("backup").flatMap(BackupHealth.init) else { return nil }
         let panel = row.string("panel") ?? "unknown"
-        return AgentRow(agentID: id, hostname: row.string("hostname") ?? "",
+        return AgentRow(agentID: id, hostname: hostname(row),
                         os: [row.string("os_name"), row.string("os_version")].compactMap { $0 }.joined(separator: " "),
                         panel: panel == "none" ? "none" : "\(panel) \(row.string("panel_version") ?? "")".trimmingCharacters(in: .whitespaces),
                         agentVersion: row.string("agent_version") ?? "", lastSeen: row.int("last_seen"), liveness: liveness, backup: backup,
@@ -254,7 +265,7 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
 
     public func agent(_ agentID: String) throws -> AgentRecord? {
         guard let row = try database.query("SELECT * FROM agents WHERE id = ?", [.text(agentID)]).first else { return nil }
-        return AgentRecord(agentID: row.string("id") ?? "", hostname: row.string("hostname") ?? "", enrolledAt: row.int("enrolled_at") ?? 0,
+        return AgentRecord(agentID: row.string("id") ?? "", hostname: hostname(row), enrolledAt: row.int("enrolled_at") ?? 0,
                            lastSeen: row.int("last_seen"), removed: row.int("removed_at") != nil,
                            facts: ControllerStore.decode(row.string("facts")), problems: ControllerStore.decode(row.string("problems")))
     }
