@@ -58,10 +58,14 @@ public struct HTTPClientConfiguration: Sendable {
     public static let defaultMaximumResponseBytes = 16 << 20
     /// Local address to connect from (e.g. "127.0.0.2" to test per-address limits on loopback); nil lets the kernel pick.
     public var localAddress: String?
+    /// Without a pin: PEM CA certificates to verify the server with; nil takes the system bundle (`CABundle`).
+    public var caFile: String?
 
     public init(baseURL: String, pinnedPublicKeySHA256: String? = nil, timeoutSeconds: Double = 30,
-                connectTimeoutSeconds: Double = 10, retry: RetryPolicy = RetryPolicy(), localAddress: String? = nil) {
+                connectTimeoutSeconds: Double = 10, retry: RetryPolicy = RetryPolicy(), localAddress: String? = nil,
+                caFile: String? = nil) {
         self.localAddress = localAddress
+        self.caFile = caFile
         self.baseURL = baseURL
         self.pinnedPublicKeySHA256 = pinnedPublicKeySHA256
         self.timeoutSeconds = timeoutSeconds
