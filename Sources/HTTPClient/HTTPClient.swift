@@ -84,7 +84,8 @@ public final class HTTPClient: Sendable {
                 try easy.set(CURLOPT_PINNEDPUBLICKEY, "sha256//" + pin)
                 try easy.set(CURLOPT_SSL_VERIFYPEER, 0)
                 try easy.set(CURLOPT_SSL_VERIFYHOST, 0)
-            } else if let ca = configuration.caFile ?? CABundle.locate() {
+            } else if let ca = configuration.caFile ?? CABundle.systemPath() {
+                // Our libcurl may be the bundled one, whose compiled-in CA path is Debian's (see CABundle).
                 try easy.set(CURLOPT_CAINFO, ca)
             }
 

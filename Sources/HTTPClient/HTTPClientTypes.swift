@@ -62,8 +62,10 @@ public struct HTTPClientConfiguration: Sendable {
     public var caFile: String?
 
     public init(baseURL: String, pinnedPublicKeySHA256: String? = nil, timeoutSeconds: Double = 30,
-                connectTimeoutSeconds: Double = 10, retry: RetryPolicy = RetryPolicy(), localAddress: String? = nil) {
+                connectTimeoutSeconds: Double = 10, retry: RetryPolicy = RetryPolicy(), localAddress: String? = nil,
+                caFile: String? = nil) {
         self.localAddress = localAddress
+        self.caFile = caFile
         self.baseURL = baseURL
         self.pinnedPublicKeySHA256 = pinnedPublicKeySHA256
         self.timeoutSeconds = timeoutSeconds

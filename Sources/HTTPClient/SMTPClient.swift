@@ -1,23 +1,6 @@
 import CCurl
 import Foundation
 
-/// Where the system keeps its CA certificates, for TLS that is verified against CAs (not pinned).
-public enum CABundle {
-    /// Debian and Ubuntu; RHEL, CentOS, Alma and Rocky (two layouts); SUSE; Alpine and BSDs.
-    public static let candidates = [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-        "/etc/ssl/ca-bundle.pem",
-        "/etc/ssl/cert.pem",
-    ]
-
-    /// The first readable bundle of `candidates`, or nil (then libcurl's built-in default applies).
-    public static func locate(_ paths: [String] = candidates) -> String? {
-        paths.first { FileManager.default.isReadableFile(atPath: $0) }
-    }
-}
-
 /// How to use TLS with an SMTP server. `smtps://` URLs always use TLS from the first byte.
 public enum MailTLS: String, Sendable, Codable, CaseIterable {
     /// STARTTLS when the server offers it, else plain text. A server that offers it but fails certificate
@@ -160,7 +143,7 @@ public enum SMTPClient {
             try easy.set(CURLOPT_TIMEOUT_MS, Int(min(max(server.timeoutSeconds, 1), 600) * 1000))
             try easy.set(CURLOPT_CONNECTTIMEOUT_MS, 10_000)
             try easy.set(CURLOPT_USE_SSL, Int(server.tls == .required ? CURLUSESSL_ALL.rawValue : CURLUSESSL_TRY.rawValue))
-            if let ca = server.caFile ?? CABundle.locate() { try easy.set(CURLOPT_CAINFO, ca) }
+            if let ca = server.caFile ?? CABundle.systemPath() { try easy.set(CURLOPT_CAINFO, ca) }
             try easy.set(CURLOPT_SSL_VERIFYPEER, 1)
             try easy.set(CURLOPT_SSL_VERIFYHOST, 2)
             if let username = server.username {

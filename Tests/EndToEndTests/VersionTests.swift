@@ -21,3 +21,17 @@ struct VersionTests {
         #expect(result.stderr.contains("takes no arguments"))
     }
 }
+
+/// Without /proc (a bare chroot, a sandbox) Swift's runtime cannot find the command line and reports no arguments at
+/// all, not even the program's name. Both programs must then answer with their usage and exit 2, not crash.
+struct MissingProcTests {
+    @Test(arguments: ["fleetkeep-agent", "fleetkeep-controller"])
+    func withoutProcTheArgumentsAreMissingAndTheProgramSaysHowToUseIt(program: String) throws {
+        guard getuid() == 0, let unshare = ProcessRunner.which("unshare") else { return }  // a mount namespace needs root
+        let result = try ProcessRunner.run(unshare, ["--mount", "--propagation", "private", "/bin/sh", "-c",
+                                                     "mount -t tmpfs none /proc && exec \"$0\" --version",
+                                                     ProcessRunner.productsDirectory + "/" + program])
+        #expect(result.status == 2, "\(program) without /proc: \(result.stderr)")
+        #expect(result.stdout.contains("usage: \(program)"))
+    }
+}
