@@ -55,7 +55,7 @@ var targets: [Target] = [
     .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
     .testTarget(name: "ProtocolTests", dependencies: ["FleetkeepProtocol", "CommandLineSupport"]),
     .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),
-    .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "TestSupport"]),
+    .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "Scheduling", "CommandLineSupport", "TestSupport"]),
     .testTarget(name: "ControllerCoreTests", dependencies: ["ControllerCore", "TestSupport"]),
     .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Crypto", "HTTPClient", "FleetkeepProtocol", "SQLite"]),
 ]

@@ -422,11 +422,17 @@ public enum BackupCommands {
     }
 
     public static func prune(_ raw: [String]) throws -> Int32 {
-        let arguments = try Arguments(raw, options: common, flags: ["dry-run", "json"])
+        let arguments = try Arguments(raw, options: common.union(["keep-files", "keep-databases", "keep-email"]), flags: ["dry-run", "json"])
         try arguments.expectPositionals(atMost: 0)
         let config = try settings(arguments)
         let repository = try open(config)
-        let retention = config.retention
+        var retention = config.retention
+        // Days kept per kind, from the controller's policy when a scheduled prune runs (`JobAgent`), over the config.
+        for (option, kind) in [("keep-files", BackupKind.files), ("keep-databases", .databases), ("keep-email", .email)] {
+            guard let text = arguments.value(option) else { continue }
+            guard let days = Int(text), (1...3660).contains(days) else { throw UsageError("--\(option) '\(text.prefix(32))' must be a number of days from 1 to 3660") }
+            retention[kind] = RetentionPolicy(keepDaily: days)
+        }
         let report = try repository.prune(policy: { tags in
             tags["kind"].flatMap(BackupKind.init(rawValue:)).flatMap { retention[$0] } ?? RetentionPolicy()
         }, dryRun: arguments.flag("dry-run"))

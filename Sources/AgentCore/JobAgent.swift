@@ -257,6 +257,12 @@ public final class JobAgent: Sendable {
     }
 
     func arguments(for job: JobAssignment, localID: String?) -> [String] {
+        Self.arguments(for: job, localID: localID, policy: read(SchedulePolicy.self, "policy.json"), stateDirectory: state.directory)
+    }
+
+    /// The child command for `job`. Retention comes from the controller's `policy` (the last one saved from a poll),
+    /// so `schedule set --keep-files` and friends take effect; without a saved policy the agent's config decides.
+    static func arguments(for job: JobAssignment, localID: String?, policy: SchedulePolicy?, stateDirectory: String) -> [String] {
         let parameters = job.parameters
         switch job.kind {
         case .backup:
@@ -265,10 +271,15 @@ public final class JobAgent: Sendable {
         case .verify:
             if let part = parameters.verifyPart, let parts = parameters.verifyParts { return ["verify", "--read-data-part", "\(part)/\(parts)"] }
             return ["verify"]
-        case .prune: return ["prune"]
-        case .offsitePush: return ["offsite", "push"]
+        case .prune:
+            guard let retention = policy?.retention else { return ["prune"] }
+            return ["prune", "--keep-files", String(retention.filesDays), "--keep-databases", String(retention.databasesDays),
+                    "--keep-email", String(retention.emailDays)]
+        case .offsitePush:
+            guard let retention = policy?.retention else { return ["offsite", "push"] }
+            return ["offsite", "push", "--keep-weekly", String(retention.offsiteWeeks)]
         case .restore:
-            let target = state.directory + "/restores/job-\(localID ?? String(job.id))"
+            let target = stateDirectory + "/restores/job-\(localID ?? String(job.id))"
             return ["restore", parameters.snapshot ?? "latest", "--account", parameters.account ?? "", "--kind", "files", "--target", target]
         }
     }
