@@ -5,10 +5,6 @@
 #include <microhttpd.h>
 #include "CMicroHTTPDErrorBodies.h"
 
-static atomic_int rewritten;
-
-int fk_mhd_error_bodies_rewritten(void) { return atomic_load(&rewritten); }
-
 /* Appends one byte of JSON string content, escaping what JSON requires; stops quietly when full. */
 static void put(char *out, size_t capacity, size_t *used, const char *bytes, size_t count) {
     if (*used + count + 1 > capacity) return;
@@ -69,7 +65,6 @@ struct MHD_Response *MHD_create_response_from_buffer(size_t size, void *buffer, 
         struct MHD_Response *response = create(length, json, MHD_RESPMEM_MUST_COPY);
         if (response != NULL) {
             MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-            atomic_store(&rewritten, 1);
         }
         return response;
     }

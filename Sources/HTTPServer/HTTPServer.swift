@@ -1,4 +1,5 @@
 import CMicroHTTPD
+// Linked for its MHD_create_response_from_buffer, which turns libmicrohttpd's own HTML errors into JSON.
 import CMicroHTTPDErrorBodies
 import Foundation
 import Synchronization
@@ -10,10 +11,6 @@ import Synchronization
 /// `@unchecked Sendable`: the daemon pointer and PEM buffers are only touched under `state`'s lock (start/shutdown/deinit);
 /// libmicrohttpd itself is thread-safe for these calls, and request handling state lives in the Sendable dispatcher.
 public final class HTTPServer: @unchecked Sendable {
-    /// True once libmicrohttpd's own fixed HTML error page for an unparsable request was answered as JSON instead
-    /// (`CMicroHTTPDErrorBodies`). Lets a test tell that the interposition is in effect in this binary.
-    public static var hasRewrittenLibraryErrors: Bool { fk_mhd_error_bodies_rewritten() != 0 }
-
     private struct State {
         var daemon: OpaquePointer?
         var port: UInt16 = 0

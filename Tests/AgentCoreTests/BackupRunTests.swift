@@ -33,17 +33,7 @@ struct WholeServerBackupTests {
 
     @Test func restoreAllWritesDatabaseDumpsBesideTheAccounts() throws {
         let scratch = TemporaryDirectory(prefix: "fk-whole-db")
-        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
-        let common = ["--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"), "--config", scratch.appending("agent.conf")]
-        #expect(try BackupCommands.repo(["init"] + common) == 0)
-        let repository = try Repository.open(storage: LocalStorage(root: scratch.appending("repo")), keySource: .keyFile(scratch.appending("repo.key")))
-        let dump = Array("CREATE TABLE t (id INT);\nINSERT INTO t VALUES (1),(2);\n".utf8)
-        let pipe = Pipe()
-        let writer = Thread { pipe.fileHandleForWriting.write(Data(dump)); try? pipe.fileHandleForWriting.close() }
-        writer.start()
-        _ = try repository.backup(stream: pipe.fileHandleForReading.fileDescriptor, name: "alice_wp.sql",
-                                  options: BackupOptions(tags: ["account": "alice", "kind": "databases", "database": "alice_wp", "host": "h"], chunking: .streams))
-        try? pipe.fileHandleForReading.close()
+        let (common, dump) = try DumpRepository.make(in: scratch)
         let root = scratch.appending("rebuilt")
         #expect(try BackupCommands.restore(["latest", "--all", "--kind", "databases", "--target", root] + common) == 0)
         #expect(FileManager.default.contents(atPath: root + "/var/lib/fleetkeep/restored-databases/alice_wp.sql") == Data(dump))

@@ -65,17 +65,7 @@ struct RestoreTargetSafetyCommandTests {
     /// hard link at their path (or above it, below the target), and belong to root with mode 0600.
     @Test func databaseDumpsReplaceWhatIsPlantedAtTheirPath() throws {
         let scratch = TemporaryDirectory(prefix: "fk-hostile-dumps")
-        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
-        let common = ["--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"), "--config", scratch.appending("agent.conf")]
-        #expect(try BackupCommands.repo(["init"] + common) == 0)
-        let repository = try Repository.open(storage: LocalStorage(root: scratch.appending("repo")), keySource: .keyFile(scratch.appending("repo.key")))
-        let dump = Array("CREATE TABLE t (id INT);\nINSERT INTO t VALUES (1),(2);\n".utf8)
-        let pipe = Pipe()
-        let writer = Thread { pipe.fileHandleForWriting.write(Data(dump)); try? pipe.fileHandleForWriting.close() }
-        writer.start()
-        _ = try repository.backup(stream: pipe.fileHandleForReading.fileDescriptor, name: "alice_wp.sql",
-                                  options: BackupOptions(tags: ["account": "alice", "kind": "databases", "database": "alice_wp", "host": "h"], chunking: .streams))
-        try? pipe.fileHandleForReading.close()
+        let (common, dump) = try DumpRepository.make(in: scratch)
         let outside = scratch.appending("outside")
         try Self.makeOutside(outside)
         let before = fileTreeManifest(outside)

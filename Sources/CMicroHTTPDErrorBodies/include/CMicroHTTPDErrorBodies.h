@@ -9,6 +9,3 @@
 
    Returns how many bytes of JSON were written to `out` (always NUL-terminated, at most `capacity - 1` bytes). */
 size_t fk_mhd_error_json(const char *html, size_t length, char *out, size_t capacity);
-
-/* 1 once the interposed function has turned at least one library error into JSON (for tests). */
-int fk_mhd_error_bodies_rewritten(void);
