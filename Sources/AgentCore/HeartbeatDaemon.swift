@@ -77,7 +77,8 @@ public struct HeartbeatDaemon: Sendable {
                 if intervalOverride == nil { interval = Double(HeartbeatTiming.clamp(answer.heartbeatIntervalSeconds)) }
                 if failures > 0 { log("controller reachable again after \(failures) failed attempts") }
                 failures = 0
-                let licence = AgentLicence(state: state, root: collector.root).check()
+                // Only for the log: the answer just accepted already recorded the trusted time, so no second write.
+                let licence = AgentLicence(state: state, root: collector.root).check(recordRun: false)
                 log("heartbeat ok; licence \(licence.status)\(licence.status == "valid" ? "" : ": \(licence.reason)")")
                 // ±10% jitter keeps a fleet that restarted together from beating in lockstep.
                 wait = interval * Double.random(in: 0.9...1.1)

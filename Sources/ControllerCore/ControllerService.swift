@@ -149,9 +149,7 @@ public final class ControllerService: Sendable {
             }
             _ = try store.enroll(tokenID: body.tokenID, secret: body.tokenSecret, publicKey: key,
                                            facts: body.facts, problems: body.problems, now: now)
-            let licence = LicenceStatus(status: "unlicensed", tier: "none", validUntil: 0,
-                                        reason: "no licence is activated on this server; run `fleetkeep-agent licence activate KEY`")
-            return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: interval, licence: licence,
+            return .json(EnrollResponse(agentID: agentID, heartbeatIntervalSeconds: interval, licence: .unlicensed,
                                         controllerSigningKey: licences.signingPublicKey))
         } catch let rejection as RequestSigning.Rejection {
             throw HTTPError(rejection.status, rejection.message)

@@ -258,7 +258,7 @@ public final class LicenceService: Sendable {
             if let seat = try store.activeSeat(agentID: agentID) {
                 guard seat.licenceID == licence.id else { throw LicenceError.boundElsewhere(agentID: agentID, licenceID: seat.licenceID) }
                 // Already bound here: activating again just hands out a fresh lease.
-                return try signLease(licence: licence, agentID: agentID, machineHash: seat.machineHash, now: now, policy: policy, event: nil)
+                return try signLease(licence: licence, agentID: agentID, machineHash: seat.machineHash, now: now, policy: policy, event: nil).lease
             }
             let bound = try store.activeSeats(licenceID: licence.id)
             guard bound.count < licence.maxServers else {
@@ -277,7 +277,7 @@ public final class LicenceService: Sendable {
             try store.insertSeat(Seat(licenceID: licence.id, agentID: agentID, machineHash: machine, activatedAt: now))
             return try signLease(licence: licence, agentID: agentID, machineHash: machine, now: now, policy: policy,
                                  event: LicenceEvent(at: now, kind: isMove ? "moved" : "activated", agentID: agentID,
-                                                     detail: "machine \(machine.prefix(12))…"))
+                                                     detail: "machine \(machine.prefix(12))…")).lease
         }
         forget(agentID: agentID)
         return ActivationResponse(lease: lease, controllerSigningKey: signingPublicKey, controllerTime: now)
@@ -285,7 +285,7 @@ public final class LicenceService: Sendable {
 
     /// Signs a lease for a bound agent, records its serial and expiry on the seat, and adds `event` (or "renewed").
     private func signLease(licence: Licence, agentID: String, machineHash: String, now: Int64, policy: LicencePolicy,
-                           event: LicenceEvent?) throws -> SignedLease {
+                           event: LicenceEvent?) throws -> (lease: SignedLease, expiresAt: Int64) {
         let tier = try store.tier(licence.tier)
         let status = licence.effectiveStatus(now: now)
         var expires = now + policy.leaseSeconds
@@ -297,15 +297,15 @@ public final class LicenceService: Sendable {
         try store.recordLease(agentID: agentID, serial: serial, expiresAt: expires)
         try store.addEvent(licenceID: licence.id, event ?? LicenceEvent(at: now, kind: "renewed", agentID: agentID,
                                                                           detail: "lease \(serial) until \(UTCText.format(expires))"))
-        return try SignedLease.sign(lease, with: signingKey)
+        return (try SignedLease.sign(lease, with: signingKey), expires)
     }
 
     /// Records a sighting of (agent, machine); flags a clone on the licence when the agent shows a second machine.
+    /// Runs inside the caller's transaction, so the pair joins `knownMachines` only once that commits (`renewal`):
+    /// a rolled-back sighting must be recorded again.
     private func noteMachine(agentID: String, machineHash: String, now: Int64) throws -> Bool {
-        let pair = agentID + "/" + machineHash
-        if knownMachines.withLock({ $0.contains(pair) }) { return false }
+        if knownMachines.withLock({ $0.contains(agentID + "/" + machineHash) }) { return false }
         let isNew = try store.recordMachine(agentID: agentID, machineHash: machineHash, now: now)
-        knownMachines.withLock { _ = $0.insert(pair) }
         if isNew, try store.machines(agentID: agentID).count > 1, let seat = try store.activeSeat(agentID: agentID) {
             try store.addEvent(licenceID: seat.licenceID, LicenceEvent(at: now, kind: "clone-flagged", agentID: agentID,
                                                                        detail: "agent key seen on machine \(machineHash.prefix(12))… besides \(seat.machineHash.prefix(12))…"))
@@ -324,9 +324,7 @@ public final class LicenceService: Sendable {
             if let machineHash { _ = try noteMachine(agentID: agentID, machineHash: machineHash, now: now) }
             let recheck = now + policy.renewAfterSeconds
             guard let seat = try store.activeSeat(agentID: agentID), let licence = try store.licence(id: seat.licenceID) else {
-                return CachedRenewal(status: LicenceStatus(status: "unlicensed", tier: "none", validUntil: 0,
-                                                           reason: "no licence is activated on this server; run `fleetkeep-agent licence activate KEY`"),
-                                     lease: nil, renewAt: recheck)
+                return CachedRenewal(status: .unlicensed, lease: nil, renewAt: recheck)
             }
             guard let machineHash else {
                 return CachedRenewal(status: LicenceStatus(status: "invalid", tier: licence.tier, validUntil: 0,
@@ -339,13 +337,13 @@ public final class LicenceService: Sendable {
                                                            reason: LicenceError.clone(agentID: agentID).description),
                                      lease: nil, renewAt: recheck)
             }
-            let lease = try signLease(licence: licence, agentID: agentID, machineHash: machineHash, now: now, policy: policy, event: nil)
+            let (lease, expiresAt) = try signLease(licence: licence, agentID: agentID, machineHash: machineHash, now: now, policy: policy, event: nil)
             let status = licence.effectiveStatus(now: now)
-            let opened = try lease.open(verifyingWith: signingKey.publicKey)
-            return CachedRenewal(status: LicenceStatus(status: status, tier: licence.tier, validUntil: opened.expiresAt,
+            return CachedRenewal(status: LicenceStatus(status: status, tier: licence.tier, validUntil: expiresAt,
                                                        reason: status == "valid" ? nil : "licence \(licence.id) is \(status)"),
                                  lease: lease, renewAt: recheck)
         }
+        if let machineHash { knownMachines.withLock { _ = $0.insert(agentID + "/" + machineHash) } }
         renewals.withLock { $0[cacheKey] = answer }
         return (answer.status, answer.lease)
     }

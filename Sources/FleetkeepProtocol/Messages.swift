@@ -73,6 +73,10 @@ public struct HeartbeatResponse: Codable, Sendable {
 
 /// The licence state of one agent, validated by the controller on every heartbeat.
 public struct LicenceStatus: Codable, Sendable, Equatable {
+    /// An agent bound to no licence (at enrollment, or with no seat).
+    public static let unlicensed = LicenceStatus(status: "unlicensed", tier: "none", validUntil: 0,
+                                                 reason: "no licence is activated on this server; run `fleetkeep-agent licence activate KEY`")
+
     public var status: String
     public var tier: String
     public var validUntil: Int64

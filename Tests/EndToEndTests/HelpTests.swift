@@ -53,7 +53,8 @@ struct HelpTests {
             }
             // The parser lists every option it accepts when it meets an unknown one; each must be described.
             let probe = try run(program, [command] + (subcommands.first.map { [$0] } ?? []) + ["--zz-not-an-option"])
-            if let known = probe.stderr.firstMatch(of: /known: ([^)]*)\)/) {
+            let known = try #require(probe.stderr.firstMatch(of: /known: ([^)]*)\)/), "\(program) \(command): the parser listed no options: \(probe.stderr)")
+            do {
                 for option in known.1.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
                     #expect(helpTexts.contains { $0.contains("  \(option) ") || $0.contains("  \(option)\n") },
                             "\(program) \(command): option \(option) is accepted but described in no help")
