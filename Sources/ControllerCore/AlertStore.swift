@@ -160,6 +160,12 @@ public protocol AlertStore: Sendable {
     func apply(held: [HeldCondition], now: Int64) throws -> AlertTransitions
     func alerts(includeResolvedSince: Int64?) throws -> [AlertRecord]
     func firingAlerts(agentID: String?) throws -> [AlertRecord]
+    /// How many alerts fire, by condition (the dashboard's cards and /metrics).
+    func firingCounts() throws -> [AlertCondition: Int]
+    /// Up to `limit` firing alerts (of one agent when `agentID` is given), the most recently fired first.
+    func firingAlerts(agentID: String?, limit: Int) throws -> [AlertRecord]
+    /// Up to `limit` alerts resolved at or after `since`, the most recently resolved first.
+    func resolvedAlerts(since: Int64, limit: Int) throws -> [AlertRecord]
 
     func addChannel(_ channel: AlertChannel) throws -> Bool
     func removeChannel(_ name: String, now: Int64) throws -> Bool
@@ -179,7 +185,7 @@ public protocol AlertStore: Sendable {
     func jobConditionCursor() throws -> Int64
 }
 
-/// `AlertStore` in the controller's SQLite database (migration 401).
+/// `AlertStore` in the controller's SQLite database (migrations 401 and 402).
 public final class SQLiteAlertStore: AlertStore {
     let database: Database
     /// Events in one delivery; more go into further deliveries of the same evaluation.
@@ -200,6 +206,11 @@ public final class SQLiteAlertStore: AlertStore {
             CREATE TABLE alert_job_conditions (key TEXT PRIMARY KEY, condition TEXT NOT NULL, agent_id TEXT NOT NULL, subject TEXT NOT NULL,
                                                detail TEXT NOT NULL, since INTEGER NOT NULL);
             CREATE TABLE alert_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            """),
+        // The dashboard reads one agent's firing alerts on its page, and the newest firing ones on the overview.
+        Migration(version: 402, sql: """
+            CREATE INDEX alerts_firing_agent ON alerts (agent_id, fired_at) WHERE resolved_at IS NULL;
+            CREATE INDEX alerts_firing_fired ON alerts (fired_at) WHERE resolved_at IS NULL;
             """),
     ]
 
@@ -254,6 +265,29 @@ public final class SQLiteAlertStore: AlertStore {
             return try database.query("SELECT * FROM alerts WHERE resolved_at IS NULL AND agent_id = ? ORDER BY fired_at, id", [.text(agentID)]).compactMap(Self.alert)
         }
         return try database.query("SELECT * FROM alerts WHERE resolved_at IS NULL ORDER BY fired_at, id").compactMap(Self.alert)
+    }
+
+    public func firingCounts() throws -> [AlertCondition: Int] {
+        var counts: [AlertCondition: Int] = [:]
+        for row in try database.query("SELECT condition, count(*) AS n FROM alerts WHERE resolved_at IS NULL GROUP BY condition") {
+            guard let condition = row.string("condition").flatMap(AlertCondition.init) else { continue }
+            counts[condition, default: 0] += Int(clamping: row.int("n") ?? 0)
+        }
+        return counts
+    }
+
+    public func firingAlerts(agentID: String?, limit: Int) throws -> [AlertRecord] {
+        let bounded = max(1, min(limit, 10_000))
+        if let agentID {
+            return try database.query("SELECT * FROM alerts WHERE resolved_at IS NULL AND agent_id = ? ORDER BY fired_at DESC, id DESC LIMIT \(bounded)",
+                                      [.text(agentID)]).compactMap(Self.alert)
+        }
+        return try database.query("SELECT * FROM alerts WHERE resolved_at IS NULL ORDER BY fired_at DESC, id DESC LIMIT \(bounded)").compactMap(Self.alert)
+    }
+
+    public func resolvedAlerts(since: Int64, limit: Int) throws -> [AlertRecord] {
+        try database.query("SELECT * FROM alerts WHERE resolved_at >= ? ORDER BY resolved_at DESC, id DESC LIMIT \(max(1, min(limit, 10_000)))",
+                           [.integer(since)]).compactMap(Self.alert)
     }
 
     public func addChannel(_ channel: AlertChannel) throws -> Bool {

@@ -13,7 +13,7 @@ import Foundation
 public final class Database: @unchecked Sendable {
     public let path: String
     let lock = ReentrantLock()
-    private let connection: Connection
+    let connection: Connection
     private var cache: [String: StatementHandle] = [:]
     private(set) var isClosed = false
     private var transactionDepth = 0

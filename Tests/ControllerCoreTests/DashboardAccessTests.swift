@@ -200,10 +200,12 @@ struct DashboardAccessTests {
         try harness.addFinishedBackup(agent: "fk-evil", state: "failed", finishedAt: harness.clock.now - 60, snapshots: [], error: "<b>disk full</b>")
         let (licence, _) = try harness.service.licences.issue(customer: Customer(name: "<i>Eve</i> & co", email: "eve@x.example"),
                                                               tier: "basic", maxServers: 1, expiresAt: nil)
+        try harness.evaluateAlerts()
         let admin = try harness.signIn("alice")
         let pages = [admin.get("/"), admin.get("/", ["q": hostile]), admin.get("/agent", ["id": "fk-evil"]), admin.get("/jobs"),
                      admin.get("/licences"), admin.get("/licence", ["id": licence.id]), admin.get("/agent", ["id": hostile]),
-                     admin.get("/agent/confirm", ["id": "fk-evil", "action": "backup"])]
+                     admin.get("/agent/confirm", ["id": "fk-evil", "action": "backup"]), admin.get("/alerts"), admin.get("/privacy"),
+                     admin.get("/privacy/confirm", ["customer": String(licence.customerID), "action": "erase"])]
         for page in pages {
             let text = page.text
             for raw in ["<script>alert", "<img src=x", "<b>disk", "<i>Eve", "<td class=pwned>", "\u{1b}"] { #expect(!text.contains(raw), "\(raw) unescaped in \(page.status) page") }
@@ -211,6 +213,8 @@ struct DashboardAccessTests {
         #expect(pages[2].text.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#39;&gt;"))
         #expect(pages[5].text.contains("&lt;i&gt;Eve&lt;/i&gt; &amp; co"))
         #expect(pages[6].status == 404)
+        #expect(pages[8].text.contains("agent &lt;script&gt;alert(1)"), "the stale alert names the host, escaped")
+        #expect(pages[10].text.contains("&lt;i&gt;Eve&lt;/i&gt; &amp; co"))
     }
 
     @Test func formBodiesAreReadStrictly() throws {

@@ -39,16 +39,21 @@ final class DashboardHarness: @unchecked Sendable {
         _ = try dashboard.operators.completeSetup(secret: secret, password: password, confirmation: password)
     }
 
-    /// An enrolled agent, written as enrollment writes it.
+    /// An enrolled agent, written as enrollment writes it: the host name sealed, nothing in the clear column.
     @discardableResult
     func addAgent(_ id: String, hostname: String, lastSeen: Int64?, enrolledAt: Int64? = nil, facts: [String: String] = [:]) throws -> String {
-        var all = facts
-        all["hostname"] = hostname
-        let json = String(decoding: try JSONEncoder().encode(all), as: UTF8.self)
-        try store.database.run("INSERT INTO agents (id, public_key, hostname, enrolled_at, last_seen, facts) VALUES (?, ?, ?, ?, ?, ?)",
-                               [.text(id), .blob(SecureRandom.bytes(32)), .text(hostname), .integer(enrolledAt ?? clock.now - 30 * 86400),
-                                .optional(lastSeen), .text(json)])
+        let json = String(decoding: try JSONEncoder().encode(facts), as: UTF8.self)
+        try store.database.run("INSERT INTO agents (id, public_key, hostname, hostname_sealed, enrolled_at, last_seen, facts) VALUES (?, ?, '', ?, ?, ?, ?)",
+                               [.text(id), .blob(SecureRandom.bytes(32)), .blob(try store.keys.seal(hostname, field: "agent.hostname")),
+                                .integer(enrolledAt ?? clock.now - 30 * 86400), .optional(lastSeen), .text(json)])
         return id
+    }
+
+    /// The alert evaluation, as `serve` runs it every 30 s, at the harness's clock.
+    @discardableResult
+    func evaluateAlerts() throws -> AlertTransitions {
+        let clock = self.clock
+        return try AlertService.open(store: store, startedAt: clock.now - 86400, controllerName: "test", clock: { clock.now }).evaluate(now: clock.now)
     }
 
     /// A finished backup job, as a result records it.

@@ -13,8 +13,10 @@ public final class Dashboard: Sendable {
     public let operators: OperatorService
     let fleet: any FleetStore
     let coverage: any BackupCoverageSource
-    let alerts: any FiringAlertSource
+    let alerts: any AlertStore
     let audit: any PersonalDataAudit
+    /// Aggregates, customer export and erasure, and the audit log, for the privacy pages.
+    let privacy: PrivacyService
     let jobs: any JobStore
     let schedules: ScheduleService
     let licences: LicenceService
@@ -29,8 +31,8 @@ public final class Dashboard: Sendable {
     static let sessionCookie = "__Host-fk-session"
     static let loginCookie = "__Host-fk-login"
 
-    public init(operators: OperatorService, fleet: any FleetStore, coverage: any BackupCoverageSource, alerts: any FiringAlertSource,
-                audit: any PersonalDataAudit, jobs: any JobStore, schedules: ScheduleService, licences: LicenceService,
+    public init(operators: OperatorService, fleet: any FleetStore, coverage: any BackupCoverageSource, alerts: any AlertStore,
+                audit: any PersonalDataAudit, privacy: PrivacyService, jobs: any JobStore, schedules: ScheduleService, licences: LicenceService,
                 metricsAccess: MetricsAccess, heartbeatInterval: @escaping @Sendable () -> Int64,
                 clock: @escaping @Sendable () -> Int64 = FleetkeepClock.now) {
         self.operators = operators
@@ -38,6 +40,7 @@ public final class Dashboard: Sendable {
         self.coverage = coverage
         self.alerts = alerts
         self.audit = audit
+        self.privacy = privacy
         self.jobs = jobs
         self.schedules = schedules
         self.licences = licences
@@ -52,9 +55,10 @@ public final class Dashboard: Sendable {
                             metricsAccess: MetricsAccess, policy: OperatorPolicy = OperatorPolicy(),
                             clock: @escaping @Sendable () -> Int64 = FleetkeepClock.now) throws -> Dashboard {
         let fleet = try SQLiteFleetStore(database: store.database, keys: store.keys)
+        let privacy = PrivacyService(controllerStore: store, clock: clock)
         return Dashboard(operators: OperatorService(store: try SQLiteOperatorStore(database: store.database), policy: policy, clock: clock),
-                         fleet: fleet, coverage: fleet, alerts: FleetConditionAlerts(fleet: fleet),
-                         audit: PrivacyAuditReads(privacy: PrivacyService(controllerStore: store, clock: clock)), jobs: jobs, schedules: schedules,
+                         fleet: fleet, coverage: fleet, alerts: try SQLiteAlertStore(database: store.database),
+                         audit: PrivacyAuditReads(privacy: privacy), privacy: privacy, jobs: jobs, schedules: schedules,
                          licences: licences, metricsAccess: metricsAccess,
                          heartbeatInterval: { Int64((try? store.heartbeatInterval()) ?? 300) }, clock: clock)
     }
@@ -80,6 +84,11 @@ public final class Dashboard: Sendable {
         }
         router.add("GET", "/licence/revoke") { [self] request in page(request, .admin) { try confirmRevoke($0) } }
         router.add("POST", "/licence/revoke") { [self] request in page(request, .admin, fields: ["id"]) { try revokeLicence($0) } }
+        router.add("GET", "/alerts") { [self] request in page(request, .viewer) { try alertsPage($0) } }
+        router.add("GET", "/privacy") { [self] request in page(request, .viewer) { try privacyPage($0) } }
+        router.add("GET", "/privacy/confirm") { [self] request in page(request, .admin) { try confirmPrivacyAction($0) } }
+        router.add("POST", "/privacy/export") { [self] request in page(request, .admin, fields: ["customer"]) { try exportCustomer($0) } }
+        router.add("POST", "/privacy/erase") { [self] request in page(request, .admin, fields: ["customer", "confirmation"]) { try eraseCustomer($0) } }
         router.add("GET", "/login") { [self] request in page(request, .anyone) { try loginPage($0, message: nil, status: 200) } }
         router.add("POST", "/login") { [self] request in page(request, .anyone) { try login($0) } }
         // Open to anyone so that signing out of an expired session still lands on the login page; with a session,
@@ -175,6 +184,7 @@ public final class Dashboard: Sendable {
         switch error {
         case let error as DashboardError: return (error.httpStatus, error.description)
         case let error as LicenceError: return (error.httpStatus, error.description)
+        case let error as PrivacyError: return (error.httpStatus, error.description)
         case let error as JobStoreError: let mapped = JobService.httpError(error); return (mapped.status, mapped.message)
         case let error as UsageError: return (400, error.message)
         case let error as HTTPError: return (error.status, error.message)

@@ -25,8 +25,8 @@ extension Dashboard {
         let summary = try fleet.summary(thresholds)
         let table = try fleet.agentTable(query, thresholds)
         let licenceStates = try fleet.licenceStates(now: now)
-        let firingCounts = try alerts.firingCounts(thresholds)
-        let firing = try alerts.firing(agentID: nil, limit: 10, thresholds)
+        let firingCounts = try alerts.firingCounts()
+        let firing = try alerts.firingAlerts(agentID: nil, limit: 10)
         let days = SVGChart.days(endingAt: now, count: 30)
         let outcomes = Dictionary(try dailyOutcomes(now: now).map { ($0.day, $0) }, uniquingKeysWith: { first, _ in first })
         let rate = SVGChart.bars(title: "Fleet: daily backup success rate, last 30 days", bars: days.map { day in
@@ -41,14 +41,10 @@ extension Dashboard {
             <div class="card" id="agents-card"><h2>Agents</h2>\(count(summary.liveness[.online], "online", "good"))\(count(summary.liveness[.stale], "stale", "bad"))</div>
             <div class="card" id="backups-card"><h2>Backups</h2>\(count(summary.backups[.ok], "OK", "good"))\(count(summary.backups[.overdue], "overdue", "warn"))\(count(summary.backups[.failed], "failed", "bad"))\(count(summary.backups[.pending], "pending (new)", "neutral"))</div>
             <div class="card" id="licences-card"><h2>Licences</h2>\(["valid", "expired", "suspended", "revoked"].map { count(licenceStates[$0], $0, $0 == "valid" ? "good" : "warn") })</div>
-            <div class="card" id="alerts-card"><h2>Alerts firing</h2>\(firingCounts.sorted(by: { $0.key < $1.key }).map { count($0.value, $0.key, $0.value > 0 ? "bad" : "good") })</div>
+            <div class="card" id="alerts-card"><h2><a href="/alerts">Alerts firing</a></h2>\(AlertCondition.allCases.map { count(firingCounts[$0], $0.rawValue, (firingCounts[$0] ?? 0) > 0 ? "bad" : "good") })</div>
             </section>
             """
-        let alertRows = firing.map { alert -> [HTML] in
-            ["\(Pages.badge(alert.condition, "bad"))", "<a href=\"\(href: "/agent", [("id", alert.agentID)])\">\(alert.hostname)</a>", "\(alert.detail)",
-             "\(alert.since.map { DisplayFormat.age($0, now: now) } ?? "")"]
-        }
-        let alertTable = Pages.table(id: "alerts", headers: ["Condition", "Agent", "Detail", "Since"], rows: alertRows, empty: "No alert fires.")
+        let alertTable = Pages.alertTable(firing, now: now, id: "alerts", empty: "No alert fires.")
 
         // Sortable headers: a link per column, toggling the direction of the current one.
         func header(_ title: String, _ sort: AgentSort) -> HTML {
@@ -77,6 +73,7 @@ extension Dashboard {
         let content: HTML = """
             \(cards)
             <h2>Alerts</h2>\(alertTable)
+            <p><a href="/alerts">All alerts, resolved ones and notifications →</a></p>
             \(rate)
             <h2>Agents</h2>
             <form method="get" action="/" class="search"><input type="search" name="q" value="\(query.search)" placeholder="host name or agent id" aria-label="Search agents">
@@ -137,9 +134,7 @@ extension Dashboard {
                     "\(entry.lastSuccessAt.map { DisplayFormat.time($0) + " (" + DisplayFormat.age($0, now: now) + ")" } ?? "never")",
                     "\(entry.lastFailureAt.map { DisplayFormat.age($0, now: now) + ": " + (entry.lastError ?? "failed") } ?? "-")"]
         }
-        let agentAlerts = try alerts.firing(agentID: agent.agentID, limit: 50, thresholds).map { alert -> [HTML] in
-            [Pages.badge(alert.condition, "bad"), "\(alert.detail)", "\(alert.since.map { DisplayFormat.age($0, now: now) } ?? "")"]
-        }
+        let agentAlerts = try alerts.firingAlerts(agentID: agent.agentID, limit: 50)
         let agentJobs = try jobs.jobs(agentID: agent.agentID, states: nil, limit: 20)
 
         // Charts over the last 30 days: per day the longest backup and the data it added.
@@ -181,7 +176,7 @@ extension Dashboard {
             \(actions)
             <h2>Jobs</h2>\(Pages.jobTable(agentJobs, hostnames: [:], now: now, showAgent: false, empty: "No job has run on this agent yet."))
             <h2>Backups by account and kind</h2>\(Pages.table(id: "coverage", headers: ["Account", "Kind", "State", "Last success", "Last failure"], rows: coverageRows, empty: "No backup has been reported yet."))
-            <h2>Alerts</h2>\(Pages.table(id: "agent-alerts", headers: ["Condition", "Detail", "Since"], rows: agentAlerts, empty: "No alert fires for this agent."))
+            <h2>Alerts</h2>\(Pages.alertTable(agentAlerts, now: now, id: "agent-alerts", linkAgents: false, empty: "No alert fires for this agent."))
             <h2>Licence</h2>\(Pages.table(id: "licence", headers: ["", ""], rows: licenceRows, empty: "No licence is activated on this server."))
             <h2>Charts</h2>\(durationChart)\(addedChart)
             <h2>Facts</h2>\(Pages.table(id: "facts", headers: ["Fact", "Value"], rows: facts, empty: "No facts reported."))

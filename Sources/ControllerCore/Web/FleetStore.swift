@@ -130,6 +130,30 @@ public protocol BackupCoverageSource: Sendable {
     func fleetCoverage() throws -> [BackupCoverage]
 }
 
+/// Host names opened from their sealed form, remembered by sealed bytes: sorting or searching 10,000 agents by host
+/// name opens only the names sealed anew since the last page (a heartbeat seals its host name again). The plain
+/// names stay in this process's memory, as they would for the page being rendered; at most `limit` are kept.
+final class HostnameOpener: Sendable {
+    let keys: PrivacyKeys?
+    private let opened = Mutex<[[UInt8]: String]>([:])
+    static let limit = 50_000
+
+    init(keys: PrivacyKeys?) { self.keys = keys }
+
+    /// The sealed name opened, or `clear` (a database without privacy keys, as some tests build, or a row without
+    /// a sealed name). A name that does not open (a wrong key) reads as empty: the page still renders.
+    func name(sealed: [UInt8]?, clear: String) -> String {
+        guard let keys, let sealed else { return clear }
+        if let known = opened.withLock({ $0[sealed] }) { return known }
+        let name = (try? keys.open(sealed, field: "agent.hostname")) ?? ""
+        opened.withLock { cache in
+            if cache.count >= Self.limit { cache.removeAll(keepingCapacity: true) }
+            cache[sealed] = name
+        }
+        return name
+    }
+}
+
 /// `FleetStore` and `BackupCoverageSource` on the controller's SQLite database.
 public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     let database: Database
@@ -139,24 +163,39 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     /// The summary of the current second: a page and its alerts grade the fleet once.
     private let recentSummary = Mutex<(key: [Int64], summary: FleetSummary)?>(nil)
 
+    /// The SQL function that gives a row's host name, opened (`hostname_sealed`, `hostname`): registered per
+    /// store, so another store on the same connection, with other keys, cannot replace it.
+    let hostnameFunction: String
+    /// Every active agent with its grades; see `gradedSQL`.
+    let graded: String
+
+    private static let instances = Atomic<Int>(0)
+
     public init(database: Database, keys: PrivacyKeys? = nil) throws {
         self.database = database
         self.keys = keys
         try DashboardSchema.apply(to: database)
+        let opener = HostnameOpener(keys: keys)
+        hostnameFunction = "fleetkeep_hostname_\(Self.instances.add(1, ordering: .relaxed).newValue)"
+        graded = Self.gradedSQL(hostname: "\(hostnameFunction)(a.hostname_sealed, a.hostname)")
+        // Searching and sorting by host name happen in SQL over every agent, so SQL must see the names opened.
+        try database.createFunction(hostnameFunction, argumentCount: 2) { arguments in
+            guard arguments.count == 2 else { return .null }
+            let sealed: [UInt8]? = if case .blob(let bytes) = arguments[0], !bytes.isEmpty { bytes } else { nil }
+            let clear: String = if case .text(let text) = arguments[1] { text } else { "" }
+            return .text(opener.name(sealed: sealed, clear: clear))
+        }
     }
 
-    /// A row's host name: opened from its sealed column when there is one. Only the rows of a page are opened, so
-    /// searching and sorting by host name in SQL see only what is stored in the clear (agent ids still match).
-    func hostname(_ row: Row) -> String {
-        if let keys, let sealed = row.blob("hostname_sealed"), let name = try? keys.open(sealed, field: "agent.hostname") { return name }
-        return row.string("hostname") ?? ""
-    }
+    /// A row's host name, as the queries below select it (opened by the SQL function).
+    func hostname(_ row: Row) -> String { row.string("hostname") ?? "" }
 
     /// Every active agent with its grades. The three MAX subqueries are one index seek each
     /// (`dashboard_jobs_agent_kind_finished`).
-    static let graded = """
+    static func gradedSQL(hostname: String) -> String {
+        """
         WITH fleet AS (
-          SELECT a.id, a.hostname, a.hostname_sealed, a.last_seen, a.enrolled_at, a.facts,
+          SELECT a.id, \(hostname) AS hostname, a.last_seen, a.enrolled_at, a.facts,
             (SELECT MAX(finished_at) FROM jobs j WHERE j.agent_id = a.id AND j.kind = 'backup' AND j.state = 'succeeded') AS last_ok,
             MAX(COALESCE((SELECT MAX(finished_at) FROM jobs j WHERE j.agent_id = a.id AND j.kind = 'backup' AND j.state = 'failed'), 0),
                 COALESCE((SELECT MAX(finished_at) FROM jobs j WHERE j.agent_id = a.id AND j.kind = 'backup' AND j.state = 'expired'), 0)) AS last_bad
@@ -170,6 +209,7 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
           FROM fleet
         )
         """
+    }
 
     static func bindings(_ thresholds: FleetThresholds) -> [SQLValue] { [.integer(thresholds.onlineSince), .integer(thresholds.backupFreshSince)] }
 
@@ -177,7 +217,7 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
         let key = [thresholds.now, thresholds.onlineSince, thresholds.backupFreshSince]
         if let recent = recentSummary.withLock({ $0 }), recent.key == key { return recent.summary }
         var summary = FleetSummary()
-        for row in try database.query(Self.graded + " SELECT liveness, backup, count(*) AS n FROM graded GROUP BY liveness, backup",
+        for row in try database.query(graded + " SELECT liveness, backup, count(*) AS n FROM graded GROUP BY liveness, backup",
                                       Self.bindings(thresholds)) {
             let count = Int(clamping: row.int("n") ?? 0)
             if let liveness = row.string("liveness").flatMap(AgentLiveness.init) { summary.liveness[liveness, default: 0] += count }
@@ -188,7 +228,7 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     }
 
     static let columns = """
-        id, hostname, hostname_sealed, last_seen, liveness, backup, last_ok,
+        id, hostname, last_seen, liveness, backup, last_ok,
         json_extract(facts, '$.osName') AS os_name, json_extract(facts, '$.osVersion') AS os_version,
         json_extract(facts, '$.panel') AS panel, json_extract(facts, '$.panelVersion') AS panel_version,
         json_extract(facts, '$.agentVersion') AS agent_version,
@@ -215,7 +255,7 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
         var bindings = Self.bindings(thresholds)
         if !query.search.isEmpty { bindings.append(.text(pattern)) }
         // First the page's ids in order (sorting 10,000 narrow rows), then the columns shown for those 50 only.
-        let ids = try database.query(Self.graded + """
+        let ids = try database.query(graded + """
              SELECT id, count(*) OVER () AS matching FROM graded \(filter) ORDER BY \(order) LIMIT \(pageSize) OFFSET \(offset)
             """, bindings)
         let matching: Int
@@ -223,19 +263,19 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
             matching = Int(clamping: first.int("matching") ?? 0)
         } else {
             // The page is past the end: count on its own, so the page can say how many there are.
-            matching = Int(clamping: try database.query(Self.graded + " SELECT count(*) AS n FROM graded \(filter)", bindings).first?.int("n") ?? 0)
+            matching = Int(clamping: try database.query(graded + " SELECT count(*) AS n FROM graded \(filter)", bindings).first?.int("n") ?? 0)
         }
         let wanted = ids.compactMap { $0.string("id") }
         guard !wanted.isEmpty else { return AgentTablePage(rows: [], matching: matching) }
         let placeholders = wanted.map { _ in "?" }.joined(separator: ",")
-        let graded = Self.graded.replacingOccurrences(of: "FROM agents a WHERE a.removed_at IS NULL", with: "FROM agents a WHERE a.removed_at IS NULL AND a.id IN (\(placeholders))")
+        let graded = self.graded.replacingOccurrences(of: "FROM agents a WHERE a.removed_at IS NULL", with: "FROM agents a WHERE a.removed_at IS NULL AND a.id IN (\(placeholders))")
         let rows = try database.query(graded + " SELECT \(Self.columns) FROM graded", wanted.map(SQLValue.text) + Self.bindings(thresholds))
         let byID = Dictionary(rows.compactMap(agentRow).map { ($0.agentID, $0) }, uniquingKeysWith: { first, _ in first })
         return AgentTablePage(rows: wanted.compactMap { byID[$0] }, matching: matching)
     }
 
     public func troubled(_ thresholds: FleetThresholds, limit: Int) throws -> [AgentRow] {
-        try database.query(Self.graded + """
+        try database.query(graded + """
              SELECT \(Self.columns) FROM graded WHERE liveness = 'stale' OR backup IN ('failed', 'overdue')
              ORDER BY CASE backup WHEN 'failed' THEN 0 WHEN 'overdue' THEN 1 ELSE 2 END, liveness DESC, hostname COLLATE NOCASE, id
              LIMIT \(max(1, min(limit, 1000)))
@@ -243,7 +283,7 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     }
 
     public func agentRow(_ agentID: String, _ thresholds: FleetThresholds) throws -> AgentRow? {
-        try database.query(Self.graded + " SELECT \(Self.columns) FROM graded WHERE id = :agent",
+        try database.query(graded + " SELECT \(Self.columns) FROM graded WHERE id = :agent",
                            Self.bindings(thresholds) + [.text(agentID)]).first.flatMap(agentRow)
     }
 
@@ -264,8 +304,9 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
     }
 
     public func agent(_ agentID: String) throws -> AgentRecord? {
-        guard let row = try database.query("SELECT * FROM agents WHERE id = ?", [.text(agentID)]).first else { return nil }
-        return AgentRecord(agentID: row.string("id") ?? "", hostname: hostname(row), enrolledAt: row.int("enrolled_at") ?? 0,
+        guard let row = try database.query("SELECT *, \(hostnameFunction)(hostname_sealed, hostname) AS opened_hostname FROM agents WHERE id = ?",
+                                           [.text(agentID)]).first else { return nil }
+        return AgentRecord(agentID: row.string("id") ?? "", hostname: row.string("opened_hostname") ?? "", enrolledAt: row.int("enrolled_at") ?? 0,
                            lastSeen: row.int("last_seen"), removed: row.int("removed_at") != nil,
                            facts: ControllerStore.decode(row.string("facts")), problems: ControllerStore.decode(row.string("problems")))
     }

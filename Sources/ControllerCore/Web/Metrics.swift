@@ -124,11 +124,11 @@ public final class ControllerMetrics: Sendable {
     public let validations = RequestMetric(name: "fleetkeep_licence_validation", help: "Licence validation")
     let fleet: any FleetStore
     let coverage: any BackupCoverageSource
-    let alerts: any FiringAlertSource
+    let alerts: any AlertStore
     let heartbeatInterval: @Sendable () -> Int64
     let clock: @Sendable () -> Int64
 
-    public init(fleet: any FleetStore, coverage: any BackupCoverageSource, alerts: any FiringAlertSource,
+    public init(fleet: any FleetStore, coverage: any BackupCoverageSource, alerts: any AlertStore,
                 heartbeatInterval: @escaping @Sendable () -> Int64, clock: @escaping @Sendable () -> Int64) {
         self.fleet = fleet
         self.coverage = coverage
@@ -139,7 +139,6 @@ public final class ControllerMetrics: Sendable {
 
     static let jobKinds = ["backup", "offsite-push", "restore", "verify", "prune"]
     static let licenceStatuses = ["valid", "expired", "suspended", "revoked"]
-    static let alertConditions = ["agent-stale", "backup-overdue", "offsite-overdue", "job-failed", "verification-failed"]
 
     public func render() throws -> String {
         let now = clock()
@@ -184,9 +183,9 @@ public final class ControllerMetrics: Sendable {
         family("fleetkeep_backups_overdue", "gauge", "Accounts and kinds without a successful backup within 26 h, fleet-wide.")
         text += "fleetkeep_backups_overdue \(overdue)\n"
 
-        let firing = try alerts.firingCounts(thresholds)
-        family("fleetkeep_alerts_firing", "gauge", "Alerts firing, by condition.")
-        for condition in Self.alertConditions { text += "fleetkeep_alerts_firing{condition=\"\(condition)\"} \(firing[condition] ?? 0)\n" }
+        let firing = try alerts.firingCounts()
+        family("fleetkeep_alerts_firing", "gauge", "Alerts firing, by condition (as the controller's alert evaluation last found them).")
+        for condition in AlertCondition.allCases { text += "fleetkeep_alerts_firing{condition=\"\(condition.rawValue)\"} \(firing[condition] ?? 0)\n" }
         return text
     }
 

@@ -5,7 +5,8 @@ enum Pages {
     static func layout(title: String, session: OperatorSession?, current: String = "", _ content: HTML) -> HTML {
         var navigation: HTML = .empty
         if let session {
-            var links: [HTML] = [link("Overview", "/", current), link("Jobs", "/jobs", current)]
+            var links: [HTML] = [link("Overview", "/", current), link("Jobs", "/jobs", current), link("Alerts", "/alerts", current),
+                                 link("Privacy", "/privacy", current)]
             if session.isAdmin { links.append(link("Licences", "/licences", current)) }
             navigation = """
                 <nav>\(links)<span class="who">\(session.name) (\(session.role.rawValue))</span>
@@ -42,6 +43,19 @@ enum Pages {
         let body = rows.map { row -> HTML in "<tr>\(row.map { cell -> HTML in "<td>\(cell)</td>" })</tr>" }
         let identifier: HTML = id.map { "id=\"\($0)\"" } ?? .empty
         return "<table \(identifier)><thead><tr>\(head)</tr></thead><tbody>\(body)</tbody></table>"
+    }
+
+    /// Alerts: condition, what (linked to its agent), since when it holds, when it fired, and when it resolved.
+    static func alertTable(_ alerts: [AlertRecord], now: Int64, id: String, linkAgents: Bool = true, empty: String) -> HTML {
+        let resolvedColumn = alerts.contains { !$0.firing }
+        let rows = alerts.map { alert -> [HTML] in
+            let what: HTML = linkAgents ? "<a href=\"\(href: "/agent", [("id", alert.agentID)])\">\(alert.subject)</a>" : "\(alert.subject)"
+            var row: [HTML] = [badge(alert.condition.rawValue, alert.firing ? "bad" : "neutral"), "\(what)<div class=\"muted\">\(alert.detail)</div>",
+                               "\(DisplayFormat.age(alert.since, now: now))", "\(DisplayFormat.time(alert.firedAt))"]
+            if resolvedColumn { row.append("\(alert.resolvedAt.map { DisplayFormat.time($0) } ?? "")") }
+            return row
+        }
+        return table(id: id, headers: ["Condition", "Alert", "Holds since", "Fired"] + (resolvedColumn ? ["Resolved"] : []), rows: rows, empty: empty)
     }
 
     static func badge(_ text: String, _ kind: String) -> HTML { "<span class=\"badge \(kind)\">\(text)</span>" }

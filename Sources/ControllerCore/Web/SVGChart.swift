@@ -95,7 +95,7 @@ public enum DisplayFormat {
     }
 
     public static func time(_ at: Int64?) -> String {
-        guard let at, abs(at) < 100_000_000_000 else { return "-" }
+        guard let at, at > -100_000_000_000, at < 100_000_000_000 else { return "-" }
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withFullDate, .withTime, .withColonSeparatorInTime, .withSpaceBetweenDateAndTime]
         return formatter.string(from: Date(timeIntervalSince1970: TimeInterval(at))) + " UTC"
