@@ -209,6 +209,9 @@ public final class JobAgent: Sendable {
             result.files = items.reduce(0) { $0 &+ Int64(($1.summary.map { $0.filesNew + $0.filesChanged + $0.filesUnchanged }) ?? 0) }
             result.items = Self.itemReports(items)
         }
+        if job.kind == .backup, let config = try? AgentConfig.load(path: configPath) {
+            result.repositoryBytes = RepositoryUsage.bytes(root: config.repository)
+        }
         if process.terminationReason == .uncaughtSignal {
             result.error = result.error ?? "stopped by signal \(process.terminationStatus)"
         } else if process.terminationStatus != 0 {

@@ -157,7 +157,7 @@ public final class JobService: Sendable {
             }
         }
         guard body.snapshots.count <= JobLimits.mostSnapshots, body.snapshots.allSatisfy({ $0.utf8.count <= 128 }),
-              (body.error?.utf8.count ?? 0) <= JobLimits.longestError, body.bytesAdded >= 0, body.files >= 0 else {
+              (body.error?.utf8.count ?? 0) <= JobLimits.longestError, body.bytesAdded >= 0, body.files >= 0, (body.repositoryBytes ?? 0) >= 0 else {
             throw HTTPError(400, "result fields out of range: at most \(JobLimits.mostSnapshots) snapshot ids of 128 bytes, an error of at most \(JobLimits.longestError) bytes, counts of 0 or more")
         }
         if let items = body.items {

@@ -67,6 +67,8 @@ public struct JobOutcome: Codable, Sendable, Equatable {
     public var files: Int64
     public var durationSeconds: Int64
     public var error: String?
+    /// backup: the agent's repository size on disk after the run.
+    public var repositoryBytes: Int64?
 }
 
 /// One recorded state change.
@@ -276,7 +278,7 @@ public final class SQLiteJobStore: JobStore {
         try database.transaction { db in
             let outcome = JobOutcome(snapshots: result.snapshots, bytesAdded: result.bytesAdded, files: result.files,
                                      durationSeconds: max(0, result.finishedAt.subtractingReportingOverflow(result.startedAt).overflow ? 0 : result.finishedAt - result.startedAt),
-                                     error: result.error)
+                                     error: result.error, repositoryBytes: result.kind == .backup ? result.repositoryBytes : nil)
             let target: JobRecord
             if let jobID = result.jobID {
                 guard let job = try db.query("SELECT * FROM jobs WHERE id = ? AND agent_id = ?", [.integer(jobID), .text(agentID)]).first.flatMap(Self.record) else {

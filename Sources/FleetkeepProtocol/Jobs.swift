@@ -103,7 +103,7 @@ public struct JobProgressResponse: Codable, Sendable {
 /// own from its last known schedule while the controller was unreachable (`localID`, with the task and slot).
 public struct JobResultRequest: Codable, Sendable, StrictlyDecoded, Equatable {
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case jobID, localID, kind, task, slot, succeeded, error, snapshots, bytesAdded, files, startedAt, finishedAt, items
+        case jobID, localID, kind, task, slot, succeeded, error, snapshots, bytesAdded, files, startedAt, finishedAt, items, repositoryBytes
     }
     public static let fieldNames = Set(CodingKeys.allCases.map(\.stringValue))
     public var jobID: Int64?
@@ -123,9 +123,12 @@ public struct JobResultRequest: Codable, Sendable, StrictlyDecoded, Equatable {
     /// backup: the outcome of each account and kind the run backed up, so the controller knows which ones are
     /// overdue. A run of every account and kind lists every one the server has.
     public var items: [BackupItemReport]?
+    /// backup: the local repository's size on disk after the run, for the controller's 30-day chart.
+    public var repositoryBytes: Int64?
 
     public init(jobID: Int64?, localID: String?, kind: JobKind, task: ScheduledTask?, slot: Int64?, succeeded: Bool, error: String?,
-                snapshots: [String], bytesAdded: Int64, files: Int64, startedAt: Int64, finishedAt: Int64, items: [BackupItemReport]? = nil) {
+                snapshots: [String], bytesAdded: Int64, files: Int64, startedAt: Int64, finishedAt: Int64, items: [BackupItemReport]? = nil,
+                repositoryBytes: Int64? = nil) {
         self.jobID = jobID
         self.localID = localID
         self.kind = kind
@@ -139,6 +142,7 @@ public struct JobResultRequest: Codable, Sendable, StrictlyDecoded, Equatable {
         self.startedAt = startedAt
         self.finishedAt = finishedAt
         self.items = items
+        self.repositoryBytes = repositoryBytes
     }
 }
 

@@ -36,7 +36,8 @@ struct SeededFleet {
                                   not_before, queued_at, dispatched_at, started_at, finished_at, outcome)
                 SELECT a.id, 'backup', 'succeeded', '{}', 'schedule', 'backup', ?1 - d * 86400 - 7200, 1, 3, 300, 21600,
                        ?1 - d * 86400 - 7200, ?1 - d * 86400 - 7200, ?1 - d * 86400 - 7200, ?1 - d * 86400 - 7200, ?1 - d * 86400 - 3600,
-                       json_object('snapshots', json_array(printf('%064x', d)), 'bytesAdded', 1048576 * d, 'files', 100, 'durationSeconds', 3600)
+                       json_object('snapshots', json_array(printf('%064x', d)), 'bytesAdded', 1048576 * d, 'files', 100, 'durationSeconds', 3600,
+                                   'repositoryBytes', 1073741824 - 1048576 * d)
                 FROM agents a, days
                 WHERE CAST(substr(a.hostname, 6, length(a.hostname) - 13) AS INTEGER) % 100 != 3
                   AND (CAST(substr(a.hostname, 6, length(a.hostname) - 13) AS INTEGER) % 100 != 2 OR d >= 3)
@@ -115,8 +116,10 @@ struct DashboardFleetTests {
         let agentPage = admin.get("/agent", ["id": "fk-0000000000000001"])
         #expect(agentPage.status == 200)
         #expect(agentPage.text.contains("disk full"))
-        // Backups ran 1 to 30 days ago at 07:00; the charts show the 30 days up to today, so 29 of them, twice.
-        #expect(agentPage.text.components(separatedBy: "<rect class=\"bar\"").count - 1 == 2 * 29)
+        // Backups ran 1 to 30 days ago at 07:00; the charts (repository size, duration, data added) show the 30 days
+        // up to today, so 29 of them, three times.
+        #expect(agentPage.text.components(separatedBy: "<rect class=\"bar\"").count - 1 == 3 * 29)
+        #expect(agentPage.text.contains("Repository size on disk"))
     }
 
     /// /metrics at 10,000 agents passes `promtool check metrics`, and its values are the fleet's.

@@ -93,6 +93,13 @@ struct JobEndToEndTests {
         let outcome = try #require(done["outcome"] as? [String: Any])
         #expect(((outcome["snapshots"] as? [String]) ?? []).count >= 1)
         #expect((outcome["bytesAdded"] as? Int64 ?? 0) > 0)
+        // The repository's size, for the dashboard's chart: what is on disk now (the daemon counted it after the run).
+        let files = FileManager.default.enumerator(atPath: fleet.scratch.appending("repo"))?.allObjects as? [String] ?? []
+        let onDisk = try files.reduce(Int64(0)) { total, name in
+            let attributes = try FileManager.default.attributesOfItem(atPath: fleet.scratch.appending("repo/" + name))
+            return total + (attributes[.type] as? FileAttributeType == .typeRegular ? (attributes[.size] as? Int64 ?? 0) : 0)
+        }
+        #expect((outcome["repositoryBytes"] as? Int64).map { $0 > 0 && $0 <= onDisk } == true, "\(outcome), \(onDisk) bytes on disk")
         let states = ((done["events"] as? [[String: Any]]) ?? []).compactMap { $0["state"] as? String }
         #expect(states == ["queued", "dispatched", "running", "succeeded"], "\(states)")
         let snapshots = try agent(["snapshots", "--config", fleet.configPath, "--json"])

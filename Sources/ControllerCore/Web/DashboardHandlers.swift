@@ -137,14 +137,18 @@ extension Dashboard {
         let agentAlerts = try alerts.firingAlerts(agentID: agent.agentID, limit: 50)
         let agentJobs = try jobs.jobs(agentID: agent.agentID, states: nil, limit: 20)
 
-        // Charts over the last 30 days: per day the longest backup and the data it added.
+        // Charts over the last 30 days: per day the repository's size after its last backup, the longest backup, and
+        // the data added.
         let days = SVGChart.days(endingAt: now, count: 30)
-        var durations: [Int64: Int64] = [:], added: [Int64: Int64] = [:]
+        var durations: [Int64: Int64] = [:], added: [Int64: Int64] = [:], sizes: [Int64: Int64] = [:]
         for point in try fleet.backupHistory(agentID: agent.agentID, since: days[0].day * 86400) {
             let day = point.finishedAt / 86400
             durations[day] = max(durations[day] ?? 0, point.durationSeconds)
             added[day] = (added[day] ?? 0).addingReportingOverflow(point.bytesAdded).partialValue
+            if let size = point.repositoryBytes { sizes[day] = size }
         }
+        let sizeChart = SVGChart.bars(title: "Repository size on disk (after the day's last backup), last 30 days",
+                                      bars: days.map { ChartBar(label: $0.label, value: sizes[$0.day].map(Double.init)) }, format: DisplayFormat.bytes)
         let durationChart = SVGChart.bars(title: "Backup duration (longest per day), last 30 days",
                                           bars: days.map { ChartBar(label: $0.label, value: durations[$0.day].map(Double.init)) }, format: DisplayFormat.duration)
         let addedChart = SVGChart.bars(title: "Data added to the repository per day, last 30 days",
@@ -178,7 +182,7 @@ extension Dashboard {
             <h2>Backups by account and kind</h2>\(Pages.table(id: "coverage", headers: ["Account", "Kind", "State", "Last success", "Last failure"], rows: coverageRows, empty: "No backup has been reported yet."))
             <h2>Alerts</h2>\(Pages.alertTable(agentAlerts, now: now, id: "agent-alerts", linkAgents: false, empty: "No alert fires for this agent."))
             <h2>Licence</h2>\(Pages.table(id: "licence", headers: ["", ""], rows: licenceRows, empty: "No licence is activated on this server."))
-            <h2>Charts</h2>\(durationChart)\(addedChart)
+            <h2>Charts</h2>\(sizeChart)\(durationChart)\(addedChart)
             <h2>Facts</h2>\(Pages.table(id: "facts", headers: ["Fact", "Value"], rows: facts, empty: "No facts reported."))
             \(problems.isEmpty ? .empty : "<h2>Facts the agent could not read</h2>" + Pages.table(headers: ["Fact", "Why"], rows: problems, empty: ""))
             """

@@ -76,6 +76,8 @@ public struct BackupPoint: Sendable, Equatable {
     public let finishedAt: Int64
     public let durationSeconds: Int64
     public let bytesAdded: Int64
+    /// The repository's size on disk after the backup (agents before 0.2 do not report it).
+    public let repositoryBytes: Int64?
 }
 
 /// Finished backups of one day, fleet-wide.
@@ -323,11 +325,13 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
 
     public func backupHistory(agentID: String, since: Int64) throws -> [BackupPoint] {
         try database.query("""
-            SELECT finished_at, json_extract(outcome, '$.durationSeconds') AS duration, json_extract(outcome, '$.bytesAdded') AS bytes
+            SELECT finished_at, json_extract(outcome, '$.durationSeconds') AS duration, json_extract(outcome, '$.bytesAdded') AS bytes,
+                   json_extract(outcome, '$.repositoryBytes') AS repository
             FROM jobs WHERE agent_id = ? AND kind = 'backup' AND state = 'succeeded' AND finished_at >= ? ORDER BY finished_at
             """, [.text(agentID), .integer(since)]).compactMap { row in
             guard let at = row.int("finished_at") else { return nil }
-            return BackupPoint(finishedAt: at, durationSeconds: max(0, row.int("duration") ?? 0), bytesAdded: max(0, row.int("bytes") ?? 0))
+            return BackupPoint(finishedAt: at, durationSeconds: max(0, row.int("duration") ?? 0), bytesAdded: max(0, row.int("bytes") ?? 0),
+                               repositoryBytes: row.int("repository").map { max(0, $0) })
         }
     }
 
