@@ -142,6 +142,31 @@ try:
     wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, 'tr[data-job="%s"][data-done="1"]' % job_id)))
     shot("6-jobs")
 
+    step("the agent page charts the repository size the backup reported")
+    driver.get(base + "/agent?id=" + agent_id)
+    bars = driver.find_elements(By.XPATH, "//figure[figcaption[contains(., 'Repository size')]]//*[local-name()='rect' and @class='bar']")
+    if not bars:
+        fail("no bar in the repository-size chart after a successful backup")
+    shot("6b-agent-charts")
+
+    step("the alerts page")
+    driver.find_element(By.LINK_TEXT, "Alerts").click()
+    wait.until(expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Alerts"))
+    if "Notification channels" not in driver.find_element(By.TAG_NAME, "main").text:
+        fail("an administrator's alerts page lists the notification channels")
+    shot("6c-alerts")
+    check_console()
+
+    step("the privacy page: aggregates, customers and the audit log with this session's reads")
+    driver.find_element(By.LINK_TEXT, "Privacy").click()
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "aggregate-os")))
+    driver.find_element(By.ID, "verify-audit").click()
+    wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "audit-chain"), "Audit chain verified"))
+    if "operator" not in driver.find_element(By.ID, "audit").text:
+        fail("the audit log does not show the operator's reads of the agent page")
+    shot("6d-privacy")
+    check_console()
+
     step("sign out")
     driver.find_element(By.ID, "logout").click()
     wait.until(expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "main"), "You are signed out"))

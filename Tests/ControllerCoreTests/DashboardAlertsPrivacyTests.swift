@@ -1,4 +1,5 @@
 import ControllerCore
+import FleetkeepProtocol
 import Foundation
 import HTTPServer
 import Testing
@@ -134,5 +135,40 @@ struct DashboardAlertsPrivacyTests {
         #expect(hosts(["q": "ZETA"]) == ["Zeta.example.net"], "search ignores case")
         #expect(hosts(["q": "fk-c"]) == ["mail.example.org"], "agent ids match too")
         #expect(hosts(["q": "%"]).isEmpty, "LIKE wildcards match literally")
+    }
+
+    /// Backup results that name accounts show per account and kind on the agent page, and /metrics counts each
+    /// overdue account and kind (an agent that reported none is graded per kind from its backup jobs).
+    @Test func perAccountResultsShowPerAccountAndCountInMetrics() throws {
+        let harness = try DashboardHarness()
+        try harness.addOperator("alice", role: .admin)
+        try harness.addAgent("fk-a1", hostname: "web1.example", lastSeen: harness.clock.now)
+        let now = harness.clock.now
+        func result(_ local: String, at: Int64, items: [BackupItemReport]) throws {
+            let request = JobResultRequest(jobID: nil, localID: local, kind: .backup, task: nil, slot: nil, succeeded: items.allSatisfy(\.succeeded),
+                                           error: nil, snapshots: [], bytesAdded: 1, files: 1, startedAt: at - 60, finishedAt: at, items: items,
+                                           repositoryBytes: 4096)
+            _ = try harness.jobs.recordResult(agentID: "fk-a1", result: request, now: at, retryJitter: 1)
+        }
+        // Two days ago everything succeeded. Today alice's and bob's email failed, and carol's files are not named: a
+        // run of every account and kind that leaves one out says it is gone from the server.
+        try result("run-1", at: now - 2 * 86400, items: ["alice", "bob", "carol"].flatMap { account in
+            ["files", "email"].map { BackupItemReport(account: account, kind: $0, succeeded: true) }
+        })
+        try result("run-2", at: now - 600, items: [BackupItemReport(account: "alice", kind: "files", succeeded: true),
+                                                   BackupItemReport(account: "alice", kind: "email", succeeded: false, error: "quota exceeded"),
+                                                   BackupItemReport(account: "bob", kind: "files", succeeded: true),
+                                                   BackupItemReport(account: "bob", kind: "email", succeeded: false, error: "mailbox locked"),
+                                                   BackupItemReport(account: "carol", kind: "email", succeeded: true)])
+        let admin = try harness.signIn("alice")
+        let page = admin.get("/agent", ["id": "fk-a1"]).text
+        let table = try #require(page.firstMatch(of: /<table id="coverage">(.*?)<\/table>/.dotMatchesNewlines())?.1)
+        let rows = table.matches(of: /<tr><td>([a-z]+)<\/td><td>([a-z]+)<\/td><td><span class="badge [a-z]+">([a-z ]+)<\/span>/).map { "\($0.1)/\($0.2)/\($0.3)" }
+        #expect(rows == ["alice/email/overdue", "alice/files/ok", "bob/email/overdue", "bob/files/ok", "carol/email/ok"], "\(rows)")
+        #expect(page.contains("mailbox locked"))
+
+        let metrics = harness.request("GET", "/metrics", address: "127.0.0.1").text
+        #expect(metrics.contains("fleetkeep_backups_overdue 2\n"), "alice's and bob's email")
+        #expect(metrics.contains("fleetkeep_agent_oldest_backup_age_seconds{agent=\"fk-a1\"} \(2 * 86400)\n"))
     }
 }

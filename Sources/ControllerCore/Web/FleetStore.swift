@@ -124,8 +124,8 @@ public protocol FleetStore: Sendable {
     func jobCounts() throws -> [(kind: String, state: String, count: Int)]
 }
 
-/// Per account and kind backup state. Today it is derived from backup jobs (whole-server backups report no
-/// accounts); the alerts work records each account and kind from backup results and plugs in here.
+/// Per account and kind backup state: from the accounts and kinds backup results name, or, for an agent that has
+/// reported none, per kind from its whole-server backup jobs.
 public protocol BackupCoverageSource: Sendable {
     func coverage(agentID: String) throws -> [BackupCoverage]
     /// Per active agent, the last successes of whole-server backups (one entry per kind; failures are left out).
@@ -177,6 +177,8 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
         self.database = database
         self.keys = keys
         try DashboardSchema.apply(to: database)
+        // Per account coverage is read from the table backup results fill (`backup_coverage`).
+        _ = try SQLiteBackupStatusStore(database: database)
         let opener = HostnameOpener(keys: keys)
         hostnameFunction = "fleetkeep_hostname_\(Self.instances.add(1, ordering: .relaxed).newValue)"
         graded = Self.gradedSQL(hostname: "\(hostnameFunction)(a.hostname_sealed, a.hostname)")
@@ -402,11 +404,29 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
                               lastFailureAt: row.int("last_bad"), lastError: row.int("last_bad") == nil ? nil : row.string("last_error"))
     }
 
+    /// Each account and kind as backup results reported them (`backup_coverage`, kept by `SQLiteBackupStatusStore`).
+    static let reportedCoverage = """
+        SELECT c.agent_id, c.account, c.kind, c.first_seen_at AS since, c.last_success_at AS last_ok, c.last_failure_at AS last_bad,
+               c.last_error FROM backup_coverage c JOIN agents a ON a.id = c.agent_id WHERE a.removed_at IS NULL
+        """
+    static let withoutReportedCoverage = "AND NOT EXISTS (SELECT 1 FROM backup_coverage c WHERE c.agent_id = a.id)"
+
+    static func reported(_ row: Row) -> BackupCoverage? {
+        guard let agent = row.string("agent_id"), let account = row.string("account"), let kind = row.string("kind"), let since = row.int("since") else { return nil }
+        return BackupCoverage(agentID: agent, account: account, kind: kind, since: since, lastSuccessAt: row.int("last_ok"),
+                              lastFailureAt: row.int("last_bad"), lastError: row.int("last_bad") == nil ? nil : row.string("last_error"))
+    }
+
+    /// Per account and kind where the agent's backup results named them; per kind, from its whole-server backup
+    /// jobs, for agents that have reported none (agents before per-account results, or none finished yet).
     public func fleetCoverage() throws -> [BackupCoverage] {
-        try database.query(Self.wholeServerCoverage(where: "", failures: false)).compactMap { Self.coverage($0, account: "*") }
+        try database.query(Self.reportedCoverage).compactMap(Self.reported)
+            + database.query(Self.wholeServerCoverage(where: Self.withoutReportedCoverage, failures: false)).compactMap { Self.coverage($0, account: "*") }
     }
 
     public func coverage(agentID: String) throws -> [BackupCoverage] {
+        let reported = try database.query(Self.reportedCoverage + " AND c.agent_id = ? ORDER BY c.account, c.kind", [.text(agentID)]).compactMap(Self.reported)
+        if !reported.isEmpty { return reported }
         var entries = try database.query(Self.wholeServerCoverage(where: "AND a.id = ?1", failures: true), [.text(agentID)]).compactMap { Self.coverage($0, account: "*") }
         // Backups an operator started for one account.
         var perAccount: [String: (since: Int64, ok: Int64?, bad: Int64?, error: String?)] = [:]
