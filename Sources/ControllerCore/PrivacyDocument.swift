@@ -27,6 +27,9 @@ public enum PrivacyDocument {
           a missing or wrong key file stops the controller with a message instead of yielding noise. Back the key file
           up separately from the database. The database runs with `secure_delete`, and erasure checkpoints and
           truncates the WAL, so erased or re-encrypted values do not linger in free pages or old WAL frames.
+          To search and sort the fleet by host name, the running dashboard keeps the host names it opened in its own
+          memory (at most 50,000, never written anywhere); host names are shown to viewers too, as the name of the
+          server they look at.
         - **IP addresses.** The full address is kept only inside the encrypted activation record (the address the
           activation came from and the server's primary address). Everywhere else, in the database and in the
           controller's own log, it is cut to its /24 (IPv4) or /48 (IPv6) first.
