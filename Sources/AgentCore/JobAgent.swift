@@ -229,7 +229,7 @@ public final class JobAgent: Sendable {
     static func itemReports(_ items: [BackupCommands.BackupResult]) -> [BackupItemReport] {
         items.map { item in
             BackupItemReport(account: item.account, kind: item.kind, succeeded: item.error == nil && item.snapshot != nil,
-                             error: item.error.map { truncated($0, bytes: JobLimits.longestItemError) })
+                             error: item.error.map { truncated($0, bytes: JobLimits.longestItemError) }, snapshot: item.snapshot)
         }.filter { $0.violation == nil }.prefix(JobLimits.mostItems).map { $0 }
     }
 

@@ -69,6 +69,15 @@ public struct JobOutcome: Codable, Sendable, Equatable {
     public var error: String?
     /// backup: the agent's repository size on disk after the run.
     public var repositoryBytes: Int64?
+    /// backup: which account and kind each snapshot holds, so a restore is offered from the right ones.
+    public var snapshotItems: [SnapshotItem]?
+}
+
+/// A snapshot of a backup result, with the account and kind it holds.
+public struct SnapshotItem: Codable, Sendable, Equatable {
+    public var id: String
+    public var account: String
+    public var kind: String
 }
 
 /// One recorded state change.
@@ -278,7 +287,10 @@ public final class SQLiteJobStore: JobStore {
         try database.transaction { db in
             let outcome = JobOutcome(snapshots: result.snapshots, bytesAdded: result.bytesAdded, files: result.files,
                                      durationSeconds: max(0, result.finishedAt.subtractingReportingOverflow(result.startedAt).overflow ? 0 : result.finishedAt - result.startedAt),
-                                     error: result.error, repositoryBytes: result.kind == .backup ? result.repositoryBytes : nil)
+                                     error: result.error, repositoryBytes: result.kind == .backup ? result.repositoryBytes : nil,
+                                     snapshotItems: result.kind == .backup ? result.items?.compactMap { item in
+                                         item.snapshot.map { SnapshotItem(id: $0, account: item.account, kind: item.kind) }
+                                     } : nil)
             let target: JobRecord
             if let jobID = result.jobID {
                 guard let job = try db.query("SELECT * FROM jobs WHERE id = ? AND agent_id = ?", [.integer(jobID), .text(agentID)]).first.flatMap(Self.record) else {

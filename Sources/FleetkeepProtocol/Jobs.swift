@@ -153,12 +153,15 @@ public struct BackupItemReport: Codable, Sendable, Equatable {
     public var kind: String
     public var succeeded: Bool
     public var error: String?
+    /// The snapshot this item was saved in, so a restore of the account can be offered from it.
+    public var snapshot: String?
 
-    public init(account: String, kind: String, succeeded: Bool, error: String? = nil) {
+    public init(account: String, kind: String, succeeded: Bool, error: String? = nil, snapshot: String? = nil) {
         self.account = account
         self.kind = kind
         self.succeeded = succeeded
         self.error = error
+        self.snapshot = snapshot
     }
 
     public static let kinds: Set<String> = ["files", "databases", "email"]
@@ -172,6 +175,9 @@ public struct BackupItemReport: Codable, Sendable, Equatable {
         }
         guard Self.kinds.contains(kind) else { return "items: kind must be files, databases or email" }
         guard (error?.utf8.count ?? 0) <= JobLimits.longestItemError else { return "items: an error is at most \(JobLimits.longestItemError) bytes" }
+        if let snapshot, !(1...128).contains(snapshot.utf8.count) || !snapshot.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) {
+            return "items: a snapshot id is 1 to 128 lowercase hex digits"
+        }
         return nil
     }
 }

@@ -146,7 +146,7 @@ struct DashboardAlertsPrivacyTests {
         let now = harness.clock.now
         func result(_ local: String, at: Int64, items: [BackupItemReport]) throws {
             let request = JobResultRequest(jobID: nil, localID: local, kind: .backup, task: nil, slot: nil, succeeded: items.allSatisfy(\.succeeded),
-                                           error: nil, snapshots: [], bytesAdded: 1, files: 1, startedAt: at - 60, finishedAt: at, items: items,
+                                           error: nil, snapshots: items.compactMap(\.snapshot), bytesAdded: 1, files: 1, startedAt: at - 60, finishedAt: at, items: items,
                                            repositoryBytes: 4096)
             _ = try harness.jobs.recordResult(agentID: "fk-a1", result: request, now: at, retryJitter: 1)
         }
@@ -155,9 +155,9 @@ struct DashboardAlertsPrivacyTests {
         try result("run-1", at: now - 2 * 86400, items: ["alice", "bob", "carol"].flatMap { account in
             ["files", "email"].map { BackupItemReport(account: account, kind: $0, succeeded: true) }
         })
-        try result("run-2", at: now - 600, items: [BackupItemReport(account: "alice", kind: "files", succeeded: true),
+        try result("run-2", at: now - 600, items: [BackupItemReport(account: "alice", kind: "files", succeeded: true, snapshot: String(repeating: "a", count: 64)),
                                                    BackupItemReport(account: "alice", kind: "email", succeeded: false, error: "quota exceeded"),
-                                                   BackupItemReport(account: "bob", kind: "files", succeeded: true),
+                                                   BackupItemReport(account: "bob", kind: "files", succeeded: true, snapshot: String(repeating: "b", count: 64)),
                                                    BackupItemReport(account: "bob", kind: "email", succeeded: false, error: "mailbox locked"),
                                                    BackupItemReport(account: "carol", kind: "email", succeeded: true)])
         let admin = try harness.signIn("alice")
@@ -166,6 +166,12 @@ struct DashboardAlertsPrivacyTests {
         let rows = table.matches(of: /<tr><td>([a-z]+)<\/td><td>([a-z]+)<\/td><td><span class="badge [a-z]+">([a-z ]+)<\/span>/).map { "\($0.1)/\($0.2)/\($0.3)" }
         #expect(rows == ["alice/email/overdue", "alice/files/ok", "bob/email/overdue", "bob/files/ok", "carol/email/ok"], "\(rows)")
         #expect(page.contains("mailbox locked"))
+        // The restore form offers each snapshot with the account and kind it holds, and refuses a mismatch.
+        #expect(page.contains("aaaaaaaaaaaa · ") && page.contains(" · alice files</option>") && page.contains(" · bob files</option>"))
+        let mismatch = admin.get("/agent/confirm", ["id": "fk-a1", "action": "restore", "account": "alice", "snapshot": String(repeating: "b", count: 64)])
+        #expect(mismatch.status == 400 && mismatch.text.contains("holds account bob, not alice"))
+        #expect(admin.get("/agent/confirm", ["id": "fk-a1", "action": "restore", "account": "alice", "snapshot": String(repeating: "a", count: 64)]).status == 200)
+        #expect(admin.post("/agent/action", [("id", "fk-a1"), ("action", "restore"), ("account", "alice"), ("snapshot", String(repeating: "b", count: 64))]).status == 400)
 
         let metrics = harness.request("GET", "/metrics", address: "127.0.0.1").text
         #expect(metrics.contains("fleetkeep_backups_overdue 2\n"), "alice's and bob's email")

@@ -164,7 +164,8 @@ extension Dashboard {
             }
             let snapshots = try fleet.knownSnapshots(agentID: agent.agentID, limit: 30)
             let options = snapshots.map { snapshot -> HTML in
-                "<option value=\"\(snapshot.id)\">\(snapshot.id.prefix(12)) · \(DisplayFormat.time(snapshot.at))\(snapshot.account.map { " · \($0)" } ?? "")</option>"
+                let holds = [snapshot.account, snapshot.kind].compactMap { $0 }.joined(separator: " ")
+                return "<option value=\"\(snapshot.id)\">\(snapshot.id.prefix(12)) · \(DisplayFormat.time(snapshot.at))\(holds.isEmpty ? "" : " · " + holds)</option>"
             }
             actions = """
                 <h2>Actions</h2><div class="actions">\(button(.backup))\(button(.offsitePush))\(button(.verify))
@@ -212,23 +213,30 @@ extension Dashboard {
         }
     }
 
-    /// The action, account and snapshot of a request, checked as `job run` checks its options.
-    func actionRequest(action: String?, account: String?, snapshot: String?) throws -> (AgentAction, String?, String?) {
+    /// The action, account and snapshot of a request, checked as `job run` checks its options; a snapshot the
+    /// controller knows to hold another account is refused (the agent would find nothing of the account in it).
+    func actionRequest(agentID: String, action: String?, account: String?, snapshot: String?) throws -> (AgentAction, String?, String?) {
         guard let action = action.flatMap(AgentAction.init) else {
             throw DashboardError.invalidInput("action must be one of \(AgentAction.allCases.map(\.rawValue).joined(separator: ", "))")
         }
+        let checked: (AgentAction, String?, String?)
         do {
             guard action == .restore else { return (action, nil, nil) }
             guard let account, !account.isEmpty else { throw DashboardError.invalidInput("a restore needs the account to restore") }
-            return (action, try OnDemandJob.account(account), try OnDemandJob.snapshot(snapshot ?? "latest"))
+            checked = (action, try OnDemandJob.account(account), try OnDemandJob.snapshot(snapshot ?? "latest"))
         } catch let invalid as OnDemandJob.Invalid {
             throw DashboardError.invalidInput(invalid.description)
         }
+        if let id = checked.2, id != "latest", let known = try fleet.snapshot(agentID: agentID, id: id), let holds = known.account, holds != checked.1 {
+            throw DashboardError.invalidInput("snapshot \(id.prefix(12)) holds account \(holds), not \(checked.1 ?? ""); choose one of the account's snapshots or latest")
+        }
+        return checked
     }
 
     func confirmAction(_ request: PageRequest) throws -> HTTPResponse {
         let agent = try requiredAgent(request)
-        let (action, account, snapshot) = try actionRequest(action: try request.query("action", longest: 20), account: try request.query("account", longest: 80),
+        let (action, account, snapshot) = try actionRequest(agentID: agent.agentID, action: try request.query("action", longest: 20),
+                                                            account: try request.query("account", longest: 80),
                                                             snapshot: try request.query("snapshot", longest: 140))
         let what: HTML
         switch action {
@@ -253,7 +261,8 @@ extension Dashboard {
     func startAction(_ request: PageRequest) throws -> HTTPResponse {
         guard let form = request.form else { throw DashboardError.invalidInput("the form is missing") }
         let agent = try requiredAgent(request, field: "id")
-        let (action, account, snapshot) = try actionRequest(action: form.value("action"), account: form.value("account"), snapshot: form.value("snapshot"))
+        let (action, account, snapshot) = try actionRequest(agentID: agent.agentID, action: form.value("action"), account: form.value("account"),
+                                                            snapshot: form.value("snapshot"))
         let policy = try schedules.effectivePolicy(agentID: agent.agentID)
         let parameters: JobParameters
         do {

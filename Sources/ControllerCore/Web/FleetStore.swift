@@ -93,6 +93,8 @@ public struct KnownSnapshot: Sendable, Equatable {
     public let id: String
     public let at: Int64
     public let account: String?
+    /// files, databases or email, when the agent said.
+    public let kind: String?
 }
 
 /// The backup state of one account and kind (account "*": every account of the server, as whole-server backups
@@ -121,6 +123,8 @@ public protocol FleetStore: Sendable {
     func backupHistory(agentID: String, since: Int64) throws -> [BackupPoint]
     func dailyOutcomes(since: Int64) throws -> [DailyOutcome]
     func knownSnapshots(agentID: String, limit: Int) throws -> [KnownSnapshot]
+    /// One of the snapshots the controller heard of (among the agent's latest 50 finished backups).
+    func snapshot(agentID: String, id: String) throws -> KnownSnapshot?
     func jobCounts() throws -> [(kind: String, state: String, count: Int)]
 }
 
@@ -349,16 +353,28 @@ public final class SQLiteFleetStore: FleetStore, BackupCoverageSource {
 
     public func knownSnapshots(agentID: String, limit: Int) throws -> [KnownSnapshot] {
         var snapshots: [KnownSnapshot] = []
+        var seen = Set<String>()
         for row in try database.query("""
-            SELECT finished_at, json_extract(parameters, '$.account') AS account, json_extract(outcome, '$.snapshots') AS snapshots FROM jobs
-            WHERE agent_id = ? AND kind = 'backup' AND state = 'succeeded' ORDER BY finished_at DESC, id DESC LIMIT 50
+            SELECT finished_at, json_extract(parameters, '$.account') AS account, json_extract(outcome, '$.snapshots') AS snapshots,
+                   json_extract(outcome, '$.snapshotItems') AS items FROM jobs
+            WHERE agent_id = ? AND kind = 'backup' AND state IN ('succeeded', 'failed') ORDER BY finished_at DESC, id DESC LIMIT 50
             """, [.text(agentID)]) {
+            // A failed run may still have saved some accounts: their snapshots are as good as any.
             guard let at = row.int("finished_at"), let text = row.string("snapshots"),
                   let ids = try? JSONDecoder().decode([String].self, from: Data(text.utf8)) else { continue }
-            for id in ids where snapshots.count < limit { snapshots.append(KnownSnapshot(id: id, at: at, account: row.string("account"))) }
+            // Which account and kind each snapshot holds, where the agent said (agents before 0.2 did not).
+            let items = row.string("items").flatMap { try? JSONDecoder().decode([SnapshotItem].self, from: Data($0.utf8)) } ?? []
+            let byID = Dictionary(items.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+            for id in ids where snapshots.count < limit && seen.insert(id).inserted {
+                snapshots.append(KnownSnapshot(id: id, at: at, account: byID[id]?.account ?? row.string("account"), kind: byID[id]?.kind))
+            }
             if snapshots.count >= limit { break }
         }
         return snapshots
+    }
+
+    public func snapshot(agentID: String, id: String) throws -> KnownSnapshot? {
+        try knownSnapshots(agentID: agentID, limit: 1000).first { $0.id == id }
     }
 
     public func jobCounts() throws -> [(kind: String, state: String, count: Int)] {
