@@ -77,7 +77,7 @@ public struct AgentTelemetry: Sendable {
     public func setMode(_ mode: TelemetryMode) throws {
         try prepareDirectory()
         try PrivateFile.write(modePath, Array((mode.rawValue + "\n").utf8))
-        try Self.lock.withLock { _ in
+        Self.lock.withLock { _ in
             if mode == .off { unlink(localPath) }
             if mode != .on { unlink(pendingPath) }
         }
