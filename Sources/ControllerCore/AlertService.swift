@@ -98,13 +98,8 @@ public final class AlertService: Sendable {
         let agents = try controller.agents().filter { !$0.removed }
         let byID = Dictionary(agents.map { ($0.agentID, $0) }, uniquingKeysWith: { first, _ in first })
         let interval = Int64(try controller.heartbeatInterval())
-        var policies: [String: SchedulePolicy] = [:]
-        func policy(_ agentID: String) throws -> SchedulePolicy {
-            if let known = policies[agentID] { return known }
-            let effective = try schedules.effectivePolicy(agentID: agentID)
-            policies[agentID] = effective
-            return effective
-        }
+        let policies = try schedules.resolver()
+        func policy(_ agentID: String) throws -> SchedulePolicy { try policies.policy(agentID) }
         func host(_ agentID: String) -> String { AlertText.printable(byID[agentID]?.hostname ?? agentID, limit: 128) }
         var held: [HeldCondition] = []
 
@@ -131,8 +126,9 @@ public final class AlertService: Sendable {
                                       since: reference + thresholds.backupOverdueSeconds))
         }
         let covered = try status.agentsWithCoverage()
+        let backups = try status.lastSucceeded(kind: .backup, drill: false)
         for agent in agents where !covered.contains(agent.agentID) {
-            let last = try status.lastSucceeded(agentID: agent.agentID, kind: .backup, drill: false)
+            let last = backups[agent.agentID]
             let reference = last?.at ?? agent.enrolledAt
             guard reference < backupCutoff, try policy(agent.agentID).timing(.backup) != .off else { continue }
             held.append(HeldCondition(key: "backup-overdue/\(agent.agentID)/*/*", condition: .backupOverdue, agentID: agent.agentID,

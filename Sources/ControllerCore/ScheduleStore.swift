@@ -139,12 +139,46 @@ public final class SQLiteScheduleStore: ScheduleStore {
     }
 }
 
+/// Effective policies from overrides read once (see `ScheduleService.resolver`); each agent's is remembered.
+public final class PolicyResolver {
+    let store: any ScheduleStore
+    let fleet: SchedulePolicy
+    /// The policy of each agent in a group, before the agent's own override.
+    let groupPolicies: [String: SchedulePolicy]
+    private var resolved: [String: SchedulePolicy] = [:]
+
+    init(store: any ScheduleStore, fleet: SchedulePolicy, groupPolicies: [String: SchedulePolicy]) {
+        self.store = store
+        self.fleet = fleet
+        self.groupPolicies = groupPolicies
+    }
+
+    public func policy(_ agentID: String) throws -> SchedulePolicy {
+        if let known = resolved[agentID] { return known }
+        let policy = (groupPolicies[agentID] ?? fleet).applying(try store.policyOverride(.agent(agentID)))
+        resolved[agentID] = policy
+        return policy
+    }
+}
+
 /// Effective schedules: the default hosting policy, then the controller-wide override, the agent's group's, and the
 /// agent's own, in that order.
 public struct ScheduleService: Sendable {
     public let store: any ScheduleStore
 
     public init(store: any ScheduleStore) { self.store = store }
+
+    /// Resolves the policies of many agents with the controller-wide and group overrides read once: one query per
+    /// agent (its own override) instead of four, for a pass over the whole fleet.
+    public func resolver() throws -> PolicyResolver {
+        let fleet = SchedulePolicy.hosting.applying(try store.policyOverride(.fleet))
+        var byAgent: [String: SchedulePolicy] = [:]
+        for group in try store.groups() {
+            let policy = fleet.applying(group.policy)
+            for member in group.members { byAgent[member] = policy }
+        }
+        return PolicyResolver(store: store, fleet: fleet, groupPolicies: byAgent)
+    }
 
     public func effectivePolicy(agentID: String) throws -> SchedulePolicy {
         var policy = SchedulePolicy.hosting.applying(try store.policyOverride(.fleet))
