@@ -99,7 +99,7 @@ public final class AlertService: Sendable {
         let byID = Dictionary(agents.map { ($0.agentID, $0) }, uniquingKeysWith: { first, _ in first })
         let interval = Int64(try controller.heartbeatInterval())
         let policies = try schedules.resolver()
-        func policy(_ agentID: String) throws -> SchedulePolicy { try policies.policy(agentID) }
+        func policy(_ agentID: String) -> SchedulePolicy { policies.policy(agentID) }
         func host(_ agentID: String) -> String { AlertText.printable(byID[agentID]?.hostname ?? agentID, limit: 128) }
         var held: [HeldCondition] = []
 
@@ -115,7 +115,7 @@ public final class AlertService: Sendable {
 
         let backupCutoff = now - thresholds.backupOverdueSeconds
         for record in try status.coverage(notSucceededSince: backupCutoff) where byID[record.agentID] != nil {
-            guard try policy(record.agentID).timing(.backup) != .off else { continue }
+            guard policy(record.agentID).timing(.backup) != .off else { continue }
             let reference = record.lastSuccessAt ?? record.firstSeenAt
             let account = AlertText.printable(record.account, limit: 128)
             let last = record.lastSuccessAt.map { "last success \(AlertText.time($0)), \(AlertText.age(now - $0)) ago" } ?? "never backed up successfully since \(AlertText.time(record.firstSeenAt))"
@@ -130,7 +130,7 @@ public final class AlertService: Sendable {
         for agent in agents where !covered.contains(agent.agentID) {
             let last = backups[agent.agentID]
             let reference = last?.at ?? agent.enrolledAt
-            guard reference < backupCutoff, try policy(agent.agentID).timing(.backup) != .off else { continue }
+            guard reference < backupCutoff, policy(agent.agentID).timing(.backup) != .off else { continue }
             held.append(HeldCondition(key: "backup-overdue/\(agent.agentID)/*/*", condition: .backupOverdue, agentID: agent.agentID,
                                       subject: "backup overdue on \(host(agent.agentID)): no successful backup",
                                       detail: "no successful backup within \(thresholds.backupOverdueSeconds / 3600) h (\(last.map { "last success \(AlertText.time($0.at))" } ?? "none since enrollment at \(AlertText.time(agent.enrolledAt))"))",
@@ -141,7 +141,7 @@ public final class AlertService: Sendable {
         let offsiteCutoff = now - thresholds.offsiteOverdueSeconds
         for agent in agents {
             let reference = pushes[agent.agentID]?.at ?? agent.enrolledAt
-            guard reference < offsiteCutoff, try policy(agent.agentID).timing(.offsitePush) != .off else { continue }
+            guard reference < offsiteCutoff, policy(agent.agentID).timing(.offsitePush) != .off else { continue }
             held.append(HeldCondition(key: "offsite-overdue/\(agent.agentID)", condition: .offsiteOverdue, agentID: agent.agentID,
                                       subject: "off-site push overdue on \(host(agent.agentID))",
                                       detail: "no successful off-site push within \(thresholds.offsiteOverdueSeconds / 86_400) days (\(pushes[agent.agentID].map { "last \(AlertText.time($0.at))" } ?? "none since enrollment at \(AlertText.time(agent.enrolledAt))"))",

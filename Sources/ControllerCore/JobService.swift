@@ -23,6 +23,14 @@ public final class JobService: Sendable {
     private let waiters = Mutex<[String: Waiter]>([:])
     /// Per agent and task, the next scheduled run not yet queued (recomputed every `scheduleRefreshSeconds`).
     private let nextRuns = Mutex<[String: [ScheduledTask: Int64]]>([:])
+    /// What each agent's `nextRuns` were computed from: while these stay the same, the runs (advanced as they are
+    /// queued) are still right, and a refresh skips the calendar walk.
+    private let scheduleInputs = Mutex<[String: ScheduleInputs]>([:])
+    private struct ScheduleInputs: Equatable {
+        let policy: SchedulePolicy
+        let zone: String?
+        let enrolledAt: Int64
+    }
     private let scheduleRefreshedAt = Atomic<Int64>(0)
 
     /// A scheduled run missed by more than this (the controller was down) is not queued any more.
@@ -203,31 +211,43 @@ public final class JobService: Sendable {
             for (agent, tasks) in runs { for (task, at) in tasks where at <= now { due.append((agent, task, at)) } }
             return due
         }
+        guard !due.isEmpty else { return }
+        let policies = try schedules.resolver()
+        let zones = try schedules.store.timeZones()
         for (agent, task, slot) in due {
-            let policy = try schedules.effectivePolicy(agentID: agent)
+            let policy = policies.policy(agent)
             if now - slot <= Self.catchUpSeconds {
                 _ = try jobs.enqueue(draft(agentID: agent, task: task, slot: slot, policy: policy, now: now), now: now)
             }
-            let zone = try schedules.store.timeZone(of: agent)
             let following = policy.timing(task).next(after: Date(timeIntervalSince1970: TimeInterval(slot)), fraction: Jitter.fraction(agentID: agent),
-                                                      in: policy.calendar(agentTimeZone: zone))
+                                                      in: policy.calendar(agentTimeZone: zones[agent]))
             nextRuns.withLock { runs in runs[agent]?[task] = following.map { Int64($0.timeIntervalSince1970) } }
         }
     }
 
-    /// Recomputes each agent's next runs, starting from the catch-up horizon so that runs missed while the
-    /// controller was down (and not yet queued) are found.
+    /// Recomputes the next runs of each agent whose policy, time zone or enrolment changed (all of them at the first
+    /// pass), starting from the catch-up horizon so that runs missed while the controller was down (and not yet
+    /// queued) are found. Overrides and time zones are read once per pass, not per agent.
     private func refreshSchedules(now: Int64) throws {
+        let policies = try schedules.resolver()
+        let zones = try schedules.store.timeZones()
+        let (knownRuns, knownInputs) = (nextRuns.withLock { $0 }, scheduleInputs.withLock { $0 })
         var fresh: [String: [ScheduledTask: Int64]] = [:]
+        var freshInputs: [String: ScheduleInputs] = [:]
         for agent in try agents.store.agents() where !agent.removed {
-            let policy = try schedules.effectivePolicy(agentID: agent.agentID)
-            let calendar = policy.calendar(agentTimeZone: try schedules.store.timeZone(of: agent.agentID))
+            let inputs = ScheduleInputs(policy: policies.policy(agent.agentID), zone: zones[agent.agentID], enrolledAt: agent.enrolledAt)
+            freshInputs[agent.agentID] = inputs
+            if knownInputs[agent.agentID] == inputs, let runs = knownRuns[agent.agentID] {
+                fresh[agent.agentID] = runs
+                continue
+            }
+            let calendar = inputs.policy.calendar(agentTimeZone: inputs.zone)
             let fraction = Jitter.fraction(agentID: agent.agentID)
             var tasks: [ScheduledTask: Int64] = [:]
             for task in ScheduledTask.allCases {
                 // Never before the agent enrolled: a new agent does not catch up on runs from before it existed.
                 var after = max(now - Self.catchUpSeconds, agent.enrolledAt) - 1
-                while let next = policy.timing(task).next(after: Date(timeIntervalSince1970: TimeInterval(after)), fraction: fraction, in: calendar) {
+                while let next = inputs.policy.timing(task).next(after: Date(timeIntervalSince1970: TimeInterval(after)), fraction: fraction, in: calendar) {
                     let slot = Int64(next.timeIntervalSince1970)
                     if try slot > now || !jobs.hasJob(agentID: agent.agentID, task: task, slot: slot) {
                         tasks[task] = slot
@@ -239,6 +259,7 @@ public final class JobService: Sendable {
             fresh[agent.agentID] = tasks
         }
         nextRuns.withLock { $0 = fresh }
+        scheduleInputs.withLock { $0 = freshInputs }
     }
 
     func draft(agentID: String, task: ScheduledTask, slot: Int64, policy: SchedulePolicy, now: Int64) -> JobDraft {

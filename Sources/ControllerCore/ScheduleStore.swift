@@ -35,6 +35,8 @@ public struct AgentGroup: Sendable, Codable, Equatable {
 /// Storage for schedule policies, groups and agents' time zones. SQLite today; another database can implement it.
 public protocol ScheduleStore: Sendable {
     func policyOverride(_ scope: PolicyScope) throws -> PolicyOverride?
+    /// Every agent's own override, by agent id: one read for a pass over the whole fleet.
+    func agentPolicyOverrides() throws -> [String: PolicyOverride]
     func setPolicyOverride(_ policy: PolicyOverride, for scope: PolicyScope, now: Int64) throws
     func removePolicyOverride(_ scope: PolicyScope) throws -> Bool
     func createGroup(_ name: String, now: Int64) throws -> Bool
@@ -45,6 +47,8 @@ public protocol ScheduleStore: Sendable {
     func group(of agentID: String) throws -> String?
     func groups() throws -> [AgentGroup]
     func timeZone(of agentID: String) throws -> String?
+    /// Every reported time zone, by agent id.
+    func timeZones() throws -> [String: String]
     func setTimeZone(_ zone: String, of agentID: String, now: Int64) throws
 }
 
@@ -71,6 +75,23 @@ public final class SQLiteScheduleStore: ScheduleStore {
         guard let text = try database.query("SELECT policy FROM schedule_policies WHERE scope = ?", [.text(scope.key)]).first?.string("policy") else {
             return nil
         }
+        return try Self.decodeOverride(text, of: scope)
+    }
+
+    public func agentPolicyOverrides() throws -> [String: PolicyOverride] {
+        let prefix = PolicyScope.agent("").key
+        var overrides: [String: PolicyOverride] = [:]
+        // A range on the primary key, not LIKE: '_' in an agent id would be a wildcard.
+        for row in try database.query("SELECT scope, policy FROM schedule_policies WHERE scope >= ? AND scope < ?",
+                                      [.text(prefix), .text("agent;")]) {
+            guard let scope = row.string("scope"), scope.hasPrefix(prefix), let text = row.string("policy") else { continue }
+            let agentID = String(scope.dropFirst(prefix.count))
+            overrides[agentID] = try Self.decodeOverride(text, of: .agent(agentID))
+        }
+        return overrides
+    }
+
+    private static func decodeOverride(_ text: String, of scope: PolicyScope) throws -> PolicyOverride {
         do {
             return try JSONDecoder().decode(PolicyOverride.self, from: Data(text.utf8))
         } catch {
@@ -133,31 +154,35 @@ public final class SQLiteScheduleStore: ScheduleStore {
         try database.query("SELECT time_zone FROM agent_time_zones WHERE agent_id = ?", [.text(agentID)]).first?.string("time_zone")
     }
 
+    public func timeZones() throws -> [String: String] {
+        var zones: [String: String] = [:]
+        for row in try database.query("SELECT agent_id, time_zone FROM agent_time_zones") {
+            if let agent = row.string("agent_id"), let zone = row.string("time_zone") { zones[agent] = zone }
+        }
+        return zones
+    }
+
     public func setTimeZone(_ zone: String, of agentID: String, now: Int64) throws {
         try database.run("INSERT INTO agent_time_zones (agent_id, time_zone, updated_at) VALUES (?, ?, ?) ON CONFLICT(agent_id) DO UPDATE SET time_zone = excluded.time_zone, updated_at = excluded.updated_at WHERE time_zone != excluded.time_zone",
                          [.text(agentID), .text(zone), .integer(now)])
     }
 }
 
-/// Effective policies from overrides read once (see `ScheduleService.resolver`); each agent's is remembered.
-public final class PolicyResolver {
-    let store: any ScheduleStore
+/// Effective policies from overrides read once (see `ScheduleService.resolver`).
+public struct PolicyResolver: Sendable {
     let fleet: SchedulePolicy
     /// The policy of each agent in a group, before the agent's own override.
     let groupPolicies: [String: SchedulePolicy]
-    private var resolved: [String: SchedulePolicy] = [:]
+    let agentOverrides: [String: PolicyOverride]
 
-    init(store: any ScheduleStore, fleet: SchedulePolicy, groupPolicies: [String: SchedulePolicy]) {
-        self.store = store
+    init(fleet: SchedulePolicy, groupPolicies: [String: SchedulePolicy], agentOverrides: [String: PolicyOverride]) {
         self.fleet = fleet
         self.groupPolicies = groupPolicies
+        self.agentOverrides = agentOverrides
     }
 
-    public func policy(_ agentID: String) throws -> SchedulePolicy {
-        if let known = resolved[agentID] { return known }
-        let policy = (groupPolicies[agentID] ?? fleet).applying(try store.policyOverride(.agent(agentID)))
-        resolved[agentID] = policy
-        return policy
+    public func policy(_ agentID: String) -> SchedulePolicy {
+        (groupPolicies[agentID] ?? fleet).applying(agentOverrides[agentID])
     }
 }
 
@@ -168,8 +193,8 @@ public struct ScheduleService: Sendable {
 
     public init(store: any ScheduleStore) { self.store = store }
 
-    /// Resolves the policies of many agents with the controller-wide and group overrides read once: one query per
-    /// agent (its own override) instead of four, for a pass over the whole fleet.
+    /// Resolves the policies of many agents with every override read once, for a pass over the whole fleet (four
+    /// queries, instead of four per agent).
     public func resolver() throws -> PolicyResolver {
         let fleet = SchedulePolicy.hosting.applying(try store.policyOverride(.fleet))
         var byAgent: [String: SchedulePolicy] = [:]
@@ -177,7 +202,7 @@ public struct ScheduleService: Sendable {
             let policy = fleet.applying(group.policy)
             for member in group.members { byAgent[member] = policy }
         }
-        return PolicyResolver(store: store, fleet: fleet, groupPolicies: byAgent)
+        return PolicyResolver(fleet: fleet, groupPolicies: byAgent, agentOverrides: try store.agentPolicyOverrides())
     }
 
     public func effectivePolicy(agentID: String) throws -> SchedulePolicy {
