@@ -168,6 +168,13 @@ public final class SQLiteJobStore: JobStore {
             CREATE TABLE job_events (job_id INTEGER NOT NULL REFERENCES jobs(id), at INTEGER NOT NULL, state TEXT NOT NULL, detail TEXT);
             CREATE INDEX job_events_job ON job_events (job_id, at);
             """),
+        // SQLite uses a partial index only when the query repeats its condition, and `state = 'queued'` does not
+        // repeat `state IN (...)`: the dispatcher's queries, four times a second, scanned the whole job history.
+        // A full index on state, with the columns those queries read, makes each a short index search.
+        Migration(version: 202, sql: """
+            DROP INDEX jobs_open;
+            CREATE INDEX jobs_state ON jobs (state, not_before, agent_id);
+            """),
     ] + SQLiteBackupStatusStore.migrations
 
     public init(database: Database) throws {
@@ -266,8 +273,17 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
+    /// The queries the dispatcher runs on every pass (four a second), whatever the size of the job history.
+    public static let dispatcherQueries = [dueAgentsQuery, cancelRequestsQuery, overdueQuery]
+    static let dueAgentsQuery = "SELECT DISTINCT agent_id FROM jobs WHERE state = 'queued' AND not_before <= ?"
+    static let cancelRequestsQuery = "SELECT DISTINCT agent_id FROM jobs WHERE cancel_requested = 1 AND state IN ('dispatched', 'running')"
+    static let overdueQuery = """
+        SELECT * FROM jobs WHERE state IN ('dispatched', 'running') AND timeout_seconds > 0
+        AND COALESCE(started_at, dispatched_at) + timeout_seconds < ?
+        """
+
     public func agentsWithDueJobs(now: Int64) throws -> Set<String> {
-        Set(try database.query("SELECT DISTINCT agent_id FROM jobs WHERE state = 'queued' AND not_before <= ?", [.integer(now)])
+        Set(try database.query(Self.dueAgentsQuery, [.integer(now)])
             .compactMap { $0.string("agent_id") })
     }
 
@@ -388,16 +404,13 @@ public final class SQLiteJobStore: JobStore {
     }
 
     public func agentsWithCancelRequests() throws -> Set<String> {
-        Set(try database.query("SELECT DISTINCT agent_id FROM jobs WHERE cancel_requested = 1 AND state IN ('dispatched', 'running')")
+        Set(try database.query(Self.cancelRequestsQuery)
             .compactMap { $0.string("agent_id") })
     }
 
     public func expireOverdue(now: Int64, retryJitter: Double) throws -> [Int64] {
         try database.transaction { db in
-            let overdue = try db.query("""
-                SELECT * FROM jobs WHERE state IN ('dispatched', 'running') AND timeout_seconds > 0
-                AND COALESCE(started_at, dispatched_at) + timeout_seconds < ?
-                """, [.integer(now)]).compactMap(Self.record)
+            let overdue = try db.query(Self.overdueQuery, [.integer(now)]).compactMap(Self.record)
             for job in overdue {
                 try db.run("UPDATE jobs SET state = 'expired', finished_at = ? WHERE id = ?", [.integer(now), .integer(job.id)])
                 try event(job.id, JobState.expired.rawValue, now: now, detail: "no result within its timeout of \(job.timeoutSeconds)s", db: db)

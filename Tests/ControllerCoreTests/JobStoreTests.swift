@@ -141,3 +141,17 @@ struct BatchDispatchTests {
         #expect(try jobs.job(expected["fk-7"] ?? 0)?.events?.map(\.state) == ["queued", "dispatched"])
     }
 }
+
+/// The dispatcher queries the job table four times a second; a controller keeps months of job history, so none of
+/// those queries may read the whole table. Checked on the controller's whole schema (the dashboard adds indexes that
+/// SQLite's planner may prefer).
+struct DispatcherQueryPlanTests {
+    @Test func everyDispatcherQuerySearchesAnIndexInsteadOfScanningTheJobHistory() throws {
+        let harness = try DashboardHarness()
+        for query in SQLiteJobStore.dispatcherQueries {
+            let bindings: [SQLValue] = query.contains("?") ? [.integer(1_800_000_000)] : []
+            let plan = try harness.store.database.query("EXPLAIN QUERY PLAN " + query, bindings).compactMap { $0.string("detail") }
+            #expect(!plan.isEmpty && !plan.contains { $0.hasPrefix("SCAN") }, "\(query): \(plan)")
+        }
+    }
+}
