@@ -1,15 +1,18 @@
 import BackupEngine
 import CommandLineSupport
 import Crypto
+import Dispatch
 import Foundation
 import SFTP
+import Synchronization
 
 /// `fleetkeep-agent offsite …`: the weekly off-site copy over SFTP. The remote is a repository in the same format
 /// and with the same keys, so it stays encrypted; restores read straight from it.
 public enum OffsiteCommands {
     static let defaultKnownHosts = "/etc/fleetkeep/offsite_known_hosts"
     static let options: Set<String> = BackupCommands.common.union(["target", "host-key", "known-hosts", "identity", "password-file",
-                                                                   "keep-weekly", "account", "kind", "to", "path", "into-database", "state"])
+                                                                   "keep-weekly", "account", "kind", "to", "path", "into-database", "state",
+                                                                   "connections"])
 
     public static func run(_ raw: [String]) throws -> Int32 {
         let arguments = try Arguments(raw, options: options, flags: ["json", "read-data", "dry-run", "all", "load-databases"])
@@ -25,6 +28,13 @@ public enum OffsiteCommands {
         if let keep = arguments.value("keep-weekly") {
             guard let number = Int(keep), number >= 0 else { throw UsageError("--keep-weekly must be a whole number") }
             config.offsite.keepWeekly = number
+        }
+        if let connections = arguments.value("connections") {
+            do {
+                config.offsite.connections = try AgentConfig.OffsiteSettings.parseConnections(connections, source: "--connections")
+            } catch let error as AgentError {
+                throw UsageError(error.message)
+            }
         }
         guard let targetText = config.offsite.target else {
             throw UsageError("no off-site target: pass --target sftp://user@host:port/path or set target in [offsite]")
@@ -168,12 +178,12 @@ public enum OffsiteCommands {
         for directory in ["data", "index", "snapshots"] { storage.removeTemporaryUploads(in: directory) }
         var progress: (@Sendable (CopyReport) -> Void)?
         if Console.isTerminal && !arguments.flag("json") { progress = showProgress }
-        // A second connection uploads alongside the first: one SSH stream leaves a core idle while it waits for the
-        // server's fsync and rename of each pack. The shared lease keeps a remote prune from deleting packs that are
-        // uploaded but not yet indexed.
-        let second = SFTPStorage(session: try connect(target: target, config: config), target: target)
+        // Packs go up over `connections` SSH sessions, one thread each: libssh2 encrypts on the calling thread, so
+        // one session keeps one core busy at most, and a session waiting for the server to flush its packs sends
+        // nothing. The shared lease keeps a remote prune from deleting packs that are uploaded but not yet indexed.
+        let uploaders = try [storage] + extraConnections(config.offsite.connections - 1, target: target, config: config)
         let report = try remote.withLock(exclusive: false) {
-            try local.copy(latest, to: remote, uploaders: [storage, second], progress: progress)
+            try local.copy(latest, to: remote, uploaders: uploaders, progress: progress)
         }
         escrowAfterPush(state: AgentCommands.state(arguments), keyFile: config.keyFile, json: arguments.flag("json"))
         let keep = config.offsite.keepWeekly
@@ -186,6 +196,20 @@ public enum OffsiteCommands {
             if let pruned { print("off-site retention (keep \(keep) weekly): removed \(pruned.removedSnapshots.count) snapshots") }
         }
         return 0
+    }
+
+    /// `count` more SFTP connections to `target`, opened side by side (each is a TCP, SSH and SFTP handshake).
+    static func extraConnections(_ count: Int, target: OffsiteTarget, config: AgentConfig) throws -> [SFTPStorage] {
+        guard count > 0 else { return [] }
+        let opened = Mutex([Result<SFTPStorage, any Error>?](repeating: nil, count: count))
+        DispatchQueue.concurrentPerform(iterations: count) { slot in
+            let result = Result { SFTPStorage(session: try connect(target: target, config: config), target: target) }
+            opened.withLock { $0[slot] = result }
+        }
+        return try opened.withLock { $0 }.map { result in
+            guard let result else { throw AgentError("an off-site connection was not opened") }
+            return try result.get()
+        }
     }
 
     @Sendable static func showProgress(_ report: CopyReport) {
