@@ -1,7 +1,6 @@
 import BackupEngine
 import CommandLineSupport
 import Crypto
-import Dispatch
 import Foundation
 import SFTP
 import Synchronization
@@ -202,7 +201,9 @@ public enum OffsiteCommands {
     static func extraConnections(_ count: Int, target: OffsiteTarget, config: AgentConfig) throws -> [SFTPStorage] {
         guard count > 0 else { return [] }
         let opened = Mutex([Result<SFTPStorage, any Error>?](repeating: nil, count: count))
-        DispatchQueue.concurrentPerform(iterations: count) { slot in
+        // Each on a thread of its own: a handshake mostly waits for the server, and `concurrentPerform` would run
+        // only one per core at a time.
+        Repository.onThreads(count) { slot in
             let result = Result { SFTPStorage(session: try connect(target: target, config: config), target: target) }
             opened.withLock { $0[slot] = result }
         }

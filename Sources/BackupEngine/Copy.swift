@@ -150,16 +150,19 @@ extension Repository {
         }
         if !batch.isEmpty { try uploadBatch() }
         let remoteSnapshots = Set(try remote.storage.list("snapshots"))
+        var newSnapshots: [String] = []
         for snapshot in snapshots {
             if remoteSnapshots.contains(snapshot.id) {
                 report.snapshotsAlreadyThere += 1
-                continue
+            } else {
+                newSnapshots.append("snapshots/" + snapshot.id)
             }
-            let bytes = try storage.read("snapshots/" + snapshot.id)
-            try remote.storage.write("snapshots/" + snapshot.id, bytes)
-            report.snapshotsCopied += 1
-            report.bytesUploaded += Int64(bytes.count)
         }
+        // Snapshot files are small and each waits for a flush on the remote: over all connections at once, like
+        // the packs, rather than one after another on one.
+        let sent = try upload(newSnapshots, over: connections, report: CopyReport(), progress: nil)
+        report.snapshotsCopied += sent.packsUploaded
+        report.bytesUploaded += sent.bytesUploaded
         // The next push opens the remote again: from a cache rather than by reading every index file it wrote.
         remote.foldIndexIfWorthwhile()
         report.seconds = Date().timeIntervalSince(started)
@@ -172,13 +175,14 @@ extension Repository {
     /// leaves little unflushed work to send again.
     static let stagedPacksPerLane = 8
 
-    /// Uploads `paths` (packs) over the given connections, one thread each, taking the next pack from a shared
-    /// queue. Every pack is durable under its name when this returns: lanes on storage that can stage writes flush
+    /// Uploads `paths` (packs, or snapshot files, counted as packs in the result) over the given connections, one
+    /// thread each, taking the next pack from a shared queue. Every pack is durable under its name when this returns: lanes on storage that can stage writes flush
     /// their packs in groups, and the last group before returning, so the caller may then write an index naming
     /// them. The first failure stops the others and is rethrown; lanes still working then flush what they had
     /// sent (found by name and size and not sent again by the next push) and no index is written by the caller.
     private func upload(_ paths: [String], over connections: [any RepositoryStorage], report: CopyReport,
                         progress: (@Sendable (CopyReport) -> Void)?) throws -> CopyReport {
+        guard !paths.isEmpty else { return report }
         let state = UploadState(report)
         let storage = storage
         Self.onThreads(max(1, min(connections.count, paths.count))) { lane in
@@ -222,7 +226,7 @@ extension Repository {
     /// Runs `body(lane)` for every lane on a thread of its own and waits for all of them. Not
     /// `DispatchQueue.concurrentPerform`: it runs one iteration per core at a time, so on two cores the third and
     /// fourth connections only started once the first two had emptied the queue.
-    static func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    public static func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         let group = DispatchGroup()
         for lane in 0..<count {
             group.enter()

@@ -188,9 +188,9 @@ final class CountingUploader: StagedWriting, @unchecked Sendable {
         let uploaders = connections.map { CountingUploader($0) }
         let report = try scene.local.copy(try Self.latestFiles(scene), to: remote, uploaders: uploaders)
         #expect(report.packsUploaded >= 2 && report.snapshotsCopied == 2)
-        // Every connection took packs from the shared queue, and every pack sent was counted once.
+        // Every connection took packs from the shared queue, and every pack and snapshot file sent was counted once.
         #expect(uploaders.filter { $0.staged > 0 }.count == min(4, report.packsUploaded), "\(uploaders.map(\.staged))")
-        #expect(uploaders.map(\.staged).reduce(0, +) == report.packsUploaded)
+        #expect(uploaders.map(\.staged).reduce(0, +) == report.packsUploaded + report.snapshotsCopied)
         // Each pack is under its own name, whole; no temporary upload is left behind.
         let remoteFiles = try FileManager.default.subpathsOfDirectory(atPath: scene.server.root + "/offsite")
         #expect(!remoteFiles.contains { ($0 as NSString).lastPathComponent.hasPrefix(".") }, "\(remoteFiles.filter { $0.contains("/.") })")
