@@ -1,6 +1,7 @@
 import BackupEngine
 import CommandLineSupport
 import Crypto
+import Dispatch
 import Foundation
 import SFTP
 import Synchronization
@@ -120,9 +121,10 @@ public enum OffsiteCommands {
 
     /// Opens the remote repository, keeping its index and snapshot caches in the local `cacheDirectory`
     /// (see `remoteCaches`).
+    /// `storage` is a connection already open to `target` (a new one is opened without it).
     static func openRemote(target: OffsiteTarget, config: AgentConfig, create: Bool, local: Repository? = nil,
-                           cacheDirectory: String, warnAboutDamage: Bool = true) throws -> (Repository, SFTPStorage) {
-        let storage = SFTPStorage(session: try connect(target: target, config: config), target: target)
+                           cacheDirectory: String, warnAboutDamage: Bool = true, storage: SFTPStorage? = nil) throws -> (Repository, SFTPStorage) {
+        let storage = try storage ?? SFTPStorage(session: try connect(target: target, config: config), target: target)
         if create, let local {
             try local.replicateConfiguration(to: storage)
         }
@@ -167,20 +169,24 @@ public enum OffsiteCommands {
         // The tier gates off-site pushes; restores, listings and verification from the remote never ask.
         let accounts = try HostingAccounts.discover(root: config.root, configured: config.accounts).count
         try AgentLicence(state: AgentCommands.state(arguments), root: config.root, accountCount: accounts).require("offsite", for: "an off-site push")
+        // Packs go up over `connections` SSH sessions, one thread each: libssh2 encrypts on the calling thread, so
+        // one session keeps one core busy at most, and a session waiting for the server to flush its packs sends
+        // nothing. A handshake mostly waits for the server, so they all happen while the local repository opens.
+        let connecting = PendingConnections(config.offsite.connections, target: target, config: config)
         let local = try BackupCommands.open(config)
         let kinds = Set(config.offsite.kinds.map(\.rawValue))
         // The newest snapshot of every account/kind/database group: that is this week's off-site copy.
         let latest = BackupCommands.latestSnapshots(try local.snapshots().filter { kinds.contains($0.tags["kind"] ?? "") })
         let caches = try remoteCaches(target: target, config: config)
         defer { caches.scratch?.remove() }
-        let (remote, storage) = try openRemote(target: target, config: config, create: true, local: local, cacheDirectory: caches.path)
+        let uploaders = try connecting.wait()
+        guard let storage = uploaders.first else { throw AgentError("no off-site connection was opened") }
+        let (remote, _) = try openRemote(target: target, config: config, create: true, local: local, cacheDirectory: caches.path,
+                                         storage: storage)
         for directory in ["data", "index", "snapshots"] { storage.removeTemporaryUploads(in: directory) }
         var progress: (@Sendable (CopyReport) -> Void)?
         if Console.isTerminal && !arguments.flag("json") { progress = showProgress }
-        // Packs go up over `connections` SSH sessions, one thread each: libssh2 encrypts on the calling thread, so
-        // one session keeps one core busy at most, and a session waiting for the server to flush its packs sends
-        // nothing. The shared lease keeps a remote prune from deleting packs that are uploaded but not yet indexed.
-        let uploaders = try [storage] + extraConnections(config.offsite.connections - 1, target: target, config: config)
+        // The shared lease keeps a remote prune from deleting packs that are uploaded but not yet indexed.
         let report = try remote.withLock(exclusive: false) {
             try local.copy(latest, to: remote, uploaders: uploaders, progress: progress)
         }
@@ -197,8 +203,8 @@ public enum OffsiteCommands {
         return 0
     }
 
-    /// `count` more SFTP connections to `target`, opened side by side (each is a TCP, SSH and SFTP handshake).
-    static func extraConnections(_ count: Int, target: OffsiteTarget, config: AgentConfig) throws -> [SFTPStorage] {
+    /// `count` SFTP connections to `target`, opened side by side (each is a TCP, SSH and SFTP handshake).
+    static func openConnections(_ count: Int, target: OffsiteTarget, config: AgentConfig) throws -> [SFTPStorage] {
         guard count > 0 else { return [] }
         let opened = Mutex([Result<SFTPStorage, any Error>?](repeating: nil, count: count))
         // Each on a thread of its own: a handshake mostly waits for the server, and `concurrentPerform` would run
@@ -210,6 +216,29 @@ public enum OffsiteCommands {
         return try opened.withLock { $0 }.map { result in
             guard let result else { throw AgentError("an off-site connection was not opened") }
             return try result.get()
+        }
+    }
+
+    /// Connections being opened on a thread of their own while the caller does other work; `wait` takes them.
+    final class PendingConnections: Sendable {
+        private let result = Mutex<Result<[SFTPStorage], any Error>?>(nil)
+        private let finished = DispatchSemaphore(value: 0)
+
+        init(_ count: Int, target: OffsiteTarget, config: AgentConfig) {
+            let thread = Thread { [self] in
+                let opened = Result { try OffsiteCommands.openConnections(count, target: target, config: config) }
+                result.withLock { $0 = opened }
+                finished.signal()
+            }
+            thread.name = "fleetkeep-connect"
+            thread.start()
+        }
+
+        func wait() throws -> [SFTPStorage] {
+            finished.wait()
+            finished.signal()
+            guard let opened = result.withLock({ $0 }) else { throw AgentError("the off-site connections were not opened") }
+            return try opened.get()
         }
     }
 

@@ -170,7 +170,7 @@ final class CountingUploader: StagedWriting, @unchecked Sendable {
         let (remote, storage) = try OffsiteCommands.openRemote(target: scene.target, config: scene.config, create: true, local: scene.local,
                                                                cacheDirectory: cacheDirectory)
         var uploaders = [storage]
-        for _ in 1..<count { uploaders += try OffsiteCommands.extraConnections(1, target: scene.target, config: scene.config) }
+        for _ in 1..<count { uploaders += try OffsiteCommands.openConnections(1, target: scene.target, config: scene.config) }
         return (remote, uploaders)
     }
 
