@@ -187,8 +187,10 @@ public enum OffsiteCommands {
         var progress: (@Sendable (CopyReport) -> Void)?
         if Console.isTerminal && !arguments.flag("json") { progress = showProgress }
         // The shared lease keeps a remote prune from deleting packs that are uploaded but not yet indexed.
-        let report = try remote.withLock(exclusive: false) {
-            try local.copy(latest, to: remote, uploaders: uploaders, progress: progress)
+        let report = try afterInterruptedPushes(storage: storage, cacheDirectory: caches.path) {
+            try remote.withLock(exclusive: false) {
+                try local.copy(latest, to: remote, uploaders: uploaders, progress: progress)
+            }
         }
         escrowAfterPush(state: AgentCommands.state(arguments), keyFile: config.keyFile, json: arguments.flag("json"))
         let keep = config.offsite.keepWeekly
@@ -201,6 +203,22 @@ public enum OffsiteCommands {
             if let pruned { print("off-site retention (keep \(keep) weekly): removed \(pruned.removedSnapshots.count) snapshots") }
         }
         return 0
+    }
+
+    /// Runs a push, cleaning up after an earlier one that did not finish. A connection that drops mid-upload leaves
+    /// its partial pack under a temporary name in a `data/XX` directory, and only that connection could have removed
+    /// it; finding such files means listing all 256 directories, so it is done only when the marker file in the
+    /// remote's cache directory says the last push did not finish. The marker stays when `body` fails.
+    static func afterInterruptedPushes<T>(storage: SFTPStorage, cacheDirectory: String, _ body: () throws -> T) throws -> T {
+        let marker = cacheDirectory + "/push-unfinished"
+        if FileManager.default.fileExists(atPath: marker) { storage.removeTemporaryUploadsInPackDirectories() }
+        try FileManager.default.createDirectory(atPath: cacheDirectory, withIntermediateDirectories: true)
+        guard FileManager.default.createFile(atPath: marker, contents: nil) else {
+            throw AgentError("cannot write \(marker); check the permissions of \(cacheDirectory)")
+        }
+        let result = try body()
+        try? FileManager.default.removeItem(atPath: marker)
+        return result
     }
 
     /// `count` SFTP connections to `target`, opened side by side (each is a TCP, SSH and SFTP handshake).

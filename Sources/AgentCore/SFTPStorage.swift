@@ -132,6 +132,12 @@ public final class SFTPStorage: StagedWriting, @unchecked Sendable {
         return size
     }
 
+    /// Removes leftover temporary uploads in every `data/XX` directory (one listing each, 256 in a full repository).
+    func removeTemporaryUploadsInPackDirectories() {
+        guard let subdirectories = try? list("data") else { return }
+        for subdirectory in subdirectories where subdirectory.count == 2 { removeTemporaryUploads(in: "data/" + subdirectory) }
+    }
+
     /// Removes leftover temporary uploads (from an interrupted push) in `directory`.
     func removeTemporaryUploads(in directory: String) {
         guard let full = try? full(directory), let entries = try? session.listDirectory(full) else { return }

@@ -238,6 +238,31 @@ final class CountingUploader: StagedWriting, @unchecked Sendable {
         #expect(try fresh.snapshots().count == 2)
     }
 
+    /// A push that did not finish leaves a marker; the next one then removes partial packs that a dropped connection
+    /// left under temporary names in the pack directories, and a push that finishes removes the marker.
+    @Test func pushAfterAnUnfinishedOneRemovesPartialPacks() throws {
+        let scene = try OffsiteScene(sizeMB: 1)
+        let cacheDirectory = try #require(OffsiteCommands.remoteCacheDirectory(target: scene.target, config: scene.config))
+        let (_, storage) = try OffsiteCommands.openRemote(target: scene.target, config: scene.config, create: true, local: scene.local,
+                                                          cacheDirectory: cacheDirectory)
+        let packDirectory = scene.server.root + "/offsite/data/ab"
+        try FileManager.default.createDirectory(atPath: packDirectory, withIntermediateDirectories: true)
+        let partial = packDirectory + "/.ab12.tmp-0011223344556677"
+        #expect(FileManager.default.createFile(atPath: partial, contents: Data("half a pack".utf8)))
+        let marker = cacheDirectory + "/push-unfinished"
+        // No marker: the directories are not searched.
+        _ = try OffsiteCommands.afterInterruptedPushes(storage: storage, cacheDirectory: cacheDirectory) { 0 }
+        #expect(FileManager.default.fileExists(atPath: partial))
+        #expect(!FileManager.default.fileExists(atPath: marker))
+        #expect(throws: AgentError.self) {
+            try OffsiteCommands.afterInterruptedPushes(storage: storage, cacheDirectory: cacheDirectory) { throw AgentError("dropped") }
+        }
+        #expect(FileManager.default.fileExists(atPath: marker))
+        _ = try OffsiteCommands.afterInterruptedPushes(storage: storage, cacheDirectory: cacheDirectory) { 0 }
+        #expect(!FileManager.default.fileExists(atPath: partial))
+        #expect(!FileManager.default.fileExists(atPath: marker))
+    }
+
     @Test func connectionCountIsValidated() throws {
         #expect(AgentConfig().offsite.connections == 4)
         #expect(try AgentConfig.parse("[offsite]\nconnections = 8\n", file: "agent.conf").offsite.connections == 8)
