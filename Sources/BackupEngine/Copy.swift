@@ -170,16 +170,17 @@ extension Repository {
     }
 
     /// Packs an upload lane sends before it flushes them (`StagedWriting`). A flush waits for the remote disk; with
-    /// several packs sent first, that wait comes once per group and the lane's other connections keep the cores busy
+    /// several packs sent first, that wait comes once per group, and the other connections keep the cores busy
     /// meanwhile. Bounded so that the server holds at most this many open files per connection and a failure
     /// leaves little unflushed work to send again.
     static let stagedPacksPerLane = 8
 
     /// Uploads `paths` (packs, or snapshot files, counted as packs in the result) over the given connections, one
-    /// thread each, taking the next pack from a shared queue. Every pack is durable under its name when this returns: lanes on storage that can stage writes flush
-    /// their packs in groups, and the last group before returning, so the caller may then write an index naming
-    /// them. The first failure stops the others and is rethrown; lanes still working then flush what they had
-    /// sent (found by name and size and not sent again by the next push) and no index is written by the caller.
+    /// thread each, taking the next pack from a shared queue. Every pack is durable under its name when this
+    /// returns: lanes on storage that can stage writes flush their packs in groups, and the last group before
+    /// returning, so the caller may then write an index naming them. The first failure stops the others and is
+    /// rethrown; lanes still working then flush what they had sent (found by name and size and not sent again by
+    /// the next push), and the caller writes no index.
     private func upload(_ paths: [String], over connections: [any RepositoryStorage], report: CopyReport,
                         progress: (@Sendable (CopyReport) -> Void)?) throws -> CopyReport {
         guard !paths.isEmpty else { return report }
