@@ -221,20 +221,46 @@ public enum OffsiteCommands {
         return result
     }
 
-    /// `count` SFTP connections to `target`, opened side by side (each is a TCP, SSH and SFTP handshake).
+    /// Up to `count` SFTP connections to `target`, opened side by side (each is a TCP, SSH and SFTP handshake).
+    /// Fails only when none opens: an SFTP host that limits connections per client (sshd's `MaxStartups` or
+    /// `PerSourceMaxStartups`, storage services' own limits) refuses some; those are tried again one at a time,
+    /// and the push then goes on over the ones it got, saying so.
     static func openConnections(_ count: Int, target: OffsiteTarget, config: AgentConfig) throws -> [SFTPStorage] {
         guard count > 0 else { return [] }
-        let opened = Mutex([Result<SFTPStorage, any Error>?](repeating: nil, count: count))
+        let results = Mutex([Result<SFTPStorage, any Error>?](repeating: nil, count: count))
         // Each on a thread of its own: a handshake mostly waits for the server, and `concurrentPerform` would run
         // only one per core at a time.
         Repository.onThreads(count) { slot in
             let result = Result { SFTPStorage(session: try connect(target: target, config: config), target: target) }
-            opened.withLock { $0[slot] = result }
+            results.withLock { $0[slot] = result }
         }
-        return try opened.withLock { $0 }.map { result in
-            guard let result else { throw AgentError("an off-site connection was not opened") }
-            return try result.get()
+        var opened: [SFTPStorage] = []
+        var failure: (any Error)?
+        for result in results.withLock({ $0 }) {
+            switch result {
+            case .success(let storage): opened.append(storage)
+            case .failure(let error): failure = failure ?? error
+            case nil: failure = failure ?? AgentError("an off-site connection was not opened")
+            }
         }
+        if opened.isEmpty { throw failure ?? AgentError("no off-site connection was opened") }
+        if failure != nil {
+            // sshd's MaxStartups and PerSourceMaxStartups count handshakes in progress, not connections: one at a
+            // time, the refused ones may get in.
+            failure = nil
+            for _ in opened.count..<count {
+                do {
+                    opened.append(SFTPStorage(session: try connect(target: target, config: config), target: target))
+                } catch {
+                    failure = error
+                    break
+                }
+            }
+        }
+        if let failure {
+            Console.error("warning: \(opened.count) of \(count) connections to \(target.description) opened (\(failure)); pushing over \(opened.count)")
+        }
+        return opened
     }
 
     /// Connections being opened on a thread of their own while the caller does other work; `wait` takes them.

@@ -15,8 +15,8 @@ struct OffsiteScene {
     var config = AgentConfig()
     var root: String { scratch.appending("server") }
 
-    init(sizeMB: Int = 6, sftpArguments: [String] = []) throws {
-        server = try SSHDServer(sftpArguments: sftpArguments)
+    init(sizeMB: Int = 6, sftpArguments: [String] = [], sshdConfig: [String] = []) throws {
+        server = try SSHDServer(sftpArguments: sftpArguments, extraConfig: sshdConfig)
         try HostingFixtureTool.create(scratch.appending("server"), accounts: 2, sizeMB: sizeMB, seed: 5)
         config.root = scratch.appending("server")
         config.repository = scratch.appending("repo")
@@ -261,6 +261,25 @@ final class CountingUploader: StagedWriting, @unchecked Sendable {
         _ = try OffsiteCommands.afterInterruptedPushes(storage: storage, cacheDirectory: cacheDirectory) { 0 }
         #expect(!FileManager.default.fileExists(atPath: partial))
         #expect(!FileManager.default.fileExists(atPath: marker))
+    }
+
+    /// A host that takes one handshake at a time (sshd `PerSourceMaxStartups 1`) refuses most of eight connections
+    /// opened side by side: those are opened again one at a time, and the push goes over all of them.
+    @Test func connectionsTheHostRefusesAreOpenedAgainOneAtATime() throws {
+        let scene = try OffsiteScene(sizeMB: 2, sshdConfig: ["PerSourceMaxStartups 1"])
+        let opened = try OffsiteCommands.openConnections(8, target: scene.target, config: scene.config)
+        #expect(opened.count == 8)
+        let cacheDirectory = try #require(OffsiteCommands.remoteCacheDirectory(target: scene.target, config: scene.config))
+        let (remote, _) = try OffsiteCommands.openRemote(target: scene.target, config: scene.config, create: true, local: scene.local,
+                                                         cacheDirectory: cacheDirectory, storage: opened[0])
+        let report = try scene.local.copy(try Self.latestFiles(scene), to: remote, uploaders: opened)
+        #expect(report.snapshotsCopied == 2)
+        #expect(try scene.remote().verify(readData: true).isHealthy)
+
+        // When not one opens, the error is the connection's own.
+        var unknown = scene.config
+        unknown.offsite.hostKey = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        #expect(throws: AgentError.self) { try OffsiteCommands.openConnections(3, target: scene.target, config: unknown) }
     }
 
     @Test func connectionCountIsValidated() throws {
