@@ -35,6 +35,7 @@ enum AgentHelp {
         "--known-hosts": ("FILE", "known-hosts file for the off-site server (default /etc/fleetkeep/offsite_known_hosts)"),
         "--password-file": ("FILE", "SSH password file for the off-site server, when no key is used (default: none)"),
         "--keep-weekly": ("N", "weekly off-site snapshots kept by the push's prune (default: the config's keep-weekly, 4)"),
+        "--connections": ("N", "SSH connections the push uploads over side by side, 1 to 8 (default: the config's [offsite] connections, 4)"),
         "--to": ("DIR", "where an off-site restore writes (required for tree restores)"),
         "--load-databases": ("", "load restored databases into MariaDB instead of writing .sql files"),
     ]
@@ -79,8 +80,8 @@ enum AgentHelp {
         CommandHelp("offsite trust", "fetch the off-site server's host key and write it to the known-hosts file",
                     usage: ["[--config FILE] [--target sftp://user@host:port/path]"], options: offsiteOptions, example: "--target sftp://backup@offsite.example:22/srv/fk/web1"),
         CommandHelp("offsite push", "copy the newest snapshots of files and databases to the off-site server over SFTP (a licensed feature)",
-                    usage: ["[--config FILE] [--state DIR] [--keep-weekly N] [--json]"], options: offsiteOptions + ["--keep-weekly"],
-                    example: "--config /etc/fleetkeep/agent.conf"),
+                    usage: ["[--config FILE] [--state DIR] [--keep-weekly N] [--connections N] [--json]"],
+                    options: offsiteOptions + ["--keep-weekly", "--connections"], example: "--config /etc/fleetkeep/agent.conf --connections 2"),
         CommandHelp("offsite snapshots", "list the snapshots in the off-site copy",
                     usage: ["[--config FILE] [--account USER] [--kind KIND] [--json]"], options: offsiteOptions + ["--account", "--kind"],
                     example: "--account alice"),

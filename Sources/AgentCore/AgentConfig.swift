@@ -44,6 +44,21 @@ public struct AgentConfig: Sendable {
         public var passwordFile: String?
         public var keepWeekly = 4
         public var kinds: [BackupKind] = [.files, .databases]
+        /// SSH connections a push uploads over (`connections` in [offsite], `--connections`).
+        public var connections = OffsiteSettings.defaultConnections
+
+        /// Four: on two cores the encryption of two sessions keeps both busy, and the other two upload while those
+        /// wait for the remote's disk to flush a group of packs. More only adds handshakes and server processes.
+        public static let defaultConnections = 4
+        public static let connectionRange = 1...8
+
+        /// Parses a connection count; the message names the value and the allowed range.
+        public static func parseConnections(_ text: String, source: String) throws -> Int {
+            guard let number = Int(text), connectionRange.contains(number) else {
+                throw AgentError("\(source) must be a whole number from \(connectionRange.lowerBound) to \(connectionRange.upperBound), got '\(text)'")
+            }
+            return number
+        }
     }
 
     public init() {}
@@ -116,6 +131,7 @@ public struct AgentConfig: Sendable {
             case ("offsite", "password-file"): config.offsite.passwordFile = try absolutePath()
             case ("offsite", "keep-weekly"): config.offsite.keepWeekly = try wholeNumber()
             case ("offsite", "kinds"): config.offsite.kinds = try BackupKind.parseList(value, source: location)
+            case ("offsite", "connections"): config.offsite.connections = try OffsiteSettings.parseConnections(value, source: "\(location): connections")
             case (let retention, _) where retention.hasPrefix("retention."):
                 let kind = BackupKind(rawValue: String(retention.dropFirst("retention.".count)))!
                 var policy = config.retention[kind] ?? RetentionPolicy()

@@ -1,15 +1,18 @@
 import BackupEngine
 import CommandLineSupport
 import Crypto
+import Dispatch
 import Foundation
 import SFTP
+import Synchronization
 
 /// `fleetkeep-agent offsite …`: the weekly off-site copy over SFTP. The remote is a repository in the same format
 /// and with the same keys, so it stays encrypted; restores read straight from it.
 public enum OffsiteCommands {
     static let defaultKnownHosts = "/etc/fleetkeep/offsite_known_hosts"
     static let options: Set<String> = BackupCommands.common.union(["target", "host-key", "known-hosts", "identity", "password-file",
-                                                                   "keep-weekly", "account", "kind", "to", "path", "into-database", "state"])
+                                                                   "keep-weekly", "account", "kind", "to", "path", "into-database", "state",
+                                                                   "connections"])
 
     public static func run(_ raw: [String]) throws -> Int32 {
         let arguments = try Arguments(raw, options: options, flags: ["json", "read-data", "dry-run", "all", "load-databases"])
@@ -25,6 +28,13 @@ public enum OffsiteCommands {
         if let keep = arguments.value("keep-weekly") {
             guard let number = Int(keep), number >= 0 else { throw UsageError("--keep-weekly must be a whole number") }
             config.offsite.keepWeekly = number
+        }
+        if let connections = arguments.value("connections") {
+            do {
+                config.offsite.connections = try AgentConfig.OffsiteSettings.parseConnections(connections, source: "--connections")
+            } catch let error as AgentError {
+                throw UsageError(error.message)
+            }
         }
         guard let targetText = config.offsite.target else {
             throw UsageError("no off-site target: pass --target sftp://user@host:port/path or set target in [offsite]")
@@ -111,9 +121,10 @@ public enum OffsiteCommands {
 
     /// Opens the remote repository, keeping its index and snapshot caches in the local `cacheDirectory`
     /// (see `remoteCaches`).
+    /// `storage` is a connection already open to `target` (a new one is opened without it).
     static func openRemote(target: OffsiteTarget, config: AgentConfig, create: Bool, local: Repository? = nil,
-                           cacheDirectory: String, warnAboutDamage: Bool = true) throws -> (Repository, SFTPStorage) {
-        let storage = SFTPStorage(session: try connect(target: target, config: config), target: target)
+                           cacheDirectory: String, warnAboutDamage: Bool = true, storage: SFTPStorage? = nil) throws -> (Repository, SFTPStorage) {
+        let storage = try storage ?? SFTPStorage(session: try connect(target: target, config: config), target: target)
         if create, let local {
             try local.replicateConfiguration(to: storage)
         }
@@ -158,22 +169,28 @@ public enum OffsiteCommands {
         // The tier gates off-site pushes; restores, listings and verification from the remote never ask.
         let accounts = try HostingAccounts.discover(root: config.root, configured: config.accounts).count
         try AgentLicence(state: AgentCommands.state(arguments), root: config.root, accountCount: accounts).require("offsite", for: "an off-site push")
+        // Packs go up over `connections` SSH sessions, one thread each: libssh2 encrypts on the calling thread, so
+        // one session keeps one core busy at most, and a session waiting for the server to flush its packs sends
+        // nothing. A handshake mostly waits for the server, so they all happen while the local repository opens.
+        let connecting = PendingConnections(config.offsite.connections, target: target, config: config)
         let local = try BackupCommands.open(config)
         let kinds = Set(config.offsite.kinds.map(\.rawValue))
         // The newest snapshot of every account/kind/database group: that is this week's off-site copy.
         let latest = BackupCommands.latestSnapshots(try local.snapshots().filter { kinds.contains($0.tags["kind"] ?? "") })
         let caches = try remoteCaches(target: target, config: config)
         defer { caches.scratch?.remove() }
-        let (remote, storage) = try openRemote(target: target, config: config, create: true, local: local, cacheDirectory: caches.path)
+        let uploaders = try connecting.wait()
+        guard let storage = uploaders.first else { throw AgentError("no off-site connection was opened") }
+        let (remote, _) = try openRemote(target: target, config: config, create: true, local: local, cacheDirectory: caches.path,
+                                         storage: storage)
         for directory in ["data", "index", "snapshots"] { storage.removeTemporaryUploads(in: directory) }
         var progress: (@Sendable (CopyReport) -> Void)?
         if Console.isTerminal && !arguments.flag("json") { progress = showProgress }
-        // A second connection uploads alongside the first: one SSH stream leaves a core idle while it waits for the
-        // server's fsync and rename of each pack. The shared lease keeps a remote prune from deleting packs that are
-        // uploaded but not yet indexed.
-        let second = SFTPStorage(session: try connect(target: target, config: config), target: target)
-        let report = try remote.withLock(exclusive: false) {
-            try local.copy(latest, to: remote, uploaders: [storage, second], progress: progress)
+        // The shared lease keeps a remote prune from deleting packs that are uploaded but not yet indexed.
+        let report = try afterInterruptedPushes(storage: storage, cacheDirectory: caches.path) {
+            try remote.withLock(exclusive: false) {
+                try local.copy(latest, to: remote, uploaders: uploaders, progress: progress)
+            }
         }
         escrowAfterPush(state: AgentCommands.state(arguments), keyFile: config.keyFile, json: arguments.flag("json"))
         let keep = config.offsite.keepWeekly
@@ -186,6 +203,87 @@ public enum OffsiteCommands {
             if let pruned { print("off-site retention (keep \(keep) weekly): removed \(pruned.removedSnapshots.count) snapshots") }
         }
         return 0
+    }
+
+    /// Runs a push, cleaning up after an earlier one that did not finish. A connection that drops mid-upload leaves
+    /// its partial pack under a temporary name in a `data/XX` directory, and only that connection could have removed
+    /// it; finding such files means listing all 256 directories, so it is done only when the marker file in the
+    /// remote's cache directory says the last push did not finish. The marker stays when `body` fails.
+    static func afterInterruptedPushes<T>(storage: SFTPStorage, cacheDirectory: String, _ body: () throws -> T) throws -> T {
+        let marker = cacheDirectory + "/push-unfinished"
+        if FileManager.default.fileExists(atPath: marker) { storage.removeTemporaryUploadsInPackDirectories() }
+        try FileManager.default.createDirectory(atPath: cacheDirectory, withIntermediateDirectories: true)
+        guard FileManager.default.createFile(atPath: marker, contents: nil) else {
+            throw AgentError("cannot write \(marker); check the permissions of \(cacheDirectory)")
+        }
+        let result = try body()
+        try? FileManager.default.removeItem(atPath: marker)
+        return result
+    }
+
+    /// Up to `count` SFTP connections to `target`, opened side by side (each is a TCP, SSH and SFTP handshake).
+    /// Fails only when none opens: an SFTP host that limits connections per client (sshd's `MaxStartups` or
+    /// `PerSourceMaxStartups`, storage services' own limits) refuses some; those are tried again one at a time,
+    /// and the push then goes on over the ones it got, saying so.
+    static func openConnections(_ count: Int, target: OffsiteTarget, config: AgentConfig) throws -> [SFTPStorage] {
+        guard count > 0 else { return [] }
+        let results = Mutex([Result<SFTPStorage, any Error>?](repeating: nil, count: count))
+        // Each on a thread of its own: a handshake mostly waits for the server, and `concurrentPerform` would run
+        // only one per core at a time.
+        Repository.onThreads(count) { slot in
+            let result = Result { SFTPStorage(session: try connect(target: target, config: config), target: target) }
+            results.withLock { $0[slot] = result }
+        }
+        var opened: [SFTPStorage] = []
+        var failure: (any Error)?
+        for result in results.withLock({ $0 }) {
+            switch result {
+            case .success(let storage): opened.append(storage)
+            case .failure(let error): failure = failure ?? error
+            case nil: failure = failure ?? AgentError("an off-site connection was not opened")
+            }
+        }
+        if opened.isEmpty { throw failure ?? AgentError("no off-site connection was opened") }
+        if failure != nil {
+            // sshd's MaxStartups and PerSourceMaxStartups count handshakes in progress, not connections: one at a
+            // time, the refused ones may get in.
+            failure = nil
+            for _ in opened.count..<count {
+                do {
+                    opened.append(SFTPStorage(session: try connect(target: target, config: config), target: target))
+                } catch {
+                    failure = error
+                    break
+                }
+            }
+        }
+        if let failure {
+            Console.error("warning: \(opened.count) of \(count) connections to \(target.description) opened (\(failure)); pushing over \(opened.count)")
+        }
+        return opened
+    }
+
+    /// Connections being opened on a thread of their own while the caller does other work; `wait` takes them.
+    final class PendingConnections: Sendable {
+        private let result = Mutex<Result<[SFTPStorage], any Error>?>(nil)
+        private let finished = DispatchSemaphore(value: 0)
+
+        init(_ count: Int, target: OffsiteTarget, config: AgentConfig) {
+            let thread = Thread { [self] in
+                let opened = Result { try OffsiteCommands.openConnections(count, target: target, config: config) }
+                result.withLock { $0 = opened }
+                finished.signal()
+            }
+            thread.name = "fleetkeep-connect"
+            thread.start()
+        }
+
+        func wait() throws -> [SFTPStorage] {
+            finished.wait()
+            finished.signal()
+            guard let opened = result.withLock({ $0 }) else { throw AgentError("the off-site connections were not opened") }
+            return try opened.get()
+        }
     }
 
     @Sendable static func showProgress(_ report: CopyReport) {

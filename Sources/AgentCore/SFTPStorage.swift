@@ -1,6 +1,7 @@
 import BackupEngine
 import Foundation
 import SFTP
+import Synchronization
 
 /// Where the off-site copy goes: `sftp://user@host:port/path`.
 public struct OffsiteTarget: Sendable, Equatable {
@@ -40,10 +41,13 @@ public struct OffsiteTarget: Sendable, Equatable {
 /// have been written by us (hostile names) are refused.
 ///
 /// `@unchecked Sendable`: the SFTP session serializes every call on its own lock.
-public final class SFTPStorage: RepositoryStorage, @unchecked Sendable {
+public final class SFTPStorage: StagedWriting, @unchecked Sendable {
     let session: SFTPSession
     let base: String
     public var location: String
+    /// Remote directories known to exist: a push writes hundreds of packs into 256 `data/XX` directories, and
+    /// asking for each one again cost two round trips per pack (a refused mkdir, then a stat).
+    private let madeDirectories = Mutex(Set<String>())
 
     public init(session: SFTPSession, target: OffsiteTarget) {
         self.session = session
@@ -56,7 +60,7 @@ public final class SFTPStorage: RepositoryStorage, @unchecked Sendable {
         return base + "/" + path
     }
 
-    private func wrap<T>(_ path: String, _ body: () throws -> T) throws -> T {
+    fileprivate func wrap<T>(_ path: String, _ body: () throws -> T) throws -> T {
         do {
             return try body()
         } catch let error as SFTPError {
@@ -82,6 +86,18 @@ public final class SFTPStorage: RepositoryStorage, @unchecked Sendable {
     public func write(_ path: String, _ data: [UInt8]) throws {
         let full = try full(path)
         try wrap(path) { try session.writeFileAtomically(full, data, mode: 0o600, fsync: true) }
+    }
+
+    public func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite {
+        let full = try full(path)
+        return try wrap(path) {
+            let directory = (full as NSString).deletingLastPathComponent
+            if !madeDirectories.withLock({ $0.contains(directory) }) {
+                try session.makeDirectories(directory)
+                madeDirectories.withLock { _ = $0.insert(directory) }
+            }
+            return StagedSFTPWrite(upload: try session.beginAtomicWrite(full, data, mode: 0o600), path: path, storage: self)
+        }
     }
 
     public func list(_ directory: String) throws -> [String] {
@@ -116,6 +132,12 @@ public final class SFTPStorage: RepositoryStorage, @unchecked Sendable {
         return size
     }
 
+    /// Removes leftover temporary uploads in every `data/XX` directory (one listing each, 256 in a full repository).
+    func removeTemporaryUploadsInPackDirectories() {
+        guard let subdirectories = try? list("data") else { return }
+        for subdirectory in subdirectories where subdirectory.count == 2 { removeTemporaryUploads(in: "data/" + subdirectory) }
+    }
+
     /// Removes leftover temporary uploads (from an interrupted push) in `directory`.
     func removeTemporaryUploads(in directory: String) {
         guard let full = try? full(directory), let entries = try? session.listDirectory(full) else { return }
@@ -123,4 +145,23 @@ public final class SFTPStorage: RepositoryStorage, @unchecked Sendable {
             try? session.remove(full + "/" + entry.name)
         }
     }
+}
+
+/// A pack sent to the SFTP server but not yet flushed or renamed (see `StagedWriting`).
+///
+/// `@unchecked Sendable`: used by the one upload lane that staged it; the SFTP objects serialize their own calls.
+final class StagedSFTPWrite: StagedWrite, @unchecked Sendable {
+    let upload: SFTPPendingUpload
+    let path: String
+    let storage: SFTPStorage
+    var size: Int { upload.size }
+
+    init(upload: SFTPPendingUpload, path: String, storage: SFTPStorage) {
+        self.upload = upload
+        self.path = path
+        self.storage = storage
+    }
+
+    func commit() throws { try storage.wrap(path) { try upload.finish(fsync: true) } }
+    func discard() { upload.abandon() }
 }

@@ -97,9 +97,11 @@ extension Repository {
     /// Packs go up a batch at a time, each batch followed by the remote index file that lists it, so at most about
     /// `foldLimit` index entries are in memory however large the repository (`LoadedIndex.forEachPack`).
     ///
-    /// `uploaders` are more connections to the same remote (each used by one thread at a time): packs are then
-    /// uploaded over all of them at once, which keeps both ends busy while one connection waits for a server-side
-    /// fsync or rename.
+    /// `uploaders` are connections to the same remote (each used by one thread at a time): packs are then uploaded
+    /// over all of them at once, which keeps both ends busy while one connection waits for a server-side fsync or
+    /// rename and spreads the SSH encryption of the uploads over the cores. The index of a batch is written only
+    /// after every pack of the batch is flushed and renamed on every connection (`upload`), and not at all if one
+    /// connection failed, so no remote index ever names a pack that is missing or not yet on the remote disk.
     public func copy(_ snapshots: [Snapshot], to remote: Repository, uploaders: [any RepositoryStorage] = [],
                      progress: (@Sendable (CopyReport) -> Void)? = nil) throws -> CopyReport {
         let started = Date()
@@ -148,54 +150,96 @@ extension Repository {
         }
         if !batch.isEmpty { try uploadBatch() }
         let remoteSnapshots = Set(try remote.storage.list("snapshots"))
+        var newSnapshots: [String] = []
         for snapshot in snapshots {
             if remoteSnapshots.contains(snapshot.id) {
                 report.snapshotsAlreadyThere += 1
-                continue
+            } else {
+                newSnapshots.append("snapshots/" + snapshot.id)
             }
-            let bytes = try storage.read("snapshots/" + snapshot.id)
-            try remote.storage.write("snapshots/" + snapshot.id, bytes)
-            report.snapshotsCopied += 1
-            report.bytesUploaded += Int64(bytes.count)
         }
+        // Snapshot files are small and each waits for a flush on the remote: over all connections at once, like
+        // the packs, rather than one after another on one.
+        let sent = try upload(newSnapshots, over: connections, report: CopyReport(), progress: nil)
+        report.snapshotsCopied += sent.packsUploaded
+        report.bytesUploaded += sent.bytesUploaded
         // The next push opens the remote again: from a cache rather than by reading every index file it wrote.
         remote.foldIndexIfWorthwhile()
         report.seconds = Date().timeIntervalSince(started)
         return report
     }
 
-    /// Uploads `paths` (packs) over the given connections, one thread each; the first failure stops the others
-    /// and is rethrown.
+    /// Packs an upload lane sends before it flushes them (`StagedWriting`). A flush waits for the remote disk; with
+    /// several packs sent first, that wait comes once per group, and the other connections keep the cores busy
+    /// meanwhile. Bounded so that the server holds at most this many open files per connection and a failure
+    /// leaves little unflushed work to send again.
+    static let stagedPacksPerLane = 8
+
+    /// Uploads `paths` (packs, or snapshot files, counted as packs in the result) over the given connections, one
+    /// thread each, taking the next pack from a shared queue. Every pack is durable under its name when this
+    /// returns: lanes on storage that can stage writes flush their packs in groups, and the last group before
+    /// returning, so the caller may then write an index naming them. The first failure stops the others and is
+    /// rethrown; lanes still working then flush what they had sent (found by name and size and not sent again by
+    /// the next push), and the caller writes no index.
     private func upload(_ paths: [String], over connections: [any RepositoryStorage], report: CopyReport,
                         progress: (@Sendable (CopyReport) -> Void)?) throws -> CopyReport {
-        let state = Mutex((next: 0, report: report, failure: (any Error)?.none))
-        DispatchQueue.concurrentPerform(iterations: max(1, min(connections.count, paths.count))) { lane in
+        guard !paths.isEmpty else { return report }
+        let state = UploadState(report)
+        let storage = storage
+        Self.onThreads(max(1, min(connections.count, paths.count))) { lane in
             let connection = connections[lane]
-            while true {
-                let index: Int? = state.withLock { state in
-                    guard state.failure == nil, state.next < paths.count else { return nil }
-                    defer { state.next += 1 }
-                    return state.next
-                }
-                guard let index else { return }
-                do {
-                    let bytes = try storage.read(paths[index])
-                    try connection.write(paths[index], bytes)
-                    let now = state.withLock { state in
-                        state.report.packsUploaded += 1
-                        state.report.bytesUploaded += Int64(bytes.count)
-                        return state.report
+            var staged: [any StagedWrite] = []
+            /// Flushes and renames what this lane sent, oldest first; stops at the first failure.
+            func commitStaged() throws {
+                defer { staged = [] }
+                for (position, write) in staged.enumerated() {
+                    do {
+                        try write.commit()
+                    } catch {
+                        for later in staged[(position + 1)...] { later.discard() }
+                        throw error
                     }
-                    progress?(now)
-                } catch {
-                    state.withLock { if $0.failure == nil { $0.failure = error } }
-                    return
+                    state.uploaded(write.size, progress: progress)
                 }
             }
+            do {
+                while let index = state.nextPack(of: paths.count) {
+                    let bytes = try storage.read(paths[index])
+                    if let stager = connection as? any StagedWriting {
+                        staged.append(try stager.stage(paths[index], bytes))
+                        if staged.count >= Self.stagedPacksPerLane { try commitStaged() }
+                    } else {
+                        try connection.write(paths[index], bytes)
+                        state.uploaded(bytes.count, progress: progress)
+                    }
+                }
+                // Another lane's failure ends the queue too: what this lane sent is still flushed, so a re-run
+                // finds it by name and size.
+                try commitStaged()
+            } catch {
+                for write in staged { write.discard() }
+                state.fail(error)
+            }
         }
-        let result = state.withLock { $0 }
-        if let failure = result.failure { throw failure }
-        return result.report
+        return try state.result()
+    }
+
+    /// Runs `body(lane)` for every lane on a thread of its own and waits for all of them. Not
+    /// `DispatchQueue.concurrentPerform`: it runs one iteration per core at a time, so on two cores the third and
+    /// fourth connections only started once the first two had emptied the queue.
+    public static func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+        let group = DispatchGroup()
+        for lane in 0..<count {
+            group.enter()
+            let thread = Thread {
+                body(lane)
+                group.leave()
+            }
+            thread.name = "fleetkeep-upload-\(lane)"
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        group.wait()
     }
 
     /// Seals this repository's master keys for one more key file or passphrase (e.g. an escrow passphrase).
@@ -203,5 +247,39 @@ extension Repository {
         let secret = try source.secret(create: true)
         let sealed = try SealedKeyFile.seal(keys, with: source, secret: secret)
         try storage.write("keys/" + Hex.encode(SecureRandom.bytes(16)), Array(try JSONEncoder().encode(sealed)))
+    }
+}
+
+/// The shared queue position, running report and first failure of one `upload`.
+private final class UploadState: Sendable {
+    private let state: Mutex<(next: Int, report: CopyReport, failure: (any Error)?)>
+
+    init(_ report: CopyReport) { state = Mutex((next: 0, report: report, failure: nil)) }
+
+    /// The next pack to send, or nil when all are taken or a lane failed.
+    func nextPack(of count: Int) -> Int? {
+        state.withLock { state in
+            guard state.failure == nil, state.next < count else { return nil }
+            defer { state.next += 1 }
+            return state.next
+        }
+    }
+
+    /// Counts a pack that is now durable under its name.
+    func uploaded(_ bytes: Int, progress: (@Sendable (CopyReport) -> Void)?) {
+        let now = state.withLock { state in
+            state.report.packsUploaded += 1
+            state.report.bytesUploaded += Int64(bytes)
+            return state.report
+        }
+        progress?(now)
+    }
+
+    func fail(_ error: any Error) { state.withLock { if $0.failure == nil { $0.failure = error } } }
+
+    func result() throws -> CopyReport {
+        let (report, failure) = state.withLock { ($0.report, $0.failure) }
+        if let failure { throw failure }
+        return report
     }
 }

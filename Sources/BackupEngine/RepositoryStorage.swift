@@ -17,6 +17,24 @@ public protocol RepositoryStorage: Sendable {
     var location: String { get }
 }
 
+/// Storage that can upload a file now and make it durable and visible later (`StagedWrite.commit`), so that an
+/// uploader can send several files before waiting for the remote disk to flush them. The off-site push stages
+/// packs this way and commits them all before it writes the index that names them.
+public protocol StagedWriting: RepositoryStorage {
+    /// Sends `data` under a temporary name; nothing is visible under `path` until `commit`.
+    func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite
+}
+
+/// A file sent by `StagedWriting.stage`. Used by one thread.
+public protocol StagedWrite: AnyObject, Sendable {
+    var path: String { get }
+    var size: Int { get }
+    /// Flush to disk, then rename into place: after this returns the file is durable under its name.
+    func commit() throws
+    /// Drop the temporary file, best effort.
+    func discard()
+}
+
 /// A storage failure that names the file and what to do.
 public struct StorageError: Error, CustomStringConvertible, Sendable {
     public let path: String

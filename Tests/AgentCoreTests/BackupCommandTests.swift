@@ -36,6 +36,7 @@ struct AgentConfigTests {
         #expect(config.repository == defaults.repository && config.keyFile == defaults.keyFile)
         #expect(config.retention == defaults.retention)
         #expect(config.offsite.keepWeekly == 4 && config.offsite.kinds == [.files, .databases])
+        #expect(config.offsite.connections == defaults.offsite.connections)
     }
 
     @Test(arguments: [("bogus = 1", "agent.conf:1: unknown key 'bogus'"), ("[nope]", "unknown section [nope]"),

@@ -3,6 +3,7 @@
 import CommandLineSupport
 import Foundation
 import SFTP
+import Synchronization
 import Testing
 import TestSupport
 
@@ -14,8 +15,8 @@ struct OffsiteScene {
     var config = AgentConfig()
     var root: String { scratch.appending("server") }
 
-    init(sizeMB: Int = 6, sftpArguments: [String] = []) throws {
-        server = try SSHDServer(sftpArguments: sftpArguments)
+    init(sizeMB: Int = 6, sftpArguments: [String] = [], sshdConfig: [String] = []) throws {
+        server = try SSHDServer(sftpArguments: sftpArguments, extraConfig: sshdConfig)
         try HostingFixtureTool.create(scratch.appending("server"), accounts: 2, sizeMB: sizeMB, seed: 5)
         config.root = scratch.appending("server")
         config.repository = scratch.appending("repo")
@@ -51,6 +52,38 @@ struct OffsiteScene {
         let latest = Dictionary(grouping: try local.snapshots().filter { $0.tags["kind"] != "email" }) { $0.tags }.values.compactMap(\.last)
         return try local.copy(latest, to: remote)
     }
+}
+
+/// One upload connection of a push, counting the packs it staged. `beforeStage` runs first with this connection's
+/// count so far (a test's way to break the connection mid-push); `delay` keeps one fast lane from taking every pack.
+final class CountingUploader: StagedWriting, @unchecked Sendable {
+    let inner: SFTPStorage
+    let beforeStage: @Sendable (Int) -> Void
+    let delay: Duration
+    private let count = Mutex(0)
+    var staged: Int { count.withLock { $0 } }
+    var location: String { inner.location }
+
+    init(_ inner: SFTPStorage, delay: Duration = .milliseconds(50), beforeStage: @escaping @Sendable (Int) -> Void = { _ in }) {
+        self.inner = inner
+        self.delay = delay
+        self.beforeStage = beforeStage
+    }
+
+    func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite {
+        beforeStage(staged)
+        Thread.sleep(forTimeInterval: Double(delay.components.attoseconds) / 1e18 + Double(delay.components.seconds))
+        let write = try inner.stage(path, data)
+        count.withLock { $0 += 1 }
+        return write
+    }
+
+    func read(_ path: String) throws -> [UInt8] { try inner.read(path) }
+    func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] { try inner.read(path, offset: offset, length: length) }
+    func write(_ path: String, _ data: [UInt8]) throws { try inner.write(path, data) }
+    func list(_ directory: String) throws -> [String] { try inner.list(directory) }
+    func remove(_ path: String) throws { try inner.remove(path) }
+    func size(_ path: String) throws -> Int? { try inner.size(path) }
 }
 
 @Suite(.serialized) struct OffsiteTests {
@@ -123,6 +156,150 @@ struct OffsiteScene {
         let fresh = try scene.remote()
         #expect(try fresh.verify(readData: true).isHealthy)
         #expect(try fresh.snapshots().count == 2)
+    }
+
+    /// The newest files snapshot of every account.
+    static func latestFiles(_ scene: OffsiteScene) throws -> [Snapshot] {
+        Dictionary(grouping: try scene.local.snapshots().filter { $0.tags["kind"] == "files" }) { $0.tags }.values.compactMap(\.last)
+    }
+
+    /// The remote repository and `count` upload connections to it, opened one after another (so the last one opened
+    /// is the newest sshd connection), the first being the one the repository itself uses.
+    static func remoteAndUploaders(_ scene: OffsiteScene, count: Int) throws -> (Repository, [SFTPStorage]) {
+        let cacheDirectory = try #require(OffsiteCommands.remoteCacheDirectory(target: scene.target, config: scene.config))
+        let (remote, storage) = try OffsiteCommands.openRemote(target: scene.target, config: scene.config, create: true, local: scene.local,
+                                                               cacheDirectory: cacheDirectory)
+        var uploaders = [storage]
+        for _ in 1..<count { uploaders += try OffsiteCommands.openConnections(1, target: scene.target, config: scene.config) }
+        return (remote, uploaders)
+    }
+
+    /// Packs that an index on the remote names but the remote does not hold (under their names, whole).
+    static func indexedPacksMissing(at scene: OffsiteScene) throws -> [String] {
+        let remote = try scene.remote()
+        let files = try Repository.files(in: remote.storage).files
+        let index = remote.indexSnapshot
+        return (0..<index.packs.count).map { index.packs[$0] }.filter { files[Repository.packPath($0)] == nil }
+    }
+
+    @Test func pushOverSeveralConnectionsIsCompleteAndVerifies() throws {
+        let scene = try OffsiteScene(sizeMB: 40)
+        let (remote, connections) = try Self.remoteAndUploaders(scene, count: 4)
+        let uploaders = connections.map { CountingUploader($0) }
+        let report = try scene.local.copy(try Self.latestFiles(scene), to: remote, uploaders: uploaders)
+        #expect(report.packsUploaded >= 2 && report.snapshotsCopied == 2)
+        // Every connection took packs from the shared queue, and every pack and snapshot file sent was counted once.
+        #expect(uploaders.filter { $0.staged > 0 }.count == min(4, report.packsUploaded), "\(uploaders.map(\.staged))")
+        #expect(uploaders.map(\.staged).reduce(0, +) == report.packsUploaded + report.snapshotsCopied)
+        // Each pack is under its own name, whole; no temporary upload is left behind.
+        let remoteFiles = try FileManager.default.subpathsOfDirectory(atPath: scene.server.root + "/offsite")
+        #expect(!remoteFiles.contains { ($0 as NSString).lastPathComponent.hasPrefix(".") }, "\(remoteFiles.filter { $0.contains("/.") })")
+        #expect(try Self.indexedPacksMissing(at: scene).isEmpty)
+        let fresh = try scene.remote()
+        #expect(try fresh.verify(readData: true).isHealthy)
+        #expect(try fresh.snapshots().count == 2)
+        let rebuilt = scene.scratch.appending("restored")
+        for snapshot in try fresh.snapshots() where snapshot.tags["account"] == "user000" {
+            _ = try fresh.restore(snapshot, target: rebuilt + "/home/user000")
+        }
+        #expect(try HostingFixtureTool.manifest(rebuilt, under: "home/user000/public_html")
+                == HostingFixtureTool.manifest(scene.root, under: "home/user000/public_html"))
+        // Nothing new: a second push over several connections sends nothing.
+        let (again, more) = try Self.remoteAndUploaders(scene, count: 3)
+        let second = try scene.local.copy(try Self.latestFiles(scene), to: again, uploaders: more)
+        #expect(second.packsUploaded == 0 && second.snapshotsAlreadyThere == 2)
+    }
+
+    /// One of four connections drops while packs are going up: the push fails, no index on the remote names a pack
+    /// that is not there (the packs the other connections sent are flushed and renamed but named by no index
+    /// yet), no snapshot is there, and the next push sends only what is missing and leaves a healthy copy.
+    @Test func oneConnectionDroppedMidPushLeavesNoIndexNamingAMissingPack() throws {
+        let scene = try OffsiteScene(sizeMB: 40)
+        let (remote, connections) = try Self.remoteAndUploaders(scene, count: 4)
+        let server = scene.server
+        let uploaders = connections.enumerated().map { number, connection in
+            CountingUploader(connection, delay: .milliseconds(number == 3 ? 300 : 20)) { staged in
+                // The newest sshd connection is the fourth uploader's: it drops before its first pack goes up.
+                if number == 3 && staged == 0 { server.killConnection(newest: true) }
+            }
+        }
+        #expect(throws: (any Error).self) { try scene.local.copy(try Self.latestFiles(scene), to: remote, uploaders: uploaders) }
+        let sent = uploaders.prefix(3).map(\.staged).reduce(0, +)
+        #expect(sent > 0, "the other connections sent nothing before the failure")
+        #expect(try Self.indexedPacksMissing(at: scene).isEmpty)
+        let after = try scene.remote()
+        #expect(try after.snapshots().isEmpty)
+        #expect(try after.verify(readData: false).isHealthy)
+
+        let resumed = try scene.push()
+        #expect(resumed.packsAlreadyThere >= sent, "packs flushed before the failure were sent again")
+        let fresh = try scene.remote()
+        #expect(try fresh.verify(readData: true).isHealthy)
+        #expect(try fresh.snapshots().count == 2)
+    }
+
+    /// A push that did not finish leaves a marker; the next one then removes partial packs that a dropped connection
+    /// left under temporary names in the pack directories, and a push that finishes removes the marker.
+    @Test func pushAfterAnUnfinishedOneRemovesPartialPacks() throws {
+        let scene = try OffsiteScene(sizeMB: 1)
+        let cacheDirectory = try #require(OffsiteCommands.remoteCacheDirectory(target: scene.target, config: scene.config))
+        let (_, storage) = try OffsiteCommands.openRemote(target: scene.target, config: scene.config, create: true, local: scene.local,
+                                                          cacheDirectory: cacheDirectory)
+        let packDirectory = scene.server.root + "/offsite/data/ab"
+        try FileManager.default.createDirectory(atPath: packDirectory, withIntermediateDirectories: true)
+        let partial = packDirectory + "/.ab12.tmp-0011223344556677"
+        #expect(FileManager.default.createFile(atPath: partial, contents: Data("half a pack".utf8)))
+        let marker = cacheDirectory + "/push-unfinished"
+        // No marker: the directories are not searched.
+        _ = try OffsiteCommands.afterInterruptedPushes(storage: storage, cacheDirectory: cacheDirectory) { 0 }
+        #expect(FileManager.default.fileExists(atPath: partial))
+        #expect(!FileManager.default.fileExists(atPath: marker))
+        #expect(throws: AgentError.self) {
+            try OffsiteCommands.afterInterruptedPushes(storage: storage, cacheDirectory: cacheDirectory) { throw AgentError("dropped") }
+        }
+        #expect(FileManager.default.fileExists(atPath: marker))
+        _ = try OffsiteCommands.afterInterruptedPushes(storage: storage, cacheDirectory: cacheDirectory) { 0 }
+        #expect(!FileManager.default.fileExists(atPath: partial))
+        #expect(!FileManager.default.fileExists(atPath: marker))
+    }
+
+    /// A host that takes one handshake at a time (sshd `PerSourceMaxStartups 1`) refuses most of eight connections
+    /// opened side by side: those are opened again one at a time, and the push goes over all of them.
+    @Test func connectionsTheHostRefusesAreOpenedAgainOneAtATime() throws {
+        let scene = try OffsiteScene(sizeMB: 2, sshdConfig: ["PerSourceMaxStartups 1"])
+        let opened = try OffsiteCommands.openConnections(8, target: scene.target, config: scene.config)
+        #expect(opened.count == 8)
+        let cacheDirectory = try #require(OffsiteCommands.remoteCacheDirectory(target: scene.target, config: scene.config))
+        let (remote, _) = try OffsiteCommands.openRemote(target: scene.target, config: scene.config, create: true, local: scene.local,
+                                                         cacheDirectory: cacheDirectory, storage: opened[0])
+        let report = try scene.local.copy(try Self.latestFiles(scene), to: remote, uploaders: opened)
+        #expect(report.snapshotsCopied == 2)
+        #expect(try scene.remote().verify(readData: true).isHealthy)
+
+        // When not one opens, the error is the connection's own.
+        var unknown = scene.config
+        unknown.offsite.hostKey = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+        #expect(throws: AgentError.self) { try OffsiteCommands.openConnections(3, target: scene.target, config: unknown) }
+    }
+
+    @Test func connectionCountIsValidated() throws {
+        #expect(AgentConfig().offsite.connections == 4)
+        #expect(try AgentConfig.parse("[offsite]\nconnections = 8\n", file: "agent.conf").offsite.connections == 8)
+        #expect(try AgentConfig.parse("[offsite]\nconnections = 1\n", file: "agent.conf").offsite.connections == 1)
+        for bad in ["0", "9", "-1", "four", "2.5", ""] {
+            do {
+                _ = try AgentConfig.parse("[offsite]\nconnections = \(bad)\n", file: "agent.conf")
+                Issue.record("connections = \(bad) accepted")
+            } catch {
+                #expect("\(error)".contains("agent.conf:2: connections must be a whole number from 1 to 8, got '\(bad)'"), "\(error)")
+            }
+            do {
+                _ = try OffsiteCommands.run(["push", "--connections", bad, "--target", "sftp://u@127.0.0.1:1/x"])
+                Issue.record("--connections \(bad) accepted")
+            } catch let error as UsageError {
+                #expect(error.message == "--connections must be a whole number from 1 to 8, got '\(bad)'", "\(error)")
+            }
+        }
     }
 
     @Test func wrongHostKeyUnknownHostAndBadCredentialsAreRefused() throws {

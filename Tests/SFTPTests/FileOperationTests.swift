@@ -91,6 +91,28 @@ import TestSupport
         #expect(try sftp.listNames(server.root + "/x/y/z") == ["data"])
     }
 
+    /// Several uploads open at once on one session: nothing is under the real names until each is finished, an
+    /// abandoned one leaves nothing behind, and a finished one replaces an existing file.
+    @Test func stagedUploadsAppearOnlyWhenFinished() throws {
+        let server = try SSHDServer()
+        let sftp = try SFTPSession.connect(options(for: server))
+        let directory = server.root + "/packs"
+        try sftp.makeDirectory(directory)
+        try sftp.writeFileAtomically(directory + "/b", Array("old".utf8))
+        let a = try sftp.beginAtomicWrite(directory + "/a", testBytes(3 << 20))
+        let b = try sftp.beginAtomicWrite(directory + "/b", Array("new".utf8))
+        let c = try sftp.beginAtomicWrite(directory + "/c", Array("dropped".utf8))
+        #expect(try sftp.stat(directory + "/a") == nil)
+        #expect(localBytes(directory + "/b") == Array("old".utf8))
+        try a.finish()
+        try b.finish()
+        c.abandon()
+        #expect(localBytes(directory + "/a") == testBytes(3 << 20))
+        #expect(localBytes(directory + "/b") == Array("new".utf8))
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: directory)) == ["a", "b"])
+        #expect(throws: SFTPError.self) { try a.finish() }
+    }
+
     @Test func listingReturnsNamesAndTypesWithoutDotEntries() throws {
         let server = try SSHDServer()
         let sftp = try SFTPSession.connect(options(for: server))

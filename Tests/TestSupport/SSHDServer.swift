@@ -150,6 +150,36 @@ public final class SSHDServer: @unchecked Sendable {
         return pids.count
     }
 
+    /// Kills the sshd processes of one connection (the listener's child for it and everything below), the newest
+    /// when `newest` (else the oldest): one of several connections drops while the others go on. Returns how many
+    /// processes were killed (0 when there is no connection).
+    @discardableResult
+    public func killConnection(newest: Bool = true) -> Int {
+        var children: [pid_t: [pid_t]] = [:]
+        var started: [pid_t: UInt64] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let child = pid_t(entry),
+                  let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            // Fields after "comm)": state(3) ppid(4) ... starttime(22), so ppid is [1] and starttime [19].
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 19, let parent = pid_t(fields[1]) {
+                children[parent, default: []].append(child)
+                started[child] = UInt64(fields[19])
+            }
+        }
+        let connections = (children[pid] ?? []).sorted { (started[$0] ?? 0, $0) < (started[$1] ?? 0, $1) }
+        guard let victim = newest ? connections.last : connections.first else { return 0 }
+        var doomed: [pid_t] = []
+        var queue = [victim]
+        while let next = queue.popLast() {
+            doomed.append(next)
+            queue.append(contentsOf: children[next] ?? [])
+        }
+        for process in doomed { kill(process, SIGKILL) }
+        return doomed.count
+    }
+
     /// Kills every connection's sshd processes (the "network dropped" case).
     @discardableResult
     public func killSessions() -> Int { signalSessions(SIGKILL) }
