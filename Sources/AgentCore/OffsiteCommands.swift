@@ -197,9 +197,10 @@ public enum OffsiteCommands {
         let pruned = keep > 0 ? try remote.prune(policy: { _ in RetentionPolicy(keepWeekly: keep) }, dryRun: false) : nil
         if arguments.flag("json") { print(try BackupCommands.jsonText(report)) } else {
             if Console.isTerminal { FileHandle.standardOutput.write(Data("\r".utf8)) }
-            print(String(format: "pushed %d snapshots (%d already there) to %@: %d packs uploaded, %d already there, %.1f MiB sent in %.1fs",
+            print(String(format: "pushed %d snapshots (%d already there) to %@: %d packs uploaded, %d already there, %.1f MiB sent in %.1fs over %d connection%@",
                          report.snapshotsCopied, report.snapshotsAlreadyThere, target.description, report.packsUploaded,
-                         report.packsAlreadyThere, Double(report.bytesUploaded) / 1_048_576, report.seconds))
+                         report.packsAlreadyThere, Double(report.bytesUploaded) / 1_048_576, report.seconds, uploaders.count,
+                         uploaders.count == 1 ? "" : "s"))
             if let pruned { print("off-site retention (keep \(keep) weekly): removed \(pruned.removedSnapshots.count) snapshots") }
         }
         return 0
