@@ -61,17 +61,22 @@ final class TreeScanner: @unchecked Sendable {
     private let condition = NSCondition()
     /// Directories waiting for a lister, the one the walk reaches first on top (a stack: children are pushed in
     /// reverse order, so listers go depth first like the walk).
-    private var waiting: [ScannedDirectory] = []
+    /// Weak: a directory the walk listed itself stays here until a lister pops it, and must not keep its descriptor
+    /// and listing alive meanwhile (listers held back by the window would let those pile up).
+    private var waiting: [WeakDirectory] = []
+    private struct WeakDirectory { weak var directory: ScannedDirectory? }
     private var listedAhead = 0
     private var closed = false
     private var threadsRunning = 0
     let root: ScannedDirectory
 
-    // Read-ahead, in the walk's order of regular files (`fileOrdinal`).
-    /// The ordinal of the last file the walk finished.
-    private var walked = 0
-    /// Files advised and not yet walked: ordinal and bytes.
-    private var advised: [(ordinal: Int, bytes: Int)] = []
+    // Read-ahead. A file's position is the indices of the entries leading to it from the top directory: in the
+    // walk's (depth-first) order, positions compare lexicographically, so the read-ahead thread can tell whether the
+    // walk is past a file without walking the same directories (it skips those the walk has finished).
+    /// The position of the last file the walk finished.
+    private var walked: [Int] = []
+    /// Files advised and not yet walked: position and bytes.
+    private var advised: [(position: [Int], bytes: Int)] = []
     private var advisedBytes = 0
     private var readAheadWaiting = false
     /// Used by the walk's thread only.
@@ -90,7 +95,7 @@ final class TreeScanner: @unchecked Sendable {
         root = ScannedDirectory(relative: "", name: [], opener: nil, previousTree: parentTree)
         root.pendingDescriptor = own
         root.state = .opened(own)
-        waiting = [root]
+        waiting = [WeakDirectory(directory: root)]
         threadsRunning = max(1, threads) + (readAheadLimit > 0 ? 1 : 0)
         for index in 0..<max(1, threads) {
             let thread = Thread { [self] in lister() }
@@ -138,6 +143,7 @@ final class TreeScanner: @unchecked Sendable {
             condition.broadcast()
         }
         condition.unlock()
+        // From here the walk holds the listing; the node keeps only its descriptor (see `finished`).
         switch state {
         case .listed(let listing): return .listed(listing)
         case .unopenable(let message): return .unopenable(message)
@@ -146,11 +152,19 @@ final class TreeScanner: @unchecked Sendable {
         }
     }
 
-    /// The walk has finished the regular file with this ordinal (read or skipped): its read-ahead is spent.
-    func walked(file ordinal: Int) {
+    /// The walk has finished the regular file at `position` (read or skipped): its read-ahead is spent.
+    func walked(file position: [Int]) {
         condition.lock()
-        walked = ordinal
+        walked = position
         if readAheadWaiting { condition.broadcast() }
+        condition.unlock()
+    }
+
+    /// The walk is done with `directory` and everything under it: its listing (and through it its subdirectories'
+    /// nodes) can go, so memory holds the directories being walked and those listed ahead, not the whole tree.
+    func finished(_ directory: ScannedDirectory) {
+        condition.lock()
+        directory.state = .walked
         condition.unlock()
     }
 
@@ -162,7 +176,7 @@ final class TreeScanner: @unchecked Sendable {
         while true {
             while !closed && (waiting.isEmpty || listedAhead >= directoryWindow) { condition.wait() }
             if closed { break }
-            let directory = waiting.removeLast()
+            guard let directory = waiting.removeLast().directory else { continue }
             switch directory.state {
             case .unopened, .opened: break
             default: continue // the walk took it itself
@@ -187,7 +201,7 @@ final class TreeScanner: @unchecked Sendable {
         }
         if case .listed(let listing) = result, !closed {
             for entry in listing.entries.reversed() {
-                if let child = entry.child { waiting.append(child) }
+                if let child = entry.child { waiting.append(WeakDirectory(directory: child)) }
             }
         }
         condition.broadcast()
@@ -265,24 +279,26 @@ final class TreeScanner: @unchecked Sendable {
     /// Follows the walk's order over the listings and advises the kernel to read the files the walk will read (not
     /// the ones it will skip as unchanged), keeping at most `readAheadLimit` bytes advised ahead of the walk.
     private func readAhead() {
-        var ordinal = 0
         var stack: [(directory: ScannedDirectory, listing: Listing, next: Int)] = []
         if let listing = peek(root) { stack.append((root, listing, 0)) }
-        while var top = stack.popLast() {
+        while !stack.isEmpty {
             if isClosed { break }
-            guard top.next < top.listing.entries.count else { continue }
-            let entry = top.listing.entries[top.next]
-            top.next += 1
-            stack.append(top)
+            let index = stack[stack.count - 1].next
+            let (directory, listing, _) = stack[stack.count - 1]
+            guard index < listing.entries.count else {
+                stack.removeLast()
+                continue
+            }
+            stack[stack.count - 1].next += 1
+            let entry = listing.entries[index]
             guard entry.statError == 0 else { continue }
             switch entry.info.st_mode & S_IFMT {
             case S_IFDIR:
                 // Same order as the walk: a directory's contents come before its next sibling.
-                if let child = entry.child, let listing = peek(child) { stack.append((child, listing, 0)) }
+                if let child = entry.child, let childListing = peek(child) { stack.append((child, childListing, 0)) }
             case S_IFREG:
-                ordinal += 1
-                if Self.willBeRead(entry, previous: top.listing.previous) {
-                    advise(entry, in: top.directory, ordinal: ordinal)
+                if Self.willBeRead(entry, previous: listing.previous) {
+                    advise(entry, in: directory, position: stack.map { $0.next - 1 })
                 }
             default: break
             }
@@ -299,14 +315,15 @@ final class TreeScanner: @unchecked Sendable {
         return closed
     }
 
-    /// Waits for a directory's listing without taking it (the walk takes it); nil if it has none or on close.
+    /// Waits for a directory's listing without taking it (the walk takes it); nil if it has none, the walk is done
+    /// with it already (nothing in it to read ahead), or on close.
     private func peek(_ directory: ScannedDirectory) -> Listing? {
         condition.lock()
         defer { condition.unlock() }
         while !closed {
             switch directory.state {
             case .listed(let listing): return listing
-            case .unopenable, .unlistable: return nil
+            case .unopenable, .unlistable, .walked: return nil
             default: condition.wait()
             }
         }
@@ -322,21 +339,21 @@ final class TreeScanner: @unchecked Sendable {
                  && old.ctime == UTCTime.nanoseconds(seconds: Int64(entry.info.st_ctim.tv_sec), nanoseconds: Int64(entry.info.st_ctim.tv_nsec)))
     }
 
-    private func advise(_ entry: Entry, in directory: ScannedDirectory, ordinal: Int) {
+    private func advise(_ entry: Entry, in directory: ScannedDirectory, position: [Int]) {
         let bytes = Int(min(Int64(readAheadLimit), Int64(entry.info.st_size)))
         condition.lock()
         while true {
-            while let first = advised.first, first.ordinal <= walked {
+            while let first = advised.first, !walked.lexicographicallyPrecedes(first.position) {
                 advisedBytes -= first.bytes
                 advised.removeFirst()
             }
-            if closed || ordinal <= walked { condition.unlock(); return }
+            if closed || !walked.lexicographicallyPrecedes(position) { condition.unlock(); return }
             if advised.isEmpty || advisedBytes + bytes <= readAheadLimit { break }
             readAheadWaiting = true
             condition.wait()
             readAheadWaiting = false
         }
-        advised.append((ordinal, bytes))
+        advised.append((position, bytes))
         advisedBytes += bytes
         condition.unlock()
         // O_NONBLOCK: the entry was a regular file when listed, but if it is now a FIFO, opening must not hang.
@@ -360,6 +377,8 @@ final class ScannedDirectory: @unchecked Sendable {
         case listed(TreeScanner.Listing)
         case unopenable(String)
         case unlistable(String)
+        /// The walk is done with it.
+        case walked
     }
 
     let relative: String
