@@ -58,7 +58,14 @@ final class TreeScanner: @unchecked Sendable {
     private let excludes: Set<String>
     private let directoryWindow: Int
     private let readAheadLimit: Int
-    private let condition = NSCondition()
+    /// One lock over the scanner's state, and a condition per kind of waiter, woken only for what it waits for.
+    /// (One NSCondition, broadcast on every change, woke all ten threads for each directory listed: 78,000 futex
+    /// calls on a re-run of the benchmark, more than its `fstatat` calls.)
+    private let condition = Conditions()
+    private static let listers = 0, walk = 1, readAheadThread = 2, exits = 3
+    /// The directory the walk waits for, and the one the read-ahead thread waits for (nil: not waiting).
+    private var walkWaitsFor: ScannedDirectory?
+    private var readAheadWaitsFor: ScannedDirectory?
     /// Directories waiting for a lister, the one the walk reaches first on top (a stack: children are pushed in
     /// reverse order, so listers go depth first like the walk).
     /// Weak: a directory the walk listed itself stays here until a lister pops it, and must not keep its descriptor
@@ -113,8 +120,8 @@ final class TreeScanner: @unchecked Sendable {
     func close() {
         condition.lock()
         closed = true
-        condition.broadcast()
-        while threadsRunning > 0 { condition.wait() }
+        for index in [Self.listers, Self.walk, Self.readAheadThread] { condition.broadcast(index) }
+        while threadsRunning > 0 { condition.wait(Self.exits) }
         waiting = []
         condition.unlock()
     }
@@ -135,12 +142,16 @@ final class TreeScanner: @unchecked Sendable {
             publish(directory, result, counted: false)
         default: break
         }
-        while case .listing = directory.state { condition.wait() }
+        while case .listing = directory.state {
+            walkWaitsFor = directory
+            condition.wait(Self.walk)
+        }
+        walkWaitsFor = nil
         let state = directory.state
         if directory.counted {
             directory.counted = false
             listedAhead -= 1
-            condition.broadcast()
+            if listedAhead == directoryWindow - 1 { condition.signal(Self.listers) }
         }
         condition.unlock()
         // From here the walk holds the listing; the node keeps only its descriptor (see `finished`).
@@ -156,7 +167,7 @@ final class TreeScanner: @unchecked Sendable {
     func walked(file position: [Int]) {
         condition.lock()
         walked = position
-        if readAheadWaiting { condition.broadcast() }
+        if readAheadWaiting { condition.signal(Self.readAheadThread) }
         condition.unlock()
     }
 
@@ -165,6 +176,7 @@ final class TreeScanner: @unchecked Sendable {
     func finished(_ directory: ScannedDirectory) {
         condition.lock()
         directory.state = .walked
+        if readAheadWaitsFor === directory { condition.signal(Self.readAheadThread) }
         condition.unlock()
     }
 
@@ -174,7 +186,7 @@ final class TreeScanner: @unchecked Sendable {
         let decompressor = ZstdDecompressor()
         condition.lock()
         while true {
-            while !closed && (waiting.isEmpty || listedAhead >= directoryWindow) { condition.wait() }
+            while !closed && (waiting.isEmpty || listedAhead >= directoryWindow) { condition.wait(Self.listers) }
             if closed { break }
             guard let directory = waiting.removeLast().directory else { continue }
             switch directory.state {
@@ -188,7 +200,7 @@ final class TreeScanner: @unchecked Sendable {
             publish(directory, result, counted: true)
         }
         threadsRunning -= 1
-        condition.broadcast()
+        condition.signal(Self.exits)
         condition.unlock()
     }
 
@@ -200,11 +212,17 @@ final class TreeScanner: @unchecked Sendable {
             listedAhead += 1
         }
         if case .listed(let listing) = result, !closed {
+            var queued = 0
             for entry in listing.entries.reversed() {
-                if let child = entry.child { waiting.append(WeakDirectory(directory: child)) }
+                if let child = entry.child {
+                    waiting.append(WeakDirectory(directory: child))
+                    queued += 1
+                }
             }
+            if queued == 1 { condition.signal(Self.listers) } else if queued > 1 { condition.broadcast(Self.listers) }
         }
-        condition.broadcast()
+        if walkWaitsFor === directory { condition.signal(Self.walk) }
+        if readAheadWaitsFor === directory { condition.signal(Self.readAheadThread) }
     }
 
     /// Opens (relative to its parent's descriptor), lists and looks at every entry of one directory; loads the parent
@@ -305,7 +323,7 @@ final class TreeScanner: @unchecked Sendable {
         }
         condition.lock()
         threadsRunning -= 1
-        condition.broadcast()
+        condition.signal(Self.exits)
         condition.unlock()
     }
 
@@ -319,12 +337,17 @@ final class TreeScanner: @unchecked Sendable {
     /// with it already (nothing in it to read ahead), or on close.
     private func peek(_ directory: ScannedDirectory) -> Listing? {
         condition.lock()
-        defer { condition.unlock() }
+        defer {
+            readAheadWaitsFor = nil
+            condition.unlock()
+        }
         while !closed {
             switch directory.state {
             case .listed(let listing): return listing
             case .unopenable, .unlistable, .walked: return nil
-            default: condition.wait()
+            default:
+                readAheadWaitsFor = directory
+                condition.wait(Self.readAheadThread)
             }
         }
         return nil
@@ -350,7 +373,7 @@ final class TreeScanner: @unchecked Sendable {
             if closed || !walked.lexicographicallyPrecedes(position) { condition.unlock(); return }
             if advised.isEmpty || advisedBytes + bytes <= readAheadLimit { break }
             readAheadWaiting = true
-            condition.wait()
+            condition.wait(Self.readAheadThread)
             readAheadWaiting = false
         }
         advised.append((position, bytes))
@@ -362,6 +385,32 @@ final class TreeScanner: @unchecked Sendable {
         _ = posix_fadvise(file, 0, off_t(bytes), POSIX_FADV_WILLNEED)
         Glibc.close(file)
     }
+}
+
+/// A mutex with four condition variables (pthread: an NSCondition has one of each).
+final class Conditions: @unchecked Sendable {
+    // @unchecked: the pthread objects are made for use from many threads; they sit at fixed addresses.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let conditions = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 4)
+
+    init() {
+        pthread_mutex_init(mutex, nil)
+        for index in 0..<4 { pthread_cond_init(conditions + index, nil) }
+    }
+
+    deinit {
+        for index in 0..<4 { pthread_cond_destroy(conditions + index) }
+        pthread_mutex_destroy(mutex)
+        conditions.deallocate()
+        mutex.deallocate()
+    }
+
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+    /// With the lock held; may wake without a signal, so callers wait in a loop.
+    func wait(_ index: Int) { pthread_cond_wait(conditions + index, mutex) }
+    func signal(_ index: Int) { pthread_cond_signal(conditions + index) }
+    func broadcast(_ index: Int) { pthread_cond_broadcast(conditions + index) }
 }
 
 /// One directory of the scanned tree. Its descriptor stays open while anyone (the walk, the read-ahead thread, or a
