@@ -283,7 +283,6 @@ final class BackupJob: @unchecked Sendable {
     private func directory(_ listing: TreeScanner.Listing, in scanned: ScannedDirectory, scanner: TreeScanner) throws -> BlobID {
         let relative = scanned.relative
         let descriptor = scanned.descriptor
-        let previous = listing.previous
         var nodes: [TreeNode] = []
         nodes.reserveCapacity(listing.entries.count)
         position.append(0)
@@ -294,8 +293,8 @@ final class BackupJob: @unchecked Sendable {
         for (index, entry) in listing.entries.enumerated() {
             position[position.count - 1] = index
             let name = entry.name
-            let nameKey = Array(name.utf8)
-            let childRelative = relative.isEmpty ? name : relative + "/" + name
+            // Made only when needed (messages, hard links, a file to read): most entries of a re-run need none.
+            var childRelative: String { relative.isEmpty ? name : relative + "/" + name }
             guard entry.statError == 0 else {
                 recordError("\(childRelative): \(String(cString: strerror(entry.statError)))")
                 continue
@@ -331,7 +330,7 @@ final class BackupJob: @unchecked Sendable {
                 }
                 if info.st_nlink > 1 { hardLinks[linkKey] = childRelative }
                 node.kind = .file
-                if let old = previous[nameKey], old.kind == .file, old.size == node.size, old.mtime == node.mtime,
+                if let old = entry.previous, old.kind == .file, old.size == node.size, old.mtime == node.mtime,
                    old.ctime == node.ctime, old.inode == node.inode, repository.areIndexed(old.content) {
                     // Unchanged: size, mtime, ctime and inode match the parent snapshot, so the file is not read.
                     // Unless a blob of it is lost (its pack is gone, say): then the file is read and its data stored
@@ -345,7 +344,7 @@ final class BackupJob: @unchecked Sendable {
                         defer { close(file) }
                         try readFile(file, path: childRelative, listed: info, into: &node)
                         summary.withLock {
-                            if previous[nameKey] == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
+                            if entry.previous == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
                             $0.filesRead += 1
                             $0.bytesTotal += node.size
                         }

@@ -38,13 +38,13 @@ final class TreeScanner: @unchecked Sendable {
         let statError: Int32
         /// For a directory: its own node, listed ahead.
         let child: ScannedDirectory?
+        /// The parent snapshot's entry of the same name, looked up here rather than by the walk, whose thread is the
+        /// one every entry waits for.
+        let previous: TreeNode?
     }
 
     struct Listing {
         let entries: [Entry]
-        /// The parent snapshot's listing of the same directory by name bytes (empty: none, or it cannot be read).
-        /// Keyed by bytes: NFC and NFD spellings of one name are different files, though equal as Swift strings.
-        let previous: [[UInt8]: TreeNode]
     }
 
     /// What the walk gets for a directory.
@@ -249,6 +249,7 @@ final class TreeScanner: @unchecked Sendable {
         }
         // Unreadable (its pack lost or damaged): every file of the directory is then read as if new.
         let previousTree = directory.previousTree.flatMap { try? repository.loadTree($0, decompressor: decompressor) }
+        // Keyed by bytes: NFC and NFD spellings of one name are different files, though equal as Swift strings.
         let previous = Dictionary((previousTree?.nodes ?? []).map { (Array($0.name.utf8), $0) }, uniquingKeysWith: { first, _ in first })
         var entries: [Entry] = []
         entries.reserveCapacity(names.count)
@@ -257,18 +258,18 @@ final class TreeScanner: @unchecked Sendable {
             if excludes.contains(relative) { continue }
             var info = stat()
             guard fstatat(descriptor, bytes, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
-                entries.append(Entry(name: name, bytes: bytes, info: info, statError: errno, child: nil))
+                entries.append(Entry(name: name, bytes: bytes, info: info, statError: errno, child: nil, previous: nil))
                 continue
             }
             var child: ScannedDirectory?
+            let old = previous.isEmpty ? nil : previous[Array(name.utf8)]
             if info.st_mode & S_IFMT == S_IFDIR {
-                let old = previous[Array(name.utf8)]
                 child = ScannedDirectory(relative: relative, name: bytes, opener: directory,
                                          previousTree: old?.kind == .directory ? old?.subtree : nil)
             }
-            entries.append(Entry(name: name, bytes: bytes, info: info, statError: 0, child: child))
+            entries.append(Entry(name: name, bytes: bytes, info: info, statError: 0, child: child, previous: old))
         }
-        return .listed(Listing(entries: entries, previous: previous))
+        return .listed(Listing(entries: entries))
     }
 
     /// The names in a directory, in byte order (the same on every machine and for every Unicode spelling: String's <
@@ -315,7 +316,7 @@ final class TreeScanner: @unchecked Sendable {
                 // Same order as the walk: a directory's contents come before its next sibling.
                 if let child = entry.child, let childListing = peek(child) { stack.append((child, childListing, 0)) }
             case S_IFREG:
-                if Self.willBeRead(entry, previous: listing.previous) {
+                if Self.willBeRead(entry) {
                     advise(entry, in: directory, position: stack.map { $0.next - 1 })
                 }
             default: break
@@ -354,9 +355,9 @@ final class TreeScanner: @unchecked Sendable {
     }
 
     /// A hint only: the walk decides for itself (it also checks that the old content is still in the index).
-    static func willBeRead(_ entry: Entry, previous: [[UInt8]: TreeNode]) -> Bool {
+    static func willBeRead(_ entry: Entry) -> Bool {
         guard entry.info.st_size > 0 else { return false }
-        guard let old = previous[Array(entry.name.utf8)] else { return true }
+        guard let old = entry.previous else { return true }
         return !(old.kind == .file && old.size == Int64(entry.info.st_size) && old.inode == UInt64(entry.info.st_ino)
                  && old.mtime == UTCTime.nanoseconds(seconds: Int64(entry.info.st_mtim.tv_sec), nanoseconds: Int64(entry.info.st_mtim.tv_nsec))
                  && old.ctime == UTCTime.nanoseconds(seconds: Int64(entry.info.st_ctim.tv_sec), nanoseconds: Int64(entry.info.st_ctim.tv_nsec)))
