@@ -22,6 +22,11 @@ public struct BackupOptions: Sendable {
     public var checkpoint: (@Sendable (String) throws -> Void)?
     /// The snapshot's time; nil means now. Lets imports and tests make history.
     public var time: Date?
+    /// Test hook: called with a file's path (relative to the backed-up directory) after the first read of its data,
+    /// on every read of it (a file that changed while being read is read a second time).
+    public var whileReading: (@Sendable (String) -> Void)?
+    /// How far the scanner runs ahead of the walk; tests shrink it to check that the result does not depend on it.
+    var scanning = TreeScanner.Limits()
 
     public init(tags: [String: String], excludes: Set<String> = [], chunking: ChunkerParameters = .files,
                 progress: (@Sendable (BackupSummary) -> Void)? = nil, beforeCommit: (@Sendable () throws -> Void)? = nil,
@@ -126,7 +131,7 @@ public final class BackupSession: Sendable {
         }
         defer { Glibc.close(descriptor) }
         return try run(options: options) { job in
-            try job.directory(descriptor, relative: "", parent: job.parent.flatMap { BlobID(hex: $0.tree) }.flatMap(job.parentListing))
+            try job.tree(descriptor, parentTree: job.parent.flatMap { BlobID(hex: $0.tree) })
         }
     }
 
@@ -256,29 +261,45 @@ final class BackupJob: @unchecked Sendable {
 
     // MARK: Walking
 
-    /// The parent snapshot's listing of a directory, to skip reading unchanged files; nil when it cannot be read
-    /// (its pack is lost or damaged), and then every file of the directory is read as if new.
-    func parentListing(_ id: BlobID) -> Tree? {
-        try? repository.loadTree(id, decompressor: decompressor)
+    /// Stores the tree under the directory open at `descriptor`. A `TreeScanner` lists directories and reads ahead
+    /// on other threads; this thread walks the listings in order and builds every tree, so the snapshot is the one
+    /// a serial walk makes.
+    func tree(_ descriptor: Int32, parentTree: BlobID?) throws -> BlobID {
+        let scanner = try TreeScanner(descriptor: descriptor, parentTree: parentTree, repository: repository, excludes: options.excludes,
+                                      limits: options.scanning)
+        defer { scanner.close() }
+        guard case .listed(let listing) = try scanner.take(scanner.root) else {
+            throw RepositoryError("cannot list the top directory")
+        }
+        return try directory(listing, in: scanner.root, scanner: scanner)
     }
 
-    /// Stores the directory open at `descriptor` and everything under it. Entries are reached relative to their
-    /// directory's descriptor (`fstatat`, `openat`, never following a symbolic link), so the kernel does not walk the
-    /// whole path again for each of them, and a directory swapped for a link during the walk cannot lead outside.
-    func directory(_ descriptor: Int32, relative: String, parent: Tree?) throws -> BlobID {
-        // Keyed by bytes: NFC and NFD spellings of one name are different files, though equal as Swift strings.
-        let previous = Dictionary((parent?.nodes ?? []).map { (Array($0.name.utf8), $0) }, uniquingKeysWith: { first, _ in first })
+    /// Where the walk is: the index of the current entry in each directory from the top (see `TreeScanner.walked`).
+    private var position: [Int] = []
+
+    /// Stores one listed directory and everything under it. Entries are reached relative to their directory's
+    /// descriptor (`openat`, never following a symbolic link), so the kernel does not walk the whole path again for
+    /// each of them, and a directory swapped for a link during the walk cannot lead outside.
+    private func directory(_ listing: TreeScanner.Listing, in scanned: ScannedDirectory, scanner: TreeScanner) throws -> BlobID {
+        let relative = scanned.relative
+        let descriptor = scanned.descriptor
         var nodes: [TreeNode] = []
-        for entry in try listDirectory(descriptor, relative: relative) {
+        nodes.reserveCapacity(listing.entries.count)
+        position.append(0)
+        defer {
+            position.removeLast()
+            scanner.finished(scanned)
+        }
+        for (index, entry) in listing.entries.enumerated() {
+            position[position.count - 1] = index
             let name = entry.name
-            let nameKey = Array(name.utf8)
-            let childRelative = relative.isEmpty ? name : relative + "/" + name
-            if options.excludes.contains(childRelative) { continue }
-            var info = stat()
-            guard fstatat(descriptor, entry.bytes, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
-                recordError("\(childRelative): \(String(cString: strerror(errno)))")
+            // Made only when needed (messages, hard links, a file to read): most entries of a re-run need none.
+            var childRelative: String { relative.isEmpty ? name : relative + "/" + name }
+            guard entry.statError == 0 else {
+                recordError("\(childRelative): \(String(cString: strerror(entry.statError)))")
                 continue
             }
+            let info = entry.info
             var node = TreeNode(name: name, kind: .other, mode: info.st_mode, uid: info.st_uid, gid: info.st_gid,
                                 mtime: UTCTime.nanoseconds(seconds: Int64(info.st_mtim.tv_sec), nanoseconds: Int64(info.st_mtim.tv_nsec)),
                                 ctime: UTCTime.nanoseconds(seconds: Int64(info.st_ctim.tv_sec), nanoseconds: Int64(info.st_ctim.tv_nsec)),
@@ -287,19 +308,20 @@ final class BackupJob: @unchecked Sendable {
             case S_IFDIR:
                 node.kind = .directory
                 node.size = 0
-                let child = openat(descriptor, entry.bytes, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                guard child >= 0 else {
-                    recordError("\(childRelative): \(String(cString: strerror(errno)))")
+                guard let child = entry.child else { continue }
+                switch try scanner.take(child) {
+                case .unopenable(let message):
+                    recordError("\(childRelative): \(message)")
                     continue
+                case .listed(let childListing):
+                    node.subtree = try directory(childListing, in: child, scanner: scanner)
                 }
-                defer { close(child) }
-                let childParent = previous[nameKey].flatMap { $0.kind == .directory ? $0.subtree : nil }.flatMap(parentListing)
-                node.subtree = try directory(child, relative: childRelative, parent: childParent)
                 summary.withLock { $0.directories += 1 }
             case S_IFLNK:
                 node.kind = .symlink
                 node.target = readLink(descriptor, entry.bytes)
             case S_IFREG:
+                defer { scanner.walked(file: position) }
                 let linkKey = "\(info.st_dev):\(info.st_ino)"
                 if info.st_nlink > 1, let first = hardLinks[linkKey] {
                     node.kind = .hardlink
@@ -308,7 +330,7 @@ final class BackupJob: @unchecked Sendable {
                 }
                 if info.st_nlink > 1 { hardLinks[linkKey] = childRelative }
                 node.kind = .file
-                if let old = previous[nameKey], old.kind == .file, old.size == node.size, old.mtime == node.mtime,
+                if let old = entry.previous, old.kind == .file, old.size == node.size, old.mtime == node.mtime,
                    old.ctime == node.ctime, old.inode == node.inode, repository.areIndexed(old.content) {
                     // Unchanged: size, mtime, ctime and inode match the parent snapshot, so the file is not read.
                     // Unless a blob of it is lost (its pack is gone, say): then the file is read and its data stored
@@ -320,9 +342,9 @@ final class BackupJob: @unchecked Sendable {
                         let file = openat(descriptor, entry.bytes, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
                         guard file >= 0 else { throw RepositoryError(String(cString: strerror(errno))) }
                         defer { close(file) }
-                        (node.content, node.size) = try chunkDescriptor(file, path: childRelative)
+                        try readFile(file, path: childRelative, listed: info, into: &node)
                         summary.withLock {
-                            if previous[nameKey] == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
+                            if entry.previous == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
                             $0.filesRead += 1
                             $0.bytesTotal += node.size
                         }
@@ -340,31 +362,44 @@ final class BackupJob: @unchecked Sendable {
         return try storeTree(Tree(nodes: nodes))
     }
 
-    /// A directory entry: its name for trees and messages, and its bytes, NUL-terminated, for the system calls.
-    private struct DirectoryEntry {
-        let name: String
-        let bytes: [CChar]
+    /// Reads an open file's content into `node`. A file whose size, mtime or ctime differ after the read from what
+    /// they were before it (`listed`) was written to meanwhile, and the chunks may mix old and new data: it is read
+    /// once more, and if it changed during that read too, it is named in the backup's errors as changed during
+    /// backup. Its node then keeps the times from before the first read, so the next backup sees it as changed and
+    /// reads it again instead of trusting a mixed copy. (Chunks of a discarded read may be stored already; nothing
+    /// refers to them and prune reclaims them.)
+    private func readFile(_ file: Int32, path: String, listed: stat, into node: inout TreeNode) throws {
+        var before = listed
+        for attempt in 1...2 {
+            (node.content, node.size) = try chunkDescriptor(file, path: path, whileReading: options.whileReading, readAhead: true)
+            var after = stat()
+            guard fstat(file, &after) == 0 else { throw RepositoryError("cannot stat after reading: \(String(cString: strerror(errno)))") }
+            if !Self.changed(before, after) {
+                if attempt > 1 {
+                    // The copy is the file as of `before`: record those times, so the next run skips it only if
+                    // it is still that version.
+                    node.mode = before.st_mode
+                    node.uid = before.st_uid
+                    node.gid = before.st_gid
+                    node.mtime = UTCTime.nanoseconds(seconds: Int64(before.st_mtim.tv_sec), nanoseconds: Int64(before.st_mtim.tv_nsec))
+                    node.ctime = UTCTime.nanoseconds(seconds: Int64(before.st_ctim.tv_sec), nanoseconds: Int64(before.st_ctim.tv_nsec))
+                    node.inode = UInt64(before.st_ino)
+                }
+                return
+            }
+            if attempt == 2 {
+                recordError("\(path): changed during backup (written to while it was read, twice; the stored copy may mix old and new data, and the next backup reads it again)")
+                return
+            }
+            guard lseek(file, 0, SEEK_SET) == 0 else { throw RepositoryError("cannot read again from the start: \(String(cString: strerror(errno)))") }
+            before = after
+        }
     }
 
-    private func listDirectory(_ descriptor: Int32, relative: String) throws -> [DirectoryEntry] {
-        // readdir consumes the descriptor it is given: it gets a duplicate, ours stays open for the entries.
-        let duplicate = dup(descriptor)
-        guard duplicate >= 0, let directory = fdopendir(duplicate) else {
-            let message = String(cString: strerror(errno))
-            if duplicate >= 0 { close(duplicate) }
-            throw RepositoryError("cannot list \(relative.isEmpty ? "the top directory" : FileName.printable(relative)): \(message)")
-        }
-        defer { closedir(directory) }
-        var entries: [DirectoryEntry] = []
-        while let entry = readdir(directory) {
-            // Names that are not UTF-8 are kept byte for byte (see FileName).
-            let bytes = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
-            if bytes == [0x2E] || bytes == [0x2E, 0x2E] { continue }
-            entries.append(DirectoryEntry(name: FileName.string(from: bytes), bytes: bytes.map { CChar(bitPattern: $0) } + [0]))
-        }
-        // Byte order: the same on every machine and for every Unicode spelling (String's < is canonical-equivalence
-        // aware, and so could not order NFC and NFD spellings of one name).
-        return entries.sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) { UInt8(bitPattern: $0) < UInt8(bitPattern: $1) } }
+    private static func changed(_ a: stat, _ b: stat) -> Bool {
+        return a.st_size != b.st_size || a.st_ino != b.st_ino
+            || a.st_mtim.tv_sec != b.st_mtim.tv_sec || a.st_mtim.tv_nsec != b.st_mtim.tv_nsec
+            || a.st_ctim.tv_sec != b.st_ctim.tv_sec || a.st_ctim.tv_nsec != b.st_ctim.tv_nsec
     }
 
     private func readLink(_ descriptor: Int32, _ name: [CChar]) -> String {
@@ -377,19 +412,35 @@ final class BackupJob: @unchecked Sendable {
     // MARK: Chunking
 
     /// Reads `descriptor` to its end, cutting content-defined chunks; returns the content ids (hex) and the size.
-    func chunkDescriptor(_ descriptor: Int32, path: String) throws -> ([BlobID], Int64) {
+    /// `readAhead` (a file, not a pipe): keep the kernel reading up to 16 MiB ahead of us. The scanner advised only
+    /// the start of the file, and the kernel's own sequential read-ahead grows too slowly to keep a cold disk busy.
+    func chunkDescriptor(_ descriptor: Int32, path: String, whileReading: (@Sendable (String) -> Void)? = nil,
+                         readAhead: Bool = false) throws -> ([BlobID], Int64) {
+        var whileReading = whileReading
+        var advisedTo: Int64 = 0
         var ids: [BlobID] = []
         var filled = 0, start = 0
         var total: Int64 = 0
         var atEnd = false
         while true {
             if !atEnd && filled < buffer.count {
+                let wanted = buffer.count - filled
                 let got = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress! + filled, $0.count - filled) }
                 if got < 0 {
                     if errno == EINTR { continue }
                     throw RepositoryError("read failed: \(String(cString: strerror(errno)))")
                 }
                 if got == 0 { atEnd = true } else { filled += got; total += Int64(got) }
+                // A full read: more of the file is likely to follow (small files end within their first read).
+                if readAhead && got == wanted && total + (4 << 20) > advisedTo {
+                    advisedTo = max(advisedTo, total)
+                    _ = posix_fadvise(descriptor, off_t(advisedTo), off_t(16 << 20), POSIX_FADV_WILLNEED)
+                    advisedTo += 16 << 20
+                }
+                if let hook = whileReading {
+                    whileReading = nil
+                    hook(path)
+                }
                 if !atEnd && filled < buffer.count { continue }
             }
             while start < filled {

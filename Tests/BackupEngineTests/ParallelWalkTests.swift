@@ -1,0 +1,131 @@
+@testable import BackupEngine
+import Foundation
+import Testing
+import TestSupport
+
+/// The tree scanner lists directories on several threads ahead of the walk; the snapshot must still hold every
+/// entry exactly once, with its contents, and be the same snapshot whatever the scanner's threads and bounds.
+struct ParallelWalkTests {
+    /// A tree with a chain of 60 nested directories and one directory of 3000 entries (files, directories with a
+    /// file each, symlinks), plus a few ordinary accounts' worth of files.
+    static func makeTree(at home: String) throws {
+        let manager = FileManager.default
+        var deep = home + "/deep"
+        for level in 0..<60 {
+            deep += "/level\(level)"
+            try manager.createDirectory(atPath: deep, withIntermediateDirectories: true)
+            try Data("file at level \(level)\n".utf8).write(to: URL(fileURLWithPath: deep + "/file"))
+        }
+        let wide = home + "/wide"
+        try manager.createDirectory(atPath: wide, withIntermediateDirectories: true)
+        for index in 0..<3000 {
+            let path = wide + String(format: "/entry%04d", index)
+            switch index % 6 {
+            case 0:
+                try manager.createDirectory(atPath: path, withIntermediateDirectories: false)
+                try Data("inside \(index)\n".utf8).write(to: URL(fileURLWithPath: path + "/inner"))
+            case 1:
+                try manager.createSymbolicLink(atPath: path, withDestinationPath: "entry\(index - 1)/inner")
+            default:
+                // Sizes from empty to a few chunks' worth of small files.
+                let bytes = [UInt8]((0..<(index * 37 % 5000)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ index) })
+                try Data(bytes).write(to: URL(fileURLWithPath: path))
+            }
+        }
+    }
+
+    /// Every entry under `root` by relative path: its kind and its content (file bytes, link target).
+    static func entries(under root: String) throws -> [String: String] {
+        var result: [String: String] = [:]
+        func visit(_ relative: String) throws {
+            let path = relative.isEmpty ? root : root + "/" + relative
+            for name in try FileManager.default.contentsOfDirectory(atPath: path) {
+                let child = relative.isEmpty ? name : relative + "/" + name
+                let full = root + "/" + child
+                var info = stat()
+                #expect(lstat(full, &info) == 0)
+                switch info.st_mode & S_IFMT {
+                case S_IFDIR:
+                    result[child] = "directory"
+                    try visit(child)
+                case S_IFLNK:
+                    result[child] = "link " + (try FileManager.default.destinationOfSymbolicLink(atPath: full))
+                default:
+                    result[child] = "file " + (try Data(contentsOf: URL(fileURLWithPath: full))).base64EncodedString()
+                }
+            }
+        }
+        try visit("")
+        return result
+    }
+
+    /// Every path in a snapshot, counting how many times each was seen.
+    static func snapshotPaths(_ repository: Repository, _ snapshot: Snapshot) throws -> [String: Int] {
+        var seen: [String: Int] = [:]
+        func visit(_ tree: Tree, _ prefix: String) throws {
+            for node in tree.nodes {
+                let path = prefix.isEmpty ? node.name : prefix + "/" + node.name
+                seen[path, default: 0] += 1
+                if node.kind == .directory, let subtree = node.subtree { try visit(try repository.loadTree(subtree), path) }
+            }
+        }
+        try visit(try repository.loadTree(snapshot.tree), "")
+        return seen
+    }
+
+    @Test func deepAndWideTreesAreBackedUpWithEveryEntryOnce() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-walk")
+        let home = scratch.appending("home")
+        try Self.makeTree(at: home)
+        try HostingFixture.create(root: scratch.appending("server"), accounts: 2, sizeMB: 2, seed: 5)
+        try FileManager.default.moveItem(atPath: scratch.appending("server/home"), toPath: home + "/accounts")
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+
+        let snapshot = try repository.backup(directory: home, options: BackupOptions(tags: ["kind": "files"]))
+        #expect(snapshot.summary.errors.isEmpty, "\(snapshot.summary.errors)")
+        let source = try Self.entries(under: home)
+        #expect(source.count > 3000 + 60 + 500)
+
+        let seen = try Self.snapshotPaths(repository, snapshot)
+        #expect(Set(seen.keys) == Set(source.keys), "missing: \(Set(source.keys).subtracting(seen.keys).sorted().prefix(5)), extra: \(Set(seen.keys).subtracting(source.keys).sorted().prefix(5))")
+        #expect(seen.values.allSatisfy { $0 == 1 }, "seen more than once: \(seen.filter { $0.value != 1 }.keys.sorted().prefix(5))")
+
+        let target = scratch.appending("restore")
+        #expect(try repository.restore(snapshot, target: target).errors.isEmpty)
+        let restored = try Self.entries(under: target)
+        #expect(restored.count == source.count)
+        for (path, content) in source where restored[path] != content {
+            Issue.record("restored \(path) differs from the source")
+        }
+
+        // An unchanged re-run reads nothing and makes the same tree.
+        let again = try repository.backup(directory: home, options: BackupOptions(tags: ["kind": "files"]))
+        #expect(again.summary.filesRead == 0)
+        #expect(again.tree == snapshot.tree)
+    }
+
+    @Test func snapshotDoesNotDependOnTheScannersThreadsOrBounds() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-walk")
+        let home = scratch.appending("home")
+        try Self.makeTree(at: home)
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        var trees: Set<String> = []
+        // One lister with a window of one directory and no read-ahead is (nearly) the serial walk; then the default;
+        // then many listers with a tiny read-ahead bound. Different tags: no parent, so every file is read each time.
+        for (index, limits) in [TreeScanner.Limits(threads: 1, directoryWindow: 1, readAheadBytes: 0),
+                                TreeScanner.Limits(),
+                                TreeScanner.Limits(threads: 16, directoryWindow: 4, readAheadBytes: 4096)].enumerated() {
+            var options = BackupOptions(tags: ["kind": "files", "run": "\(index)"])
+            options.scanning = limits
+            let snapshot = try repository.backup(directory: home, options: options)
+            #expect(snapshot.summary.errors.isEmpty)
+            #expect(snapshot.summary.filesUnchanged == 0)
+            trees.insert(snapshot.tree)
+        }
+        #expect(trees.count == 1, "the snapshot's tree depends on how the scanner ran")
+    }
+}
