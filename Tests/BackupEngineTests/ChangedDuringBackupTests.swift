@@ -33,6 +33,20 @@ struct ChangedDuringBackupTests {
         #expect(pwrite(descriptor, bytes, bytes.count, 0) == bytes.count)
     }
 
+    final class ReadCount: Sendable { let value = Mutex(0) }
+
+    /// Backup options whose hook rewrites growing.log with `byte(call)` (nothing for nil) each time the backup has
+    /// read its first chunk; `calls` counts those reads.
+    static func rewritingWhileRead(home: String, calls: ReadCount, byte: @escaping @Sendable (Int) -> UInt8?) -> BackupOptions {
+        var options = BackupOptions(tags: ["kind": "files"])
+        options.whileReading = { path in
+            guard path == "growing.log" else { return }
+            let call = calls.value.withLock { $0 += 1; return $0 }
+            if let byte = byte(call) { rewrite(home + "/growing.log", with: byte) }
+        }
+        return options
+    }
+
     func restored(_ repository: Repository, _ snapshot: Snapshot, scratch: TemporaryDirectory) throws -> [UInt8] {
         let target = scratch.appending("restore-\(UUID().uuidString)")
         #expect(try repository.restore(snapshot, target: target).errors.isEmpty)
@@ -41,13 +55,8 @@ struct ChangedDuringBackupTests {
 
     @Test func fileChangedOnceWhileReadIsStoredAsOneVersion() throws {
         let (scratch, home, repository) = try scene()
-        let calls = Mutex(0)
-        var options = BackupOptions(tags: ["kind": "files"])
-        options.whileReading = { path in
-            guard path == "growing.log" else { return }
-            let call = calls.withLock { $0 += 1; return $0 }
-            if call == 1 { Self.rewrite(home + "/growing.log", with: 0x42) }
-        }
+        let calls = ReadCount()
+        let options = Self.rewritingWhileRead(home: home, calls: calls) { call in call == 1 ? 0x42 : nil }
         let snapshot = try repository.backup(directory: home, options: options)
         let content = try restored(repository, snapshot, scratch: scratch)
         let now = [UInt8](try Data(contentsOf: URL(fileURLWithPath: home + "/growing.log")))
@@ -67,15 +76,10 @@ struct ChangedDuringBackupTests {
 
     @Test func fileThatKeepsChangingIsNamedAndReadAgainNextTime() throws {
         let (scratch, home, repository) = try scene()
-        let calls = Mutex(0)
-        var options = BackupOptions(tags: ["kind": "files"])
-        options.whileReading = { path in
-            guard path == "growing.log" else { return }
-            let call = calls.withLock { $0 += 1; return $0 }
-            Self.rewrite(home + "/growing.log", with: call % 2 == 1 ? 0x42 : 0x43)
-        }
+        let calls = ReadCount()
+        let options = Self.rewritingWhileRead(home: home, calls: calls) { call in call % 2 == 1 ? 0x42 : 0x43 }
         let snapshot = try repository.backup(directory: home, options: options)
-        #expect(calls.withLock { $0 } == 2, "read twice, no more")
+        #expect(calls.value.withLock { $0 } == 2, "read twice, no more")
         let message = snapshot.summary.errors.first { $0.contains("growing.log") }
         #expect(message?.contains("changed during backup") == true, "\(snapshot.summary.errors)")
         #expect(snapshot.summary.errors.count == 1)
