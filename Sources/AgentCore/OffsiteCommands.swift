@@ -124,7 +124,7 @@ public enum OffsiteCommands {
     /// `storage` is a connection already open to `target` (a new one is opened without it).
     static func openRemote(target: OffsiteTarget, config: AgentConfig, create: Bool, local: Repository? = nil,
                            cacheDirectory: String, warnAboutDamage: Bool = true, storage: SFTPStorage? = nil) throws -> (Repository, SFTPStorage) {
-        let storage = try storage ?? SFTPStorage(session: try connect(target: target, config: config), target: target)
+        let storage = try storage ?? openStorage(target: target, config: config)
         if create, let local {
             try local.replicateConfiguration(to: storage)
         }
@@ -222,6 +222,11 @@ public enum OffsiteCommands {
         return result
     }
 
+    /// One SFTP connection to `target` as repository storage.
+    static func openStorage(target: OffsiteTarget, config: AgentConfig) throws -> SFTPStorage {
+        SFTPStorage(session: try connect(target: target, config: config), target: target)
+    }
+
     /// Up to `count` SFTP connections to `target`, opened side by side (each is a TCP, SSH and SFTP handshake).
     /// Fails only when none opens: an SFTP host that limits connections per client (sshd's `MaxStartups` or
     /// `PerSourceMaxStartups`, storage services' own limits) refuses some; those are tried again one at a time,
@@ -232,7 +237,7 @@ public enum OffsiteCommands {
         // Each on a thread of its own: a handshake mostly waits for the server, and `concurrentPerform` would run
         // only one per core at a time.
         Repository.onThreads(count) { slot in
-            let result = Result { SFTPStorage(session: try connect(target: target, config: config), target: target) }
+            let result = Result { try openStorage(target: target, config: config) }
             results.withLock { $0[slot] = result }
         }
         var opened: [SFTPStorage] = []
@@ -251,7 +256,7 @@ public enum OffsiteCommands {
             failure = nil
             for _ in opened.count..<count {
                 do {
-                    opened.append(SFTPStorage(session: try connect(target: target, config: config), target: target))
+                    opened.append(try openStorage(target: target, config: config))
                 } catch {
                     failure = error
                     break
