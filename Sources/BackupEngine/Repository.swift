@@ -9,7 +9,11 @@ import Zstd
 public final class Repository: Sendable {
     public let storage: any RepositoryStorage
     let keys: MasterKeys
-    private let indexState: Mutex<LoadedIndex>
+    /// `keys.idKey`, prepared once: every chunk stored and every blob read is hashed with it.
+    let idKey: HMACSHA256.Key
+    /// `keys.dataKey`, prepared once: every blob, index and snapshot is sealed and opened with it.
+    let dataCipher: AES256GCM.Key
+    private let indexState: ReadWriteLock<LoadedIndex>
     /// Groups of small blobs opened last, by "pack/offset" (see `loadGroupMember`).
     private let openedGroups = Mutex<[(key: String, plaintext: [UInt8])]>([])
     /// Where this repository's local caches live (index and snapshot caches): `cache/` inside a local repository, a
@@ -89,11 +93,13 @@ public final class Repository: Sendable {
     /// Index entries held in memory before they are merged into the index cache (a parameter for the tests).
     let foldLimit: Int
 
-    private init(storage: any RepositoryStorage, keys: MasterKeys, foldLimit: Int = IndexedBlobs.foldLimit, cacheDirectory: String? = nil) {
+    private init(storage: any RepositoryStorage, keys: MasterKeys, foldLimit: Int = IndexedBlobs.foldLimit, cacheDirectory: String? = nil) throws {
         self.storage = storage
         self.keys = keys
+        idKey = HMACSHA256.Key(keys.idKey)
+        dataCipher = try AES256GCM.Key(keys.dataKey)
         self.foldLimit = foldLimit
-        indexState = Mutex(LoadedIndex())
+        indexState = ReadWriteLock(LoadedIndex())
         self.cacheDirectory = cacheDirectory ?? (storage as? LocalStorage).map { $0.root + "/cache" }
     }
 
@@ -109,7 +115,7 @@ public final class Repository: Sendable {
         try storage.write("keys/" + Hex.encode(SecureRandom.bytes(16)), Array(try JSONEncoder().encode(sealed)))
         let config: [String: String] = ["version": String(repositoryFormatVersion), "id": Hex.encode(SecureRandom.bytes(16))]
         try storage.write("config", Array(try JSONEncoder().encode(config)))
-        return Repository(storage: storage, keys: keys)
+        return try Repository(storage: storage, keys: keys)
     }
 
     /// Opens an existing repository and loads its index. A local repository keeps its caches inside, in `cache/`.
@@ -135,7 +141,7 @@ public final class Repository: Sendable {
                 + (version > repositoryFormatVersion ? ", so upgrade the agent to use it" : ""))
         }
         let keys = try openKeys(storage: storage, secret: try keySource.secret(create: false))
-        let repository = Repository(storage: storage, keys: keys, foldLimit: foldLimit, cacheDirectory: cacheDirectory)
+        let repository = try Repository(storage: storage, keys: keys, foldLimit: foldLimit, cacheDirectory: cacheDirectory)
         try repository.reloadIndex()
         return repository
     }
@@ -239,7 +245,7 @@ public final class Repository: Sendable {
             for name in names { try readIndexFile(name, into: &inMemory, reader: reader) }
             loaded = inMemory
         }
-        indexState.withLock { $0 = loaded! }
+        if let loaded { indexState.write { $0 = loaded } }
     }
 
     /// Whether a pack whose entries the index cache leaves out (it was gone when the cache was built) is back: put
@@ -270,7 +276,7 @@ public final class Repository: Sendable {
     }
 
     /// Index files that were skipped at the last load because they do not authenticate (see `repairIndex`).
-    public var damagedIndexFiles: [String] { indexState.withLock { $0.damagedIndexFiles } }
+    public var damagedIndexFiles: [String] { indexState.read { $0.damagedIndexFiles } }
 
     /// Reads every index file into a new cache: entries go to sorted run files a batch at a time, and the runs are
     /// merged into the cache at the end, so memory stays at `foldLimit` entries. Throws `IndexCacheUnavailable` when
@@ -348,7 +354,7 @@ public final class Repository: Sendable {
         let what = "index file index/\(name.prefix(16))"
         let plain: [UInt8]
         do {
-            plain = try decompressor.decompress(try AES256GCM.open(sealed, key: keys.dataKey, aad: Self.indexAAD), maxOutputSize: 1 << 30)
+            plain = try decompressor.decompress(try dataCipher.open(sealed, aad: Self.indexAAD), maxOutputSize: 1 << 30)
         } catch {
             throw RepositoryError("\(what) is damaged: it does not authenticate (flipped bytes or truncation)")
         }
@@ -371,10 +377,10 @@ public final class Repository: Sendable {
             plain.id(id)
             BinaryCodec.encode(entries, into: &plain)
         }
-        let sealed = try AES256GCM.seal(try Zstd.compress(plain.bytes), key: keys.dataKey, aad: Self.indexAAD)
+        let sealed = try dataCipher.seal(try Zstd.compress(plain.bytes), aad: Self.indexAAD)
         let name = SHA256.hex(sealed)
         try storage.write("index/" + name, sealed)
-        indexState.withLock { state in
+        indexState.write { state in
             for (pack, entries) in packs { state.add(pack: pack, entries: entries) }
             state.indexFiles.append(name)
             // A long first backup adds entries at every checkpoint: fold them into the cache before they add up.
@@ -390,7 +396,7 @@ public final class Repository: Sendable {
     /// repository is mapped from its first backup on, and a large one is not rewritten after every small backup
     /// (`foldLimit` still bounds what stays in memory). A cache that cannot be written changes nothing.
     func foldIndexIfWorthwhile(minimum: Int = IndexedBlobs.minimumEarlyFold) {
-        indexState.withLock { state in
+        indexState.write { state in
             let recent = state.blobs.recent.count
             guard recent > 0, recent >= max(minimum, (state.blobs.cache?.count ?? 0) / 4) else { return }
             try? fold(&state)
@@ -400,25 +406,25 @@ public final class Repository: Sendable {
     /// Whether `id` is stored as far as the index knows: indexed, and for a delta, every base down its chain
     /// indexed too. Backups deduplicate only against such blobs (a delta on a lost base is stored again).
     func isIndexed(_ id: BlobID) -> Bool {
-        indexState.withLock { $0.isUsable(id) }
+        indexState.read { $0.isUsable(id) }
     }
 
     /// `isIndexed` for every id, under one lock: an unchanged file's blobs, checked before the file is skipped.
     func areIndexed(_ ids: [BlobID]) -> Bool {
-        indexState.withLock { state in ids.allSatisfy(state.isUsable) }
+        indexState.read { state in ids.allSatisfy(state.isUsable) }
     }
 
     /// See `LoadedIndex.deltaDepth`.
-    func indexSnapshotDeltaDepth(_ id: BlobID) -> Int? { indexState.withLock { $0.deltaDepth(id) } }
+    func indexSnapshotDeltaDepth(_ id: BlobID) -> Int? { indexState.read { $0.deltaDepth(id) } }
 
 
     func location(of id: BlobID) -> (pack: String, location: BlobLocation)? {
-        indexState.withLock { state in
+        indexState.read { state in
             state.blobs[id].map { (state.packs[Int($0.pack)], $0) }
         }
     }
 
-    var indexSnapshot: LoadedIndex { indexState.withLock { $0 } }
+    var indexSnapshot: LoadedIndex { indexState.read { $0 } }
 
     /// A group of small blobs, named by where it is stored.
     struct BlobGroup: Equatable {
@@ -428,18 +434,18 @@ public final class Repository: Sendable {
 
     /// The group of small blobs `id` belongs to; nil for a blob stored on its own.
     func group(of id: BlobID) -> BlobGroup? {
-        indexState.withLock { state in
+        indexState.read { state in
             state.blobs[id].flatMap { $0.inner == nil ? nil : BlobGroup(pack: $0.pack, offset: $0.offset) }
         }
     }
 
     // MARK: Blobs
 
-    func decrypt<D: ContiguousBytes>(_ sealed: D, what: String) throws -> [UInt8] {
+    func decrypt<D: ContiguousBytes>(_ sealed: D, what: @autoclosure () -> String) throws -> [UInt8] {
         do {
-            return try AES256GCM.open(sealed, key: keys.dataKey)
+            return try dataCipher.open(sealed)
         } catch {
-            throw RepositoryError("\(what) is damaged: it does not authenticate (flipped bytes or truncation)")
+            throw RepositoryError("\(what()) is damaged: it does not authenticate (flipped bytes or truncation)")
         }
     }
 
@@ -456,7 +462,7 @@ public final class Repository: Sendable {
         guard let (pack, location) = location(of: id) else {
             throw RepositoryError("blob \(id) is missing from the index (repository incomplete; run verify)")
         }
-        if let base = indexState.withLock({ $0.bases[id] }) {
+        if let base = indexState.read({ $0.bases[id] }) {
             guard depth < Self.maximumDeltaDepth + 1 else {
                 throw RepositoryError("blob \(id) sits on a chain of deltas longer than \(Self.maximumDeltaDepth) (damaged or looping index)")
             }
@@ -500,7 +506,7 @@ public final class Repository: Sendable {
         let start = Int(location.inner ?? 0), end = start + Int(location.rawLength)
         guard end <= group.count else { throw RepositoryError("blob \(id) lies outside its group in pack \(pack.prefix(16)) (damaged)") }
         let plain = Array(group[start..<end])
-        guard HMACSHA256.authenticate(plain, key: keys.idKey) == id.bytes else {
+        guard idKey.authenticate(plain) == id.bytes else {
             throw RepositoryError("blob \(id) in pack \(pack.prefix(16)) does not match its id (damaged)")
         }
         return plain
@@ -532,13 +538,13 @@ public final class Repository: Sendable {
         } else {
             plain = payload
         }
-        guard plain.count == Int(location.rawLength), HMACSHA256.authenticate(plain, key: keys.idKey) == id.bytes else {
+        guard plain.count == Int(location.rawLength), idKey.authenticate(plain) == id.bytes else {
             throw RepositoryError("blob \(id) in pack \(pack.prefix(16)) does not match its id (damaged)")
         }
         return plain
     }
 
-    func blobID<D: ContiguousBytes>(_ data: D) -> BlobID { BlobID(bytes: HMACSHA256.authenticate(data, key: keys.idKey)) }
+    func blobID<D: ContiguousBytes>(_ data: D) -> BlobID { BlobID(bytes: idKey.authenticate(data)) }
 
     func loadTree(_ id: BlobID, decompressor: ZstdDecompressor = ZstdDecompressor()) throws -> Tree {
         guard location(of: id)?.location.kind != .data else { throw RepositoryError("blob \(id) is file data, not a directory listing (damaged)") }
@@ -583,7 +589,7 @@ public final class Repository: Sendable {
                 missed = true
             }
             guard let sealed,
-                  let plain = try? AES256GCM.open(sealed, key: keys.dataKey, aad: Self.snapshotAAD),
+                  let plain = try? dataCipher.open(sealed, aad: Self.snapshotAAD),
                   var snapshot = try? decoder.decode(Snapshot.self, from: Data(plain)) else {
                 damaged.append(name)
                 continue
@@ -608,7 +614,7 @@ public final class Repository: Sendable {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = UTCTime.jsonEncoding
         encoder.outputFormatting = [.sortedKeys]
-        let sealed = try AES256GCM.seal(try encoder.encode(snapshot), key: keys.dataKey, aad: Self.snapshotAAD)
+        let sealed = try dataCipher.seal(try encoder.encode(snapshot), aad: Self.snapshotAAD)
         let name = SHA256.hex(sealed)
         try storage.write("snapshots/" + name, sealed)
         return name

@@ -1,5 +1,6 @@
 import CCrypto
 import Foundation
+import Synchronization
 
 /// AES-256-GCM authenticated encryption. Sealed form: 12-byte random nonce, ciphertext, 16-byte tag.
 public enum AES256GCM {
@@ -10,10 +11,25 @@ public enum AES256GCM {
 
     public static func seal<D: ContiguousBytes>(_ plaintext: D, key: [UInt8], aad: [UInt8] = []) throws -> [UInt8] {
         try checkKey(key, "AES-256-GCM seal")
-        let nonce = SecureRandom.bytes(nonceSize)
         guard let context = EVP_CIPHER_CTX_new() else { throw CryptoError.openssl("AES-256-GCM seal") }
         defer { EVP_CIPHER_CTX_free(context) }
-        try check(EVP_EncryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nonce), "AES-256-GCM seal init")
+        try check(EVP_EncryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nil), "AES-256-GCM seal init")
+        return try seal(plaintext, aad: aad, context: context)
+    }
+
+    /// Decrypts and authenticates; a wrong key or any changed byte throws.
+    public static func open<D: ContiguousBytes>(_ sealed: D, key: [UInt8], aad: [UInt8] = []) throws -> [UInt8] {
+        try checkKey(key, "AES-256-GCM open")
+        guard let context = EVP_CIPHER_CTX_new() else { throw CryptoError.openssl("AES-256-GCM open") }
+        defer { EVP_CIPHER_CTX_free(context) }
+        try check(EVP_DecryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nil), "AES-256-GCM open init")
+        return try open(sealed, aad: aad, context: context)
+    }
+
+    /// Seals with a context that holds the key: only a fresh nonce is set here.
+    fileprivate static func seal<D: ContiguousBytes>(_ plaintext: D, aad: [UInt8], context: OpaquePointer) throws -> [UInt8] {
+        let nonce = SecureRandom.bytes(nonceSize)
+        try check(EVP_EncryptInit_ex(context, nil, nil, nil, nonce), "AES-256-GCM seal init")
         var length: Int32 = 0
         if !aad.isEmpty { try check(EVP_EncryptUpdate(context, nil, &length, aad, Int32(aad.count)), "AES-256-GCM aad") }
         return try plaintext.withUnsafeBytes { input -> [UInt8] in
@@ -39,10 +55,9 @@ public enum AES256GCM {
         }
     }
 
-    /// Decrypts and authenticates; a wrong key or any changed byte throws.
-    public static func open<D: ContiguousBytes>(_ sealed: D, key: [UInt8], aad: [UInt8] = []) throws -> [UInt8] {
-        try checkKey(key, "AES-256-GCM open")
-        return try sealed.withUnsafeBytes { input -> [UInt8] in
+    /// Opens with a context that holds the key: only the message's nonce is set here.
+    fileprivate static func open<D: ContiguousBytes>(_ sealed: D, aad: [UInt8], context: OpaquePointer) throws -> [UInt8] {
+        try sealed.withUnsafeBytes { input -> [UInt8] in
             guard input.count >= overhead else {
                 throw CryptoError(operation: "AES-256-GCM open", message: "message of \(input.count) bytes is shorter than nonce and tag")
             }
@@ -51,9 +66,7 @@ public enum AES256GCM {
             guard count <= Int(Int32.max) else {
                 throw CryptoError(operation: "AES-256-GCM open", message: "message of \(input.count) bytes is larger than 2 GiB; it cannot be one of ours")
             }
-            guard let context = EVP_CIPHER_CTX_new() else { throw CryptoError.openssl("AES-256-GCM open") }
-            defer { EVP_CIPHER_CTX_free(context) }
-            try check(EVP_DecryptInit_ex(context, EVP_aes_256_gcm(), nil, key, bytes), "AES-256-GCM open init")
+            try check(EVP_DecryptInit_ex(context, nil, nil, nil, bytes), "AES-256-GCM open init")
             var length: Int32 = 0
             if !aad.isEmpty { try check(EVP_DecryptUpdate(context, nil, &length, aad, Int32(aad.count)), "AES-256-GCM aad") }
             return try [UInt8](unsafeUninitializedCapacity: max(count, 1)) { output, initialized in
@@ -74,7 +87,76 @@ public enum AES256GCM {
         }
     }
 
+    /// One key for many messages (a repository's data key): the key schedule is made once per context, and each
+    /// message only sets its nonce. The static `seal`/`open` build a context and expand the key on every call, which
+    /// costs about as much as sealing a small file's chunk.
+    ///
+    /// Thread-safe: each call takes a context of its own from a pool (one for sealing, one for opening).
+    public final class Key: Sendable {
+        private let sealing: ContextPool
+        private let opening: ContextPool
+
+        public init(_ key: [UInt8]) throws {
+            try checkKey(key, "AES-256-GCM key")
+            sealing = ContextPool(key: key, encrypting: true)
+            opening = ContextPool(key: key, encrypting: false)
+        }
+
+        public func seal<D: ContiguousBytes>(_ plaintext: D, aad: [UInt8] = []) throws -> [UInt8] {
+            try sealing.with { try AES256GCM.seal(plaintext, aad: aad, context: $0) }
+        }
+
+        /// Decrypts and authenticates; a wrong key or any changed byte throws.
+        public func open<D: ContiguousBytes>(_ sealed: D, aad: [UInt8] = []) throws -> [UInt8] {
+            try opening.with { try AES256GCM.open(sealed, aad: aad, context: $0) }
+        }
+    }
+
     private static func checkKey(_ key: [UInt8], _ operation: String) throws {
         guard key.count == 32 else { throw CryptoError(operation: operation, message: "key must be 32 bytes, got \(key.count)") }
+    }
+}
+
+/// Cipher contexts keyed once, lent to one thread at a time.
+private final class ContextPool: Sendable {
+    /// A context moves between threads, each using it alone.
+    private struct Context: @unchecked Sendable { let pointer: OpaquePointer }
+    private let key: [UInt8]
+    private let encrypting: Bool
+    private let idle = Mutex<[Context]>([])
+    private static let pooledLimit = 64
+
+    init(key: [UInt8], encrypting: Bool) {
+        self.key = key
+        self.encrypting = encrypting
+    }
+
+    deinit {
+        for context in idle.withLock({ $0 }) { EVP_CIPHER_CTX_free(context.pointer) }
+    }
+
+    func with<Result>(_ body: (OpaquePointer) throws -> Result) throws -> Result {
+        let context = try idle.withLock({ $0.popLast() })?.pointer ?? makeContext()
+        // A context whose message failed (a bad tag) is as reusable as any: the next call sets a new nonce.
+        defer {
+            let kept = idle.withLock { idle -> Bool in
+                guard idle.count < Self.pooledLimit else { return false }
+                idle.append(Context(pointer: context))
+                return true
+            }
+            if !kept { EVP_CIPHER_CTX_free(context) }
+        }
+        return try body(context)
+    }
+
+    private func makeContext() throws -> OpaquePointer {
+        guard let context = EVP_CIPHER_CTX_new() else { throw CryptoError.openssl("AES-256-GCM context") }
+        let keyed = encrypting ? EVP_EncryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nil)
+                               : EVP_DecryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nil)
+        guard keyed == 1 else {
+            EVP_CIPHER_CTX_free(context)
+            throw CryptoError.openssl("AES-256-GCM key setup")
+        }
+        return context
     }
 }

@@ -1,5 +1,6 @@
 import CCrypto
 import Foundation
+import Synchronization
 
 /// SHA-256 digests.
 public enum SHA256 {
@@ -63,6 +64,69 @@ public enum HMACSHA256 {
     public static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
         guard a.count == b.count else { return false }
         return CRYPTO_memcmp(a, b, a.count) == 0
+    }
+}
+
+extension HMACSHA256 {
+    /// One key for many messages (a repository's blob ids): the key is set up once, and each message costs a reset of
+    /// an already keyed context. The one-shot `authenticate(_:key:)` makes OpenSSL look up the algorithm and key a
+    /// new context on every call, which cost more than hashing a small file's chunk.
+    ///
+    /// Thread-safe: each call takes a context of its own from a small pool (a context is never used by two threads at
+    /// once), and the pool grows to as many threads as ask at the same time.
+    public final class Key: @unchecked Sendable {
+        // @unchecked: `template` is only read (duplicated) with `idle` locked; a pooled context is used by the one
+        // thread that took it.
+        private let algorithm: OpaquePointer
+        private let template: OpaquePointer
+        private let idle = Mutex<[Context]>([])
+        /// A context, for the pool: it moves between threads, each using it alone.
+        private struct Context: @unchecked Sendable { let pointer: OpaquePointer }
+        private static let pooledLimit = 64
+
+        public init(_ key: [UInt8]) {
+            guard let algorithm = EVP_MAC_fetch(nil, "HMAC", nil), let template = EVP_MAC_CTX_new(algorithm) else {
+                preconditionFailure("OpenSSL has no HMAC (out of memory, or a broken libcrypto)")
+            }
+            let keyed = "SHA256".withCString { digest in
+                var parameters = [OSSL_PARAM_construct_utf8_string("digest", UnsafeMutablePointer(mutating: digest), 0),
+                                  OSSL_PARAM_construct_end()]
+                return key.withUnsafeBufferPointer { EVP_MAC_init(template, $0.baseAddress, $0.count, &parameters) }
+            }
+            precondition(keyed == 1, "EVP_MAC_init(HMAC-SHA256) failed")
+            self.algorithm = algorithm
+            self.template = template
+        }
+
+        deinit {
+            for context in idle.withLock({ $0 }) { EVP_MAC_CTX_free(context.pointer) }
+            EVP_MAC_CTX_free(template)
+            EVP_MAC_free(algorithm)
+        }
+
+        public func authenticate<D: ContiguousBytes>(_ data: D) -> [UInt8] {
+            let taken = idle.withLock { idle -> Context? in
+                if let context = idle.popLast() { return context }
+                return EVP_MAC_CTX_dup(template).map(Context.init)
+            }
+            guard let context = taken?.pointer else { preconditionFailure("EVP_MAC_CTX_dup failed (out of memory)") }
+            var mac = [UInt8](repeating: 0, count: SHA256.byteCount)
+            var length = 0
+            // A null key re-keys with the one set in `init` (OpenSSL keeps the prepared inner and outer states).
+            let ok = data.withUnsafeBytes { input in
+                EVP_MAC_init(context, nil, 0, nil) == 1
+                    && EVP_MAC_update(context, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count) == 1
+                    && EVP_MAC_final(context, &mac, &length, mac.count) == 1
+            }
+            precondition(ok && length == SHA256.byteCount, "HMAC-SHA256 failed")
+            let kept = idle.withLock { idle -> Bool in
+                guard idle.count < Self.pooledLimit else { return false }
+                idle.append(Context(pointer: context))
+                return true
+            }
+            if !kept { EVP_MAC_CTX_free(context) }
+            return mac
+        }
     }
 }
 

@@ -208,7 +208,7 @@ struct DamageTests {
     @Test func hostileNamesInASnapshotAreRefused() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 1)
         let repository = try scene.initialize()
-        let writer = PackWriter(storage: scene.storage, dataKey: repository.keys.dataKey)
+        let writer = PackWriter(storage: scene.storage, cipher: repository.dataCipher)
         func store(_ tree: Tree) throws -> BlobID {
             let bytes = tree.encoded()
             let id = repository.blobID(bytes)

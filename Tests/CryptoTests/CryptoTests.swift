@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 import Testing
 
 struct DigestTests {
@@ -21,6 +22,73 @@ struct DigestTests {
         #expect(Hex.encode(mac) == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
         #expect(HMACSHA256.equal(mac, mac))
         #expect(!HMACSHA256.equal(mac, HMACSHA256.authenticate([1], key: [2])))
+    }
+
+    @Test func preparedKeyMatchesRFC4231AndTheOneShot() {
+        let key = HMACSHA256.Key(Array("Jefe".utf8))
+        let message = Array("what do ya want for nothing?".utf8)
+        // Twice: the second call reuses the pooled context the first one returned, re-keyed by a reset.
+        for _ in 0..<2 {
+            #expect(Hex.encode(key.authenticate(message)) == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        }
+        let secret = SecureRandom.bytes(32)
+        let prepared = HMACSHA256.Key(secret)
+        for size in [0, 1, 63, 64, 65, 4096, 100_000] {
+            let data = SecureRandom.bytes(size)
+            #expect(prepared.authenticate(data) == HMACSHA256.authenticate(data, key: secret), "size \(size)")
+        }
+    }
+
+    @Test func preparedKeyGivesEachThreadItsOwnContext() {
+        let secret = SecureRandom.bytes(32)
+        let prepared = HMACSHA256.Key(secret)
+        let messages = (0..<64).map { SecureRandom.bytes(100 + $0 * 97) }
+        let expected = messages.map { HMACSHA256.authenticate($0, key: secret) }
+        let mismatches = Atomic<Int>(0)
+        // Many threads at once: a context shared by two of them would mix their messages and give wrong MACs.
+        DispatchQueue.concurrentPerform(iterations: 16) { _ in
+            for _ in 0..<50 {
+                for (message, mac) in zip(messages, expected) where prepared.authenticate(message) != mac {
+                    mismatches.add(1, ordering: .relaxed)
+                }
+            }
+        }
+        #expect(mismatches.load(ordering: .relaxed) == 0)
+    }
+
+    @Test func preparedCipherInteroperatesWithTheOneShotAndRejectsTampering() throws {
+        let secret = SecureRandom.bytes(32)
+        let cipher = try AES256GCM.Key(secret)
+        for size in [0, 1, 15, 16, 17, 4096, 100_000] {
+            let message = SecureRandom.bytes(size)
+            let aad = size.isMultiple(of: 2) ? [] : Array("header".utf8)
+            // Each way round: the prepared key opens what the one-shot sealed, and the other way.
+            #expect(try cipher.open(AES256GCM.seal(message, key: secret, aad: aad), aad: aad) == message, "size \(size)")
+            #expect(try AES256GCM.open(cipher.seal(message, aad: aad), key: secret, aad: aad) == message, "size \(size)")
+            // A context that just failed a tag check serves the next message (pooled contexts are reused).
+            var damaged = try cipher.seal(message, aad: aad)
+            damaged[damaged.count / 2] ^= 1
+            #expect(throws: CryptoError.self) { try cipher.open(damaged, aad: aad) }
+            #expect(throws: CryptoError.self) { try cipher.open(try cipher.seal(message, aad: aad), aad: Array("other".utf8)) }
+            #expect(try cipher.open(cipher.seal(message, aad: aad), aad: aad) == message)
+        }
+        // Two seals of one message differ (a fresh nonce each time), so a pooled context never repeats a nonce.
+        #expect(try cipher.seal([1, 2, 3]) != cipher.seal([1, 2, 3]))
+        #expect(throws: CryptoError.self) { try AES256GCM.Key([1, 2, 3]) }
+    }
+
+    @Test func preparedCipherGivesEachThreadItsOwnContext() throws {
+        let cipher = try AES256GCM.Key(SecureRandom.bytes(32))
+        let messages = (0..<32).map { SecureRandom.bytes(50 + $0 * 131) }
+        let failures = Atomic<Int>(0)
+        DispatchQueue.concurrentPerform(iterations: 16) { _ in
+            for _ in 0..<30 {
+                for message in messages where (try? cipher.open(cipher.seal(message))) != message {
+                    failures.add(1, ordering: .relaxed)
+                }
+            }
+        }
+        #expect(failures.load(ordering: .relaxed) == 0)
     }
 
     @Test func randomBytesDiffer() {

@@ -101,7 +101,7 @@ public final class BackupSession: Sendable {
         existing = try repository.snapshots()
         var packHook: (@Sendable (String) throws -> Void)?
         if let checkpoint { packHook = { name in try checkpoint("pack:" + name) } }
-        writer = PackWriter(storage: repository.storage, dataKey: repository.keys.dataKey,
+        writer = PackWriter(storage: repository.storage, cipher: repository.dataCipher,
                             isIndexed: { [repository] in repository.isIndexed($0) }, beforePackCommit: packHook)
         workers = WorkerPool(threads: ProcessInfo.processInfo.activeProcessorCount, name: "fleetkeep-backup")
     }

@@ -249,8 +249,7 @@ final class TreeScanner: @unchecked Sendable {
         }
         // Unreadable (its pack lost or damaged): every file of the directory is then read as if new.
         let previousTree = directory.previousTree.flatMap { try? repository.loadTree($0, decompressor: decompressor) }
-        // Keyed by bytes: NFC and NFD spellings of one name are different files, though equal as Swift strings.
-        let previous = Dictionary((previousTree?.nodes ?? []).map { (Array($0.name.utf8), $0) }, uniquingKeysWith: { first, _ in first })
+        let previous = Dictionary((previousTree?.nodes ?? []).map { (NameBytes($0.name), $0) }, uniquingKeysWith: { first, _ in first })
         var entries: [Entry] = []
         entries.reserveCapacity(names.count)
         for (name, bytes) in names {
@@ -262,7 +261,7 @@ final class TreeScanner: @unchecked Sendable {
                 continue
             }
             var child: ScannedDirectory?
-            let old = previous.isEmpty ? nil : previous[Array(name.utf8)]
+            let old = previous.isEmpty ? nil : previous[NameBytes(name)]
             if info.st_mode & S_IFMT == S_IFDIR {
                 child = ScannedDirectory(relative: relative, name: bytes, opener: directory,
                                          previousTree: old?.kind == .directory ? old?.subtree : nil)
@@ -285,12 +284,27 @@ final class TreeScanner: @unchecked Sendable {
         defer { closedir(directory) }
         var names: [(name: String, bytes: [CChar])] = []
         while let entry = readdir(directory) {
-            // Names that are not UTF-8 are kept byte for byte (see FileName).
-            let bytes = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
-            if bytes == [0x2E] || bytes == [0x2E, 0x2E] { continue }
-            names.append((FileName.string(from: bytes), bytes.map { CChar(bitPattern: $0) } + [0]))
+            let named = withUnsafeMutablePointer(to: &entry.pointee.d_name) { field in
+                field.withMemoryRebound(to: CChar.self, capacity: MemoryLayout.size(ofValue: field.pointee)) { name -> (String, [CChar])? in
+                    let length = strlen(name)
+                    if name[0] == 0x2E && (length == 1 || (length == 2 && name[1] == 0x2E)) { return nil }
+                    // Names that are not UTF-8 are kept byte for byte (see FileName); the bytes keep their NUL.
+                    let bytes = Array(UnsafeBufferPointer(start: name, count: length + 1))
+                    return (FileName.string(from: UnsafeRawBufferPointer(start: name, count: length)), bytes)
+                }
+            }
+            if let named { names.append(named) }
         }
-        return names.sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) { UInt8(bitPattern: $0) < UInt8(bitPattern: $1) } }
+        // strcmp compares bytes as unsigned, which is the order trees keep.
+        names.sort { first, second in
+            first.bytes.withUnsafeBufferPointer { a in
+                second.bytes.withUnsafeBufferPointer { b in
+                    guard let a = a.baseAddress, let b = b.baseAddress else { return false }
+                    return strcmp(a, b) < 0
+                }
+            }
+        }
+        return names
     }
 
     // MARK: Read-ahead
@@ -460,5 +474,22 @@ final class ScannedDirectory: @unchecked Sendable {
     deinit {
         if descriptor >= 0 { Glibc.close(descriptor) }
         if let pendingDescriptor, pendingDescriptor != descriptor { Glibc.close(pendingDescriptor) }
+    }
+}
+
+/// A file name as a dictionary key that compares and hashes its UTF-8 bytes: NFC and NFD spellings of one name are
+/// different files, though equal as Swift strings (whose == and hash follow canonical equivalence).
+struct NameBytes: Hashable {
+    let name: String
+
+    init(_ name: String) { self.name = name }
+
+    static func == (first: NameBytes, second: NameBytes) -> Bool {
+        first.name.utf8.count == second.name.utf8.count && first.name.utf8.elementsEqual(second.name.utf8)
+    }
+
+    func hash(into hasher: inout Hasher) {
+        var name = name
+        name.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
     }
 }

@@ -41,12 +41,15 @@ struct ByteWriter {
 struct ByteReader {
     let bytes: [UInt8]
     var offset: Int
-    let what: String
+    /// What is being read, for messages. Made only when one is needed: readers open thousands of trees per backup,
+    /// and formatting each one's id as hex up front was a measurable part of a re-run.
+    private let describe: () -> String
+    var what: String { describe() }
 
-    init(_ bytes: [UInt8], offset: Int = 0, what: String) {
+    init(_ bytes: [UInt8], offset: Int = 0, what: @autoclosure @escaping () -> String) {
         self.bytes = bytes
         self.offset = offset
-        self.what = what
+        describe = what
     }
 
     var isAtEnd: Bool { offset >= bytes.count }

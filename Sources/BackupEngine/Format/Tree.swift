@@ -72,8 +72,8 @@ struct Tree: Equatable {
 
     init(nodes: [TreeNode]) { self.nodes = nodes }
 
-    init(decoding bytes: [UInt8], what: String) throws {
-        var reader = ByteReader(bytes, what: what)
+    init(decoding bytes: [UInt8], what: @autoclosure @escaping () -> String) throws {
+        var reader = ByteReader(bytes, what: what())
         guard bytes.count >= 4, Array(bytes[0..<4]) == Self.magic else { throw reader.damaged() }
         reader.offset = 4
         let count = try reader.count(elementSize: 12)

@@ -128,7 +128,7 @@ extension Repository {
         let headerStart = size - 4 - length
         let sealed = headerStart >= tailStart ? Array(tail[(headerStart - tailStart)..<(tail.count - 4)])
             : try storage.read(Self.packPath(pack), offset: headerStart, length: length)
-        guard let plain = try? AES256GCM.open(sealed, key: keys.dataKey, aad: Self.packHeaderAAD) else {
+        guard let plain = try? dataCipher.open(sealed, aad: Self.packHeaderAAD) else {
             throw PackHeaderDamage(description: "\(what) has a damaged header: it does not authenticate")
         }
         var reader = ByteReader(plain, what: "\(what) header")
@@ -157,7 +157,7 @@ extension Repository {
             report.damagedIndexFiles = before.damagedIndexFiles
             var present = [Bool](repeating: false, count: before.packs.count)
             var damagedHeaders = Set<String>()
-            let writer = PackWriter(storage: storage, dataKey: keys.dataKey)
+            let writer = PackWriter(storage: storage, cipher: dataCipher)
             // The new index goes out in files of about `foldLimit` entries, so it is never whole in memory.
             var pending: [(pack: String, entries: [PackEntry])] = []
             var pendingEntries = 0
@@ -197,7 +197,7 @@ extension Repository {
                                 continue
                             }
                             let sealed = try self.storage.read(Self.packPath(pack), offset: Int(location.offset), length: Int(location.length))
-                            guard (try? AES256GCM.open(sealed, key: self.keys.dataKey)) != nil else {
+                            guard (try? self.dataCipher.open(sealed)) != nil else {
                                 report.blobsLost += blobs.count
                                 continue
                             }
@@ -266,7 +266,7 @@ extension Repository {
             var unusable = bad
             // New listings go to packs of their own; a listing is stored again when the one the index has is unusable.
             let unusableForWriter = Mutex(bad)
-            let writer = PackWriter(storage: storage, dataKey: keys.dataKey,
+            let writer = PackWriter(storage: storage, cipher: dataCipher,
                                     isIndexed: { [self] id in !unusableForWriter.withLock { $0.contains(id) } && isIndexed(id) })
             let compressor = ZstdCompressor(level: CompressorPool.fileLevel, checksum: false)
             var clean = BlobMarks(index: index)
@@ -310,7 +310,7 @@ extension Repository {
             for name in unreadable {
                 // Read again, so that only a file that was read whole and does not authenticate is removed.
                 let sealed = try storage.read("snapshots/" + name)
-                guard (try? AES256GCM.open(sealed, key: keys.dataKey, aad: Self.snapshotAAD)) == nil else { continue }
+                guard (try? dataCipher.open(sealed, aad: Self.snapshotAAD)) == nil else { continue }
                 try storage.remove("snapshots/" + name)
                 report.unreadableSnapshotFiles.append(name)
             }
@@ -414,7 +414,7 @@ extension Repository {
     /// pack that holds some of them without them (the other blobs copied still sealed) and deleting packs with
     /// nothing else; then deletes `oldIndexFiles` and those packs. New packs and index come first, as in prune.
     private func purge(_ bad: Set<BlobID>, index: LoadedIndex, oldIndexFiles: [String], report: inout SnapshotRepairReport) throws {
-        let writer = PackWriter(storage: storage, dataKey: keys.dataKey)
+        let writer = PackWriter(storage: storage, cipher: dataCipher)
         var pending: [(pack: String, entries: [PackEntry])] = []
         var pendingEntries = 0
         var replaced: [String] = []

@@ -111,7 +111,7 @@ extension Repository {
             // the kept entries nor the rewritten packs' entries of a large repository are all in memory at once.
             var pendingIndex: [(pack: String, entries: [PackEntry])] = []
             var pendingEntries = 0
-            let writer = dryRun ? nil : PackWriter(storage: storage, dataKey: keys.dataKey)
+            let writer = dryRun ? nil : PackWriter(storage: storage, cipher: dataCipher)
             func flushIndex() throws {
                 defer {
                     pendingIndex = []

@@ -40,15 +40,15 @@ final class PackWriter: Sendable {
 
     private let state = Mutex(State())
     private let storage: any RepositoryStorage
-    private let dataKey: [UInt8]
+    private let cipher: AES256GCM.Key
     /// Blobs already in the repository's index are never stored again.
     private let isIndexed: @Sendable (BlobID) -> Bool
     private let beforePackCommit: (@Sendable (String) throws -> Void)?
 
-    init(storage: any RepositoryStorage, dataKey: [UInt8], isIndexed: @escaping @Sendable (BlobID) -> Bool = { _ in false },
+    init(storage: any RepositoryStorage, cipher: AES256GCM.Key, isIndexed: @escaping @Sendable (BlobID) -> Bool = { _ in false },
          beforePackCommit: (@Sendable (String) throws -> Void)? = nil) {
         self.storage = storage
-        self.dataKey = dataKey
+        self.cipher = cipher
         self.isIndexed = isIndexed
         self.beforePackCommit = beforePackCommit
     }
@@ -71,10 +71,10 @@ final class PackWriter: Sendable {
         var sealed: [UInt8]?
         if plaintext.count >= 64, Self.looksCompressible(plaintext, compressor: compressor),
            let compressed = try? compressor.compress(plaintext), compressed.count < plaintext.count - plaintext.count / 32 {
-            sealed = try AES256GCM.seal(compressed, key: dataKey)
+            sealed = try cipher.seal(compressed)
         }
         let compressed = sealed != nil
-        if sealed == nil { sealed = try AES256GCM.seal(plaintext, key: dataKey) }
+        if sealed == nil { sealed = try cipher.seal(plaintext) }
         try addSealed(id: id, kind: kind, compressed: compressed, sealed: sealed!, rawLength: UInt32(plaintext.count))
         return sealed!.count
     }
@@ -87,7 +87,7 @@ final class PackWriter: Sendable {
         if let delta = try? compressor.compress(plaintext, prefix: base.plaintext) {
             let alone = (try? compressor.compress(plaintext))?.count ?? plaintext.count
             if delta.count * 2 < min(alone, plaintext.count) {
-                let sealed = try AES256GCM.seal(delta, key: dataKey)
+                let sealed = try cipher.seal(delta)
                 try addSealed(id: id, kind: .data, compressed: true, sealed: sealed, rawLength: UInt32(plaintext.count), base: base.id)
                 return sealed.count
             }
@@ -123,13 +123,13 @@ final class PackWriter: Sendable {
         }
         precondition(joined.count <= PackEntry.maximumGroupSize, "a group of \(joined.count) bytes is larger than readers accept")
         if members.count > 1, let compressed = try? compressor.compress(joined), compressed.count < joined.count - joined.count / 32 {
-            let sealed = try AES256GCM.seal(compressed, key: dataKey)
+            let sealed = try cipher.seal(compressed)
             try append(sealed: sealed, kind: .data, entries: entries)
             return sealed.count
         }
         var stored = 0
         for member in members {
-            let sealed = try AES256GCM.seal(member.plaintext, key: dataKey)
+            let sealed = try cipher.seal(member.plaintext)
             try addSealed(id: member.id, kind: .data, compressed: false, sealed: sealed, rawLength: UInt32(member.plaintext.count))
             stored += sealed.count
         }
@@ -234,7 +234,7 @@ final class PackWriter: Sendable {
             if let failure = pack.failure { throw failure }
             var header = ByteWriter()
             BinaryCodec.encode(pack.entries, into: &header)
-            var trailer = try AES256GCM.seal(header.bytes, key: dataKey, aad: Array("fleetkeep pack header".utf8))
+            var trailer = try cipher.seal(header.bytes, aad: Array("fleetkeep pack header".utf8))
             withUnsafeBytes(of: UInt32(trailer.count).littleEndian) { trailer.append(contentsOf: $0) }
             let name = Hex.encode(SecureRandom.bytes(32))
             try beforePackCommit?(name)

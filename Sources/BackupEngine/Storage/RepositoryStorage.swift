@@ -228,14 +228,16 @@ final class OpenFile: Sendable {
 /// closes a descriptor that is in use.
 final class OpenFileCache: Sendable {
     private let capacity: Int
-    private let files = Mutex<(byPath: [String: OpenFile], order: [String])>(([:], []))
+    /// Read-mostly: a backup's scanner threads each look up a pack for every parent tree they load, and under a
+    /// mutex they queued for each other.
+    private let files = ReadWriteLock<(byPath: [String: OpenFile], order: [String])>(([:], []))
 
     init(capacity: Int) { self.capacity = capacity }
 
     subscript(path: String) -> OpenFile? {
-        get { files.withLock { $0.byPath[path] } }
+        get { files.read { $0.byPath[path] } }
         set {
-            files.withLock { files in
+            files.write { files in
                 guard let newValue, files.byPath.updateValue(newValue, forKey: path) == nil else { return }
                 files.order.append(path)
                 if files.order.count > capacity { files.byPath[files.order.removeFirst()] = nil }
