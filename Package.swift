@@ -26,6 +26,8 @@ var targets: [Target] = [
     .target(name: "Crypto", dependencies: ["CCrypto"]),
     .target(name: "Zstd", dependencies: ["CZstd"]),
     .target(name: "SFTP", dependencies: ["CSSH2"]),
+    // The system calls we make everywhere: an owning file descriptor, `Errno`, atomic file writes, directory listing.
+    .target(name: "Posix"),
 
     // Small argument parser shared by both programs (no third-party packages).
     .target(name: "CommandLineSupport"),
@@ -52,6 +54,7 @@ var targets: [Target] = [
     .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
     .testTarget(name: "ZstdTests", dependencies: ["Zstd", "TestSupport"]),
     .testTarget(name: "SFTPTests", dependencies: ["SFTP", "TestSupport"]),
+    .testTarget(name: "PosixTests", dependencies: ["Posix", "TestSupport"]),
     .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
     .testTarget(name: "ProtocolTests", dependencies: ["FleetkeepProtocol", "CommandLineSupport"]),
     .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),
