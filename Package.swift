@@ -36,7 +36,7 @@ var targets: [Target] = [
     // The shared language between agent and controller.
     .target(name: "FleetkeepProtocol", dependencies: ["Crypto", "Scheduling"]),
     // Backup engine: repository format, chunking, packs, snapshots. No HTTP, no controller.
-    .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite", "CLinux"]),
+    .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite", "CLinux", "Posix"]),
     // Agent and controller logic.
     .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto", "CommandLineSupport", "Scheduling", "CLinux"]),
     .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "HTTPClient", "Crypto", "CommandLineSupport", "Scheduling"]),
@@ -57,7 +57,7 @@ var targets: [Target] = [
     .testTarget(name: "PosixTests", dependencies: ["Posix", "TestSupport"]),
     .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
     .testTarget(name: "ProtocolTests", dependencies: ["FleetkeepProtocol", "CommandLineSupport"]),
-    .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),
+    .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "Posix", "TestSupport"]),
     .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "Scheduling", "CommandLineSupport", "TestSupport"]),
     .testTarget(name: "ControllerCoreTests", dependencies: ["ControllerCore", "TestSupport"]),
     .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Crypto", "HTTPClient", "FleetkeepProtocol", "SQLite"]),
