@@ -38,7 +38,7 @@ var targets: [Target] = [
     // Backup engine: repository format, chunking, packs, snapshots. No HTTP, no controller.
     .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite", "CLinux", "Posix"]),
     // Agent and controller logic.
-    .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto", "CommandLineSupport", "Scheduling", "CLinux"]),
+    .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto", "CommandLineSupport", "Scheduling", "CLinux", "Posix"]),
     .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "HTTPClient", "Crypto", "CommandLineSupport", "Scheduling"]),
 
     // The two thin programs.
