@@ -26,6 +26,8 @@ var targets: [Target] = [
     .target(name: "Crypto", dependencies: ["CCrypto"]),
     .target(name: "Zstd", dependencies: ["CZstd"]),
     .target(name: "SFTP", dependencies: ["CSSH2"]),
+    // The system calls we make everywhere: an owning file descriptor, `Errno`, atomic file writes, directory listing.
+    .target(name: "Posix"),
 
     // Small argument parser shared by both programs (no third-party packages).
     .target(name: "CommandLineSupport"),
@@ -34,10 +36,10 @@ var targets: [Target] = [
     // The shared language between agent and controller.
     .target(name: "FleetkeepProtocol", dependencies: ["Crypto", "Scheduling"]),
     // Backup engine: repository format, chunking, packs, snapshots. No HTTP, no controller.
-    .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite", "CLinux"]),
+    .target(name: "BackupEngine", dependencies: ["Crypto", "Zstd", "SQLite", "CLinux", "Posix"]),
     // Agent and controller logic.
-    .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto", "CommandLineSupport", "Scheduling", "CLinux"]),
-    .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "HTTPClient", "Crypto", "CommandLineSupport", "Scheduling"]),
+    .target(name: "AgentCore", dependencies: ["FleetkeepProtocol", "BackupEngine", "HTTPClient", "SFTP", "Crypto", "CommandLineSupport", "Scheduling", "CLinux", "Posix"]),
+    .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "HTTPClient", "Crypto", "CommandLineSupport", "Scheduling", "Posix"]),
 
     // The two thin programs.
     .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol"], path: "Agent/Sources"),
@@ -52,9 +54,10 @@ var targets: [Target] = [
     .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
     .testTarget(name: "ZstdTests", dependencies: ["Zstd", "TestSupport"]),
     .testTarget(name: "SFTPTests", dependencies: ["SFTP", "TestSupport"]),
+    .testTarget(name: "PosixTests", dependencies: ["Posix", "TestSupport"]),
     .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"]),
     .testTarget(name: "ProtocolTests", dependencies: ["FleetkeepProtocol", "CommandLineSupport"]),
-    .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "TestSupport"]),
+    .testTarget(name: "BackupEngineTests", dependencies: ["BackupEngine", "Posix", "TestSupport"]),
     .testTarget(name: "AgentCoreTests", dependencies: ["AgentCore", "Scheduling", "CommandLineSupport", "TestSupport"]),
     .testTarget(name: "ControllerCoreTests", dependencies: ["ControllerCore", "TestSupport"]),
     .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "Crypto", "HTTPClient", "FleetkeepProtocol", "SQLite"]),

@@ -1,6 +1,7 @@
 import Crypto
 import FleetkeepProtocol
 import Foundation
+import Posix
 
 /// Where the agent keeps its identity and enrollment: a directory (0700) of files (0600).
 public struct AgentState: Sendable {
@@ -109,19 +110,13 @@ public struct AgentError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-/// Atomic writes of private files: temporary file with mode 0600, fsync, rename.
+/// Atomic, durable writes of private files: mode 0600, the whole new content or the old one, even after a crash.
 public enum PrivateFile {
     public static func write(_ path: String, _ contents: [UInt8]) throws {
-        let temporary = path + ".tmp-\(getpid())"
-        let descriptor = open(temporary, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw AgentError("cannot create \(temporary): \(String(cString: strerror(errno)))") }
-        let written = contents.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
-        let synced = fsync(descriptor) == 0
-        close(descriptor)
-        guard written == contents.count, synced, rename(temporary, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            unlink(temporary)
-            throw AgentError("cannot write \(path): \(reason)")
+        do throws(Errno) {
+            try AtomicFile.write(contents, to: path, permissions: 0o600, durable: true)
+        } catch {
+            throw AgentError("cannot write \(path): \(error.operation) failed: \(error.text)")
         }
     }
 }

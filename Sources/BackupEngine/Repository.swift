@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Posix
 import Synchronization
 import Zstd
 
@@ -268,8 +269,8 @@ public final class Repository: Sendable {
             guard unlink(path) == 0 || errno == ENOENT else { throw IndexCacheUnavailable() }
             return
         }
-        do {
-            try Data(packs.sorted().joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        do throws(Errno) {
+            try AtomicFile.write(Array(packs.sorted().joined(separator: "\n").utf8), to: path, permissions: 0o600, durable: false)
         } catch {
             throw IndexCacheUnavailable()
         }

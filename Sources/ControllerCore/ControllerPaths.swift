@@ -1,4 +1,5 @@
 import Foundation
+import Posix
 
 /// Files of one controller's data directory.
 public struct ControllerPaths: Sendable {
@@ -19,15 +20,12 @@ public struct ControllerError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-/// Writes `contents` to `path` with mode 0600, atomically (temporary file, then rename).
+/// Writes `contents` to `path` with mode 0600, atomically and durably (the whole new content or the old one, even
+/// after a crash).
 func writePrivateFile(_ path: String, _ contents: [UInt8]) throws {
-    let temporary = path + ".tmp"
-    let descriptor = open(temporary, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
-    guard descriptor >= 0 else { throw ControllerError("cannot create \(temporary): \(String(cString: strerror(errno)))") }
-    defer { close(descriptor) }
-    let written = contents.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-    guard written == contents.count, fsync(descriptor) == 0, rename(temporary, path) == 0 else {
-        unlink(temporary)
-        throw ControllerError("cannot write \(path): \(String(cString: strerror(errno)))")
+    do throws(Errno) {
+        try AtomicFile.write(contents, to: path, permissions: 0o600, durable: true)
+    } catch {
+        throw ControllerError("cannot write \(path): \(error.operation) failed: \(error.text)")
     }
 }

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Posix
 import SQLite
 import Synchronization
 
@@ -127,22 +128,19 @@ public struct PrivacyKeys: Sendable {
     /// Creates the key file exclusively (0600): when two processes race, both end up with the first one's key.
     static func createKeyFile(_ path: String) throws -> [UInt8] {
         let master = SecureRandom.bytes(32)
-        let temporary = path + ".new-\(getpid())"
-        let descriptor = Glibc.open(temporary, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw ControllerError("cannot create \(temporary): \(String(cString: strerror(errno)))") }
-        let text = Array((Base64URL.encode(master) + "\n").utf8)
-        let written = text.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-        let synced = fsync(descriptor) == 0
-        close(descriptor)
-        defer { unlink(temporary) }
-        guard written == text.count, synced else { throw ControllerError("cannot write \(temporary): \(String(cString: strerror(errno)))") }
-        if link(temporary, path) != 0 {
-            guard errno == EEXIST, let existing = try readKeyFile(path) else {
-                throw ControllerError("cannot create privacy key \(path): \(String(cString: strerror(errno)))")
+        do throws(Errno) {
+            let file = try TemporaryFile.create(in: Directory.parentDirectory(of: path), permissions: 0o600)
+            try file.file.write(all: Array((Base64URL.encode(master) + "\n").utf8))
+            try file.commitUnlessExists(to: path, durable: true)
+            return master
+        } catch where error == .exists {
+            guard let existing = try readKeyFile(path) else {
+                throw ControllerError("cannot create privacy key \(path): it appeared and vanished while being created; run the command again")
             }
             return existing
+        } catch {
+            throw ControllerError("cannot create privacy key \(path): \(error.operation) failed: \(error.text)")
         }
-        return master
     }
 }
 

@@ -2,6 +2,7 @@ import Crypto
 import FleetkeepProtocol
 import Foundation
 import HTTPServer
+import Posix
 import Synchronization
 
 /// Why a privacy operation was refused. Each case maps to one HTTP status in `httpStatus`, the only place that
@@ -74,13 +75,12 @@ public struct ErasureLedger: Sendable {
 
     /// Appends one entry and syncs it to disk before the database is changed.
     public func append(hash: String, at: Int64) throws {
-        let descriptor = open(path, O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw ControllerError("cannot open erasure ledger \(path): \(String(cString: strerror(errno)))") }
-        defer { close(descriptor) }
-        let line = Array("\(hash) \(at)\n".utf8)
-        let written = line.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-        guard written == line.count, fsync(descriptor) == 0 else {
-            throw ControllerError("cannot write erasure ledger \(path): \(String(cString: strerror(errno)))")
+        do throws(Errno) {
+            let ledger = try FileDescriptor.open(path, O_CREAT | O_WRONLY | O_APPEND, permissions: 0o600)
+            try ledger.write(all: Array("\(hash) \(at)\n".utf8))
+            try ledger.sync()
+        } catch {
+            throw ControllerError("cannot \(error.operation == "open" ? "open" : "write") erasure ledger \(path): \(error.text)")
         }
     }
 }

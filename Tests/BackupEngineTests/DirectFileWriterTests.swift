@@ -2,23 +2,32 @@
 import Crypto
 import Dispatch
 import Foundation
+import Posix
 import Testing
 import TestSupport
 
 /// Packs are written through aligned segments with O_DIRECT; the file must come out byte for byte as written.
 struct DirectFileWriterTests {
-    /// A writer for the new file `directory/file`; the caller closes `descriptor`.
-    func makeWriter(in directory: String) -> (writer: DirectFileWriter, descriptor: Int32, direct: Bool, path: String) {
-        let path = directory + "/file"
-        let (descriptor, direct) = DirectFileWriter.create(path)
-        #expect(descriptor >= 0)
-        return (DirectFileWriter(descriptor: descriptor, direct: direct, path: path), descriptor, direct, path)
+    /// A writer for a new temporary file in a directory, as a pack gets one; the file goes with this value.
+    final class TemporaryPack {
+        let file: TemporaryFile
+        let writer: DirectFileWriter
+        var path: String { file.path }
+
+        init(in directory: String) throws {
+            let file = try DirectFileWriter.createTemporaryFile(in: directory)
+            writer = DirectFileWriter(descriptor: file.file.rawValue, path: file.path)
+            self.file = consume file
+        }
+
+        deinit { writer.abandon() }
     }
 
     /// Pieces of `bytes` (random sizes, some spanning segment boundaries) written from several threads out of order.
     func writeConcurrently(_ bytes: [UInt8], into directory: String) throws -> (contents: Data, direct: Bool) {
-        let (writer, descriptor, direct, path) = makeWriter(in: directory)
-        defer { close(descriptor) }
+        let target = try TemporaryPack(in: directory)
+        let writer = target.writer
+        let direct = writer.isDirect
         var pieces: [Range<Int>] = []
         var start = 0
         var generator = SystemRandomNumberGenerator()
@@ -35,7 +44,7 @@ struct DirectFileWriterTests {
             }
         }
         try writer.finish(size: bytes.count)
-        return (try Data(contentsOf: URL(fileURLWithPath: path)), direct)
+        return (try Data(contentsOf: URL(fileURLWithPath: target.path)), direct)
     }
 
     @Test(arguments: [0, 1, 4095, 4096, 1 << 20, (3 << 20) + 12_345])
@@ -64,8 +73,8 @@ struct DirectFileWriterTests {
 
     @Test func aGapFailsTheFileInsteadOfLeavingZeros() throws {
         let scratch = TemporaryDirectory(prefix: "fk-direct")
-        let (writer, descriptor, _, _) = makeWriter(in: scratch.path)
-        defer { close(descriptor) }
+        let target = try TemporaryPack(in: scratch.path)
+        let writer = target.writer
         let bytes = SecureRandom.bytes(100)
         bytes.withUnsafeBytes { writer.write($0, at: 0) }
         bytes.withUnsafeBytes { writer.write($0, at: 2 << 20) }
@@ -74,12 +83,12 @@ struct DirectFileWriterTests {
 
     @Test func aWriteAfterAbandonLeavesNoStagedSegments() throws {
         let scratch = TemporaryDirectory(prefix: "fk-direct")
-        let (writer, descriptor, _, path) = makeWriter(in: scratch.path)
-        defer { close(descriptor) }
+        let target = try TemporaryPack(in: scratch.path)
+        let writer = target.writer
         let bytes = SecureRandom.bytes(1500)
         bytes.withUnsafeBytes { writer.write($0, at: 0) }
         writer.abandon()
         // Nothing staged is written after abandoning: the file stays empty.
-        #expect(try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int == 0)
+        #expect(try FileManager.default.attributesOfItem(atPath: target.path)[.size] as? Int == 0)
     }
 }

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Posix
 
 /// What unlocks a repository: a key file holding a random secret (created by `repo init`), or a passphrase.
 public enum KeySource: Sendable {
@@ -16,13 +17,17 @@ public enum KeySource: Sendable {
                 guard create else { throw RepositoryError("key file \(path) does not exist; pass the --key-file used with `repo init`") }
                 let directory = (path as NSString).deletingLastPathComponent
                 try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-                let descriptor = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
-                guard descriptor >= 0 else { throw RepositoryError("cannot create key file \(path): \(String(cString: strerror(errno)))") }
+                // Created in place, exclusively (never over a key that appeared meanwhile), rather than renamed:
+                // a key file may live on a file system without hard links or atomic replace (a USB stick).
                 let text = Array((Base64URL.encode(SecureRandom.bytes(32)) + "\n").utf8)
-                let written = text.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-                fsync(descriptor)
-                close(descriptor)
-                guard written == text.count else { throw RepositoryError("cannot write key file \(path)") }
+                do throws(Errno) {
+                    let file = try FileDescriptor.open(path, O_CREAT | O_EXCL | O_WRONLY, permissions: 0o600)
+                    try file.write(all: text)
+                    try file.sync()
+                    try file.close()
+                } catch {
+                    throw RepositoryError("cannot \(error.operation == "open" ? "create" : "write") key file \(path): \(error.text)")
+                }
             }
             var info = stat()
             guard stat(path, &info) == 0 else {

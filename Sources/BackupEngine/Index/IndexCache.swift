@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Posix
 
 /// One blob's place, as a fixed 52-byte record of the index cache: id (32), pack number, offset, length and raw
 /// length (u32 little endian each), then kind | compressed << 4 | group member << 5, then for a group member its
@@ -196,27 +197,19 @@ final class IndexCacheFile: @unchecked Sendable {
     /// atomically, streaming: memory stays at one record per source. Delta bases travel with their records and are
     /// written to a side file during the merge, which is appended after the records (already in id order).
     static func write(path: String, packs: PackNames, indexFiles: [String], sources: [any IndexRecordSource]) throws {
-        let temporary = path + ".tmp-" + UUID().uuidString
-        let output = try CacheOutput(path: temporary)
-        defer { unlink(temporary) }
-        let deltaOutput = try CacheOutput(path: temporary + ".deltas")
-        defer { unlink(temporary + ".deltas") }
-        func put(_ bytes: [UInt8]) throws { try output.put(bytes) }
-        func put<T: FixedWidthInteger>(integer value: T) throws { try output.put(integer: value) }
+        // Both files are temporary files next to the cache, removed if anything below fails.
+        var output = try CacheOutput(cachePath: path)
+        var deltaOutput = try CacheOutput(cachePath: path)
         // The counts are only known after merging: placeholders now, filled in at the end. The header goes out
-        // piece by piece (stdio buffers it): with a million packs it would be 36 MB in memory.
-        try put(magic + [UInt8](repeating: 0, count: 8))
-        try put(integer: UInt32(packs.count))
-        try put(integer: UInt32(indexFiles.count))
-        try put(integer: UInt32(0))
-        try put([0, 0, 0, 0])
-        func putName(_ name: String) throws {
-            guard let bytes = Hex.decode(name), bytes.count == 32 else { throw RepositoryError("internal error: \(name) is not a 32-byte name") }
-            try put(bytes)
-        }
-        for name in packs { try putName(name) }
-        for name in indexFiles { try putName(name) }
-        for number in packs.numbersInNameOrder() { try put(integer: UInt32(number)) }
+        // piece by piece (the output buffers it): with a million packs it would be 36 MB in memory.
+        try output.put(magic + [UInt8](repeating: 0, count: 8))
+        try output.put(integer: UInt32(packs.count))
+        try output.put(integer: UInt32(indexFiles.count))
+        try output.put(integer: UInt32(0))
+        try output.put([0, 0, 0, 0])
+        for name in packs { try output.put(name: name) }
+        for name in indexFiles { try output.put(name: name) }
+        for number in packs.numbersInNameOrder() { try output.put(integer: UInt32(number)) }
 
         var heads = sources.map { $0.next() }
         var written = 0
@@ -248,70 +241,105 @@ final class IndexCacheFile: @unchecked Sendable {
                 deltaCount += 1
             }
             if buffered * IndexRecord.size == buffer.count {
-                try put(buffer)
+                try output.put(buffer)
                 buffered = 0
             }
         }
-        try put(Array(buffer[0..<buffered * IndexRecord.size]))
-        try output.append(contentsOf: deltaOutput)
+        try output.put(Array(buffer[0..<buffered * IndexRecord.size]))
+        try output.append(contentsOf: &deltaOutput)
         try output.overwrite(at: 8, integer: UInt64(written))
         try output.overwrite(at: 24, integer: UInt32(deltaCount))
-        try output.close()
-        guard rename(temporary, path) == 0 else {
-            throw RepositoryError("cannot write the index cache \(path): \(String(cString: strerror(errno)))")
-        }
+        try output.commit()
     }
 }
 
-/// A file being written through stdio for `IndexCacheFile.write`; every failure names the file and the disk.
-private final class CacheOutput {
-    let path: String
-    private let stream: UnsafeMutablePointer<FILE>
-    private var closed = false
+/// A file being written for `IndexCacheFile.write`: a temporary file next to the cache, written through a buffer,
+/// and renamed over the cache by `commit` (without fsync: the cache can always be rebuilt from the index files).
+/// Dropped without a commit, the temporary file is removed. Every failure names the cache and the cause.
+private struct CacheOutput: ~Copyable {
+    static let bufferSize = 1 << 20
 
-    init(path: String) throws {
-        self.path = path
-        let descriptor = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard descriptor >= 0, let stream = fdopen(descriptor, "w+") else {
-            let message = String(cString: strerror(errno))
-            if descriptor >= 0 { Glibc.close(descriptor) }
-            throw RepositoryError("cannot write the index cache \(path): \(message)")
+    let cachePath: String
+    private let file: TemporaryFile
+    /// Bytes not yet in the file; they go after the first `written`.
+    private var buffer: [UInt8] = []
+    private var written = 0
+
+    init(cachePath: String) throws {
+        self.cachePath = cachePath
+        do throws(Errno) {
+            file = try TemporaryFile.create(in: Directory.parentDirectory(of: cachePath), permissions: 0o600, flags: O_RDWR)
+        } catch {
+            throw Self.failure(cachePath, error)
         }
-        self.stream = stream
     }
 
-    deinit { if !closed { fclose(stream) } }
-
-    private func failure() -> RepositoryError {
-        RepositoryError("cannot write the index cache \(path): \(String(cString: strerror(errno))) (is the disk full?)")
+    private static func failure(_ cachePath: String, _ error: Errno) -> RepositoryError {
+        var message = "cannot write the index cache \(cachePath): \(error.operation) failed: \(error.text)"
+        if error.isDiskFull { message += " (the disk is full; free space and run the command again)" }
+        return RepositoryError(message)
     }
 
-    func put(_ bytes: [UInt8]) throws {
-        guard bytes.isEmpty || fwrite(bytes, 1, bytes.count, stream) == bytes.count else { throw failure() }
+    mutating func put(_ bytes: [UInt8]) throws {
+        buffer += bytes
+        if buffer.count >= Self.bufferSize { try flush() }
     }
 
-    func put<T: FixedWidthInteger>(integer value: T) throws { try put(withUnsafeBytes(of: value.littleEndian) { Array($0) }) }
+    mutating func put<T: FixedWidthInteger>(integer value: T) throws { try put(withUnsafeBytes(of: value.littleEndian) { Array($0) }) }
 
-    func overwrite<T: FixedWidthInteger>(at offset: Int, integer value: T) throws {
-        guard fseek(stream, offset, SEEK_SET) == 0 else { throw failure() }
-        try put(integer: value)
+    /// A pack or index file name, as its 32 bytes.
+    mutating func put(name: String) throws {
+        guard let bytes = Hex.decode(name), bytes.count == 32 else { throw RepositoryError("internal error: \(name) is not a 32-byte name") }
+        try put(bytes)
     }
 
-    /// Copies everything written to `other` so far onto the end of this file.
-    func append(contentsOf other: CacheOutput) throws {
-        guard fflush(other.stream) == 0, fseek(other.stream, 0, SEEK_SET) == 0 else { throw other.failure() }
+    /// Writes `value` over what is at `offset` (a count that was a placeholder).
+    mutating func overwrite<T: FixedWidthInteger>(at offset: Int, integer value: T) throws {
+        try flush()
+        do throws(Errno) {
+            try withUnsafeBytes(of: value.littleEndian) { bytes in Result { () throws(Errno) in try file.file.write(all: bytes, at: offset) } }.get()
+        } catch {
+            throw Self.failure(cachePath, error)
+        }
+    }
+
+    /// Copies everything put into `other` so far onto the end of this file.
+    mutating func append(contentsOf other: inout CacheOutput) throws {
+        try other.flush()
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { fread($0.baseAddress!, 1, $0.count, other.stream) }
-            if count == 0 { break }
+        var offset = 0
+        while offset < other.written {
+            let count: Int
+            do throws(Errno) {
+                count = try chunk.withUnsafeMutableBytes { bytes in Result { () throws(Errno) in try other.file.file.read(into: bytes, at: offset) } }.get()
+            } catch {
+                throw Self.failure(cachePath, error)
+            }
+            guard count > 0 else { throw RepositoryError("cannot write the index cache \(cachePath): its temporary file \(other.file.path) was cut short") }
             try put(Array(chunk[0..<count]))
+            offset += count
         }
-        guard ferror(other.stream) == 0 else { throw other.failure() }
     }
 
-    func close() throws {
-        closed = true
-        guard fflush(stream) == 0, fclose(stream) == 0 else { throw failure() }
+    /// Writes what is buffered and renames the file over the cache.
+    consuming func commit() throws {
+        try flush()
+        do throws(Errno) {
+            try file.commit(to: cachePath, durable: false)
+        } catch {
+            throw Self.failure(cachePath, error)
+        }
+    }
+
+    private mutating func flush() throws {
+        guard !buffer.isEmpty else { return }
+        do throws(Errno) {
+            try buffer.withUnsafeBytes { bytes in Result { () throws(Errno) in try file.file.write(all: bytes, at: written) } }.get()
+        } catch {
+            throw Self.failure(cachePath, error)
+        }
+        written += buffer.count
+        buffer.removeAll(keepingCapacity: true)
     }
 }
 

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Posix
 
 /// The repository's snapshot files, sealed as they are, gathered into one local file (`cache/snapshots`).
 ///
@@ -40,11 +41,7 @@ struct SnapshotCache {
             writer.uint32(UInt32(sealed.count))
             writer.bytes += sealed
         }
-        try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
-                                                 withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let temporary = path + ".tmp-" + UUID().uuidString
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(writer.bytes), attributes: [.posixPermissions: 0o600]) else { return }
-        if rename(temporary, path) != 0 { unlink(temporary) }
+        try? AtomicFile.write(writer.bytes, to: path, permissions: 0o600, durable: false, missingDirectory: .create(permissions: 0o700))
     }
 
     /// True when `sealed` is the content of the snapshot file `name`.

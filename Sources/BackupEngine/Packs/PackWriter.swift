@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Posix
 import Synchronization
 import Zstd
 
@@ -261,15 +262,17 @@ protocol PackSink: Sendable {
 /// Streams a pack into `data/.tmp-*` (directly to disk, see `DirectFileWriter`) and renames it into place: constant
 /// memory however large the backup.
 final class FilePackSink: PackSink, @unchecked Sendable {
-    // @unchecked: `descriptor` changes only in commit/abort, which run after all writes (see PackSink).
+    // @unchecked: `file` changes only in commit/abort, which run after all writes (see PackSink).
     private let storage: LocalStorage
     private let writer: DirectFileWriter
-    private let temporary: String
-    private var descriptor: Int32
+    /// The temporary file the writer fills; nil once committed or aborted. Dropping it removes it.
+    private var file: TemporaryFile?
 
     init(storage: LocalStorage) throws {
         self.storage = storage
-        (writer, descriptor, temporary) = try storage.createDirectTemporaryFile(in: "data")
+        let file = try storage.createPackFile()
+        writer = DirectFileWriter(descriptor: file.file.rawValue, path: file.path)
+        self.file = consume file
     }
 
     func write(_ bytes: [UInt8], at offset: Int) throws {
@@ -280,22 +283,18 @@ final class FilePackSink: PackSink, @unchecked Sendable {
     func commit(trailer: [UInt8], at offset: Int, path: String) throws {
         trailer.withUnsafeBytes { writer.write($0, at: offset) }
         try writer.finish(size: offset + trailer.count)
-        try storage.commitTemporaryFile(descriptor, temporary, to: path)
-        descriptor = -1
+        guard let file = file.take() else { throw StorageError(path: path, message: "internal error: the pack was already committed or aborted") }
+        try storage.commit(file, to: path)
     }
 
     func abort() {
         writer.abandon()
-        if descriptor >= 0 { close(descriptor); descriptor = -1 }
-        unlink(temporary)
+        file = nil
     }
 
     deinit {
-        if descriptor >= 0 {
-            writer.abandon()
-            close(descriptor)
-            unlink(temporary)
-        }
+        // The writer's queue may still hold a segment for the descriptor: let it finish before the file closes.
+        if file != nil { writer.abandon() }
     }
 }
 

@@ -1,6 +1,7 @@
 import CLinux
 import Dispatch
 import Foundation
+import Posix
 import Synchronization
 
 /// Fills one new file from many threads at disjoint offsets, and writes it to disk in aligned 1 MiB segments with
@@ -39,21 +40,27 @@ final class DirectFileWriter: Sendable {
     private let queue = DispatchQueue(label: "fleetkeep.direct-writes")
     private let slots = DispatchSemaphore(value: DirectFileWriter.queuedSegments)
 
-    /// Opens `path` (which must not exist) for writing, directly when the filesystem allows it.
-    static func create(_ path: String, mode: mode_t = 0o600) -> (descriptor: Int32, direct: Bool) {
-        let flags = O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC
-        let direct = open(path, flags | fleetkeep_o_direct(), mode)
-        if direct >= 0 { return (direct, true) }
-        guard errno == EINVAL else { return (-1, false) }
-        return (open(path, flags, mode), false)
+    /// A new temporary file (mode 0600) in `directory` for a writer, opened for direct writes when the file system
+    /// allows it.
+    static func createTemporaryFile(in directory: String) throws(Errno) -> TemporaryFile {
+        do throws(Errno) {
+            return try TemporaryFile.create(in: directory, permissions: 0o600, flags: O_WRONLY | fleetkeep_o_direct())
+        } catch where error == .invalidArgument {
+            return try TemporaryFile.create(in: directory, permissions: 0o600, flags: O_WRONLY)
+        }
     }
 
-    /// `descriptor` stays owned by the caller; `path` names the file in errors.
-    init(descriptor: Int32, direct: Bool, path: String) {
+    /// `descriptor` stays owned by the caller and must stay open until `finish` or `abandon` returned; `path` names
+    /// the file in errors. Writes are direct when the descriptor was opened with `O_DIRECT`.
+    init(descriptor: Int32, path: String) {
         self.descriptor = descriptor
         self.path = path
-        self.state = Mutex(State(direct: direct))
+        let flags = fcntl(descriptor, F_GETFL)
+        self.state = Mutex(State(direct: flags >= 0 && flags & fleetkeep_o_direct() != 0))
     }
+
+    /// True while writes bypass the page cache.
+    var isDirect: Bool { state.withLock { $0.direct } }
 
     /// The first write that failed, if any (a full disk, an I/O error).
     var failure: StorageError? { state.withLock { $0.failure } }

@@ -1,4 +1,5 @@
 import Foundation
+import Posix
 import Synchronization
 
 /// Where a repository's files live: a local directory or a remote SFTP directory.
@@ -69,11 +70,12 @@ public struct LocalStorage: RepositoryStorage {
         return root + "/" + path
     }
 
-    private func failure(_ path: String, _ action: String) -> StorageError {
-        let code = errno
-        var message = "\(action) failed: \(String(cString: strerror(code)))"
-        if code == ENOSPC { message += " (the disk holding the repository is full; free space and run the command again)" }
-        if code == EACCES || code == EPERM { message += " (check permissions of \(root))" }
+    /// The failed system call as a storage error on the repository file `path`, with the next step when the cause
+    /// is the disk or permissions rather than the repository.
+    private func failure(_ path: String, _ error: Errno) -> StorageError {
+        var message = "\(error.operation) failed: \(error.text)"
+        if error == .noSpace { message += " (the disk holding the repository is full; free space and run the command again)" }
+        if error == .accessDenied || error == .notPermitted { message += " (check permissions of \(root))" }
         return StorageError(path: root + "/" + path, message: message)
     }
 
@@ -87,141 +89,116 @@ public struct LocalStorage: RepositoryStorage {
         if path.hasPrefix("data/"), let cached = openPacks[path] {
             file = cached
         } else {
-            let descriptor = open(try full(path), O_RDONLY | O_CLOEXEC)
-            guard descriptor >= 0 else { throw failure(path, "open") }
-            file = OpenFile(descriptor)
+            let absolute = try full(path)
+            do throws(Errno) {
+                file = OpenFile(try FileDescriptor.open(absolute, O_RDONLY))
+            } catch {
+                throw failure(path, error)
+            }
             // Packs never change once written (their names are random and never reused), so an open one stays valid.
             if path.hasPrefix("data/") { openPacks[path] = file }
         }
-        let descriptor = file.descriptor
-        return try withExtendedLifetime(file) { try [UInt8](unsafeUninitializedCapacity: max(length, 1)) { buffer, count in
+        return try [UInt8](unsafeUninitializedCapacity: max(length, 1)) { buffer, count in
             var done = 0
             while done < length {
-                let got = pread(descriptor, buffer.baseAddress! + done, length - done, off_t(offset + done))
-                if got < 0 { if errno == EINTR { continue }; throw failure(path, "read") }
+                let got: Int
+                do throws(Errno) {
+                    got = try file.descriptor.read(into: UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[done..<length])), at: offset + done)
+                } catch {
+                    throw failure(path, error)
+                }
                 if got == 0 { throw StorageError(path: root + "/" + path, message: "file is shorter than expected (truncated?)") }
                 done += got
             }
             count = length
-        } }
+        }
     }
 
     public func write(_ path: String, _ data: [UInt8]) throws {
-        let relativeDirectory = (path as NSString).deletingLastPathComponent
-        let (descriptor, temporary) = try createTemporaryFile(in: relativeDirectory.isEmpty ? nil : relativeDirectory)
-        do {
-            try writeAll(descriptor, data, path: path)
+        let target = try full(path)
+        do throws(Errno) {
             // Lock leases are advisory and expire on their own, so they skip the (slow) flushes to disk.
-            try commitTemporaryFile(descriptor, temporary, to: path, durable: !path.hasPrefix("locks/"))
+            try AtomicFile.write(data, to: target, permissions: 0o600, durable: !path.hasPrefix("locks/"),
+                                 missingDirectory: .create(permissions: 0o777))
         } catch {
-            close(descriptor)
-            unlink(temporary)
-            throw error
+            throw failure(path, error)
         }
     }
 
-    /// Creates `<directory>/.tmp-<random>` (mode 0600) for a file written in pieces; `list` never shows it.
-    func createTemporaryFile(in directory: String?) throws -> (descriptor: Int32, path: String) {
-        let temporary = try temporaryPath(in: directory)
-        let descriptor = open(temporary, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw failure(directory ?? ".", "create") }
-        return (descriptor, temporary)
-    }
-
-    /// A new temporary file filled through a `DirectFileWriter` (packs: large, written once, rarely read back soon).
-    func createDirectTemporaryFile(in directory: String) throws -> (writer: DirectFileWriter, descriptor: Int32, path: String) {
-        let temporary = try temporaryPath(in: directory)
-        let (descriptor, direct) = DirectFileWriter.create(temporary)
-        guard descriptor >= 0 else { throw failure(directory, "create") }
-        return (DirectFileWriter(descriptor: descriptor, direct: direct, path: temporary), descriptor, temporary)
-    }
-
-    /// A fresh `.tmp-` name in `directory` (the root when nil), which is created if missing.
-    private func temporaryPath(in directory: String?) throws -> String {
-        let absolute = try directory.map { try full($0) } ?? root
-        do {
-            try FileManager.default.createDirectory(atPath: absolute, withIntermediateDirectories: true)
+    /// A new temporary file in `data/` for a pack, filled through a `DirectFileWriter` (packs: large, written once,
+    /// rarely read back soon). `list` never shows it; `commit` puts it in place.
+    func createPackFile() throws -> TemporaryFile {
+        let directory = try full("data")
+        do throws(Errno) {
+            try Directory.create(directory, permissions: 0o777, withParents: true)
+            return try DirectFileWriter.createTemporaryFile(in: directory)
         } catch {
-            throw StorageError(path: absolute, message: "cannot create directory: \(error.localizedDescription)")
-        }
-        return absolute + "/.tmp-" + UUID().uuidString
-    }
-
-    /// Writes all of `data`, retrying short writes; names `path` and explains a full disk on failure.
-    func writeAll(_ descriptor: Int32, _ data: [UInt8], path: String) throws {
-        var done = 0
-        while done < data.count {
-            let wrote = data.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + done, data.count - done) }
-            if wrote < 0 {
-                if errno == EINTR { continue }
-                throw failure(path, "write")
-            }
-            done += wrote
+            throw failure("data", error)
         }
     }
 
-    /// fsync, close, rename into place, fsync the directory: after this returns the file survives a power cut.
-    /// On failure the descriptor is closed and the temporary file removed.
-    func commitTemporaryFile(_ descriptor: Int32, _ temporary: String, to path: String, durable: Bool = true) throws {
-        var closed = false
-        do {
-            let target = try full(path)
-            let directory = (target as NSString).deletingLastPathComponent
-            guard !durable || fsync(descriptor) == 0 else { throw failure(path, "fsync") }
-            closed = true
-            guard close(descriptor) == 0 else { throw failure(path, "close") }
-            if rename(temporary, target) != 0 {
-                guard errno == ENOENT else { throw failure(path, "rename") }
-                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-                guard rename(temporary, target) == 0 else { throw failure(path, "rename") }
-            }
-            let directoryDescriptor = durable ? open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1
-            if directoryDescriptor >= 0 {
-                fsync(directoryDescriptor)
-                close(directoryDescriptor)
-            }
+    /// Puts `file` in place as `path`, durably (fsync, rename, fsync of the directory, which is created if
+    /// missing): after this returns the file survives a power cut. On failure the temporary file is removed.
+    func commit(_ file: consuming TemporaryFile, to path: String) throws {
+        let target = try full(path)
+        do throws(Errno) {
+            try file.commit(to: target, durable: true, missingDirectory: .create(permissions: 0o777))
         } catch {
-            if !closed { close(descriptor) }
-            unlink(temporary)
-            throw error
+            throw failure(path, error)
         }
     }
 
     public func list(_ directory: String) throws -> [String] {
         let path = try full(directory)
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { return [] }
-        return names.filter { !$0.hasPrefix(".tmp-") }.sorted()
+        let entries: [DirectoryEntry]
+        do throws(Errno) {
+            entries = try Directory.entries(at: path)
+        } catch where error == .notFound || error == .notDirectory {
+            return []
+        } catch {
+            // An unreadable directory is not an empty one: taken for empty, its packs would look lost.
+            throw failure(directory, error)
+        }
+        // Repository files have ASCII names; anything else in here is not ours.
+        return entries.compactMap(\.name).filter { !$0.hasPrefix(TemporaryFile.namePrefix) }.sorted()
     }
 
     public func remove(_ path: String) throws {
-        if unlink(try full(path)) != 0 && errno != ENOENT { throw failure(path, "remove") }
+        let absolute = try full(path)
+        if unlink(absolute) != 0 && errno != ENOENT { throw failure(path, Errno.current("remove", path: absolute)) }
     }
 
     public func size(_ path: String) throws -> Int? {
+        let absolute = try full(path)
         var info = stat()
-        guard stat(try full(path), &info) == 0 else {
+        guard stat(absolute, &info) == 0 else {
+            let error = Errno.current("stat", path: absolute)
             // Only a file that is not there is missing: a pack that cannot be looked at (permissions, an I/O error)
             // must not be taken for a lost one.
-            if errno == ENOENT || errno == ENOTDIR { return nil }
-            throw failure(path, "stat")
+            if error == .notFound || error == .notDirectory { return nil }
+            throw failure(path, error)
         }
         return Int(info.st_size)
     }
 
-    /// Removes temporary files left by an interrupted write (they are never referenced).
+    /// Removes temporary files left by an interrupted write (they are never referenced). The caches are left
+    /// alone: every process that opens the repository writes them, without a lock, so one may be writing now.
     public func removeTemporaryFiles() {
         guard let walker = FileManager.default.enumerator(atPath: root) else { return }
-        for case let relative as String in walker where (relative as NSString).lastPathComponent.hasPrefix(".tmp-") {
-            unlink(root + "/" + relative)
+        for case let relative as String in walker {
+            if relative == "cache" {
+                walker.skipDescendants()
+            } else if (relative as NSString).lastPathComponent.hasPrefix(TemporaryFile.namePrefix) {
+                unlink(root + "/" + relative)
+            }
         }
     }
 }
 
-/// A read-only file descriptor, closed when the last user lets go of it.
+/// A read-only file shared by the threads reading it, closed when the last one lets go of it.
 final class OpenFile: Sendable {
-    let descriptor: Int32
-    init(_ descriptor: Int32) { self.descriptor = descriptor }
-    deinit { close(descriptor) }
+    let descriptor: FileDescriptor
+    init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
 }
 
 /// A few recently used open files by path. Readers keep their `OpenFile` while reading, so evicting one never

@@ -1,0 +1,112 @@
+import Glibc
+
+/// What to do when the directory a file goes into does not exist.
+public enum MissingDirectory: Sendable {
+    /// Fail with `ENOENT`: the directory's absence is an error worth reporting (a wrong --state directory).
+    case fail
+    /// Create it and its missing parents with these permissions (less the umask).
+    case create(permissions: mode_t)
+}
+
+/// Replaces whole files so that a reader, or the file after a crash, is either the old content or the new one,
+/// never a mix or a truncated file.
+public enum AtomicFile {
+    /// Writes `bytes` to a new temporary file next to `path`, with exactly `permissions` (0600 for secrets, whatever
+    /// the umask), and renames it over `path`. When `durable`, the file and then its directory are synced, so the
+    /// new content survives a power cut once this returns; caches that can be rebuilt skip that cost. On failure
+    /// `path` is untouched and the temporary file removed; the `Errno` names the step and the file.
+    public static func write(_ bytes: [UInt8], to path: String, permissions: mode_t, durable: Bool,
+                             missingDirectory: MissingDirectory = .fail) throws(Errno) {
+        do throws(Errno) {
+            let directory = Directory.parentDirectory(of: path)
+            if case .create(let directoryPermissions) = missingDirectory {
+                try Directory.create(directory, permissions: directoryPermissions, withParents: true)
+            }
+            let temporary = try TemporaryFile.create(in: directory, permissions: permissions)
+            try temporary.file.write(all: bytes)
+            try temporary.commit(to: path, durable: durable)
+        } catch {
+            // The caller asked for `path`; the temporary name it never saw would only confuse the message.
+            throw Errno(code: error.code, operation: error.operation, path: path)
+        }
+    }
+}
+
+/// A new file under a temporary name (`.tmp-` and 16 random hex digits), for content written in pieces (a pack
+/// streamed as blobs arrive) and then put in place whole by `commit`. Dropped without a commit, it is closed and
+/// removed, so no failure path can leave one behind.
+public struct TemporaryFile: ~Copyable, Sendable {
+    /// The prefix of every temporary name, so listings can leave them out and cleanups find them.
+    public static let namePrefix = ".tmp-"
+
+    public let file: FileDescriptor
+    /// Set by a successful `commit`: the name is then the target's and must not be removed.
+    private var isCommitted = false
+
+    public var path: String { file.path }
+
+    private init(file: consuming FileDescriptor) {
+        self.file = file
+    }
+
+    /// Creates the file in `directory` (which must exist) with exactly `permissions`. `flags` are added to
+    /// `O_CREAT | O_EXCL`; give at least the access mode (`O_WRONLY` or `O_RDWR`), and `O_DIRECT` for unbuffered
+    /// writes.
+    public static func create(in directory: String, permissions: mode_t, flags: Int32 = O_WRONLY) throws(Errno) -> TemporaryFile {
+        var attempts = 0
+        while true {
+            let path = directory + "/" + namePrefix + randomSuffix()
+            let file: FileDescriptor
+            do throws(Errno) {
+                file = try FileDescriptor.open(path, flags | O_CREAT | O_EXCL, permissions: permissions)
+            } catch where error == .exists && attempts < 8 {
+                // Sixty-four random bits collide only when something else is making these names; try another.
+                attempts += 1
+                continue
+            } catch {
+                throw Errno(code: error.code, operation: "create temporary file", path: path)
+            }
+            let temporary = TemporaryFile(file: file)
+            // The umask may have removed bits that were asked for.
+            try temporary.file.setPermissions(permissions)
+            return temporary
+        }
+    }
+
+    /// Puts the file in place as `target`: fsync (when `durable`), rename over `target`, fsync `target`'s directory
+    /// (when `durable`). `target` may be in another directory of the same file system; `missingDirectory` says
+    /// what to do when that directory does not exist. On failure the temporary file is removed and `target` keeps
+    /// what it had.
+    public consuming func commit(to target: String, durable: Bool, missingDirectory: MissingDirectory = .fail) throws(Errno) {
+        if durable { try file.sync() }
+        if rename(path, target) != 0 {
+            let failure = Errno.current("rename", path: target)
+            guard failure == .notFound, case .create(let permissions) = missingDirectory else { throw failure }
+            try Directory.create(Directory.parentDirectory(of: target), permissions: permissions, withParents: true)
+            guard rename(path, target) == 0 else { throw Errno.current("rename", path: target) }
+        }
+        isCommitted = true
+        // The descriptor closes when this returns, unchecked: after a sync close has nothing left to report, and
+        // without one nothing was promised.
+        if durable { try Directory.sync(Directory.parentDirectory(of: target)) }
+    }
+
+    /// Puts the file in place as `target` only when nothing is there yet (`link`, then the temporary name goes):
+    /// for files that must never be replaced, such as a key. Throws `EEXIST` when `target` exists; of two
+    /// processes racing, exactly one wins.
+    public consuming func commitUnlessExists(to target: String, durable: Bool) throws(Errno) {
+        if durable { try file.sync() }
+        guard link(path, target) == 0 else { throw Errno.current("link", path: target) }
+        // The temporary name is removed when this returns (it is not `isCommitted`); the file lives on as `target`.
+        if durable { try Directory.sync(Directory.parentDirectory(of: target)) }
+    }
+
+    deinit {
+        if !isCommitted { unlink(path) }
+    }
+
+    private static func randomSuffix() -> String {
+        let digits = String(UInt64.random(in: .min ... .max), radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
+}

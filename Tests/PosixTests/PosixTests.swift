@@ -1,0 +1,241 @@
+import Foundation
+import Posix
+import Testing
+import TestSupport
+
+/// The names in `directory` (as bytes), to see exactly what a write left there.
+private func namesIn(_ directory: String) throws -> Set<[UInt8]> {
+    Set(try Directory.entries(at: directory).map(\.nameBytes))
+}
+
+private func mode(of path: String) -> mode_t? {
+    var info = stat()
+    return stat(path, &info) == 0 ? info.st_mode & 0o7777 : nil
+}
+
+private func contents(of path: String) -> [UInt8]? {
+    FileManager.default.contents(atPath: path).map { [UInt8]($0) }
+}
+
+struct AtomicFileTests {
+    @Test func createsTheFileWithExactlyTheRequestedPermissions() throws {
+        let directory = TemporaryDirectory()
+        let previous = umask(0o022)
+        defer { umask(previous) }
+        try AtomicFile.write([1, 2, 3], to: directory.appending("secret"), permissions: 0o600, durable: true)
+        try AtomicFile.write([4], to: directory.appending("shared"), permissions: 0o666, durable: false)
+        #expect(mode(of: directory.appending("secret")) == 0o600)
+        // 0666 less the umask would be 0644: the requested mode is set, not left to the umask.
+        #expect(mode(of: directory.appending("shared")) == 0o666)
+        #expect(contents(of: directory.appending("secret")) == [1, 2, 3])
+        #expect(try namesIn(directory.path) == [Array("secret".utf8), Array("shared".utf8)])
+    }
+
+    @Test func replacesAnExistingFileWholly() throws {
+        let directory = TemporaryDirectory()
+        let path = directory.appending("state.json")
+        try AtomicFile.write([UInt8](repeating: 7, count: 10_000), to: path, permissions: 0o644, durable: true)
+        // A second name for the old file: a rename leaves it as it was, writing in place would change it.
+        #expect(link(path, directory.appending("old")) == 0)
+        try AtomicFile.write(Array("short".utf8), to: path, permissions: 0o600, durable: true)
+        #expect(contents(of: path) == Array("short".utf8))
+        #expect(mode(of: path) == 0o600)
+        #expect(contents(of: directory.appending("old")) == [UInt8](repeating: 7, count: 10_000))
+        #expect(try namesIn(directory.path) == [Array("state.json".utf8), Array("old".utf8)])
+    }
+
+    @Test func aTargetThatIsADirectoryFailsNamingItAndLeavesNoTemporaryFile() throws {
+        let directory = TemporaryDirectory()
+        let target = directory.appending("taken")
+        try Directory.create(target, permissions: 0o755, withParents: false)
+        let error = try #require(throws: Errno.self) {
+            try AtomicFile.write([1], to: target, permissions: 0o600, durable: true)
+        }
+        #expect(error == .isDirectory)
+        #expect(error.operation == "rename" && error.path == target)
+        #expect(error.description.contains(target) && error.description.contains("rename failed"), "\(error)")
+        #expect(try namesIn(directory.path) == [Array("taken".utf8)])
+    }
+
+    // Root writes into read-only directories, so this can only be seen as another user.
+    @Test(.enabled(if: geteuid() != 0, "root ignores directory permissions"))
+    func aReadOnlyDirectoryFailsAndLeavesNoTemporaryFile() throws {
+        let directory = TemporaryDirectory()
+        let inner = directory.appending("inner")
+        try Directory.create(inner, permissions: 0o755, withParents: false)
+        #expect(chmod(inner, 0o555) == 0)
+        defer { chmod(inner, 0o755) }
+        #expect(throws: Errno.accessDenied) {
+            try AtomicFile.write([1], to: inner + "/file", permissions: 0o600, durable: true)
+        }
+        #expect(try namesIn(inner).isEmpty)
+    }
+
+    @Test func aMissingDirectoryIsAnErrorOrCreatedAsAsked() throws {
+        let directory = TemporaryDirectory()
+        let path = directory.appending("a/b/file")
+        #expect(throws: Errno.notFound) {
+            try AtomicFile.write([1], to: path, permissions: 0o600, durable: true)
+        }
+        #expect(try namesIn(directory.path).isEmpty)
+        try AtomicFile.write([1], to: path, permissions: 0o600, durable: true, missingDirectory: .create(permissions: 0o700))
+        #expect(contents(of: path) == [1])
+        #expect(mode(of: directory.appending("a/b")) == 0o700)
+    }
+
+    @Test func aTemporaryFileDroppedWithoutCommitIsRemoved() throws {
+        let directory = TemporaryDirectory()
+        do {
+            let temporary = try TemporaryFile.create(in: directory.path, permissions: 0o600)
+            try temporary.file.write(all: [1, 2, 3])
+            #expect(try namesIn(directory.path).count == 1)
+            #expect(temporary.path.hasPrefix(directory.path + "/" + TemporaryFile.namePrefix))
+        }
+        #expect(try namesIn(directory.path).isEmpty)
+    }
+
+    @Test func aCommitIntoAnotherDirectoryCanCreateIt() throws {
+        let directory = TemporaryDirectory()
+        let temporary = try TemporaryFile.create(in: directory.path, permissions: 0o600)
+        try temporary.file.write(all: [9])
+        try temporary.commit(to: directory.appending("data/ab/pack"), durable: true, missingDirectory: .create(permissions: 0o755))
+        #expect(contents(of: directory.appending("data/ab/pack")) == [9])
+        #expect(try namesIn(directory.path) == [Array("data".utf8)])
+    }
+
+    @Test func commitUnlessExistsNeverReplacesAFile() throws {
+        let directory = TemporaryDirectory()
+        let path = directory.appending("key")
+        let first = try TemporaryFile.create(in: directory.path, permissions: 0o600)
+        try first.file.write(all: Array("first".utf8))
+        try first.commitUnlessExists(to: path, durable: true)
+        let second = try TemporaryFile.create(in: directory.path, permissions: 0o600)
+        try second.file.write(all: Array("second".utf8))
+        // A consuming call cannot go in an #expect closure, which only borrows what it captures.
+        var failure: Errno?
+        do throws(Errno) { try second.commitUnlessExists(to: path, durable: true) } catch { failure = error }
+        #expect(failure == .exists)
+        #expect(contents(of: path) == Array("first".utf8))
+        #expect(try namesIn(directory.path) == [Array("key".utf8)])
+    }
+}
+
+struct DirectoryTests {
+    @Test func listsExactlyTheNamesCreatedIncludingOnesThatAreNotUTF8() throws {
+        let directory = TemporaryDirectory()
+        let notUTF8: [UInt8] = [0x6E, 0xFF, 0xFE, 0x2E, 0x74, 0x78, 0x74]
+        var path = Array(directory.path.utf8) + [0x2F] + notUTF8
+        path.append(0)
+        let made = path.withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { open($0.baseAddress!, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) }
+        }
+        try #require(made >= 0)
+        close(made)
+        // Removed here: the directory's own cleanup goes through Foundation, which may not handle such a name.
+        defer {
+            _ = path.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { unlink($0.baseAddress!) } }
+            withExtendedLifetime(directory) {}
+        }
+        try AtomicFile.write([], to: directory.appending("plain"), permissions: 0o600, durable: false)
+        try Directory.create(directory.appending("sub"), permissions: 0o755, withParents: false)
+        #expect(symlink("plain", directory.appending("link")) == 0)
+
+        let entries = try Directory.entries(at: directory.path)
+        #expect(Set(entries.map(\.nameBytes)) == [notUTF8, Array("plain".utf8), Array("sub".utf8), Array("link".utf8)])
+        #expect(entries.count == 4)
+        #expect(entries.first { $0.nameBytes == notUTF8 }?.name == nil)
+        #expect(entries.first { $0.nameBytes == Array("plain".utf8) }?.name == "plain")
+        let kinds = Dictionary(entries.compactMap { entry in entry.name.map { ($0, entry.kind) } }, uniquingKeysWith: { first, _ in first })
+        // Some file systems do not give the kind; where they do, it must be right.
+        #expect([.directory, .unknown].contains(kinds["sub"]))
+        #expect([.regular, .unknown].contains(kinds["plain"]))
+        #expect([.symbolicLink, .unknown].contains(kinds["link"]))
+    }
+
+    @Test func aMissingDirectoryThrowsNotFoundNamingIt() throws {
+        let directory = TemporaryDirectory()
+        let missing = directory.appending("missing")
+        let error = try #require(throws: Errno.self) { try Directory.entries(at: missing) }
+        #expect(error == .notFound)
+        #expect(error.path == missing && error.operation == "list")
+        try AtomicFile.write([], to: directory.appending("file"), permissions: 0o600, durable: false)
+        #expect(throws: Errno.notDirectory) { try Directory.entries(at: directory.appending("file")) }
+    }
+
+    @Test func createMakesParentsAndAcceptsAnExistingDirectoryButNotAFile() throws {
+        let directory = TemporaryDirectory()
+        #expect(throws: Errno.notFound) { try Directory.create(directory.appending("x/y"), permissions: 0o755, withParents: false) }
+        try Directory.create(directory.appending("x/y/z/"), permissions: 0o755, withParents: true)
+        try Directory.create(directory.appending("x/y"), permissions: 0o755, withParents: true)
+        #expect(try Directory.entries(at: directory.appending("x/y")).map(\.name) == ["z"])
+        try AtomicFile.write([], to: directory.appending("file"), permissions: 0o600, durable: false)
+        #expect(throws: Errno.exists) { try Directory.create(directory.appending("file"), permissions: 0o755, withParents: true) }
+    }
+
+    @Test(arguments: [("/a/b", "/a"), ("/a/b/", "/a"), ("b", "."), ("/b", "/"), ("a//b", "a"), ("/", "/")])
+    func parentDirectory(path: String, parent: String) {
+        #expect(Directory.parentDirectory(of: path) == parent)
+    }
+}
+
+struct FileDescriptorTests {
+    /// True while descriptor `number` is open on the file `identity` (device and inode). Comparing the file, not
+    /// just the number, keeps a number reused by another test's open from looking like ours.
+    private func isOpen(_ number: Int32, on identity: (dev_t, ino_t)) -> Bool {
+        var info = stat()
+        return fstat(number, &info) == 0 && info.st_dev == identity.0 && info.st_ino == identity.1
+    }
+
+    private func identity(of path: String) throws -> (dev_t, ino_t) {
+        var info = stat()
+        try #require(stat(path, &info) == 0)
+        return (info.st_dev, info.st_ino)
+    }
+
+    @Test func closesWhenItsOwnerLetsGo() throws {
+        let directory = TemporaryDirectory()
+        let path = directory.appending("file")
+        try AtomicFile.write([1], to: path, permissions: 0o600, durable: false)
+        let file = try identity(of: path)
+        var number: Int32 = -1
+        do {
+            let descriptor = try FileDescriptor.open(path, O_RDONLY)
+            number = descriptor.rawValue
+            #expect(isOpen(number, on: file))
+            #expect(fcntl(number, F_GETFD) & FD_CLOEXEC != 0)
+        }
+        #expect(!isOpen(number, on: file))
+    }
+
+    @Test func closeReleasesTheDescriptorAtOnce() throws {
+        let directory = TemporaryDirectory()
+        let path = directory.appending("file")
+        try AtomicFile.write([1], to: path, permissions: 0o600, durable: false)
+        let descriptor = try FileDescriptor.open(path, O_RDONLY)
+        let number = descriptor.rawValue
+        try descriptor.close()
+        #expect(!isOpen(number, on: try identity(of: path)))
+    }
+
+    @Test func writesAndReadsEverything() throws {
+        let directory = TemporaryDirectory()
+        let path = directory.appending("big")
+        let bytes = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let writer = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_EXCL, permissions: 0o600)
+        try writer.write(all: bytes)
+        try writer.sync()
+        try writer.close()
+        #expect(try FileDescriptor.open(path, O_RDONLY).readToEnd() == bytes)
+    }
+
+    @Test func aFailedOpenNamesTheFileAndTheStep() throws {
+        let directory = TemporaryDirectory()
+        let missing = directory.appending("nothing-here")
+        let error = try #require(throws: Errno.self) { _ = try FileDescriptor.open(missing, O_RDONLY) }
+        #expect(error == .notFound && error.code == ENOENT)
+        #expect(error.description == "\(missing): open failed: No such file or directory")
+        // Equality is on the code only, so a caller can compare with the constants.
+        #expect(error != .exists)
+        #expect(Errno(code: ENOSPC, operation: "write", path: "/x").isDiskFull)
+    }
+}
