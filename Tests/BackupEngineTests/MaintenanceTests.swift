@@ -1,6 +1,7 @@
 @testable import BackupEngine
 import Crypto
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -205,5 +206,18 @@ struct RemoteStorageTests {
         #expect(try repository.restore(snapshot, target: target).errors.isEmpty)
         #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
         #expect(try Repository.files(in: storage).files.keys.contains { $0.hasPrefix("data/") })
+    }
+}
+
+struct LaneThreadTests {
+    /// Thread names are for whoever looks at a busy agent (top -H, gdb, a core dump): the kernel's name for each
+    /// thread, the one those tools show, says what it does and which lane it is.
+    @Test func laneThreadsCarryTheirNameWhereTheSystemShowsIt() {
+        let shown = Mutex([String?](repeating: nil, count: 3))
+        Repository.onThreads(3, named: "fk-connect") { lane in
+            let name = try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
+            shown.withLock { $0[lane] = name?.trimmingCharacters(in: .newlines) }
+        }
+        #expect(shown.withLock { $0 } == ["fk-connect-0", "fk-connect-1", "fk-connect-2"])
     }
 }
