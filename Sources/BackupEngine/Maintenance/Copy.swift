@@ -170,18 +170,18 @@ extension Repository {
         return report
     }
 
-    /// Packs an upload lane sends before it flushes them (`StagedWriting`). A flush waits for the remote disk; with
-    /// several packs sent first, that wait comes once per group, and the other connections keep the cores busy
-    /// meanwhile. Bounded so that the server holds at most this many open files per connection and a failure
-    /// leaves little unflushed work to send again.
+    /// Packs an upload lane stages (`RepositoryStorage.stage`) before it commits them. Over SFTP a commit waits for
+    /// the remote disk; with several packs sent first, that wait comes once per group, and the other connections
+    /// keep the cores busy meanwhile. Bounded so that the server holds at most this many open files per connection
+    /// and a failure leaves little unflushed work to send again.
     static let stagedPacksPerLane = 8
 
     /// Uploads `paths` (packs, or snapshot files, counted as packs in the result) over the given connections, one
     /// thread each, taking the next pack from a shared queue. Every pack is durable under its name when this
-    /// returns: lanes on storage that can stage writes flush their packs in groups, and the last group before
-    /// returning, so the caller may then write an index naming them. The first failure stops the others and is
-    /// rethrown; lanes still working then flush what they had sent (found by name and size and not sent again by
-    /// the next push), and the caller writes no index.
+    /// returns: each lane stages its packs and commits them in groups, and the last group before returning, so the
+    /// caller may then write an index naming them. A pack counts as uploaded (and in `progress`) once committed.
+    /// The first failure stops the others and is rethrown; lanes still working then commit what they had sent
+    /// (found by name and size and not sent again by the next push), and the caller writes no index.
     private func upload(_ paths: [String], over connections: [any RepositoryStorage], report: CopyReport,
                         progress: (@Sendable (CopyReport) -> Void)?) throws -> CopyReport {
         guard !paths.isEmpty else { return report }
@@ -190,7 +190,7 @@ extension Repository {
         Self.onThreads(max(1, min(connections.count, paths.count)), named: "fk-upload") { lane in
             let connection = connections[lane]
             var staged: [any StagedWrite] = []
-            /// Flushes and renames what this lane sent, oldest first; stops at the first failure.
+            /// Commits what this lane staged, oldest first; stops at the first failure.
             func commitStaged() throws {
                 defer { staged = [] }
                 for (position, write) in staged.enumerated() {
@@ -205,16 +205,10 @@ extension Repository {
             }
             do {
                 while let index = state.nextPack(of: paths.count) {
-                    let bytes = try storage.read(paths[index])
-                    if let stager = connection as? any StagedWriting {
-                        staged.append(try stager.stage(paths[index], bytes))
-                        if staged.count >= Self.stagedPacksPerLane { try commitStaged() }
-                    } else {
-                        try connection.write(paths[index], bytes)
-                        state.uploaded(bytes.count, progress: progress)
-                    }
+                    staged.append(try connection.stage(paths[index], try storage.read(paths[index])))
+                    if staged.count >= Self.stagedPacksPerLane { try commitStaged() }
                 }
-                // Another lane's failure ends the queue too: what this lane sent is still flushed, so a re-run
+                // Another lane's failure ends the queue too: what this lane sent is still committed, so a re-run
                 // finds it by name and size.
                 try commitStaged()
             } catch {
