@@ -1,4 +1,5 @@
 import BackupEngine
+import CLinux
 import CommandLineSupport
 import Crypto
 import Dispatch
@@ -236,7 +237,7 @@ public enum OffsiteCommands {
         let results = Mutex([Result<SFTPStorage, any Error>?](repeating: nil, count: count))
         // Each on a thread of its own: a handshake mostly waits for the server, and `concurrentPerform` would run
         // only one per core at a time.
-        Repository.onThreads(count) { slot in
+        Repository.onThreads(count, named: "fk-connect") { slot in
             let result = Result { try openStorage(target: target, config: config) }
             results.withLock { $0[slot] = result }
         }
@@ -276,11 +277,12 @@ public enum OffsiteCommands {
 
         init(_ count: Int, target: OffsiteTarget, config: AgentConfig) {
             let thread = Thread { [self] in
+                // By the thread itself, as `Repository.onThreads` does (Foundation drops a name given before it runs).
+                _ = fleetkeep_set_thread_name("fk-connect")
                 let opened = Result { try OffsiteCommands.openConnections(count, target: target, config: config) }
                 result.withLock { $0 = opened }
                 finished.signal()
             }
-            thread.name = "fleetkeep-connect"
             thread.start()
         }
 

@@ -41,7 +41,7 @@ public struct OffsiteTarget: Sendable, Equatable {
 /// have been written by us (hostile names) are refused.
 ///
 /// `@unchecked Sendable`: the SFTP session serializes every call on its own lock.
-public final class SFTPStorage: StagedWriting, @unchecked Sendable {
+public final class SFTPStorage: RepositoryStorage, @unchecked Sendable {
     let session: SFTPSession
     let base: String
     public var location: String
@@ -88,6 +88,8 @@ public final class SFTPStorage: StagedWriting, @unchecked Sendable {
         try wrap(path) { try session.writeFileAtomically(full, data, mode: 0o600, fsync: true) }
     }
 
+    /// Uploads under a temporary name and leaves the file open: the flush and rename wait for `commit`, so that a
+    /// connection can send several packs before it waits for the server's disk.
     public func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite {
         let full = try full(path)
         return try wrap(path) {
@@ -147,7 +149,7 @@ public final class SFTPStorage: StagedWriting, @unchecked Sendable {
     }
 }
 
-/// A pack sent to the SFTP server but not yet flushed or renamed (see `StagedWriting`).
+/// A pack sent to the SFTP server but not yet flushed or renamed (see `RepositoryStorage.stage`).
 ///
 /// `@unchecked Sendable`: used by the one upload lane that staged it; the SFTP objects serialize their own calls.
 final class StagedSFTPWrite: StagedWrite, @unchecked Sendable {

@@ -16,3 +16,5 @@ int fleetkeep_at_empty_path(void) { return AT_EMPTY_PATH; }
 int fleetkeep_setfsuid(unsigned int uid) { return setfsuid(uid); }
 
 int fleetkeep_setfsgid(unsigned int gid) { return setfsgid(gid); }
+
+int fleetkeep_set_thread_name(const char *name) { return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0); }

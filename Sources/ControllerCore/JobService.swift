@@ -32,6 +32,16 @@ public final class JobService: Sendable {
         let enrolledAt: Int64
     }
     private let scheduleRefreshedAt = Atomic<Int64>(0)
+    /// Every agent's effective policy and reported time zone, read for the whole fleet in a few queries.
+    private struct FleetSchedules {
+        let policies: PolicyResolver
+        let zones: [String: String]
+
+        init(_ schedules: ScheduleService) throws {
+            policies = try schedules.resolver()
+            zones = try schedules.store.timeZones()
+        }
+    }
 
     /// A scheduled run missed by more than this (the controller was down) is not queued any more.
     static let catchUpSeconds: Int64 = 6 * 3600
@@ -201,9 +211,14 @@ public final class JobService: Sendable {
 
     /// Queues every scheduled run that is due, once per (agent, task, run): the store's unique index makes a second
     /// attempt a no-op, also across restarts and with another controller process.
+    ///
+    /// Due runs are queued with the policies and time zones read in this tick: the refresh's when one ran, else
+    /// read once for all of them. Not the cached `ScheduleInputs`, which may be a refresh period old: a changed
+    /// retention must reach the next scheduled prune's parameters at once.
     func queueScheduledRuns(now: Int64) throws {
+        var readByRefresh: FleetSchedules?
         if now - scheduleRefreshedAt.load(ordering: .relaxed) >= Self.scheduleRefreshSeconds {
-            try refreshSchedules(now: now)
+            readByRefresh = try refreshSchedules(now: now)
             scheduleRefreshedAt.store(now, ordering: .relaxed)
         }
         let due = nextRuns.withLock { runs -> [(String, ScheduledTask, Int64)] in
@@ -212,30 +227,29 @@ public final class JobService: Sendable {
             return due
         }
         guard !due.isEmpty else { return }
-        let policies = try schedules.resolver()
-        let zones = try schedules.store.timeZones()
+        let read = try readByRefresh ?? FleetSchedules(schedules)
         for (agent, task, slot) in due {
-            let policy = policies.policy(agent)
+            let policy = read.policies.policy(agent)
             if now - slot <= Self.catchUpSeconds {
                 _ = try jobs.enqueue(draft(agentID: agent, task: task, slot: slot, policy: policy, now: now), now: now)
             }
             let following = policy.timing(task).next(after: Date(timeIntervalSince1970: TimeInterval(slot)), fraction: Jitter.fraction(agentID: agent),
-                                                      in: policy.calendar(agentTimeZone: zones[agent]))
+                                                      in: policy.calendar(agentTimeZone: read.zones[agent]))
             nextRuns.withLock { runs in runs[agent]?[task] = following.map { Int64($0.timeIntervalSince1970) } }
         }
     }
 
     /// Recomputes the next runs of each agent whose policy, time zone or enrolment changed (all of them at the first
     /// pass), starting from the catch-up horizon so that runs missed while the controller was down (and not yet
-    /// queued) are found. Overrides and time zones are read once per pass, not per agent.
-    private func refreshSchedules(now: Int64) throws {
-        let policies = try schedules.resolver()
-        let zones = try schedules.store.timeZones()
+    /// queued) are found. Overrides and time zones are read once per pass, not per agent; they are returned for the
+    /// due runs of the same tick.
+    private func refreshSchedules(now: Int64) throws -> FleetSchedules {
+        let read = try FleetSchedules(schedules)
         let (knownRuns, knownInputs) = (nextRuns.withLock { $0 }, scheduleInputs.withLock { $0 })
         var fresh: [String: [ScheduledTask: Int64]] = [:]
         var freshInputs: [String: ScheduleInputs] = [:]
         for agent in try agents.store.agents() where !agent.removed {
-            let inputs = ScheduleInputs(policy: policies.policy(agent.agentID), zone: zones[agent.agentID], enrolledAt: agent.enrolledAt)
+            let inputs = ScheduleInputs(policy: read.policies.policy(agent.agentID), zone: read.zones[agent.agentID], enrolledAt: agent.enrolledAt)
             freshInputs[agent.agentID] = inputs
             if knownInputs[agent.agentID] == inputs, let runs = knownRuns[agent.agentID] {
                 fresh[agent.agentID] = runs
@@ -260,6 +274,7 @@ public final class JobService: Sendable {
         }
         nextRuns.withLock { $0 = fresh }
         scheduleInputs.withLock { $0 = freshInputs }
+        return read
     }
 
     func draft(agentID: String, task: ScheduledTask, slot: Int64, policy: SchedulePolicy, now: Int64) -> JobDraft {

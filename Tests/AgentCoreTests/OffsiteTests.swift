@@ -56,7 +56,7 @@ struct OffsiteScene {
 
 /// One upload connection of a push, counting the packs it staged. `beforeStage` runs first with this connection's
 /// count so far (a test's way to break the connection mid-push); `delay` keeps one fast lane from taking every pack.
-final class CountingUploader: StagedWriting, @unchecked Sendable {
+final class CountingUploader: RepositoryStorage, @unchecked Sendable {
     let inner: SFTPStorage
     let beforeStage: @Sendable (Int) -> Void
     let delay: Duration

@@ -145,4 +145,21 @@ struct BoundedMaintenanceTests {
         let again = try repository.copy([first, second], to: reopened)
         #expect(again.packsUploaded == 0 && again.snapshotsAlreadyThere == 2)
     }
+
+    /// Over a storage whose staged packs appear only when committed, every batch's packs are committed before the
+    /// index that names them is written, on every connection.
+    @Test func copyCommitsEveryStagedPackBeforeItsIndexIsWritten() throws {
+        let scene = try EngineScene(accounts: 2, sizeMB: 3)
+        let (repository, first, second) = try repositoryWithCacheAndRecentEntries(scene)
+        let remoteStorage = DeferredCommitStorage(base: LocalStorage(root: scene.scratch.appending("offsite")))
+        try repository.replicateConfiguration(to: remoteStorage)
+        let remote = try Repository.open(storage: remoteStorage, keySource: .keyFile(scene.keyFile), foldLimit: Self.foldLimit,
+                                         cacheDirectory: scene.scratch.appending("remote-cache"))
+        let report = try repository.copy([first, second], to: remote, uploaders: [remoteStorage, remoteStorage, remoteStorage])
+        #expect(report.packsUploaded > 1 && report.snapshotsCopied == 2)
+        #expect(remoteStorage.uncommittedWhenIndexed.count > 1, "the copy was not batched")
+        #expect(remoteStorage.uncommittedWhenIndexed.allSatisfy { $0 == 0 }, "\(remoteStorage.uncommittedWhenIndexed)")
+        #expect(remoteStorage.stillUncommitted == 0)
+        #expect(try Repository.open(storage: remoteStorage, keySource: .keyFile(scene.keyFile)).verify(readData: true).isHealthy)
+    }
 }

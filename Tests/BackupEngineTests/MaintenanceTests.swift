@@ -1,6 +1,7 @@
 @testable import BackupEngine
 import Crypto
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -190,7 +191,65 @@ struct WholeFileStorage: RepositoryStorage {
     func list(_ directory: String) throws -> [String] { try base.list(directory) }
     func remove(_ path: String) throws { try base.remove(path) }
     func size(_ path: String) throws -> Int? { try base.size(path) }
+    func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite { try base.stage(path, data) }
     var location: String { "whole-file:" + base.root }
+}
+
+/// A remote over real files whose staged files appear only when committed (as over SFTP, where the flush and rename
+/// wait for the commit). It notes, at every index file written, how many staged files were not yet committed.
+final class DeferredCommitStorage: RepositoryStorage {
+    let base: LocalStorage
+    private let uncommitted = Mutex(0)
+    private let uncommittedAtIndexWrites = Mutex<[Int]>([])
+
+    init(base: LocalStorage) { self.base = base }
+
+    /// Staged files neither committed nor discarded, at each index write so far.
+    var uncommittedWhenIndexed: [Int] { uncommittedAtIndexWrites.withLock { $0 } }
+    var stillUncommitted: Int { uncommitted.withLock { $0 } }
+
+    func write(_ path: String, _ data: [UInt8]) throws {
+        if path.hasPrefix("index/") {
+            let waiting = uncommitted.withLock { $0 }
+            uncommittedAtIndexWrites.withLock { $0.append(waiting) }
+        }
+        try base.write(path, data)
+    }
+
+    func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite {
+        uncommitted.withLock { $0 += 1 }
+        return DeferredWrite(storage: self, path: path, data: data)
+    }
+
+    fileprivate func settled() { uncommitted.withLock { $0 -= 1 } }
+
+    func read(_ path: String) throws -> [UInt8] { try base.read(path) }
+    func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] { try base.read(path, offset: offset, length: length) }
+    func list(_ directory: String) throws -> [String] { try base.list(directory) }
+    func remove(_ path: String) throws { try base.remove(path) }
+    func size(_ path: String) throws -> Int? { try base.size(path) }
+    var location: String { "deferred:" + base.root }
+}
+
+/// A file `DeferredCommitStorage` holds until its commit writes it.
+private final class DeferredWrite: StagedWrite {
+    let storage: DeferredCommitStorage
+    let path: String
+    let data: [UInt8]
+    var size: Int { data.count }
+
+    init(storage: DeferredCommitStorage, path: String, data: [UInt8]) {
+        self.storage = storage
+        self.path = path
+        self.data = data
+    }
+
+    func commit() throws {
+        try storage.base.write(path, data)
+        storage.settled()
+    }
+
+    func discard() { storage.settled() }
 }
 
 struct RemoteStorageTests {
@@ -205,5 +264,18 @@ struct RemoteStorageTests {
         #expect(try repository.restore(snapshot, target: target).errors.isEmpty)
         #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home"))
         #expect(try Repository.files(in: storage).files.keys.contains { $0.hasPrefix("data/") })
+    }
+}
+
+struct LaneThreadTests {
+    /// Thread names are for whoever looks at a busy agent (top -H, gdb, a core dump): the kernel's name for each
+    /// thread, the one those tools show, says what it does and which lane it is.
+    @Test func laneThreadsCarryTheirNameWhereTheSystemShowsIt() {
+        let shown = Mutex([String?](repeating: nil, count: 3))
+        Repository.onThreads(3, named: "fk-connect") { lane in
+            let name = try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
+            shown.withLock { $0[lane] = name?.trimmingCharacters(in: .newlines) }
+        }
+        #expect(shown.withLock { $0 } == ["fk-connect-0", "fk-connect-1", "fk-connect-2"])
     }
 }

@@ -1,3 +1,4 @@
+import CLinux
 import Crypto
 import Dispatch
 import Foundation
@@ -169,27 +170,27 @@ extension Repository {
         return report
     }
 
-    /// Packs an upload lane sends before it flushes them (`StagedWriting`). A flush waits for the remote disk; with
-    /// several packs sent first, that wait comes once per group, and the other connections keep the cores busy
-    /// meanwhile. Bounded so that the server holds at most this many open files per connection and a failure
-    /// leaves little unflushed work to send again.
+    /// Packs an upload lane stages (`RepositoryStorage.stage`) before it commits them. Over SFTP a commit waits for
+    /// the remote disk; with several packs sent first, that wait comes once per group, and the other connections
+    /// keep the cores busy meanwhile. Bounded so that the server holds at most this many open files per connection
+    /// and a failure leaves little unflushed work to send again.
     static let stagedPacksPerLane = 8
 
     /// Uploads `paths` (packs, or snapshot files, counted as packs in the result) over the given connections, one
     /// thread each, taking the next pack from a shared queue. Every pack is durable under its name when this
-    /// returns: lanes on storage that can stage writes flush their packs in groups, and the last group before
-    /// returning, so the caller may then write an index naming them. The first failure stops the others and is
-    /// rethrown; lanes still working then flush what they had sent (found by name and size and not sent again by
-    /// the next push), and the caller writes no index.
+    /// returns: each lane stages its packs and commits them in groups, and the last group before returning, so the
+    /// caller may then write an index naming them. A pack counts as uploaded (and in `progress`) once committed.
+    /// The first failure stops the others and is rethrown; lanes still working then commit what they had sent
+    /// (found by name and size and not sent again by the next push), and the caller writes no index.
     private func upload(_ paths: [String], over connections: [any RepositoryStorage], report: CopyReport,
                         progress: (@Sendable (CopyReport) -> Void)?) throws -> CopyReport {
         guard !paths.isEmpty else { return report }
         let state = UploadState(report)
         let storage = storage
-        Self.onThreads(max(1, min(connections.count, paths.count))) { lane in
+        Self.onThreads(max(1, min(connections.count, paths.count)), named: "fk-upload") { lane in
             let connection = connections[lane]
             var staged: [any StagedWrite] = []
-            /// Flushes and renames what this lane sent, oldest first; stops at the first failure.
+            /// Commits what this lane staged, oldest first; stops at the first failure.
             func commitStaged() throws {
                 defer { staged = [] }
                 for (position, write) in staged.enumerated() {
@@ -204,16 +205,10 @@ extension Repository {
             }
             do {
                 while let index = state.nextPack(of: paths.count) {
-                    let bytes = try storage.read(paths[index])
-                    if let stager = connection as? any StagedWriting {
-                        staged.append(try stager.stage(paths[index], bytes))
-                        if staged.count >= Self.stagedPacksPerLane { try commitStaged() }
-                    } else {
-                        try connection.write(paths[index], bytes)
-                        state.uploaded(bytes.count, progress: progress)
-                    }
+                    staged.append(try connection.stage(paths[index], try storage.read(paths[index])))
+                    if staged.count >= Self.stagedPacksPerLane { try commitStaged() }
                 }
-                // Another lane's failure ends the queue too: what this lane sent is still flushed, so a re-run
+                // Another lane's failure ends the queue too: what this lane sent is still committed, so a re-run
                 // finds it by name and size.
                 try commitStaged()
             } catch {
@@ -224,18 +219,22 @@ extension Repository {
         return try state.result()
     }
 
-    /// Runs `body(lane)` for every lane on a thread of its own and waits for all of them. Not
-    /// `DispatchQueue.concurrentPerform`: it runs one iteration per core at a time, so on two cores the third and
-    /// fourth connections only started once the first two had emptied the queue.
-    public static func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    /// Runs `body(lane)` for every lane on a thread of its own, named `<name>-<lane>` after what the threads do,
+    /// and waits for all of them. Not `DispatchQueue.concurrentPerform`: it runs one iteration per core at a time, so
+    /// on two cores the third and fourth connections only started once the first two had emptied the queue.
+    /// Keep `name` to 12 bytes: Linux keeps 15 bytes of a thread's name, and a longer one loses its lane number.
+    public static func onThreads(_ count: Int, named name: String, _ body: @escaping @Sendable (Int) -> Void) {
         let group = DispatchGroup()
         for lane in 0..<count {
             group.enter()
             let thread = Thread {
+                // By the thread itself: Foundation on Linux drops a name given before the thread runs (and a
+                // fresh thread can run before `Thread.name` can reach it). A name only helps whoever looks, so a
+                // refusal is not worth failing the work for.
+                _ = fleetkeep_set_thread_name("\(name)-\(lane)")
                 body(lane)
                 group.leave()
             }
-            thread.name = "fleetkeep-upload-\(lane)"
             thread.stackSize = 1 << 20
             thread.start()
         }

@@ -16,24 +16,50 @@ public protocol RepositoryStorage: Sendable {
     func size(_ path: String) throws -> Int?
     /// A human-readable location for messages.
     var location: String { get }
-}
-
-/// Storage that can upload a file now and make it durable and visible later (`StagedWrite.commit`), so that an
-/// uploader can send several files before waiting for the remote disk to flush them. The off-site push stages
-/// packs this way and commits them all before it writes the index that names them.
-public protocol StagedWriting: RepositoryStorage {
-    /// Sends `data` under a temporary name; nothing is visible under `path` until `commit`.
+    /// Sends `data` for `path`; it is durable and visible under `path` once the returned write's `commit` returns.
+    /// A storage may hold back the flush and rename until then (SFTP, so that an uploader can send several files
+    /// before waiting for the remote disk) or write the file at once (a local disk). The off-site push stages packs
+    /// and commits them all before it writes the index that names them.
+    ///
+    /// No default implementation: each storage says how it stages, so that a wrapper that forgot to pass `stage` on
+    /// cannot quietly write at once and lose the batched flush of the storage it wraps.
     func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite
 }
 
-/// A file sent by `StagedWriting.stage`. Used by one thread.
+/// A file sent by `RepositoryStorage.stage`. Used by one thread.
 public protocol StagedWrite: AnyObject, Sendable {
     var path: String { get }
     var size: Int { get }
-    /// Flush to disk, then rename into place: after this returns the file is durable under its name.
+    /// Makes the file durable under its name (flush, then rename into place) unless `stage` already did: after this
+    /// returns it is.
     func commit() throws
-    /// Drop the temporary file, best effort.
+    /// Drops a file that is not yet under its name, best effort.
     func discard()
+}
+
+/// What `stage` returns on a storage that wrote the file whole and durably under its name at once: committing has
+/// nothing left to do, and a discarded one stays (whole and durable, as after a commit; a later copy finds it by name
+/// and size and does not send it again).
+public final class CommittedWrite: StagedWrite {
+    public let path: String
+    public let size: Int
+
+    public init(path: String, size: Int) {
+        self.path = path
+        self.size = size
+    }
+
+    public func commit() {}
+    public func discard() {}
+}
+
+extension LocalStorage {
+    /// Writes the file at once, as `write` does (temporary file, fsync, rename, fsync of the directory): a local
+    /// disk has no round trip to overlap, and a commit then has nothing left to make durable.
+    public func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite {
+        try write(path, data)
+        return CommittedWrite(path: path, size: data.count)
+    }
 }
 
 /// A storage failure that names the file and what to do.

@@ -19,3 +19,8 @@ int fleetkeep_at_empty_path(void);
 /// Each returns the identity before the call; passing (unsigned)-1 changes nothing and so reads the current one.
 int fleetkeep_setfsuid(unsigned int uid);
 int fleetkeep_setfsgid(unsigned int gid);
+
+/// prctl(PR_SET_NAME, name): the calling thread's name as ps, top and gdb show it, cut to 15 bytes. Foundation's
+/// Thread.name reaches the kernel only when set from the running thread, and is refused there beyond 15 bytes.
+/// Returns 0 or -1 with errno.
+int fleetkeep_set_thread_name(const char *name);
