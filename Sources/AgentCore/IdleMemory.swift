@@ -16,20 +16,23 @@ public enum IdleMemory {
         guard let handle = FileHandle(forReadingAtPath: "/proc/self/smaps"),
               let data = try? handle.readToEnd() else { return 0 }
         try? handle.close()
-        let smaps = String(decoding: data, as: UTF8.self)
+        // Scanned as bytes: split into Swift Strings (compared by grapheme) this took 30 ms at every backup's start.
+        let smaps = [UInt8](data)
         var candidates: [(start: UInt, end: UInt)] = []
         var current: (start: UInt, end: UInt, eligible: Bool)?
         func finish(anonymous: Int?) {
             if let mapping = current, mapping.eligible, anonymous == 0 { candidates.append((mapping.start, mapping.end)) }
         }
         var anonymous: Int?
-        for line in smaps.split(separator: "\n", omittingEmptySubsequences: true) {
+        let anonymousField = Array("Anonymous:".utf8)
+        for line in smaps.split(separator: 0x0A, omittingEmptySubsequences: true) {
             if let header = parseHeader(line) {
                 finish(anonymous: anonymous)
                 current = header
                 anonymous = nil
-            } else if line.hasPrefix("Anonymous:") {
-                anonymous = Int(line.dropFirst("Anonymous:".count).split(separator: " ").first ?? "")
+            } else if line.starts(with: anonymousField) {
+                let value = line.dropFirst(anonymousField.count).split(separator: 0x20).first
+                anonymous = value.flatMap { Int(String(decoding: $0, as: UTF8.self)) }
             }
         }
         finish(anonymous: anonymous)
@@ -42,15 +45,34 @@ public enum IdleMemory {
     }
 
     /// `start-end perms offset dev inode path`: eligible when read-only, private and backed by a real file.
-    private static func parseHeader(_ line: Substring) -> (start: UInt, end: UInt, eligible: Bool)? {
-        let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-        guard fields.count >= 5, let dash = fields[0].firstIndex(of: "-"),
-              let start = UInt(fields[0][..<dash], radix: 16), let end = UInt(fields[0][fields[0].index(after: dash)...], radix: 16) else {
+    /// Field lines (`Rss:    12 kB`) have no dash-separated hex range first, so they give nil.
+    private static func parseHeader(_ line: ArraySlice<UInt8>) -> (start: UInt, end: UInt, eligible: Bool)? {
+        let fields = line.split(separator: 0x20, maxSplits: 5, omittingEmptySubsequences: true)
+        guard fields.count >= 5, let dash = fields[0].firstIndex(of: UInt8(ascii: "-")),
+              let start = hexNumber(fields[0][..<dash]), let end = hexNumber(fields[0][(dash + 1)...]) else {
             return nil
         }
         let perms = fields[1]
-        let path = fields.count > 5 ? fields[5].trimmingCharacters(in: .whitespaces) : ""
-        let eligible = perms.count == 4 && !perms.contains("w") && perms.hasSuffix("p") && path.hasPrefix("/") && fields[4] != "0"
+        let path = fields.count > 5 ? fields[5].drop { $0 == 0x20 } : []
+        let eligible = perms.count == 4 && !perms.contains(UInt8(ascii: "w")) && perms.last == UInt8(ascii: "p")
+            && path.first == UInt8(ascii: "/") && !fields[4].elementsEqual([UInt8(ascii: "0")])
         return (start, end, eligible)
+    }
+
+    /// A lowercase or uppercase hex number of at most 16 digits; nil for anything else.
+    private static func hexNumber(_ digits: ArraySlice<UInt8>) -> UInt? {
+        guard !digits.isEmpty, digits.count <= 16 else { return nil }
+        var value: UInt = 0
+        for digit in digits {
+            let nibble: UInt8
+            switch digit {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = digit - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = digit - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): nibble = digit - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+            value = value << 4 | UInt(nibble)
+        }
+        return value
     }
 }

@@ -94,11 +94,11 @@ public final class Repository: Sendable {
     /// Index entries held in memory before they are merged into the index cache (a parameter for the tests).
     let foldLimit: Int
 
-    private init(storage: any RepositoryStorage, keys: MasterKeys, foldLimit: Int = IndexedBlobs.foldLimit, cacheDirectory: String? = nil) throws {
+    private init(storage: any RepositoryStorage, keys: MasterKeys, foldLimit: Int = IndexedBlobs.foldLimit, cacheDirectory: String? = nil) {
         self.storage = storage
         self.keys = keys
         idKey = HMACSHA256.Key(keys.idKey)
-        dataCipher = try AES256GCM.Key(keys.dataKey)
+        dataCipher = AES256GCM.Key(keys.dataKey)
         self.foldLimit = foldLimit
         indexState = ReadWriteLock(LoadedIndex())
         self.cacheDirectory = cacheDirectory ?? (storage as? LocalStorage).map { $0.root + "/cache" }
@@ -116,7 +116,7 @@ public final class Repository: Sendable {
         try storage.write("keys/" + Hex.encode(SecureRandom.bytes(16)), Array(try JSONEncoder().encode(sealed)))
         let config: [String: String] = ["version": String(repositoryFormatVersion), "id": Hex.encode(SecureRandom.bytes(16))]
         try storage.write("config", Array(try JSONEncoder().encode(config)))
-        return try Repository(storage: storage, keys: keys)
+        return Repository(storage: storage, keys: keys)
     }
 
     /// Opens an existing repository and loads its index. A local repository keeps its caches inside, in `cache/`.
@@ -142,7 +142,7 @@ public final class Repository: Sendable {
                 + (version > repositoryFormatVersion ? ", so upgrade the agent to use it" : ""))
         }
         let keys = try openKeys(storage: storage, secret: try keySource.secret(create: false))
-        let repository = try Repository(storage: storage, keys: keys, foldLimit: foldLimit, cacheDirectory: cacheDirectory)
+        let repository = Repository(storage: storage, keys: keys, foldLimit: foldLimit, cacheDirectory: cacheDirectory)
         try repository.reloadIndex()
         return repository
     }
@@ -612,13 +612,30 @@ public final class Repository: Sendable {
     static let snapshotAAD = Array("fleetkeep snapshot".utf8)
 
     func writeSnapshot(_ snapshot: Snapshot) throws -> String {
+        try writeSealedSnapshot(snapshot).name
+    }
+
+    private func writeSealedSnapshot(_ snapshot: Snapshot) throws -> (name: String, sealed: [UInt8]) {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = UTCTime.jsonEncoding
         encoder.outputFormatting = [.sortedKeys]
         let sealed = try dataCipher.seal(try encoder.encode(snapshot), aad: Self.snapshotAAD)
         let name = SHA256.hex(sealed)
         try storage.write("snapshots/" + name, sealed)
-        return name
+        return (name, sealed)
+    }
+
+    /// Writes snapshots one by one (each durable before the next) and adds them to the snapshot cache, so the next
+    /// backup finds every snapshot there instead of reading this run's files one by one and rewriting the cache.
+    /// Returns their names in order. A snapshot that fails to write stops the rest; those written stay.
+    func writeSnapshots(_ snapshots: [Snapshot], written: (Int, String) -> Void = { _, _ in }) throws {
+        var added: [(name: String, sealed: [UInt8])] = []
+        defer { if !added.isEmpty { snapshotCache?.add(added) } }
+        for (index, snapshot) in snapshots.enumerated() {
+            let entry = try writeSealedSnapshot(snapshot)
+            added.append(entry)
+            written(index, entry.name)
+        }
     }
 
     /// Finds a snapshot by id prefix, or "latest" among those whose tags include `tags`.

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include "CLinux.h"
 
 int fleetkeep_o_direct(void) { return O_DIRECT; }
@@ -18,3 +19,9 @@ int fleetkeep_setfsuid(unsigned int uid) { return setfsuid(uid); }
 int fleetkeep_setfsgid(unsigned int gid) { return setfsgid(gid); }
 
 int fleetkeep_set_thread_name(const char *name) { return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0); }
+
+long fleetkeep_thread_blocks_read(void) {
+    struct rusage usage;
+    if (getrusage(RUSAGE_THREAD, &usage) != 0) return -1;
+    return usage.ru_inblock;
+}

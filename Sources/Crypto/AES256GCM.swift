@@ -96,8 +96,8 @@ public enum AES256GCM {
         private let sealing: ContextPool
         private let opening: ContextPool
 
-        public init(_ key: [UInt8]) throws {
-            try checkKey(key, "AES-256-GCM key")
+        /// A key of the wrong length is refused by every `seal` and `open`, as the one-shot functions refuse it.
+        public init(_ key: [UInt8]) {
             sealing = ContextPool(key: key, encrypting: true)
             opening = ContextPool(key: key, encrypting: false)
         }
@@ -112,7 +112,7 @@ public enum AES256GCM {
         }
     }
 
-    private static func checkKey(_ key: [UInt8], _ operation: String) throws {
+    fileprivate static func checkKey(_ key: [UInt8], _ operation: String) throws {
         guard key.count == 32 else { throw CryptoError(operation: operation, message: "key must be 32 bytes, got \(key.count)") }
     }
 }
@@ -150,6 +150,7 @@ private final class ContextPool: Sendable {
     }
 
     private func makeContext() throws -> OpaquePointer {
+        try AES256GCM.checkKey(key, encrypting ? "AES-256-GCM seal" : "AES-256-GCM open")
         guard let context = EVP_CIPHER_CTX_new() else { throw CryptoError.openssl("AES-256-GCM context") }
         let keyed = encrypting ? EVP_EncryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nil)
                                : EVP_DecryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nil)

@@ -115,10 +115,11 @@ struct ParallelWalkTests {
         let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
         var trees: Set<String> = []
         // One lister with a window of one directory and no read-ahead is (nearly) the serial walk; then the default;
-        // then many listers with a tiny read-ahead bound. Different tags: no parent, so every file is read each time.
+        // then many listers with a tiny read-ahead bound, started at once and started as the disk asks for them. Different tags: no parent, so every file is read each time.
         for (index, limits) in [TreeScanner.Limits(threads: 1, directoryWindow: 1, readAheadBytes: 0),
                                 TreeScanner.Limits(),
-                                TreeScanner.Limits(threads: 16, directoryWindow: 4, readAheadBytes: 4096)].enumerated() {
+                                TreeScanner.Limits(threads: 16, initialThreads: 16, directoryWindow: 4, readAheadBytes: 4096),
+                                TreeScanner.Limits(threads: 16, initialThreads: 1, directoryWindow: 4, readAheadBytes: 4096)].enumerated() {
             var options = BackupOptions(tags: ["kind": "files", "run": "\(index)"])
             options.scanning = limits
             let snapshot = try repository.backup(directory: home, options: options)
@@ -127,5 +128,44 @@ struct ParallelWalkTests {
             trees.insert(snapshot.tree)
         }
         #expect(trees.count == 1, "the snapshot's tree depends on how the scanner ran")
+    }
+
+    /// Walks a scanner to its end as the backup does (taking each listing in order) and returns the threads it
+    /// started.
+    static func scanToTheEnd(_ home: String, limits: TreeScanner.Limits, repository: Repository) throws -> (listers: Int, readAhead: Bool) {
+        let descriptor = open(home, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        try #require(descriptor >= 0)
+        defer { close(descriptor) }
+        let scanner = try TreeScanner(descriptor: descriptor, parentTree: nil, repository: repository, excludes: [], limits: limits)
+        defer { scanner.close() }
+        func walk(_ directory: ScannedDirectory) throws {
+            defer { scanner.finished(directory) }
+            guard case .listed(let listing) = try scanner.take(directory) else { return }
+            for entry in listing.entries { if let child = entry.child { try walk(child) } }
+        }
+        try walk(scanner.root)
+        return scanner.started
+    }
+
+    /// On a warm page cache the scanner keeps to its first listers and starts no read-ahead; once a lister has to
+    /// read from the disk, it starts them all. (Dropping the page cache needs root.)
+    @Test(.enabled(if: getuid() == 0, "dropping the page cache needs root"))
+    func theScannerGrowsOnlyWhenListingReadsFromTheDisk() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-walk-grow")
+        let home = scratch.appending("home")
+        try Self.makeTree(at: home)
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let limits = TreeScanner.Limits(threads: 6, initialThreads: 2, directoryWindow: 256, readAheadBytes: 1 << 20)
+
+        _ = try Self.scanToTheEnd(home, limits: limits, repository: repository)  // fills the caches if anything was out
+        let warm = try Self.scanToTheEnd(home, limits: limits, repository: repository)
+        #expect(warm.listers == 2 && !warm.readAhead)
+
+        sync()
+        try Data("3\n".utf8).write(to: URL(fileURLWithPath: "/proc/sys/vm/drop_caches"))
+        let cold = try Self.scanToTheEnd(home, limits: limits, repository: repository)
+        #expect(cold.listers == 6 && cold.readAhead)
     }
 }

@@ -33,6 +33,30 @@ struct SnapshotCacheTests {
         #expect(report.problems.contains { $0.contains("snapshot file \(made[0].id.prefix(16)) is damaged") })
     }
 
+    /// A backup adds its snapshots to the cache as it records them, so the next backup reads the one cache file
+    /// instead of this run's snapshot files (every nightly run adds one per account and kind).
+    @Test func aBackupAddsItsSnapshotsToTheCache() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        let repository = try scene.initialize()
+        let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        _ = try scene.open().snapshots()
+        let cache = SnapshotCache(path: scene.repoPath + "/cache/snapshots")
+        #expect(Set(cache.read().keys) == [first.id])
+
+        let session = try BackupSession(repository: try scene.open())
+        defer { session.close() }
+        let tickets = [try session.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "email"])),
+                       try session.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "web"]))]
+        let recorded = try session.commit()
+        let ids = tickets.compactMap { recorded[$0]?.id }
+        #expect(ids.count == 2)
+        #expect(Set(cache.read().keys) == Set([first.id] + ids))
+        // What the cache holds is what the files hold.
+        for id in ids {
+            #expect(cache.read()[id] == Array(try Data(contentsOf: URL(fileURLWithPath: scene.repoPath + "/snapshots/" + id))))
+        }
+    }
+
     /// A cache entry is used only when its hash is the snapshot's name: swapped, truncated or garbage caches give
     /// exactly what the snapshot files hold, and are rewritten.
     @Test func aDamagedOrForgedCacheNeverChangesWhatIsListed() throws {

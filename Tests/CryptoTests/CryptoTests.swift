@@ -58,7 +58,7 @@ struct DigestTests {
 
     @Test func preparedCipherInteroperatesWithTheOneShotAndRejectsTampering() throws {
         let secret = SecureRandom.bytes(32)
-        let cipher = try AES256GCM.Key(secret)
+        let cipher = AES256GCM.Key(secret)
         for size in [0, 1, 15, 16, 17, 4096, 100_000] {
             let message = SecureRandom.bytes(size)
             let aad = size.isMultiple(of: 2) ? [] : Array("header".utf8)
@@ -74,11 +74,12 @@ struct DigestTests {
         }
         // Two seals of one message differ (a fresh nonce each time), so a pooled context never repeats a nonce.
         #expect(try cipher.seal([1, 2, 3]) != cipher.seal([1, 2, 3]))
-        #expect(throws: CryptoError.self) { try AES256GCM.Key([1, 2, 3]) }
+        #expect(throws: CryptoError.self) { try AES256GCM.Key([1, 2, 3]).seal([1]) }
+        #expect(throws: CryptoError.self) { try AES256GCM.Key([1, 2, 3]).open(cipher.seal([1])) }
     }
 
     @Test func preparedCipherGivesEachThreadItsOwnContext() throws {
-        let cipher = try AES256GCM.Key(SecureRandom.bytes(32))
+        let cipher = AES256GCM.Key(SecureRandom.bytes(32))
         let messages = (0..<32).map { SecureRandom.bytes(50 + $0 * 131) }
         let failures = Atomic<Int>(0)
         DispatchQueue.concurrentPerform(iterations: 16) { _ in

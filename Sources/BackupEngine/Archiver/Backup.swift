@@ -190,9 +190,11 @@ public final class BackupSession: Sendable {
             indexed = true
             try checkpoint?("snapshot")
             var written: [Int: Snapshot] = [:]
-            for (ticket, var snapshot) in pending.withLock({ $0.snapshots }) {
-                snapshot.id = try repository.writeSnapshot(snapshot)
-                written[ticket] = snapshot
+            let snapshots = pending.withLock { $0.snapshots }
+            try repository.writeSnapshots(snapshots.map(\.snapshot)) { index, name in
+                var snapshot = snapshots[index].snapshot
+                snapshot.id = name
+                written[snapshots[index].ticket] = snapshot
                 _ = pending.withLock { $0.snapshots.removeFirst() }
             }
             repository.foldIndexIfWorthwhile()

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Zstd
 
@@ -22,8 +23,12 @@ import Zstd
 final class TreeScanner: @unchecked Sendable {
     // @unchecked: every mutable field (here and in `ScannedDirectory.state`) is touched only with `condition` locked.
     struct Limits: Sendable {
-        /// Listing threads per backup: they mostly wait for the disk, so more than the cores.
+        /// Listing threads per backup at most: on a cold cache they mostly wait for the disk, so more than the cores.
         var threads = 8
+        /// Listing threads to start with. The rest, and the read-ahead thread, start once a lister finds that it
+        /// had to read from the disk: on a warm page cache extra threads only compete for the cores (and open every
+        /// file a second time to advise a read that is not needed).
+        var initialThreads = 2
         var directoryWindow = 256
         /// 0: no read-ahead thread.
         var readAheadBytes = 32 << 20
@@ -103,17 +108,60 @@ final class TreeScanner: @unchecked Sendable {
         root.pendingDescriptor = own
         root.state = .opened(own)
         waiting = [WeakDirectory(directory: root)]
-        threadsRunning = max(1, threads) + (readAheadLimit > 0 ? 1 : 0)
-        for index in 0..<max(1, threads) {
+        maximumListers = max(1, threads)
+        condition.lock()
+        startListers(min(maximumListers, max(1, limits.initialThreads)))
+        if listersStarted == maximumListers { startReadAhead() }
+        condition.unlock()
+    }
+
+    /// Listers started so far, and how many may run.
+    private var listersStarted = 0
+    private let maximumListers: Int
+    private var readAheadStarted = false
+
+    /// The threads started so far (for tests: whether the scanner grew).
+    var started: (listers: Int, readAhead: Bool) {
+        condition.lock()
+        defer { condition.unlock() }
+        return (listersStarted, readAheadStarted)
+    }
+
+    /// Called with `condition` locked.
+    private func startListers(_ count: Int) {
+        for _ in 0..<count {
+            let index = listersStarted
+            listersStarted += 1
+            threadsRunning += 1
             let thread = Thread { [self] in lister() }
             thread.name = "fleetkeep-scan-\(index)"
             thread.start()
         }
-        if readAheadLimit > 0 {
-            let thread = Thread { [self] in readAhead() }
-            thread.name = "fleetkeep-readahead"
-            thread.start()
-        }
+    }
+
+    /// Called with `condition` locked.
+    private func startReadAhead() {
+        guard readAheadLimit > 0, !readAheadStarted else { return }
+        readAheadStarted = true
+        threadsRunning += 1
+        let thread = Thread { [self] in readAhead() }
+        thread.name = "fleetkeep-readahead"
+        thread.start()
+    }
+
+    /// A lister had to read from the disk: the tree is not (all) in the page cache, so every lister and the
+    /// read-ahead thread are worth their threads now. Called with `condition` locked.
+    private func growForTheDisk() {
+        guard !closed, listersStarted < maximumListers || !readAheadStarted else { return }
+        startListers(maximumListers - listersStarted)
+        startReadAhead()
+    }
+
+    /// Blocks this thread has read from the disk so far (getrusage counts the reads it submitted, metadata
+    /// included); nil where the kernel does not say.
+    private static func blocksReadByThisThread() -> Int? {
+        let blocks = fleetkeep_thread_blocks_read()
+        return blocks >= 0 ? blocks : nil
     }
 
     /// Stops the threads and waits for them; the walk calls it when it ends, finished or not.
@@ -194,9 +242,13 @@ final class TreeScanner: @unchecked Sendable {
             default: continue // the walk took it itself
             }
             directory.state = .listing
+            let watching = listersStarted < maximumListers || !readAheadStarted
             condition.unlock()
+            let before = watching ? Self.blocksReadByThisThread() : nil
             let result = list(directory, decompressor: decompressor)
+            let readFromDisk = before.flatMap { before in Self.blocksReadByThisThread().map { $0 > before } } ?? false
             condition.lock()
+            if readFromDisk { growForTheDisk() }
             publish(directory, result, counted: true)
         }
         threadsRunning -= 1
@@ -485,7 +537,15 @@ struct NameBytes: Hashable {
     init(_ name: String) { self.name = name }
 
     static func == (first: NameBytes, second: NameBytes) -> Bool {
-        first.name.utf8.count == second.name.utf8.count && first.name.utf8.elementsEqual(second.name.utf8)
+        let a = first.name.utf8, b = second.name.utf8
+        guard a.count == b.count else { return false }
+        let compared = a.withContiguousStorageIfAvailable { x in
+            b.withContiguousStorageIfAvailable { y in
+                guard let x = x.baseAddress, let y = y.baseAddress else { return true }
+                return memcmp(x, y, a.count) == 0
+            }
+        }
+        return (compared ?? nil) ?? a.elementsEqual(b)
     }
 
     func hash(into hasher: inout Hasher) {

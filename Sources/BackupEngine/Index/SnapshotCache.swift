@@ -44,6 +44,15 @@ struct SnapshotCache {
         try? AtomicFile.write(writer.bytes, to: path, permissions: 0o600, durable: false, missingDirectory: .create(permissions: 0o700))
     }
 
+    /// Adds snapshots just written to the cache as it is now. Only a cache that exists is extended: one that is
+    /// missing or malformed is rebuilt by the next read from the files, which also drops entries whose files are gone.
+    func add(_ entries: [(name: String, sealed: [UInt8])]) {
+        let cached = read()
+        guard !cached.isEmpty else { return }
+        let names = Set(entries.map(\.name))
+        write(cached.filter { !names.contains($0.key) }.map { ($0.key, $0.value) } + entries)
+    }
+
     /// True when `sealed` is the content of the snapshot file `name`.
     static func matches(_ sealed: [UInt8], name: String) -> Bool { SHA256.hex(sealed) == name }
 }

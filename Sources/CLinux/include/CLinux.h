@@ -24,3 +24,7 @@ int fleetkeep_setfsgid(unsigned int gid);
 /// Thread.name reaches the kernel only when set from the running thread, and is refused there beyond 15 bytes.
 /// Returns 0 or -1 with errno.
 int fleetkeep_set_thread_name(const char *name);
+
+/// Blocks the calling thread has read from storage so far: getrusage(RUSAGE_THREAD)'s ru_inblock (the reads it
+/// submitted, file-system metadata included; a page-cache hit adds nothing). -1 with errno on failure.
+long fleetkeep_thread_blocks_read(void);
