@@ -6,10 +6,12 @@ import Zstd
 /// files' data before the walk gets to them.
 ///
 /// Why: on a cold page cache the serial walk waited for one disk read at a time (a directory block, an inode, a
-/// file's first pages) while the disk could serve many at once. Here `threads` listers each open, list and `fstatat`
-/// one directory at a time, and a read-ahead thread follows the walk's order and calls
+/// file's first pages) while the disk could serve many at once. Here listers each open, list and `fstatat` one
+/// directory at a time, and a read-ahead thread follows the walk's order and calls
 /// `posix_fadvise(POSIX_FADV_WILLNEED)` on the files the walk will read, so their pages are on the way while the
-/// current file is chunked and hashed.
+/// current file is chunked and hashed. Only `initialThreads` listers start; the rest (up to `threads`) and the
+/// read-ahead thread start when a lister finds it had to read from the disk, since on a warm cache they would only
+/// take the cores from the walk and the workers.
 ///
 /// What stays the same as the serial walk: the walk (`BackupJob.directory`) still visits entries in the same order
 /// and builds every tree itself, so snapshots, deduplication and error order do not depend on which lister finished
