@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 /// Runs numbered jobs on a few threads, and now and then pauses them all to run a checkpoint alone.
@@ -27,10 +28,11 @@ final class ConcurrentRunner: @unchecked Sendable {
         for index in 0..<threads {
             finished.enter()
             let thread = Thread { [self] in
+                // Named by the thread itself: Foundation on Linux drops a name given before the thread runs.
+                _ = fleetkeep_set_thread_name("fk-runner-\(index)")
                 work(count: count, job: job, checkpoint: checkpoint)
                 finished.leave()
             }
-            thread.name = "fleetkeep-runner-\(index)"
             thread.start()
         }
         finished.wait()

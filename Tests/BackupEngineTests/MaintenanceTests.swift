@@ -278,4 +278,21 @@ struct LaneThreadTests {
         }
         #expect(shown.withLock { $0 } == ["fk-connect-0", "fk-connect-1", "fk-connect-2"])
     }
+
+    /// The backup's and restore's worker threads too (before, their names never reached the kernel).
+    @Test func workerThreadsCarryTheirName() {
+        let pool = WorkerPool(threads: 2, name: "fk-backup")
+        defer { pool.close() }
+        let shown = Mutex(Set<String>())
+        for _ in 0..<20 {
+            pool.submit {
+                let name = try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
+                shown.withLock { _ = $0.insert(name?.trimmingCharacters(in: .newlines) ?? "") }
+                usleep(2000)
+            }
+        }
+        pool.wait()
+        #expect(!shown.withLock { $0 }.isEmpty)
+        #expect(shown.withLock { $0 }.isSubset(of: ["fk-backup-0", "fk-backup-1"]))
+    }
 }

@@ -103,7 +103,7 @@ public final class BackupSession: Sendable {
         if let checkpoint { packHook = { name in try checkpoint("pack:" + name) } }
         writer = PackWriter(storage: repository.storage, cipher: repository.dataCipher,
                             isIndexed: { [repository] in repository.isIndexed($0) }, beforePackCommit: packHook)
-        workers = WorkerPool(threads: ProcessInfo.processInfo.activeProcessorCount, name: "fleetkeep-backup")
+        workers = WorkerPool(threads: ProcessInfo.processInfo.activeProcessorCount, name: "fk-backup")
     }
 
     /// Chunk-sized buffers are allocated on one thread and freed on another, thousands of times. With glibc's

@@ -135,8 +135,10 @@ final class TreeScanner: @unchecked Sendable {
             let index = listersStarted
             listersStarted += 1
             threadsRunning += 1
-            let thread = Thread { [self] in lister() }
-            thread.name = "fleetkeep-scan-\(index)"
+            let thread = Thread { [self] in
+                _ = fleetkeep_set_thread_name("fk-scan-\(index)")
+                lister()
+            }
             thread.start()
         }
     }
@@ -146,8 +148,10 @@ final class TreeScanner: @unchecked Sendable {
         guard readAheadLimit > 0, !readAheadStarted else { return }
         readAheadStarted = true
         threadsRunning += 1
-        let thread = Thread { [self] in readAhead() }
-        thread.name = "fleetkeep-readahead"
+        let thread = Thread { [self] in
+            _ = fleetkeep_set_thread_name("fk-readahead")
+            readAhead()
+        }
         thread.start()
     }
 

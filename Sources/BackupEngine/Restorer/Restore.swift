@@ -73,7 +73,7 @@ extension Repository {
         // Plans are made one snapshot ahead on a thread of their own (reading and decoding the listings), so the
         // writers are not left idle while the next snapshot is planned.
         let plans = HandOffQueue<(index: Int, plan: Result<RestorePlan, any Error>)>(capacity: 1)
-        let pool = WorkerPool(threads: writers + 1, name: "restore")
+        let pool = WorkerPool(threads: writers + 1, name: "fk-restore")
         defer { pool.close() }
         pool.submit {
             let decompressor = ZstdDecompressor()

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 /// A fixed number of worker threads taking jobs in order. Fixed, unlike a concurrent dispatch queue, which adds
@@ -12,10 +13,14 @@ final class WorkerPool: @unchecked Sendable {
     private var running = 0
     private var closed = false
 
+    /// Keep `name` to 12 bytes: Linux keeps 15 bytes of a thread's name, and a longer one loses its number.
     init(threads: Int, name: String) {
         for index in 0..<max(threads, 1) {
-            let thread = Thread { [self] in work() }
-            thread.name = "\(name)-\(index)"
+            let thread = Thread { [self] in
+                // Named by the thread itself: Foundation on Linux drops a name given before the thread runs.
+                _ = fleetkeep_set_thread_name("\(name)-\(index)")
+                work()
+            }
             thread.stackSize = 1 << 20
             thread.start()
         }
