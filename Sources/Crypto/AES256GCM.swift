@@ -9,21 +9,14 @@ public enum AES256GCM {
     /// Bytes a sealed message adds to its plaintext.
     public static let overhead = nonceSize + tagSize
 
+    /// One message with its own key (for many messages under one key, `Key` sets the key up once).
     public static func seal<D: ContiguousBytes>(_ plaintext: D, key: [UInt8], aad: [UInt8] = []) throws -> [UInt8] {
-        try checkKey(key, "AES-256-GCM seal")
-        guard let context = EVP_CIPHER_CTX_new() else { throw CryptoError.openssl("AES-256-GCM seal") }
-        defer { EVP_CIPHER_CTX_free(context) }
-        try check(EVP_EncryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nil), "AES-256-GCM seal init")
-        return try seal(plaintext, aad: aad, context: context)
+        try Key(key).seal(plaintext, aad: aad)
     }
 
     /// Decrypts and authenticates; a wrong key or any changed byte throws.
     public static func open<D: ContiguousBytes>(_ sealed: D, key: [UInt8], aad: [UInt8] = []) throws -> [UInt8] {
-        try checkKey(key, "AES-256-GCM open")
-        guard let context = EVP_CIPHER_CTX_new() else { throw CryptoError.openssl("AES-256-GCM open") }
-        defer { EVP_CIPHER_CTX_free(context) }
-        try check(EVP_DecryptInit_ex(context, EVP_aes_256_gcm(), nil, key, nil), "AES-256-GCM open init")
-        return try open(sealed, aad: aad, context: context)
+        try Key(key).open(sealed, aad: aad)
     }
 
     /// Seals with a context that holds the key: only a fresh nonce is set here.

@@ -34,6 +34,15 @@ struct ParallelWalkTests {
         }
     }
 
+    /// The test tree at `scratch/home` and a new repository at `scratch/repo`.
+    static func treeAndRepository(in scratch: TemporaryDirectory) throws -> (home: String, repository: Repository) {
+        let home = scratch.appending("home")
+        try makeTree(at: home)
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        return (home, try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key"))))
+    }
+
     /// Every entry under `root` by relative path: its kind and its content (file bytes, link target).
     static func entries(under root: String) throws -> [String: String] {
         var result: [String: String] = [:]
@@ -108,14 +117,11 @@ struct ParallelWalkTests {
 
     @Test func snapshotDoesNotDependOnTheScannersThreadsOrBounds() throws {
         let scratch = TemporaryDirectory(prefix: "fk-walk")
-        let home = scratch.appending("home")
-        try Self.makeTree(at: home)
-        let storage = LocalStorage(root: scratch.appending("repo"))
-        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
-        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let (home, repository) = try Self.treeAndRepository(in: scratch)
         var trees: Set<String> = []
         // One lister with a window of one directory and no read-ahead is (nearly) the serial walk; then the default;
-        // then many listers with a tiny read-ahead bound, started at once and started as the disk asks for them. Different tags: no parent, so every file is read each time.
+        // then many listers with a tiny read-ahead bound, started at once and started as the disk asks for them.
+        // Different tags: no parent, so every file is read each time.
         for (index, limits) in [TreeScanner.Limits(threads: 1, directoryWindow: 1, readAheadBytes: 0),
                                 TreeScanner.Limits(),
                                 TreeScanner.Limits(threads: 16, initialThreads: 16, directoryWindow: 4, readAheadBytes: 4096),
@@ -152,11 +158,7 @@ struct ParallelWalkTests {
     @Test(.enabled(if: getuid() == 0, "dropping the page cache needs root"))
     func theScannerGrowsOnlyWhenListingReadsFromTheDisk() throws {
         let scratch = TemporaryDirectory(prefix: "fk-walk-grow")
-        let home = scratch.appending("home")
-        try Self.makeTree(at: home)
-        let storage = LocalStorage(root: scratch.appending("repo"))
-        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
-        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let (home, repository) = try Self.treeAndRepository(in: scratch)
         let limits = TreeScanner.Limits(threads: 6, initialThreads: 2, directoryWindow: 256, readAheadBytes: 1 << 20)
 
         _ = try Self.scanToTheEnd(home, limits: limits, repository: repository)  // fills the caches if anything was out
