@@ -82,8 +82,8 @@ extension Repository {
     func packInventory(index: LoadedIndex) throws -> PackInventory {
         var inventory = PackInventory()
         var present = [Bool](repeating: false, count: index.packs.count)
-        for directory in try storage.list("data") where directory.count == 2 {
-            for name in try storage.list("data/" + directory) where name.count == 64 {
+        for names in try listPackDirectories() {
+            for name in names where name.count == 64 {
                 if let number = index.packs.number(of: name) { present[Int(number)] = true } else { inventory.unindexed.append(name) }
             }
         }
@@ -93,6 +93,24 @@ extension Repository {
             if try storage.size(Self.packPath(name)) == nil { inventory.missing.append(name) }
         }
         return inventory
+    }
+
+    /// The names in each of `data/`'s up to 256 directories. Every backup starts here, so on a cold cache the
+    /// directories are listed 8 at a time (each listing waits for the disk), not one after another. A listing that
+    /// fails fails the whole inventory, as a serial one did.
+    private func listPackDirectories() throws -> [[String]] {
+        let directories = try storage.list("data").filter { $0.count == 2 }
+        let listed = Mutex<[Int: Result<[String], any Error>]>([:])
+        let next = Atomic<Int>(0)
+        Repository.onThreads(min(8, directories.count), named: "fk-list") { [storage] _ in
+            while true {
+                let index = next.add(1, ordering: .relaxed).oldValue
+                guard index < directories.count else { return }
+                let result = Result { try storage.list("data/" + directories[index]) }
+                listed.withLock { $0[index] = result }
+            }
+        }
+        return try listed.withLock { listed in try directories.indices.map { try listed[$0]?.get() ?? [] } }
     }
 
     /// Leaves the packs that are gone out of the loaded index (and its cache), so nothing relies on their blobs:
