@@ -627,8 +627,9 @@ public final class Repository: Sendable {
 
     /// Writes snapshots one by one (each durable before the next) and adds them to the snapshot cache, so the next
     /// backup finds every snapshot there instead of reading this run's files one by one and rewriting the cache.
-    /// Returns their names in order. A snapshot that fails to write stops the rest; those written stay.
-    func writeSnapshots(_ snapshots: [Snapshot], written: (Int, String) -> Void = { _, _ in }) throws {
+    /// `written` gets each one's index and name as soon as it is stored. A snapshot that fails to write stops the
+    /// rest; those written stay.
+    func writeSnapshots(_ snapshots: [Snapshot], written: (Int, String) -> Void) throws {
         var added: [(name: String, sealed: [UInt8])] = []
         defer { if !added.isEmpty { snapshotCache?.add(added) } }
         for (index, snapshot) in snapshots.enumerated() {

@@ -302,10 +302,7 @@ final class BackupJob: @unchecked Sendable {
                 continue
             }
             let info = entry.info
-            var node = TreeNode(name: name, kind: .other, mode: info.st_mode, uid: info.st_uid, gid: info.st_gid,
-                                mtime: UTCTime.nanoseconds(seconds: Int64(info.st_mtim.tv_sec), nanoseconds: Int64(info.st_mtim.tv_nsec)),
-                                ctime: UTCTime.nanoseconds(seconds: Int64(info.st_ctim.tv_sec), nanoseconds: Int64(info.st_ctim.tv_nsec)),
-                                inode: UInt64(info.st_ino), size: Int64(info.st_size))
+            var node = TreeNode(name: name, kind: .other, metadata: info)
             switch info.st_mode & S_IFMT {
             case S_IFDIR:
                 node.kind = .directory
@@ -332,8 +329,7 @@ final class BackupJob: @unchecked Sendable {
                 }
                 if info.st_nlink > 1 { hardLinks[linkKey] = childRelative }
                 node.kind = .file
-                if let old = entry.previous, old.kind == .file, old.size == node.size, old.mtime == node.mtime,
-                   old.ctime == node.ctime, old.inode == node.inode, repository.areIndexed(old.content) {
+                if let old = entry.previous, old.isSameVersion(as: info), repository.areIndexed(old.content) {
                     // Unchanged: size, mtime, ctime and inode match the parent snapshot, so the file is not read.
                     // Unless a blob of it is lost (its pack is gone, say): then the file is read and its data stored
                     // again, which also makes whole every older snapshot that refers to the same blobs.
@@ -380,12 +376,7 @@ final class BackupJob: @unchecked Sendable {
                 if attempt > 1 {
                     // The copy is the file as of `before`: record those times, so the next run skips it only if
                     // it is still that version.
-                    node.mode = before.st_mode
-                    node.uid = before.st_uid
-                    node.gid = before.st_gid
-                    node.mtime = UTCTime.nanoseconds(seconds: Int64(before.st_mtim.tv_sec), nanoseconds: Int64(before.st_mtim.tv_nsec))
-                    node.ctime = UTCTime.nanoseconds(seconds: Int64(before.st_ctim.tv_sec), nanoseconds: Int64(before.st_ctim.tv_nsec))
-                    node.inode = UInt64(before.st_ino)
+                    node.takeMetadata(from: before)
                 }
                 return
             }

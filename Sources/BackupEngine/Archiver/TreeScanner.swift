@@ -135,11 +135,7 @@ final class TreeScanner: @unchecked Sendable {
             let index = listersStarted
             listersStarted += 1
             threadsRunning += 1
-            let thread = Thread { [self] in
-                _ = fleetkeep_set_thread_name("fk-scan-\(index)")
-                lister()
-            }
-            thread.start()
+            startNamedThread("fk-scan-\(index)") { [self] in lister() }
         }
     }
 
@@ -148,11 +144,7 @@ final class TreeScanner: @unchecked Sendable {
         guard readAheadLimit > 0, !readAheadStarted else { return }
         readAheadStarted = true
         threadsRunning += 1
-        let thread = Thread { [self] in
-            _ = fleetkeep_set_thread_name("fk-readahead")
-            readAhead()
-        }
-        thread.start()
+        startNamedThread("fk-readahead") { [self] in readAhead() }
     }
 
     /// A lister had to read from the disk: the tree is not (all) in the page cache, so every lister and the
@@ -430,9 +422,7 @@ final class TreeScanner: @unchecked Sendable {
     static func willBeRead(_ entry: Entry) -> Bool {
         guard entry.info.st_size > 0 else { return false }
         guard let old = entry.previous else { return true }
-        return !(old.kind == .file && old.size == Int64(entry.info.st_size) && old.inode == UInt64(entry.info.st_ino)
-                 && old.mtime == UTCTime.nanoseconds(seconds: Int64(entry.info.st_mtim.tv_sec), nanoseconds: Int64(entry.info.st_mtim.tv_nsec))
-                 && old.ctime == UTCTime.nanoseconds(seconds: Int64(entry.info.st_ctim.tv_sec), nanoseconds: Int64(entry.info.st_ctim.tv_nsec)))
+        return !old.isSameVersion(as: entry.info)
     }
 
     private func advise(_ entry: Entry, in directory: ScannedDirectory, position: [Int]) {
@@ -557,5 +547,31 @@ struct NameBytes: Hashable {
     func hash(into hasher: inout Hasher) {
         var name = name
         name.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+}
+
+extension TreeNode {
+    /// A node with what `fstatat` said of the entry: mode, owner, times, inode and size.
+    init(name: String, kind: Kind, metadata info: stat) {
+        self.init(name: name, kind: kind, mode: 0, size: Int64(info.st_size))
+        takeMetadata(from: info)
+    }
+
+    /// Mode, owner, times and inode from `info`; the size is left to whoever sets the content.
+    mutating func takeMetadata(from info: stat) {
+        mode = info.st_mode
+        uid = info.st_uid
+        gid = info.st_gid
+        mtime = UTCTime.nanoseconds(seconds: Int64(info.st_mtim.tv_sec), nanoseconds: Int64(info.st_mtim.tv_nsec))
+        ctime = UTCTime.nanoseconds(seconds: Int64(info.st_ctim.tv_sec), nanoseconds: Int64(info.st_ctim.tv_nsec))
+        inode = UInt64(info.st_ino)
+    }
+
+    /// Whether `info` describes the version of the file this node recorded: size, mtime, ctime and inode all equal,
+    /// which is when a backup may skip reading it.
+    func isSameVersion(as info: stat) -> Bool {
+        kind == .file && size == Int64(info.st_size) && inode == UInt64(info.st_ino)
+            && mtime == UTCTime.nanoseconds(seconds: Int64(info.st_mtim.tv_sec), nanoseconds: Int64(info.st_mtim.tv_nsec))
+            && ctime == UTCTime.nanoseconds(seconds: Int64(info.st_ctim.tv_sec), nanoseconds: Int64(info.st_ctim.tv_nsec))
     }
 }

@@ -1,4 +1,3 @@
-import CLinux
 import Crypto
 import Dispatch
 import Foundation
@@ -217,28 +216,6 @@ extension Repository {
             }
         }
         return try state.result()
-    }
-
-    /// Runs `body(lane)` for every lane on a thread of its own, named `<name>-<lane>` after what the threads do,
-    /// and waits for all of them. Not `DispatchQueue.concurrentPerform`: it runs one iteration per core at a time, so
-    /// on two cores the third and fourth connections only started once the first two had emptied the queue.
-    /// Keep `name` to 12 bytes: Linux keeps 15 bytes of a thread's name, and a longer one loses its lane number.
-    public static func onThreads(_ count: Int, named name: String, _ body: @escaping @Sendable (Int) -> Void) {
-        let group = DispatchGroup()
-        for lane in 0..<count {
-            group.enter()
-            let thread = Thread {
-                // By the thread itself: Foundation on Linux drops a name given before the thread runs (and a
-                // fresh thread can run before `Thread.name` can reach it). A name only helps whoever looks, so a
-                // refusal is not worth failing the work for.
-                _ = fleetkeep_set_thread_name("\(name)-\(lane)")
-                body(lane)
-                group.leave()
-            }
-            thread.stackSize = 1 << 20
-            thread.start()
-        }
-        group.wait()
     }
 
     /// Seals this repository's master keys for one more key file or passphrase (e.g. an escrow passphrase).

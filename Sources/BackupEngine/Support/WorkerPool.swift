@@ -1,4 +1,3 @@
-import CLinux
 import Foundation
 
 /// A fixed number of worker threads taking jobs in order. Fixed, unlike a concurrent dispatch queue, which adds
@@ -16,13 +15,7 @@ final class WorkerPool: @unchecked Sendable {
     /// Keep `name` to 12 bytes: Linux keeps 15 bytes of a thread's name, and a longer one loses its number.
     init(threads: Int, name: String) {
         for index in 0..<max(threads, 1) {
-            let thread = Thread { [self] in
-                // Named by the thread itself: Foundation on Linux drops a name given before the thread runs.
-                _ = fleetkeep_set_thread_name("\(name)-\(index)")
-                work()
-            }
-            thread.stackSize = 1 << 20
-            thread.start()
+            startNamedThread("\(name)-\(index)", stackSize: 1 << 20) { [self] in work() }
         }
     }
 
