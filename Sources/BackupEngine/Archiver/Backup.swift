@@ -88,6 +88,12 @@ public final class BackupSession: Sendable {
     /// Snapshots read once at the start: each backup's parent is the latest one with the same tags.
     private let existing: [Snapshot]
     private let pending = Mutex<(tickets: Int, snapshots: [(ticket: Int, snapshot: Snapshot)])>((0, []))
+    /// Each directory backup's records for the next backup of its tree, by ticket (`DirectoryCache`).
+    private let directoryCaches = Mutex<[Int: DirectoryCache]>([:])
+    /// False when packs are missing: directory caches are then not used (see `DirectoryCache`).
+    let packsComplete: Bool
+    /// Directories taken whole from the last backup's records, over this session's backups (for tests and reports).
+    let directoriesReused = Mutex(0)
 
     /// Takes a shared lease on `repository` until `close`.
     public init(repository: Repository, checkpoint: (@Sendable (String) throws -> Void)? = nil) throws {
@@ -97,7 +103,7 @@ public final class BackupSession: Sendable {
         lease = try repository.acquireLease(exclusive: false)
         // Blobs in packs that are gone must not be deduplicated against: they are left out of the index, so this
         // session stores them again from the source wherever it still has them.
-        try repository.excludeMissingPacks()
+        packsComplete = try repository.excludeMissingPacks().missing.isEmpty
         existing = try repository.snapshots()
         var packHook: (@Sendable (String) throws -> Void)?
         if let checkpoint { packHook = { name in try checkpoint("pack:" + name) } }
@@ -168,11 +174,16 @@ public final class BackupSession: Sendable {
         var summary = job.summary.withLock { $0 }
         summary.seconds = Date().timeIntervalSince(started)
         let snapshot = Snapshot(id: "", time: options.time ?? started, tags: options.tags, tree: root.hex, parent: parent?.id, summary: summary)
-        return pending.withLock { pending in
+        let ticket = pending.withLock { pending in
             pending.tickets += 1
             pending.snapshots.append((pending.tickets, snapshot))
             return pending.tickets
         }
+        if !job.directoryRecords.isEmpty {
+            let records = job.directoryRecords
+            directoryCaches.withLock { $0[ticket] = DirectoryCache(records: records) }
+        }
+        return ticket
     }
 
     /// Records the snapshots finished since the last commit: flushes the open packs, writes one index file, then the
@@ -198,6 +209,13 @@ public final class BackupSession: Sendable {
                 _ = pending.withLock { $0.snapshots.removeFirst() }
             }
             repository.foldIndexIfWorthwhile()
+            if let cacheDirectory = repository.cacheDirectory {
+                let caches = directoryCaches.withLock { caches in defer { caches = [:] }; return caches }
+                for (ticket, cache) in caches {
+                    guard let snapshot = written[ticket] else { continue }
+                    cache.write(snapshot: snapshot.id, replacing: snapshot.parent, cacheDirectory: cacheDirectory, repository: repository)
+                }
+            }
             return written
         } catch {
             // Packs not yet in an index are useless; an index without a snapshot is harmless (prune reclaims it).
@@ -247,6 +265,8 @@ final class BackupJob: @unchecked Sendable {
     private var parentShift: Int64 = 0
     private var streamPosition: Int64 = 0
     private var hardLinks: [String: String] = [:]
+    /// What this job recorded for the next backup of the same tree (`DirectoryCache`), by directory path.
+    private(set) var directoryRecords: [String: DirectoryCache.Record] = [:]
     private var lastProgress = Date()
 
     init(session: BackupSession, options: BackupOptions, parent: Snapshot?) {
@@ -267,8 +287,12 @@ final class BackupJob: @unchecked Sendable {
     /// on other threads; this thread walks the listings in order and builds every tree, so the snapshot is the one
     /// a serial walk makes.
     func tree(_ descriptor: Int32, parentTree: BlobID?) throws -> BlobID {
+        var cache: DirectoryCache?
+        if let parent, let parentTree, parentTree.hex == parent.tree, session.packsComplete, let cacheDirectory = repository.cacheDirectory {
+            cache = DirectoryCache.load(snapshot: parent.id, cacheDirectory: cacheDirectory, repository: repository)
+        }
         let scanner = try TreeScanner(descriptor: descriptor, parentTree: parentTree, repository: repository, excludes: options.excludes,
-                                      limits: options.scanning)
+                                      cache: cache, recording: repository.cacheDirectory != nil, limits: options.scanning)
         defer { scanner.close() }
         guard case .listed(let listing) = try scanner.take(scanner.root) else {
             throw RepositoryError("cannot list the top directory")
@@ -285,13 +309,46 @@ final class BackupJob: @unchecked Sendable {
     private func directory(_ listing: TreeScanner.Listing, in scanned: ScannedDirectory, scanner: TreeScanner) throws -> BlobID {
         let relative = scanned.relative
         let descriptor = scanned.descriptor
-        var nodes: [TreeNode] = []
-        nodes.reserveCapacity(listing.entries.count)
         position.append(0)
         defer {
             position.removeLast()
             scanner.finished(scanned)
         }
+        // A directory whose listing is as the last backup recorded it holds the recorded tree, unless a subdirectory
+        // changed: walk the subdirectories first, and only if one came out different build the tree.
+        var walkedAhead: [Int: Subdirectory] = [:]
+        var oldNodes: [NameBytes: TreeNode]?
+        if let recorded = listing.recorded {
+            var asRecorded = true
+            for (index, entry) in listing.entries.enumerated() where entry.info.st_mode & S_IFMT == S_IFDIR {
+                position[position.count - 1] = index
+                let walked = try subdirectory(entry, scanner: scanner)
+                walkedAhead[index] = walked
+                if case .tree(let id) = walked, id == entry.child?.previousTree { continue }
+                asRecorded = false
+            }
+            if asRecorded, repository.isIndexed(recorded.tree) {
+                var files = 0, bytes: Int64 = 0
+                for entry in listing.entries where entry.info.st_mode & S_IFMT == S_IFREG {
+                    files += 1
+                    bytes += Int64(entry.info.st_size)
+                }
+                summary.withLock { $0.filesUnchanged += files; $0.bytesTotal += bytes; $0.directories += walkedAhead.count }
+                session.directoriesReused.withLock { $0 += 1 }
+                directoryRecords[relative] = recorded
+                reportProgress()
+                return recorded.tree
+            }
+            if !listing.oldTreeLoaded {
+                // Unreadable: its files are read again, as when the parent snapshot's tree of a directory is lost.
+                let old = try? repository.loadTree(recorded.tree, decompressor: decompressor)
+                oldNodes = Dictionary((old?.nodes ?? []).map { (NameBytes($0.name), $0) }, uniquingKeysWith: { first, _ in first })
+            }
+        }
+        // Recorded for the next backup only if the tree comes from the listing exactly (see `DirectoryCache`).
+        var exact = listing.digest != nil
+        var nodes: [TreeNode] = []
+        nodes.reserveCapacity(listing.entries.count)
         for (index, entry) in listing.entries.enumerated() {
             position[position.count - 1] = index
             let name = entry.name
@@ -302,18 +359,21 @@ final class BackupJob: @unchecked Sendable {
                 continue
             }
             let info = entry.info
+            let previous = entry.previous ?? oldNodes?[NameBytes(name)]
             var node = TreeNode(name: name, kind: .other, metadata: info)
             switch info.st_mode & S_IFMT {
             case S_IFDIR:
                 node.kind = .directory
                 node.size = 0
-                guard let child = entry.child else { continue }
-                switch try scanner.take(child) {
+                switch try walkedAhead[index] ?? subdirectory(entry, scanner: scanner) {
+                case .absent:
+                    continue
                 case .unopenable(let message):
                     recordError("\(childRelative): \(message)")
+                    exact = false
                     continue
-                case .listed(let childListing):
-                    node.subtree = try directory(childListing, in: child, scanner: scanner)
+                case .tree(let id):
+                    node.subtree = id
                 }
                 summary.withLock { $0.directories += 1 }
             case S_IFLNK:
@@ -329,7 +389,7 @@ final class BackupJob: @unchecked Sendable {
                 }
                 if info.st_nlink > 1 { hardLinks[linkKey] = childRelative }
                 node.kind = .file
-                if let old = entry.previous, old.isSameVersion(as: info), repository.areIndexed(old.content) {
+                if let old = previous, old.isSameVersion(as: info), repository.areIndexed(old.content) {
                     // Unchanged: size, mtime, ctime and inode match the parent snapshot, so the file is not read.
                     // Unless a blob of it is lost (its pack is gone, say): then the file is read and its data stored
                     // again, which also makes whole every older snapshot that refers to the same blobs.
@@ -341,13 +401,16 @@ final class BackupJob: @unchecked Sendable {
                         guard file >= 0 else { throw RepositoryError(String(cString: strerror(errno))) }
                         defer { close(file) }
                         try readFile(file, path: childRelative, listed: info, into: &node)
+                        // Read while it changed: the node keeps other times than the listing's.
+                        if !node.isSameVersion(as: info) { exact = false }
                         summary.withLock {
-                            if entry.previous == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
+                            if previous == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
                             $0.filesRead += 1
                             $0.bytesTotal += node.size
                         }
                     } catch let error as RepositoryError {
                         recordError("\(childRelative): \(error.message)")
+                        exact = false
                         continue
                     }
                 }
@@ -357,7 +420,25 @@ final class BackupJob: @unchecked Sendable {
             nodes.append(node)
             reportProgress()
         }
-        return try storeTree(Tree(nodes: nodes))
+        let id = try storeTree(Tree(nodes: nodes))
+        if exact, let digest = listing.digest { directoryRecords[relative] = DirectoryCache.Record(listing: digest, tree: id) }
+        return id
+    }
+
+    /// A subdirectory as the walk found it.
+    private enum Subdirectory {
+        case tree(BlobID)
+        case unopenable(String)
+        /// No node: it was not a directory when listed.
+        case absent
+    }
+
+    private func subdirectory(_ entry: TreeScanner.Entry, scanner: TreeScanner) throws -> Subdirectory {
+        guard let child = entry.child else { return .absent }
+        switch try scanner.take(child) {
+        case .unopenable(let message): return .unopenable(message)
+        case .listed(let childListing): return .tree(try directory(childListing, in: child, scanner: scanner))
+        }
     }
 
     /// Reads an open file's content into `node`. A file whose size, mtime or ctime differ after the read from what

@@ -50,8 +50,18 @@ final class TreeScanner: @unchecked Sendable {
         let previous: TreeNode?
     }
 
+    /// An entry as `fstatat` found it, before the old tree is consulted.
+    typealias LookedAt = (name: String, bytes: [CChar], relative: String, info: stat, statError: Int32)
+
     struct Listing {
         let entries: [Entry]
+        /// The listing's digest (`DirectoryCache.listingDigest`); nil when the directory cannot be recorded.
+        var digest: BlobID? = nil
+        /// What the last backup recorded for this directory, when the listing is still the one it recorded.
+        var recorded: DirectoryCache.Record? = nil
+        /// False when the old tree was not loaded (the listing is as recorded and every subdirectory's old tree came
+        /// from the cache): then `previous` is nil for every entry, and the walk loads the old tree only if it needs it.
+        var oldTreeLoaded = true
     }
 
     /// What the walk gets for a directory.
@@ -63,6 +73,10 @@ final class TreeScanner: @unchecked Sendable {
 
     private let repository: Repository
     private let excludes: Set<String>
+    /// The last backup's directory records (nil: none usable).
+    private let cache: DirectoryCache?
+    /// Whether listings get their digests, for this backup's records.
+    private let recording: Bool
     private let directoryWindow: Int
     private let readAheadLimit: Int
     /// One lock over the scanner's state, and a condition per kind of waiter, woken only for what it waits for.
@@ -98,12 +112,15 @@ final class TreeScanner: @unchecked Sendable {
 
     /// Starts listing the directory open at `descriptor` (duplicated; the caller keeps its own). `parentTree` is the
     /// parent snapshot's tree of it.
-    init(descriptor: Int32, parentTree: BlobID?, repository: Repository, excludes: Set<String>, limits: Limits = Limits()) throws {
+    init(descriptor: Int32, parentTree: BlobID?, repository: Repository, excludes: Set<String>, cache: DirectoryCache? = nil,
+         recording: Bool = false, limits: Limits = Limits()) throws {
         let threads = limits.threads
         let own = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
         guard own >= 0 else { throw RepositoryError("cannot duplicate the top directory's descriptor: \(String(cString: strerror(errno)))") }
         self.repository = repository
         self.excludes = excludes
+        self.cache = cache
+        self.recording = recording || cache != nil
         directoryWindow = max(1, limits.directoryWindow)
         readAheadLimit = max(0, limits.readAheadBytes)
         root = ScannedDirectory(relative: "", name: [], opener: nil, previousTree: parentTree)
@@ -297,28 +314,44 @@ final class TreeScanner: @unchecked Sendable {
         } catch {
             return .unlistable("\(error)")
         }
-        // Unreadable (its pack lost or damaged): every file of the directory is then read as if new.
-        let previousTree = directory.previousTree.flatMap { try? repository.loadTree($0, decompressor: decompressor) }
-        let previous = Dictionary((previousTree?.nodes ?? []).map { (NameBytes($0.name), $0) }, uniquingKeysWith: { first, _ in first })
-        var entries: [Entry] = []
-        entries.reserveCapacity(names.count)
+        var looked: [LookedAt] = []
+        looked.reserveCapacity(names.count)
         for (name, bytes) in names {
             let relative = directory.relative.isEmpty ? name : directory.relative + "/" + name
             if excludes.contains(relative) { continue }
             var info = stat()
-            guard fstatat(descriptor, bytes, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
-                entries.append(Entry(name: name, bytes: bytes, info: info, statError: errno, child: nil, previous: nil))
+            let failed = fstatat(descriptor, bytes, &info, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno
+            looked.append((name, bytes, relative, info, failed))
+        }
+        // As the last backup recorded it: then the old tree is needed only if a subdirectory changed, and each
+        // subdirectory's old tree is its record's (when every one has a record).
+        let digest = !recording ? nil : DirectoryCache.listingDigest(of: looked, repository: repository)
+        var recorded: DirectoryCache.Record?
+        if let digest, let record = cache?.records[directory.relative], record.listing == digest, record.tree == directory.previousTree {
+            recorded = record
+        }
+        let childrenRecorded = recorded != nil && looked.allSatisfy { item in
+            item.info.st_mode & S_IFMT != S_IFDIR || cache?.records[item.relative] != nil
+        }
+        // Unreadable (its pack lost or damaged): every file of the directory is then read as if new.
+        let previousTree = childrenRecorded ? nil : directory.previousTree.flatMap { try? repository.loadTree($0, decompressor: decompressor) }
+        let previous = Dictionary((previousTree?.nodes ?? []).map { (NameBytes($0.name), $0) }, uniquingKeysWith: { first, _ in first })
+        var entries: [Entry] = []
+        entries.reserveCapacity(looked.count)
+        for (name, bytes, relative, info, statError) in looked {
+            guard statError == 0 else {
+                entries.append(Entry(name: name, bytes: bytes, info: info, statError: statError, child: nil, previous: nil))
                 continue
             }
             var child: ScannedDirectory?
             let old = previous.isEmpty ? nil : previous[NameBytes(name)]
             if info.st_mode & S_IFMT == S_IFDIR {
-                child = ScannedDirectory(relative: relative, name: bytes, opener: directory,
-                                         previousTree: old?.kind == .directory ? old?.subtree : nil)
+                let oldTree = childrenRecorded ? cache?.records[relative]?.tree : (old?.kind == .directory ? old?.subtree : nil)
+                child = ScannedDirectory(relative: relative, name: bytes, opener: directory, previousTree: oldTree)
             }
             entries.append(Entry(name: name, bytes: bytes, info: info, statError: 0, child: child, previous: old))
         }
-        return .listed(Listing(entries: entries))
+        return .listed(Listing(entries: entries, digest: digest, recorded: recorded, oldTreeLoaded: !childrenRecorded))
     }
 
     /// The names in a directory, in byte order (the same on every machine and for every Unicode spelling: String's <
@@ -380,7 +413,8 @@ final class TreeScanner: @unchecked Sendable {
                 // Same order as the walk: a directory's contents come before its next sibling.
                 if let child = entry.child, let childListing = peek(child) { stack.append((child, childListing, 0)) }
             case S_IFREG:
-                if Self.willBeRead(entry) {
+                // In a directory as recorded, every file is as the last backup read it.
+                if listing.recorded == nil, Self.willBeRead(entry) {
                     advise(entry, in: directory, position: stack.map { $0.next - 1 })
                 }
             default: break

@@ -117,9 +117,18 @@ extension Repository {
     /// a backup stores them again from the source (and the snapshots that refer to them are whole again), verify
     /// and repair see them as missing, prune writes an index without them. Returns what `data/` holds.
     @discardableResult
+    /// Deletes the directory caches (`DirectoryCache`): the next backup of every tree loads its old trees again.
+    func forgetDirectoryCaches() {
+        if let cacheDirectory { DirectoryCache.removeAll(cacheDirectory: cacheDirectory) }
+    }
+
     func excludeMissingPacks() throws -> PackInventory {
         let inventory = try packInventory(index: indexSnapshot)
-        if !inventory.missing.isEmpty { try reloadIndex(rebuildCache: true, excludedPacks: Set(inventory.missing)) }
+        if !inventory.missing.isEmpty {
+            // Trees recorded by earlier backups may refer to the lost blobs, which the files must now replace.
+            forgetDirectoryCaches()
+            try reloadIndex(rebuildCache: true, excludedPacks: Set(inventory.missing))
+        }
         return inventory
     }
 
@@ -167,6 +176,8 @@ extension Repository {
     /// repository whose old and new index files both name packs that exist.
     public func repairIndex() throws -> IndexRepairReport {
         try withLock(exclusive: true) {
+            // A repair may drop blobs that trees recorded by earlier backups refer to.
+            forgetDirectoryCaches()
             var report = IndexRepairReport()
             let oldIndexFiles = try storage.list("index")
             // What the intact index files say, for the packs whose own header turns out to be damaged.
@@ -263,6 +274,8 @@ extension Repository {
     /// the blobs only it lists would look missing, and their files would be dropped (`repairIndex` first).
     public func repairSnapshots(readData: Bool) throws -> SnapshotRepairReport {
         try withLock(exclusive: true) {
+            // A repair may drop blobs that trees recorded by earlier backups refer to.
+            forgetDirectoryCaches()
             var report = SnapshotRepairReport()
             let oldIndexFiles = try storage.list("index")
             try reloadIndex(rebuildCache: true)

@@ -1,0 +1,108 @@
+import Foundation
+import Posix
+
+/// What the last backup of a tree stored for each of its directories: a digest of the directory's listing and the
+/// id of the tree it stored for it. Kept locally, one file per snapshot (`cache/dirs/<snapshot>`), like restic's and
+/// borg's files caches but per directory.
+///
+/// Why: an unchanged re-run used to load, decrypt, decompress and decode the parent snapshot's tree of every
+/// directory, only to build, encode and authenticate the same tree again. With this cache, a directory whose
+/// listing digest is what the last backup recorded, and whose subdirectories all came out as the trees recorded for
+/// them, is the recorded tree: neither its old tree nor a new one is touched.
+///
+/// The digest covers every entry the tree would hold, in order: its name and each `stat` field a node takes (mode,
+/// owner, group, size, mtime, ctime, inode) plus the device. It is keyed with the repository's id key, so an account
+/// owner who controls names and times cannot aim for a collision. A directory is recorded only when its tree
+/// came from its listing exactly: none of its entries failed, none was a file with several hard links (their nodes
+/// depend on where the walk met the other links), and every file read kept the times it was listed with.
+///
+/// The cache is trusted only as far as the repository: a recorded tree must still be in the index, and the cache is
+/// not used at all while packs are missing (their blobs are then stored again from the files, which needs the
+/// files' old trees) and is deleted by every repair. A damaged, forged or foreign file is ignored: it carries a
+/// keyed digest of its content and the snapshot it was written for.
+///
+/// Format: `FKDIR001`, the snapshot name (32 bytes), then per directory its path (`ByteWriter.fileName`), the
+/// listing digest and the tree id (32 bytes each); last, the keyed digest of everything before it.
+struct DirectoryCache {
+    struct Record: Equatable {
+        let listing: BlobID
+        let tree: BlobID
+    }
+
+    static let magic = Array("FKDIR001".utf8)
+    var records: [String: Record] = [:]
+
+    init(records: [String: Record] = [:]) { self.records = records }
+
+    /// The directory holding the caches, inside the repository's cache directory.
+    static func directory(in cacheDirectory: String) -> String { cacheDirectory + "/dirs" }
+
+    static func path(in cacheDirectory: String, snapshot: String) -> String { directory(in: cacheDirectory) + "/" + snapshot }
+
+    /// The cache written with snapshot `snapshot`, or nil if there is none or it is not intact.
+    static func load(snapshot: String, cacheDirectory: String, repository: Repository) -> DirectoryCache? {
+        guard let name = BlobID(hex: snapshot),
+              let data = FileManager.default.contents(atPath: path(in: cacheDirectory, snapshot: snapshot)) else { return nil }
+        let bytes = [UInt8](data)
+        guard bytes.count >= magic.count + 64 else { return nil }
+        let body = bytes[..<(bytes.count - 32)]
+        let stored = bytes.withUnsafeBytes { BlobID(UnsafeRawBufferPointer(rebasing: $0[(bytes.count - 32)...])) }
+        guard repository.blobID(body) == stored else { return nil }
+        var reader = ByteReader(Array(body), what: "directory cache \(snapshot)")
+        guard (try? reader.take(magic.count)) == magic, (try? reader.id()) == name else { return nil }
+        var records: [String: Record] = [:]
+        while !reader.isAtEnd {
+            guard let path = try? reader.fileName(), let listing = try? reader.id(), let tree = try? reader.id() else { return nil }
+            records[path] = Record(listing: listing, tree: tree)
+        }
+        return DirectoryCache(records: records)
+    }
+
+    /// Writes the cache for snapshot `snapshot` (temporary file and rename, no fsync: it can always be rebuilt) and
+    /// removes `replacing`'s, which only that snapshot's children could use. Best effort: a cache that cannot be
+    /// written costs the next backup its shortcut, nothing more.
+    func write(snapshot: String, replacing: String?, cacheDirectory: String, repository: Repository) {
+        guard let name = BlobID(hex: snapshot) else { return }
+        var writer = ByteWriter()
+        writer.bytes = Self.magic
+        writer.id(name)
+        for (path, record) in records {
+            writer.fileName(path)
+            writer.id(record.listing)
+            writer.id(record.tree)
+        }
+        writer.id(repository.blobID(writer.bytes))
+        try? AtomicFile.write(writer.bytes, to: Self.path(in: cacheDirectory, snapshot: snapshot), permissions: 0o600, durable: false,
+                              missingDirectory: .create(permissions: 0o700))
+        if let replacing, replacing != snapshot, BlobID(hex: replacing) != nil {
+            unlink(Self.path(in: cacheDirectory, snapshot: replacing))
+        }
+    }
+
+    /// Deletes every directory cache (after a repair, which may drop blobs that recorded trees refer to).
+    static func removeAll(cacheDirectory: String) {
+        try? FileManager.default.removeItem(atPath: directory(in: cacheDirectory))
+    }
+
+    /// The digest of a directory's listing (see the type's comment); nil when the directory cannot be recorded.
+    static func listingDigest(of entries: [TreeScanner.LookedAt], repository: Repository) -> BlobID? {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(entries.count * 96)
+        for entry in entries {
+            guard entry.statError == 0 else { return nil }
+            let info = entry.info
+            if info.st_mode & S_IFMT == S_IFREG && info.st_nlink > 1 { return nil }
+            entry.bytes.withUnsafeBufferPointer { name in
+                name.withMemoryRebound(to: UInt8.self) { bytes.append(contentsOf: $0) }
+            }
+            if entry.bytes.last != 0 { bytes.append(0) }
+            func field(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) } }
+            field(UInt64(info.st_mode)); field(UInt64(info.st_uid)); field(UInt64(info.st_gid))
+            field(UInt64(bitPattern: Int64(info.st_size)))
+            field(UInt64(bitPattern: Int64(info.st_mtim.tv_sec))); field(UInt64(bitPattern: Int64(info.st_mtim.tv_nsec)))
+            field(UInt64(bitPattern: Int64(info.st_ctim.tv_sec))); field(UInt64(bitPattern: Int64(info.st_ctim.tv_nsec)))
+            field(UInt64(info.st_ino)); field(UInt64(info.st_dev))
+        }
+        return repository.blobID(bytes)
+    }
+}
