@@ -205,8 +205,9 @@ public enum BackupCommands {
             Console.error("\(what): FAILED: \(error)")
         } else if let summary = result.summary, let id = result.snapshot {
             let files = summary.filesNew + summary.filesChanged + summary.filesUnchanged
-            print(String(format: "%@: snapshot %@, %d files (%d read), %.1f MiB added, %.1fs%@", what, String(id.prefix(8)), files,
-                         summary.filesRead, Double(summary.bytesAdded) / 1_048_576, summary.seconds,
+            let unchanged = summary.directoriesUnchanged.map { ", \($0) of \(summary.directories + 1) directories as last time" } ?? ""
+            print(String(format: "%@: snapshot %@, %d files (%d read)%@, %.1f MiB added, %.1fs%@", what, String(id.prefix(8)), files,
+                         summary.filesRead, unchanged, Double(summary.bytesAdded) / 1_048_576, summary.seconds,
                          summary.errors.isEmpty ? "" : ", \(summary.errors.count) files skipped: \(summary.errors.prefix(3).joined(separator: "; "))"))
         }
     }

@@ -38,8 +38,9 @@ struct DirectoryCacheTests {
         let session = try BackupSession(repository: repository)
         defer { session.close() }
         let ticket = try session.backup(directory: home, options: BackupOptions(tags: ["kind": "files"]))
-        let snapshot = try #require(try session.commit()[ticket])
-        return Run(snapshot: snapshot, reused: session.directoriesReused.withLock { $0 })
+        let written = try session.commit()
+        guard let snapshot = written[ticket] else { throw RepositoryError("backup \(ticket) was not recorded") }
+        return Run(snapshot: snapshot, reused: snapshot.summary.directoriesUnchanged ?? 0)
     }
 
     static func setUp(_ scratch: TemporaryDirectory) throws -> (home: String, repository: Repository) {
@@ -104,6 +105,26 @@ struct DirectoryCacheTests {
         let again = try Self.backUp(home, repository)
         #expect(again.snapshot.tree == changed.snapshot.tree)
         #expect(again.reused == Self.directories - 1)
+    }
+
+    /// The cache of a snapshot that is gone (forgotten, say) is deleted by the next backup; one newer than the
+    /// backup's start (another backup running alongside may have just written it) stays.
+    @Test func cachesOfSnapshotsThatAreGoneAreDeleted() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-dircache")
+        let (home, repository) = try Self.setUp(scratch)
+        let first = try Self.backUp(home, repository)
+        let directory = DirectoryCache.directory(in: scratch.appending("repo/cache"))
+        let gone = directory + "/" + String(repeating: "ab", count: 32)
+        let fresh = directory + "/" + String(repeating: "cd", count: 32)
+        try Data("stale".utf8).write(to: URL(fileURLWithPath: gone))
+        try Data("fresh".utf8).write(to: URL(fileURLWithPath: fresh))
+        var times = [timespec(tv_sec: 1_000_000_000, tv_nsec: 0), timespec(tv_sec: 1_000_000_000, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, gone, &times, 0) == 0)
+        times = [timespec(tv_sec: time(nil) + 3600, tv_nsec: 0), timespec(tv_sec: time(nil) + 3600, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, fresh, &times, 0) == 0)
+        let second = try Self.backUp(home, repository)
+        let left = Set(try FileManager.default.contentsOfDirectory(atPath: directory))
+        #expect(left == [second.snapshot.id, String(repeating: "cd", count: 32)], "\(left), first \(first.snapshot.id)")
     }
 
     /// A damaged cache, or one copied over another snapshot's, is not used; the backup is the same.

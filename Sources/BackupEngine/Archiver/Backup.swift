@@ -87,13 +87,12 @@ public final class BackupSession: Sendable {
     private let checkpoint: (@Sendable (String) throws -> Void)?
     /// Snapshots read once at the start: each backup's parent is the latest one with the same tags.
     private let existing: [Snapshot]
+    private let started = Date()
     private let pending = Mutex<(tickets: Int, snapshots: [(ticket: Int, snapshot: Snapshot)])>((0, []))
     /// Each directory backup's records for the next backup of its tree, by ticket (`DirectoryCache`).
     private let directoryCaches = Mutex<[Int: DirectoryCache]>([:])
     /// False when packs are missing: directory caches are then not used (see `DirectoryCache`).
     let packsComplete: Bool
-    /// Directories taken whole from the last backup's records, over this session's backups (for tests and reports).
-    let directoriesReused = Mutex(0)
 
     /// Takes a shared lease on `repository` until `close`.
     public init(repository: Repository, checkpoint: (@Sendable (String) throws -> Void)? = nil) throws {
@@ -215,6 +214,8 @@ public final class BackupSession: Sendable {
                     guard let snapshot = written[ticket] else { continue }
                     cache.write(snapshot: snapshot.id, replacing: snapshot.parent, cacheDirectory: cacheDirectory, repository: repository)
                 }
+                DirectoryCache.removeStale(keeping: Set(existing.map(\.id) + written.values.map(\.id)), before: started,
+                                           cacheDirectory: cacheDirectory)
             }
             return written
         } catch {
@@ -333,8 +334,12 @@ final class BackupJob: @unchecked Sendable {
                     files += 1
                     bytes += Int64(entry.info.st_size)
                 }
-                summary.withLock { $0.filesUnchanged += files; $0.bytesTotal += bytes; $0.directories += walkedAhead.count }
-                session.directoriesReused.withLock { $0 += 1 }
+                summary.withLock {
+                    $0.filesUnchanged += files
+                    $0.bytesTotal += bytes
+                    $0.directories += walkedAhead.count
+                    $0.directoriesUnchanged = ($0.directoriesUnchanged ?? 0) + 1
+                }
                 directoryRecords[relative] = recorded
                 reportProgress()
                 return recorded.tree

@@ -79,6 +79,18 @@ struct DirectoryCache {
         }
     }
 
+    /// Deletes the caches of snapshots not in `snapshots` (forgotten since, or never written) that are older than
+    /// `before`: a cache written by a backup running alongside, for a snapshot this one has not seen, stays.
+    static func removeStale(keeping snapshots: Set<String>, before: Date, cacheDirectory: String) {
+        let directory = directory(in: cacheDirectory)
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in names where !snapshots.contains(name) {
+            var info = stat()
+            guard lstat(directory + "/" + name, &info) == 0, Double(info.st_mtim.tv_sec) < before.timeIntervalSince1970 else { continue }
+            unlink(directory + "/" + name)
+        }
+    }
+
     /// Deletes every directory cache (after a repair, which may drop blobs that recorded trees refer to).
     static func removeAll(cacheDirectory: String) {
         try? FileManager.default.removeItem(atPath: directory(in: cacheDirectory))

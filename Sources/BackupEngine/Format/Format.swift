@@ -171,6 +171,9 @@ public struct BackupSummary: Codable, Sendable {
     public var directories = 0
     /// Files whose content was read (unchanged files are not read at all).
     public var filesRead = 0
+    /// Directories taken whole from the last backup's records (`DirectoryCache`): listed, but neither their old
+    /// tree loaded nor a new one built. Absent in snapshots made before the directory cache.
+    public var directoriesUnchanged: Int?
     public var bytesRead: Int64 = 0
     /// Size of all files in the snapshot.
     public var bytesTotal: Int64 = 0
