@@ -267,7 +267,7 @@ final class BackupJob: @unchecked Sendable {
     private var streamPosition: Int64 = 0
     private var hardLinks: [String: String] = [:]
     /// What this job recorded for the next backup of the same tree (`DirectoryCache`), by directory path.
-    private(set) var directoryRecords: [String: DirectoryCache.Record] = [:]
+    private(set) var directoryRecords: [UInt64: DirectoryCache.Record] = [:]
     private var lastProgress = Date()
 
     init(session: BackupSession, options: BackupOptions, parent: Snapshot?) {
@@ -340,7 +340,7 @@ final class BackupJob: @unchecked Sendable {
                     $0.directories += walkedAhead.count
                     $0.directoriesUnchanged = ($0.directoriesUnchanged ?? 0) + 1
                 }
-                directoryRecords[relative] = recorded
+                directoryRecords[scanned.cacheKey] = recorded
                 reportProgress()
                 return recorded.tree
             }
@@ -426,7 +426,7 @@ final class BackupJob: @unchecked Sendable {
             reportProgress()
         }
         let id = try storeTree(Tree(nodes: nodes))
-        if exact, let digest = listing.digest { directoryRecords[relative] = DirectoryCache.Record(listing: digest, tree: id) }
+        if exact, let digest = listing.digest { directoryRecords[scanned.cacheKey] = DirectoryCache.Record(listing: digest, tree: id) }
         return id
     }
 

@@ -21,7 +21,12 @@ import Posix
 /// files' old trees) and is deleted by every repair. A damaged, forged or foreign file is ignored: it carries a
 /// keyed digest of its content and the snapshot it was written for.
 ///
-/// Format: `FKDIR001`, the snapshot name (32 bytes), then per directory its path (`ByteWriter.fileName`), the
+/// Records are found by the directory's key, the first 8 bytes of the id key's HMAC of its path (`key(for:)`), not by
+/// the path itself: 72 bytes a record and no string, for the old records and the new ones alike. Two paths with one
+/// key cannot mislead the backup: a record is used only if the listing's digest (names, inodes) is the one it
+/// recorded.
+///
+/// Format: `FKDIR002`, the snapshot name (32 bytes), then per directory its key (8 bytes, little-endian), the
 /// listing digest and the tree id (32 bytes each); last, the keyed digest of everything before it.
 struct DirectoryCache {
     struct Record: Equatable {
@@ -29,10 +34,13 @@ struct DirectoryCache {
         let tree: BlobID
     }
 
-    static let magic = Array("FKDIR001".utf8)
-    var records: [String: Record] = [:]
+    static let magic = Array("FKDIR002".utf8)
+    var records: [UInt64: Record] = [:]
 
-    init(records: [String: Record] = [:]) { self.records = records }
+    init(records: [UInt64: Record] = [:]) { self.records = records }
+
+    /// A directory's key in the records, from its path relative to the backed-up tree ("" for the top).
+    static func key(for path: String, repository: Repository) -> UInt64 { repository.blobID(FileName.bytes(of: path)).a }
 
     /// The directory holding the caches, inside the repository's cache directory.
     static func directory(in cacheDirectory: String) -> String { cacheDirectory + "/dirs" }
@@ -50,10 +58,12 @@ struct DirectoryCache {
         guard repository.blobID(body) == stored else { return nil }
         var reader = ByteReader(Array(body), what: "directory cache \(snapshot)")
         guard (try? reader.take(magic.count)) == magic, (try? reader.id()) == name else { return nil }
-        var records: [String: Record] = [:]
+        var records: [UInt64: Record] = [:]
+        records.reserveCapacity((bytes.count - magic.count - 64) / 72)
         while !reader.isAtEnd {
-            guard let path = try? reader.fileName(), let listing = try? reader.id(), let tree = try? reader.id() else { return nil }
-            records[path] = Record(listing: listing, tree: tree)
+            guard let keyBytes = try? reader.take(8), let listing = try? reader.id(), let tree = try? reader.id() else { return nil }
+            let key = keyBytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+            records[key] = Record(listing: listing, tree: tree)
         }
         return DirectoryCache(records: records)
     }
@@ -66,8 +76,9 @@ struct DirectoryCache {
         var writer = ByteWriter()
         writer.bytes = Self.magic
         writer.id(name)
-        for (path, record) in records {
-            writer.fileName(path)
+        writer.bytes.reserveCapacity(Self.magic.count + 64 + records.count * 72)
+        for (key, record) in records {
+            withUnsafeBytes(of: key.littleEndian) { writer.bytes.append(contentsOf: $0) }
             writer.id(record.listing)
             writer.id(record.tree)
         }
@@ -97,7 +108,7 @@ struct DirectoryCache {
     }
 
     /// The digest of a directory's listing (see the type's comment); nil when the directory cannot be recorded.
-    static func listingDigest(of entries: [TreeScanner.LookedAt], repository: Repository) -> BlobID? {
+    static func listingDigest(of entries: [TreeScanner.Entry], repository: Repository) -> BlobID? {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(entries.count * 96)
         for entry in entries {

@@ -44,14 +44,11 @@ final class TreeScanner: @unchecked Sendable {
         let info: stat
         let statError: Int32
         /// For a directory: its own node, listed ahead.
-        let child: ScannedDirectory?
+        var child: ScannedDirectory?
         /// The parent snapshot's entry of the same name, looked up here rather than by the walk, whose thread is the
         /// one every entry waits for.
-        let previous: TreeNode?
+        var previous: TreeNode?
     }
-
-    /// An entry as `fstatat` found it, before the old tree is consulted.
-    typealias LookedAt = (name: String, bytes: [CChar], relative: String, info: stat, statError: Int32)
 
     struct Listing {
         let entries: [Entry]
@@ -123,7 +120,8 @@ final class TreeScanner: @unchecked Sendable {
         self.recording = recording || cache != nil
         directoryWindow = max(1, limits.directoryWindow)
         readAheadLimit = max(0, limits.readAheadBytes)
-        root = ScannedDirectory(relative: "", name: [], opener: nil, previousTree: parentTree)
+        root = ScannedDirectory(relative: "", name: [], opener: nil, previousTree: parentTree,
+                                cacheKey: DirectoryCache.key(for: "", repository: repository))
         root.pendingDescriptor = own
         root.state = .opened(own)
         waiting = [WeakDirectory(directory: root)]
@@ -314,42 +312,43 @@ final class TreeScanner: @unchecked Sendable {
         } catch {
             return .unlistable("\(error)")
         }
-        var looked: [LookedAt] = []
-        looked.reserveCapacity(names.count)
+        // Every entry looked at first; the old tree's entries and the subdirectories' nodes are filled in after,
+        // once it is known whether the old tree is needed.
+        var entries: [Entry] = []
+        entries.reserveCapacity(names.count)
+        var subdirectories: [(index: Int, relative: String, key: UInt64)] = []
         for (name, bytes) in names {
             let relative = directory.relative.isEmpty ? name : directory.relative + "/" + name
             if excludes.contains(relative) { continue }
             var info = stat()
             let failed = fstatat(descriptor, bytes, &info, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno
-            looked.append((name, bytes, relative, info, failed))
+            if failed == 0 && info.st_mode & S_IFMT == S_IFDIR {
+                // Its key in the records, made once.
+                subdirectories.append((entries.count, relative, recording ? DirectoryCache.key(for: relative, repository: repository) : 0))
+            }
+            entries.append(Entry(name: name, bytes: bytes, info: info, statError: failed, child: nil, previous: nil))
         }
         // As the last backup recorded it: then the old tree is needed only if a subdirectory changed, and each
         // subdirectory's old tree is its record's (when every one has a record).
-        let digest = !recording ? nil : DirectoryCache.listingDigest(of: looked, repository: repository)
+        let digest = !recording ? nil : DirectoryCache.listingDigest(of: entries, repository: repository)
         var recorded: DirectoryCache.Record?
-        if let digest, let record = cache?.records[directory.relative], record.listing == digest, record.tree == directory.previousTree {
+        if let digest, let record = cache?.records[directory.cacheKey], record.listing == digest, record.tree == directory.previousTree {
             recorded = record
         }
-        let childrenRecorded = recorded != nil && looked.allSatisfy { item in
-            item.info.st_mode & S_IFMT != S_IFDIR || cache?.records[item.relative] != nil
-        }
+        let childrenRecorded = recorded != nil && subdirectories.allSatisfy { cache?.records[$0.key] != nil }
         // Unreadable (its pack lost or damaged): every file of the directory is then read as if new.
         let previousTree = childrenRecorded ? nil : directory.previousTree.flatMap { try? repository.loadTree($0, decompressor: decompressor) }
-        let previous = Dictionary((previousTree?.nodes ?? []).map { (NameBytes($0.name), $0) }, uniquingKeysWith: { first, _ in first })
-        var entries: [Entry] = []
-        entries.reserveCapacity(looked.count)
-        for (name, bytes, relative, info, statError) in looked {
-            guard statError == 0 else {
-                entries.append(Entry(name: name, bytes: bytes, info: info, statError: statError, child: nil, previous: nil))
-                continue
+        if let previousTree, !previousTree.nodes.isEmpty {
+            let previous = Dictionary(previousTree.nodes.map { (NameBytes($0.name), $0) }, uniquingKeysWith: { first, _ in first })
+            for index in entries.indices where entries[index].statError == 0 {
+                entries[index].previous = previous[NameBytes(entries[index].name)]
             }
-            var child: ScannedDirectory?
-            let old = previous.isEmpty ? nil : previous[NameBytes(name)]
-            if info.st_mode & S_IFMT == S_IFDIR {
-                let oldTree = childrenRecorded ? cache?.records[relative]?.tree : (old?.kind == .directory ? old?.subtree : nil)
-                child = ScannedDirectory(relative: relative, name: bytes, opener: directory, previousTree: oldTree)
-            }
-            entries.append(Entry(name: name, bytes: bytes, info: info, statError: 0, child: child, previous: old))
+        }
+        for (index, relative, key) in subdirectories {
+            let old = entries[index].previous
+            let oldTree = childrenRecorded ? cache?.records[key]?.tree : (old?.kind == .directory ? old?.subtree : nil)
+            entries[index].child = ScannedDirectory(relative: relative, name: entries[index].bytes, opener: directory, previousTree: oldTree,
+                                                    cacheKey: key)
         }
         return .listed(Listing(entries: entries, digest: digest, recorded: recorded, oldTreeLoaded: !childrenRecorded))
     }
@@ -531,15 +530,18 @@ final class ScannedDirectory: @unchecked Sendable {
     /// NUL-terminated name in the parent directory.
     let name: [CChar]
     let previousTree: BlobID?
+    /// Its key in the directory cache's records (`DirectoryCache.key(for:)`; 0 when the backup keeps no records).
+    let cacheKey: UInt64
     var state: State
     var opener: ScannedDirectory?
     var counted = false
     fileprivate(set) var descriptor: Int32 = -1
 
-    init(relative: String, name: [CChar], opener: ScannedDirectory?, previousTree: BlobID?) {
+    init(relative: String, name: [CChar], opener: ScannedDirectory?, previousTree: BlobID?, cacheKey: UInt64 = 0) {
         self.relative = relative
         self.name = name
         self.previousTree = previousTree
+        self.cacheKey = cacheKey
         self.opener = opener
         state = opener.map { .unopened($0) } ?? .listing
     }
