@@ -266,7 +266,7 @@ final class BackupJob: @unchecked Sendable {
     private var parentShift: Int64 = 0
     private var streamPosition: Int64 = 0
     private var hardLinks: [String: String] = [:]
-    /// What this job recorded for the next backup of the same tree (`DirectoryCache`), by directory path.
+    /// What this job recorded for the next backup of the same tree (`DirectoryCache`), by directory key.
     private(set) var directoryRecords: [UInt64: DirectoryCache.Record] = [:]
     private var lastProgress = Date()
 
