@@ -412,7 +412,12 @@ struct PrivacyEndToEndTests {
             #expect(Self.filesContaining(needle, in: Self.databaseFiles(controller)) == [], "'\(needle)' left in the database after erasure")
         }
         let ledger = try String(contentsOfFile: controller.data.appending("erasure.ledger"), encoding: .utf8)
-        #expect(ledger.split(separator: "\n").count == 1 && !ledger.contains(name) && !ledger.contains(String(customer) + " "))
+        // One line, "<keyed hash> <time>": neither field is the customer's number. (Searching the text for "<number> "
+        // failed whenever the hex hash happened to end in that digit.)
+        let fields = ledger.split(separator: "\n").first.map { $0.split(separator: " ").map(String.init) } ?? []
+        #expect(ledger.split(separator: "\n").count == 1 && !ledger.contains(name))
+        #expect(fields.count == 2 && fields[0].count == 64 && fields[0].allSatisfy(\.isHexDigit) && !fields.contains(String(customer)),
+                "the ledger line should be a keyed hash and a time: \(ledger)")
 
         // Restore the old database file: at start the ledger erases the customer again.
         for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: controller.data.appending("controller.db" + suffix)) }
