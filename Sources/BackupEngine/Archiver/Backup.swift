@@ -208,8 +208,9 @@ public final class BackupSession: Sendable {
                 _ = pending.withLock { $0.snapshots.removeFirst() }
             }
             repository.foldIndexIfWorthwhile()
-            if let cacheDirectory = repository.cacheDirectory {
-                let caches = directoryCaches.withLock { caches in defer { caches = [:] }; return caches }
+            // Only when this commit wrote caches: checkpoints of a stream-only session have nothing to tidy.
+            let caches = directoryCaches.withLock { caches in defer { caches = [:] }; return caches }
+            if let cacheDirectory = repository.cacheDirectory, !caches.isEmpty {
                 for (ticket, cache) in caches {
                     guard let snapshot = written[ticket] else { continue }
                     cache.write(snapshot: snapshot.id, replacing: snapshot.parent, cacheDirectory: cacheDirectory, repository: repository)

@@ -113,15 +113,15 @@ extension Repository {
         return try listed.withLock { listed in try directories.indices.map { try listed[$0]?.get() ?? [] } }
     }
 
-    /// Leaves the packs that are gone out of the loaded index (and its cache), so nothing relies on their blobs:
-    /// a backup stores them again from the source (and the snapshots that refer to them are whole again), verify
-    /// and repair see them as missing, prune writes an index without them. Returns what `data/` holds.
-    @discardableResult
     /// Deletes the directory caches (`DirectoryCache`): the next backup of every tree loads its old trees again.
     func forgetDirectoryCaches() {
         if let cacheDirectory { DirectoryCache.removeAll(cacheDirectory: cacheDirectory) }
     }
 
+    /// Leaves the packs that are gone out of the loaded index (and its cache), so nothing relies on their blobs:
+    /// a backup stores them again from the source (and the snapshots that refer to them are whole again), verify
+    /// and repair see them as missing, prune writes an index without them. Returns what `data/` holds.
+    @discardableResult
     func excludeMissingPacks() throws -> PackInventory {
         let inventory = try packInventory(index: indexSnapshot)
         if !inventory.missing.isEmpty {
