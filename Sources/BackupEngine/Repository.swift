@@ -101,7 +101,7 @@ public final class Repository: Sendable {
         dataCipher = AES256GCM.Key(keys.dataKey)
         self.foldLimit = foldLimit
         indexState = ReadWriteLock(LoadedIndex())
-        self.cacheDirectory = cacheDirectory ?? (storage as? LocalStorage).map { $0.root + "/cache" }
+        self.cacheDirectory = cacheDirectory ?? storage.defaultCacheDirectory
     }
 
     /// Creates a new repository. With a key file source, the key file is created (0600) when it does not exist yet.

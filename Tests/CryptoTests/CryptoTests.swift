@@ -56,6 +56,30 @@ struct DigestTests {
         #expect(mismatches.load(ordering: .relaxed) == 0)
     }
 
+    @Test func threadContextsGiveTheKeysMACsAndOutliveTheirKey() {
+        let secret = SecureRandom.bytes(32)
+        let messages = (0..<32).map { SecureRandom.bytes($0 * 131) }
+        let expected = messages.map { HMACSHA256.authenticate($0, key: secret) }
+        let key = HMACSHA256.Key(secret)
+        // One context per thread, used for many messages: a context re-keyed wrongly between messages gives a wrong
+        // MAC from the second message on.
+        let mismatches = Atomic<Int>(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { _ in
+            let context = key.makeThreadContext()
+            for _ in 0..<20 {
+                for (message, mac) in zip(messages, expected) where context.authenticate(message) != mac {
+                    mismatches.add(1, ordering: .relaxed)
+                }
+            }
+        }
+        #expect(mismatches.load(ordering: .relaxed) == 0)
+        // The context holds its key: used after the last other reference is gone, it still has the key's state.
+        var orphan: HMACSHA256.ThreadContext?
+        do { orphan = HMACSHA256.Key(Array("Jefe".utf8)).makeThreadContext() }
+        #expect(orphan.map { Hex.encode($0.authenticate(Array("what do ya want for nothing?".utf8))) }
+                == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    }
+
     @Test func preparedCipherInteroperatesWithTheOneShotAndRejectsTampering() throws {
         let secret = SecureRandom.bytes(32)
         let cipher = AES256GCM.Key(secret)

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Posix
 
@@ -41,6 +42,10 @@ struct DirectoryCache {
 
     /// A directory's key in the records, from its path relative to the backed-up tree ("" for the top).
     static func key(for path: String, repository: Repository) -> UInt64 { repository.blobID(FileName.bytes(of: path)).a }
+
+    /// The same key, computed with one thread's context of the repository's id key (no lock; see
+    /// `HMACSHA256.Key.makeThreadContext`).
+    static func key(for path: String, ids: HMACSHA256.ThreadContext) -> UInt64 { BlobID(bytes: ids.authenticate(FileName.bytes(of: path))).a }
 
     /// The directory holding the caches, inside the repository's cache directory.
     static func directory(in cacheDirectory: String) -> String { cacheDirectory + "/dirs" }
@@ -108,7 +113,7 @@ struct DirectoryCache {
     }
 
     /// The digest of a directory's listing (see the type's comment); nil when the directory cannot be recorded.
-    static func listingDigest(of entries: [TreeScanner.Entry], repository: Repository) -> BlobID? {
+    static func listingDigest(of entries: [TreeScanner.Entry], ids: HMACSHA256.ThreadContext) -> BlobID? {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(entries.count * 96)
         for entry in entries {
@@ -126,6 +131,6 @@ struct DirectoryCache {
             field(UInt64(bitPattern: Int64(info.st_ctim.tv_sec))); field(UInt64(bitPattern: Int64(info.st_ctim.tv_nsec)))
             field(UInt64(info.st_ino)); field(UInt64(info.st_dev))
         }
-        return repository.blobID(bytes)
+        return BlobID(bytes: ids.authenticate(bytes))
     }
 }

@@ -1,4 +1,5 @@
 import CLinux
+import Crypto
 import Foundation
 import Zstd
 
@@ -106,6 +107,7 @@ final class TreeScanner: @unchecked Sendable {
     private var readAheadWaiting = false
     /// Used by the walk's thread only.
     private let walkDecompressor = ZstdDecompressor()
+    private let walkIDs: HMACSHA256.ThreadContext
 
     /// Starts listing the directory open at `descriptor` (duplicated; the caller keeps its own). `parentTree` is the
     /// parent snapshot's tree of it.
@@ -115,6 +117,7 @@ final class TreeScanner: @unchecked Sendable {
         let own = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
         guard own >= 0 else { throw RepositoryError("cannot duplicate the top directory's descriptor: \(String(cString: strerror(errno)))") }
         self.repository = repository
+        walkIDs = repository.idKey.makeThreadContext()
         self.excludes = excludes
         self.cache = cache
         self.recording = recording || cache != nil
@@ -198,7 +201,7 @@ final class TreeScanner: @unchecked Sendable {
             // The walk got here first: no lister holds it, and waiting for one could mean waiting behind a bound.
             directory.state = .listing
             condition.unlock()
-            let result = list(directory, decompressor: walkDecompressor)
+            let result = list(directory, decompressor: walkDecompressor, ids: walkIDs)
             condition.lock()
             publish(directory, result, counted: false)
         default: break
@@ -245,6 +248,7 @@ final class TreeScanner: @unchecked Sendable {
 
     private func lister() {
         let decompressor = ZstdDecompressor()
+        let ids = repository.idKey.makeThreadContext()
         condition.lock()
         while true {
             while !closed && (waiting.isEmpty || listedAhead >= directoryWindow) { condition.wait(Self.listers) }
@@ -258,7 +262,7 @@ final class TreeScanner: @unchecked Sendable {
             let watching = listersStarted < maximumListers || !readAheadStarted
             condition.unlock()
             let before = watching ? Self.blocksReadByThisThread() : nil
-            let result = list(directory, decompressor: decompressor)
+            let result = list(directory, decompressor: decompressor, ids: ids)
             let readFromDisk = before.flatMap { before in Self.blocksReadByThisThread().map { $0 > before } } ?? false
             condition.lock()
             if readFromDisk { growForTheDisk() }
@@ -292,7 +296,7 @@ final class TreeScanner: @unchecked Sendable {
 
     /// Opens (relative to its parent's descriptor), lists and looks at every entry of one directory; loads the parent
     /// snapshot's listing of it. No lock held.
-    private func list(_ directory: ScannedDirectory, decompressor: ZstdDecompressor) -> ScannedDirectory.State {
+    private func list(_ directory: ScannedDirectory, decompressor: ZstdDecompressor, ids: HMACSHA256.ThreadContext) -> ScannedDirectory.State {
         let descriptor: Int32
         switch directory.stateForOpening() {
         case .opened(let open): descriptor = open
@@ -324,13 +328,13 @@ final class TreeScanner: @unchecked Sendable {
             let failed = fstatat(descriptor, bytes, &info, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno
             if failed == 0 && info.st_mode & S_IFMT == S_IFDIR {
                 // Its key in the records, made once.
-                subdirectories.append((entries.count, relative, recording ? DirectoryCache.key(for: relative, repository: repository) : 0))
+                subdirectories.append((entries.count, relative, recording ? DirectoryCache.key(for: relative, ids: ids) : 0))
             }
             entries.append(Entry(name: name, bytes: bytes, info: info, statError: failed, child: nil, previous: nil))
         }
         // As the last backup recorded it: then the old tree is needed only if a subdirectory changed, and each
         // subdirectory's old tree is its record's (when every one has a record).
-        let digest = !recording ? nil : DirectoryCache.listingDigest(of: entries, repository: repository)
+        let digest = !recording ? nil : DirectoryCache.listingDigest(of: entries, ids: ids)
         var recorded: DirectoryCache.Record?
         if let digest, let record = cache?.records[directory.cacheKey], record.listing == digest, record.tree == directory.previousTree {
             recorded = record

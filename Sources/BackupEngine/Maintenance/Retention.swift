@@ -166,7 +166,7 @@ extension Repository {
             }
             for name in index.indexFiles { try storage.remove("index/" + name) }
             for pack in deadPacks + rewritten + unindexed { try storage.remove(Self.packPath(pack)) }
-            (storage as? LocalStorage)?.removeTemporaryFiles()
+            storage.removeTemporaryFiles()
             try reloadIndex()
             return report
         }

@@ -149,7 +149,7 @@ final class PackWriter: Sendable {
         let (pack, offset) = try state.withLock { state throws -> (OpenPack, Int) in
             let pack: OpenPack
             if let open = state.open[kind] { pack = open } else {
-                pack = OpenPack(sink: try makeSink())
+                pack = OpenPack(sink: try storage.makePackSink())
                 state.open[kind] = pack
             }
             let offset = pack.size
@@ -223,11 +223,6 @@ final class PackWriter: Sendable {
         for pack in written { try? storage.remove(Repository.packPath(pack)) }
     }
 
-    private func makeSink() throws -> any PackSink {
-        if let local = storage as? LocalStorage { return try FilePackSink(storage: local) }
-        return MemoryPackSink(storage: storage)
-    }
-
     /// A pack is its sealed blobs, then its sealed header (the entries), then the header's length (4 bytes, little
     /// endian), so it can be read back without the index. Its name is random: 32 bytes, hex.
     private func commit(_ pack: OpenPack) throws {
@@ -253,8 +248,10 @@ final class PackWriter: Sendable {
 
 /// Where a pack's bytes go while it is being filled. `write` is called concurrently at disjoint offsets; `commit`
 /// and `abort` once, after every write has returned.
-protocol PackSink: Sendable {
+/// A storage makes them (`RepositoryStorage.makePackSink`).
+public protocol PackSink: Sendable {
     func write(_ bytes: [UInt8], at offset: Int) throws
+    /// Writes the trailer and puts the whole pack in place under `path`, durably.
     func commit(trailer: [UInt8], at offset: Int, path: String) throws
     func abort()
 }

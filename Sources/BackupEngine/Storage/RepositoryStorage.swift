@@ -24,6 +24,22 @@ public protocol RepositoryStorage: Sendable {
     /// No default implementation: each storage says how it stages, so that a wrapper that forgot to pass `stage` on
     /// cannot quietly write at once and lose the batched flush of the storage it wraps.
     func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite
+    /// Where a backup writes its next pack. A local disk streams it into a temporary file as blobs arrive, so no pack
+    /// is held in memory; a storage that can only write whole files gets the default, which buffers the pack.
+    func makePackSink() throws -> any PackSink
+    /// The directory on this machine that holds the repository's caches (index, snapshots, directory listings) when
+    /// its opener names none, or nil: a remote storage has no such place, and its opener chooses one.
+    var defaultCacheDirectory: String? { get }
+    /// Removes what interrupted writes left under temporary names. Such files are never referenced.
+    func removeTemporaryFiles()
+}
+
+extension RepositoryStorage {
+    public func makePackSink() throws -> any PackSink { MemoryPackSink(storage: self) }
+    public var defaultCacheDirectory: String? { nil }
+    /// Nothing to do by default: a remote storage's leftover temporary names are removed by its own next write
+    /// session (the off-site push does so).
+    public func removeTemporaryFiles() {}
 }
 
 /// A file sent by `RepositoryStorage.stage`. Used by one thread.
@@ -90,6 +106,8 @@ public struct LocalStorage: RepositoryStorage {
     private let openPacks = OpenFileCache(capacity: 64)
     public init(root: String) { self.root = root }
     public var location: String { root }
+    public var defaultCacheDirectory: String? { root + "/cache" }
+    public func makePackSink() throws -> any PackSink { try FilePackSink(storage: self) }
 
     private func full(_ path: String) throws -> String {
         try validateRepositoryPath(path)
