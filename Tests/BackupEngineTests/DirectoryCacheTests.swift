@@ -152,6 +152,46 @@ struct DirectoryCacheTests {
         #expect(fourth.snapshot.tree == first.snapshot.tree)
     }
 
+    /// The records are searched where they lie in the file: every key written is found with its record, keys never
+    /// written are not, a key that two directories share is left out, and a file whose records are out of order is
+    /// not used even when its digest is right (a binary search over it would miss records).
+    @Test func recordsAreFoundByKeyInTheFileAsWritten() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-dircache")
+        let (_, repository) = try Self.setUp(scratch)
+        let caches = scratch.appending("repo/cache")
+        func id(_ number: Int, _ salt: String) -> BlobID { repository.blobID(Array("\(salt) \(number)".utf8)) }
+        // Even keys only, so that every odd key is one never written; the smallest and largest even keys included.
+        var keys = Set<UInt64>([0, UInt64.max - 1])
+        while keys.count < 2_000 { keys.insert(UInt64.random(in: 0...UInt64.max) & ~1) }
+        let entries = keys.enumerated().map { number, key in
+            DirectoryCache.Entry(key: key, record: DirectoryCache.Record(listing: id(number, "listing"), tree: id(number, "tree")))
+        }
+        let shared = entries[5]
+        let other = DirectoryCache.Entry(key: shared.key, record: DirectoryCache.Record(listing: id(-1, "listing"), tree: id(-1, "tree")))
+        let snapshot = id(0, "snapshot").hex
+        DirectoryCache.write(entries.shuffled() + [other], snapshot: snapshot, replacing: nil, cacheDirectory: caches, repository: repository)
+
+        let cache = try #require(DirectoryCache.load(snapshot: snapshot, cacheDirectory: caches, repository: repository))
+        #expect(cache.count == entries.count - 1)
+        var wrong = 0
+        for entry in entries where entry.key != shared.key && cache[entry.key] != entry.record { wrong += 1 }
+        #expect(wrong == 0)
+        #expect(cache[shared.key] == nil)
+        #expect(keys.filter { cache[$0 | 1] != nil }.isEmpty)
+
+        // The first two records swapped, and the digest made right again for the swapped bytes.
+        let path = DirectoryCache.path(in: caches, snapshot: snapshot)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let header = 8 + 32, record = 72
+        let first = Array(bytes[header..<(header + record)])
+        bytes.replaceSubrange(header..<(header + record), with: bytes[(header + record)..<(header + 2 * record)])
+        bytes.replaceSubrange((header + record)..<(header + 2 * record), with: first)
+        let end = bytes.count - 32
+        bytes.replaceSubrange(end..., with: repository.blobID(bytes[..<end]).bytes)
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        #expect(DirectoryCache.load(snapshot: snapshot, cacheDirectory: caches, repository: repository)?.count == nil)
+    }
+
     /// With a pack of file data lost, the records may name trees whose files' blobs are gone: the cache is not
     /// used (and is deleted), the files are read again, and the new snapshot restores whole.
     @Test func aLostPackTurnsTheCacheOff() throws {
@@ -203,9 +243,9 @@ struct DirectoryCacheTests {
         let snapshot = try #require(try session.commit()[ticket])
         session.close()
         let cache = try #require(DirectoryCache.load(snapshot: snapshot.id, cacheDirectory: scratch.appending("repo/cache"), repository: repository))
-        #expect(cache.records[DirectoryCache.key(for: "side", repository: repository)] == nil)
-        #expect(cache.records[DirectoryCache.key(for: "top/level0", repository: repository)] != nil)
-        #expect(cache.records.count == Self.directories - 2) // neither side/ nor links/
+        #expect(cache[DirectoryCache.key(for: "side", repository: repository)] == nil)
+        #expect(cache[DirectoryCache.key(for: "top/level0", repository: repository)] != nil)
+        #expect(cache.count == Self.directories - 2) // neither side/ nor links/
         let next = try Self.backUp(home, repository)
         #expect(try Self.restoredEntries(repository, next.snapshot, scratch, "restored") == ParallelWalkTests.entries(under: home))
     }

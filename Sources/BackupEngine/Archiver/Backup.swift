@@ -90,7 +90,7 @@ public final class BackupSession: Sendable {
     private let started = Date()
     private let pending = Mutex<(tickets: Int, snapshots: [(ticket: Int, snapshot: Snapshot)])>((0, []))
     /// Each directory backup's records for the next backup of its tree, by ticket (`DirectoryCache`).
-    private let directoryCaches = Mutex<[Int: DirectoryCache]>([:])
+    private let directoryCaches = Mutex<[Int: [DirectoryCache.Entry]]>([:])
     /// False when packs are missing: directory caches are then not used (see `DirectoryCache`).
     let packsComplete: Bool
 
@@ -180,7 +180,7 @@ public final class BackupSession: Sendable {
         }
         if !job.directoryRecords.isEmpty {
             let records = job.directoryRecords
-            directoryCaches.withLock { $0[ticket] = DirectoryCache(records: records) }
+            directoryCaches.withLock { $0[ticket] = records }
         }
         return ticket
     }
@@ -211,9 +211,10 @@ public final class BackupSession: Sendable {
             // Only when this commit wrote caches: checkpoints of a stream-only session have nothing to tidy.
             let caches = directoryCaches.withLock { caches in defer { caches = [:] }; return caches }
             if let cacheDirectory = repository.cacheDirectory, !caches.isEmpty {
-                for (ticket, cache) in caches {
+                for (ticket, entries) in caches {
                     guard let snapshot = written[ticket] else { continue }
-                    cache.write(snapshot: snapshot.id, replacing: snapshot.parent, cacheDirectory: cacheDirectory, repository: repository)
+                    DirectoryCache.write(entries, snapshot: snapshot.id, replacing: snapshot.parent, cacheDirectory: cacheDirectory,
+                                         repository: repository)
                 }
                 DirectoryCache.removeStale(keeping: Set(existing.map(\.id) + written.values.map(\.id)), before: started,
                                            cacheDirectory: cacheDirectory)
@@ -268,7 +269,7 @@ final class BackupJob: @unchecked Sendable {
     private var streamPosition: Int64 = 0
     private var hardLinks: [String: String] = [:]
     /// What this job recorded for the next backup of the same tree (`DirectoryCache`), by directory key.
-    private(set) var directoryRecords: [UInt64: DirectoryCache.Record] = [:]
+    private(set) var directoryRecords: [DirectoryCache.Entry] = []
     private var lastProgress = Date()
 
     init(session: BackupSession, options: BackupOptions, parent: Snapshot?) {
@@ -341,7 +342,7 @@ final class BackupJob: @unchecked Sendable {
                     $0.directories += walkedAhead.count
                     $0.directoriesUnchanged = ($0.directoriesUnchanged ?? 0) + 1
                 }
-                directoryRecords[scanned.cacheKey] = recorded
+                directoryRecords.append(DirectoryCache.Entry(key: scanned.cacheKey, record: recorded))
                 reportProgress()
                 return recorded.tree
             }
@@ -427,7 +428,9 @@ final class BackupJob: @unchecked Sendable {
             reportProgress()
         }
         let id = try storeTree(Tree(nodes: nodes))
-        if exact, let digest = listing.digest { directoryRecords[scanned.cacheKey] = DirectoryCache.Record(listing: digest, tree: id) }
+        if exact, let digest = listing.digest {
+            directoryRecords.append(DirectoryCache.Entry(key: scanned.cacheKey, record: DirectoryCache.Record(listing: digest, tree: id)))
+        }
         return id
     }
 

@@ -23,22 +23,56 @@ import Posix
 /// keyed digest of its content and the snapshot it was written for.
 ///
 /// Records are found by the directory's key, the first 8 bytes of the id key's HMAC of its path (`key(for:)`), not by
-/// the path itself: 72 bytes a record and no string, for the old records and the new ones alike. Two paths with one
-/// key cannot mislead the backup: a record is used only if the listing's digest (names, inodes) is the one it
-/// recorded.
+/// the path itself: 72 bytes a record and no string. Two paths with one key cannot mislead the backup: a record is
+/// used only if the listing's digest (names, inodes) is the one it recorded.
 ///
-/// Format: `FKDIR002`, the snapshot name (32 bytes), then per directory its key (8 bytes, little-endian), the
-/// listing digest and the tree id (32 bytes each); last, the keyed digest of everything before it.
+/// Format: `FKDIR003`, the snapshot name (32 bytes), then per directory, in increasing order of key, its key (8 bytes,
+/// little-endian), the listing digest and the tree id (32 bytes each); last, the keyed digest of everything before it.
+/// The loaded file is searched where it lies (binary search over its records), so the last backup's records cost
+/// their 72 bytes each and no dictionary: about 72 MB for a million directories.
 struct DirectoryCache {
     struct Record: Equatable {
         let listing: BlobID
         let tree: BlobID
     }
 
-    static let magic = Array("FKDIR002".utf8)
-    var records: [UInt64: Record] = [:]
+    /// A record a backup made, with its directory's key; a backup collects these and `write` sorts them.
+    struct Entry {
+        let key: UInt64
+        let record: Record
+    }
 
-    init(records: [UInt64: Record] = [:]) { self.records = records }
+    static let magic = Array("FKDIR003".utf8)
+    private static let headerSize = 8 + 32
+    private static let recordSize = 8 + 32 + 32
+
+    /// The whole file as read: header, records sorted by strictly increasing key, digest.
+    private let bytes: [UInt8]
+    /// How many records it holds.
+    let count: Int
+
+    private init(bytes: [UInt8], count: Int) {
+        self.bytes = bytes
+        self.count = count
+    }
+
+    /// The record of the directory with key `key`, if the last backup made one.
+    subscript(key: UInt64) -> Record? {
+        bytes.withUnsafeBytes { raw -> Record? in
+            var low = 0, high = count
+            while low < high {
+                let middle = low + (high - low) / 2
+                let offset = Self.headerSize + middle * Self.recordSize
+                let found = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+                if found == key {
+                    return Record(listing: BlobID(UnsafeRawBufferPointer(rebasing: raw[(offset + 8)..<(offset + 40)])),
+                                  tree: BlobID(UnsafeRawBufferPointer(rebasing: raw[(offset + 40)..<(offset + 72)])))
+                }
+                if found < key { low = middle + 1 } else { high = middle }
+            }
+            return nil
+        }
+    }
 
     /// A directory's key in the records, from its path relative to the backed-up tree ("" for the top).
     static func key(for path: String, repository: Repository) -> UInt64 { repository.blobID(FileName.bytes(of: path)).a }
@@ -54,44 +88,54 @@ struct DirectoryCache {
 
     /// The cache written with snapshot `snapshot`, or nil if there is none or it is not intact.
     static func load(snapshot: String, cacheDirectory: String, repository: Repository) -> DirectoryCache? {
-        guard let name = BlobID(hex: snapshot),
-              let data = FileManager.default.contents(atPath: path(in: cacheDirectory, snapshot: snapshot)) else { return nil }
-        let bytes = [UInt8](data)
-        guard bytes.count >= magic.count + 64 else { return nil }
-        let body = bytes[..<(bytes.count - 32)]
-        let stored = bytes.withUnsafeBytes { BlobID(UnsafeRawBufferPointer(rebasing: $0[(bytes.count - 32)...])) }
-        guard repository.blobID(body) == stored else { return nil }
-        var reader = ByteReader(Array(body), what: "directory cache \(snapshot)")
-        guard (try? reader.take(magic.count)) == magic, (try? reader.id()) == name else { return nil }
-        var records: [UInt64: Record] = [:]
-        records.reserveCapacity((bytes.count - magic.count - 64) / 72)
-        while !reader.isAtEnd {
-            guard let keyBytes = try? reader.take(8), let listing = try? reader.id(), let tree = try? reader.id() else { return nil }
-            let key = keyBytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
-            records[key] = Record(listing: listing, tree: tree)
+        guard let name = BlobID(hex: snapshot) else { return nil }
+        let bytes: [UInt8]
+        do throws(Errno) {
+            bytes = try FileDescriptor.open(path(in: cacheDirectory, snapshot: snapshot), O_RDONLY | O_CLOEXEC).readToEnd()
+        } catch {
+            return nil
         }
-        return DirectoryCache(records: records)
+        let end = bytes.count - 32
+        guard end >= headerSize, (end - headerSize) % recordSize == 0,
+              repository.blobID(bytes[..<end]) == BlobID(bytes: Array(bytes[end...])),
+              Array(bytes[..<magic.count]) == magic, BlobID(bytes: Array(bytes[magic.count..<headerSize])) == name else { return nil }
+        let count = (end - headerSize) / recordSize
+        // Binary search needs the order; a file out of order was not written by `write`.
+        let ordered = bytes.withUnsafeBytes { raw in
+            var previous: UInt64?
+            for index in 0..<count {
+                let key = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: headerSize + index * recordSize, as: UInt64.self))
+                if let previous, key <= previous { return false }
+                previous = key
+            }
+            return true
+        }
+        return ordered ? DirectoryCache(bytes: bytes, count: count) : nil
     }
 
-    /// Writes the cache for snapshot `snapshot` (temporary file and rename, no fsync: it can always be rebuilt) and
-    /// removes `replacing`'s, which only that snapshot's children could use. Best effort: a cache that cannot be
-    /// written costs the next backup its shortcut, nothing more.
-    func write(snapshot: String, replacing: String?, cacheDirectory: String, repository: Repository) {
+    /// Writes the cache of `entries` for snapshot `snapshot` (temporary file and rename, no fsync: it can always be
+    /// rebuilt) and removes `replacing`'s, which only that snapshot's children could use. Best effort: a cache that
+    /// cannot be written costs the next backup its shortcut, nothing more. Keys that two directories share (two
+    /// paths whose hashes begin alike) are left out: neither directory can be found by its key alone.
+    static func write(_ entries: [Entry], snapshot: String, replacing: String?, cacheDirectory: String, repository: Repository) {
         guard let name = BlobID(hex: snapshot) else { return }
+        let sorted = entries.sorted { $0.key < $1.key }
         var writer = ByteWriter()
-        writer.bytes = Self.magic
+        writer.bytes = magic
+        writer.bytes.reserveCapacity(headerSize + sorted.count * recordSize + 32)
         writer.id(name)
-        writer.bytes.reserveCapacity(Self.magic.count + 64 + records.count * 72)
-        for (key, record) in records {
-            withUnsafeBytes(of: key.littleEndian) { writer.bytes.append(contentsOf: $0) }
-            writer.id(record.listing)
-            writer.id(record.tree)
+        for (index, entry) in sorted.enumerated() {
+            if index > 0 && sorted[index - 1].key == entry.key { continue }
+            if index + 1 < sorted.count && sorted[index + 1].key == entry.key { continue }
+            withUnsafeBytes(of: entry.key.littleEndian) { writer.bytes.append(contentsOf: $0) }
+            writer.id(entry.record.listing)
+            writer.id(entry.record.tree)
         }
         writer.id(repository.blobID(writer.bytes))
-        try? AtomicFile.write(writer.bytes, to: Self.path(in: cacheDirectory, snapshot: snapshot), permissions: 0o600, durable: false,
+        try? AtomicFile.write(writer.bytes, to: path(in: cacheDirectory, snapshot: snapshot), permissions: 0o600, durable: false,
                               missingDirectory: .create(permissions: 0o700))
         if let replacing, replacing != snapshot, BlobID(hex: replacing) != nil {
-            unlink(Self.path(in: cacheDirectory, snapshot: replacing))
+            unlink(path(in: cacheDirectory, snapshot: replacing))
         }
     }
 

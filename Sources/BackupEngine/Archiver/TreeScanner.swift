@@ -336,10 +336,10 @@ final class TreeScanner: @unchecked Sendable {
         // subdirectory's old tree is its record's (when every one has a record).
         let digest = !recording ? nil : DirectoryCache.listingDigest(of: entries, ids: ids)
         var recorded: DirectoryCache.Record?
-        if let digest, let record = cache?.records[directory.cacheKey], record.listing == digest, record.tree == directory.previousTree {
+        if let digest, let record = cache?[directory.cacheKey], record.listing == digest, record.tree == directory.previousTree {
             recorded = record
         }
-        let childrenRecorded = recorded != nil && subdirectories.allSatisfy { cache?.records[$0.key] != nil }
+        let childrenRecorded = recorded != nil && subdirectories.allSatisfy { cache?[$0.key] != nil }
         // Unreadable (its pack lost or damaged): every file of the directory is then read as if new.
         let previousTree = childrenRecorded ? nil : directory.previousTree.flatMap { try? repository.loadTree($0, decompressor: decompressor) }
         if let previousTree, !previousTree.nodes.isEmpty {
@@ -350,7 +350,7 @@ final class TreeScanner: @unchecked Sendable {
         }
         for (index, relative, key) in subdirectories {
             let old = entries[index].previous
-            let oldTree = childrenRecorded ? cache?.records[key]?.tree : (old?.kind == .directory ? old?.subtree : nil)
+            let oldTree = childrenRecorded ? cache?[key]?.tree : (old?.kind == .directory ? old?.subtree : nil)
             entries[index].child = ScannedDirectory(relative: relative, name: entries[index].bytes, opener: directory, previousTree: oldTree,
                                                     cacheKey: key)
         }
