@@ -148,7 +148,8 @@ extension HMACSHA256 {
     /// A keyed context used by one thread only (not `Sendable`), from `Key.makeThreadContext`. It gives the same MACs
     /// as its key.
     public final class ThreadContext {
-        /// Held so the key outlives its context.
+        /// Held as every child handle here holds its parent. OpenSSL's duplicate has its own copy of the keyed state,
+        /// so this is for the rule's sake, not the context's.
         private let key: Key
         private let pointer: OpaquePointer
 

@@ -192,6 +192,27 @@ struct DirectoryCacheTests {
         #expect(DirectoryCache.load(snapshot: snapshot, cacheDirectory: caches, repository: repository)?.count == nil)
     }
 
+    /// Whatever is put where a cache belongs, only a regular file is read: a symbolic link to an intact cache is not
+    /// followed, and a FIFO is not opened for a wait on a writer that never comes.
+    @Test func onlyARegularFileIsReadAsACache() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-dircache")
+        let (_, repository) = try Self.setUp(scratch)
+        let caches = scratch.appending("repo/cache")
+        let snapshot = repository.blobID(Array("snapshot".utf8)).hex
+        let entry = DirectoryCache.Entry(key: 7, record: DirectoryCache.Record(listing: repository.blobID([1]), tree: repository.blobID([2])))
+        DirectoryCache.write([entry], snapshot: snapshot, replacing: nil, cacheDirectory: caches, repository: repository)
+        #expect(DirectoryCache.load(snapshot: snapshot, cacheDirectory: caches, repository: repository)?[7] == entry.record)
+
+        let path = DirectoryCache.path(in: caches, snapshot: snapshot)
+        #expect(rename(path, path + ".real") == 0)
+        #expect(symlink(path + ".real", path) == 0)
+        #expect(DirectoryCache.load(snapshot: snapshot, cacheDirectory: caches, repository: repository)?.count == nil)
+
+        #expect(unlink(path) == 0)
+        #expect(mkfifo(path, 0o600) == 0)
+        #expect(DirectoryCache.load(snapshot: snapshot, cacheDirectory: caches, repository: repository)?.count == nil)
+    }
+
     /// With a pack of file data lost, the records may name trees whose files' blobs are gone: the cache is not
     /// used (and is deleted), the files are read again, and the new snapshot restores whole.
     @Test func aLostPackTurnsTheCacheOff() throws {

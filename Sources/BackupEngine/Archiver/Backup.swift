@@ -209,9 +209,10 @@ public final class BackupSession: Sendable {
             }
             repository.foldIndexIfWorthwhile()
             // Only when this commit wrote caches: checkpoints of a stream-only session have nothing to tidy.
-            let caches = directoryCaches.withLock { caches in defer { caches = [:] }; return caches }
+            var caches = directoryCaches.withLock { caches in defer { caches = [:] }; return caches }
             if let cacheDirectory = repository.cacheDirectory, !caches.isEmpty {
-                for (ticket, entries) in caches {
+                // Taken out one at a time, so each array is written (and sorted in place) while nothing else holds it.
+                while let (ticket, entries) = caches.popFirst() {
                     guard let snapshot = written[ticket] else { continue }
                     DirectoryCache.write(entries, snapshot: snapshot.id, replacing: snapshot.parent, cacheDirectory: cacheDirectory,
                                          repository: repository)
@@ -268,7 +269,8 @@ final class BackupJob: @unchecked Sendable {
     private var parentShift: Int64 = 0
     private var streamPosition: Int64 = 0
     private var hardLinks: [String: String] = [:]
-    /// What this job recorded for the next backup of the same tree (`DirectoryCache`), by directory key.
+    /// What this job recorded for the next backup of the same tree (`DirectoryCache`), in walk order; `DirectoryCache.write`
+    /// sorts them by key and drops keys that two directories share.
     private(set) var directoryRecords: [DirectoryCache.Entry] = []
     private var lastProgress = Date()
 

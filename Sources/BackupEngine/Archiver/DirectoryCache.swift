@@ -88,13 +88,7 @@ struct DirectoryCache {
 
     /// The cache written with snapshot `snapshot`, or nil if there is none or it is not intact.
     static func load(snapshot: String, cacheDirectory: String, repository: Repository) -> DirectoryCache? {
-        guard let name = BlobID(hex: snapshot) else { return nil }
-        let bytes: [UInt8]
-        do throws(Errno) {
-            bytes = try FileDescriptor.open(path(in: cacheDirectory, snapshot: snapshot), O_RDONLY | O_CLOEXEC).readToEnd()
-        } catch {
-            return nil
-        }
+        guard let name = BlobID(hex: snapshot), let bytes = readFile(path(in: cacheDirectory, snapshot: snapshot)) else { return nil }
         let end = bytes.count - 32
         guard end >= headerSize, (end - headerSize) % recordSize == 0,
               repository.blobID(bytes[..<end]) == BlobID(bytes: Array(bytes[end...])),
@@ -113,13 +107,44 @@ struct DirectoryCache {
         return ordered ? DirectoryCache(bytes: bytes, count: count) : nil
     }
 
+    /// Caches larger than this are ignored: 1 GiB holds the records of 14 million directories.
+    static let largestFile = 1 << 30
+
+    /// The whole of a regular file no larger than `largestFile`, read in one buffer of its size; nil otherwise. Not a
+    /// FIFO (opening one for reading would wait for a writer) nor a link, whatever was put in the cache's place.
+    private static func readFile(_ path: String) -> [UInt8]? {
+        do throws(Errno) {
+            let file = try FileDescriptor.open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC)
+            var info = stat()
+            guard fstat(file.rawValue, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size >= 0,
+                  info.st_size <= largestFile else { return nil }
+            let size = Int(info.st_size)
+            var complete = false
+            let bytes = [UInt8](unsafeUninitializedCapacity: max(size, 1)) { buffer, count in
+                var done = 0
+                while done < size {
+                    guard let got = try? file.read(into: UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[done..<size])), at: done),
+                          got > 0 else { break }
+                    done += got
+                }
+                complete = done == size
+                count = complete ? size : 0
+            }
+            return complete ? bytes : nil
+        } catch {
+            return nil
+        }
+    }
+
     /// Writes the cache of `entries` for snapshot `snapshot` (temporary file and rename, no fsync: it can always be
     /// rebuilt) and removes `replacing`'s, which only that snapshot's children could use. Best effort: a cache that
     /// cannot be written costs the next backup its shortcut, nothing more. Keys that two directories share (two
     /// paths whose hashes begin alike) are left out: neither directory can be found by its key alone.
-    static func write(_ entries: [Entry], snapshot: String, replacing: String?, cacheDirectory: String, repository: Repository) {
+    /// `entries` is sorted in place: passed as its last reference, it is not copied.
+    static func write(_ entries: consuming [Entry], snapshot: String, replacing: String?, cacheDirectory: String, repository: Repository) {
         guard let name = BlobID(hex: snapshot) else { return }
-        let sorted = entries.sorted { $0.key < $1.key }
+        var sorted = entries
+        sorted.sort { $0.key < $1.key }
         var writer = ByteWriter()
         writer.bytes = magic
         writer.bytes.reserveCapacity(headerSize + sorted.count * recordSize + 32)

@@ -26,6 +26,9 @@ public protocol RepositoryStorage: Sendable {
     func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite
     /// Where a backup writes its next pack. A local disk streams it into a temporary file as blobs arrive, so no pack
     /// is held in memory; a storage that can only write whole files gets the default, which buffers the pack.
+    ///
+    /// This and the two below have defaults (for remote storages), unlike `stage`: a storage that wraps another must
+    /// forward all three, or it quietly buffers whole packs and loses the wrapped storage's caches.
     func makePackSink() throws -> any PackSink
     /// The directory on this machine that holds the repository's caches (index, snapshots, directory listings) when
     /// its opener names none, or nil: a remote storage has no such place, and its opener chooses one.
