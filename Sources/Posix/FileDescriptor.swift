@@ -50,6 +50,30 @@ public struct FileDescriptor: ~Copyable, Sendable {
         }
     }
 
+    /// Reads exactly `count` bytes at `offset` into a new array, continuing after short reads; nil when the file ends
+    /// first. Safe to call from several threads at once.
+    public func read(count: Int, at offset: Int) throws(Errno) -> [UInt8]? {
+        var done = 0
+        // The initializer's closure only rethrows untyped errors: the failure is carried out of it instead.
+        var failure: Errno?
+        let bytes = [UInt8](unsafeUninitializedCapacity: max(count, 1)) { buffer, initialized in
+            while done < count {
+                do throws(Errno) {
+                    let got = try read(into: UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[done..<count])),
+                                       at: offset + done)
+                    if got == 0 { break }
+                    done += got
+                } catch {
+                    failure = error
+                    break
+                }
+            }
+            initialized = done == count ? count : 0
+        }
+        if let failure { throw failure }
+        return done == count ? bytes : nil
+    }
+
     /// Reads from the current offset to the end of the file.
     public func readToEnd() throws(Errno) -> [UInt8] {
         var bytes: [UInt8] = []

@@ -264,8 +264,9 @@ struct DirectoryCacheTests {
         let snapshot = try #require(try session.commit()[ticket])
         session.close()
         let cache = try #require(DirectoryCache.load(snapshot: snapshot.id, cacheDirectory: scratch.appending("repo/cache"), repository: repository))
-        #expect(cache[DirectoryCache.key(for: "side", repository: repository)] == nil)
-        #expect(cache[DirectoryCache.key(for: "top/level0", repository: repository)] != nil)
+        let ids = repository.idKey.makeThreadContext()
+        #expect(cache[DirectoryCache.key(for: "side", ids: ids)] == nil)
+        #expect(cache[DirectoryCache.key(for: "top/level0", ids: ids)] != nil)
         #expect(cache.count == Self.directories - 2) // neither side/ nor links/
         let next = try Self.backUp(home, repository)
         #expect(try Self.restoredEntries(repository, next.snapshot, scratch, "restored") == ParallelWalkTests.entries(under: home))

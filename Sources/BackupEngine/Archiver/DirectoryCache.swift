@@ -74,11 +74,8 @@ struct DirectoryCache {
         }
     }
 
-    /// A directory's key in the records, from its path relative to the backed-up tree ("" for the top).
-    static func key(for path: String, repository: Repository) -> UInt64 { repository.blobID(FileName.bytes(of: path)).a }
-
-    /// The same key, computed with one thread's context of the repository's id key (no lock; see
-    /// `HMACSHA256.Key.makeThreadContext`).
+    /// A directory's key in the records, from its path relative to the backed-up tree ("" for the top), computed with
+    /// one thread's context of the repository's id key (no lock; see `HMACSHA256.Key.makeThreadContext`).
     static func key(for path: String, ids: HMACSHA256.ThreadContext) -> UInt64 { BlobID(bytes: ids.authenticate(FileName.bytes(of: path))).a }
 
     /// The directory holding the caches, inside the repository's cache directory.
@@ -118,19 +115,7 @@ struct DirectoryCache {
             var info = stat()
             guard fstat(file.rawValue, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size >= 0,
                   info.st_size <= largestFile else { return nil }
-            let size = Int(info.st_size)
-            var complete = false
-            let bytes = [UInt8](unsafeUninitializedCapacity: max(size, 1)) { buffer, count in
-                var done = 0
-                while done < size {
-                    guard let got = try? file.read(into: UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[done..<size])), at: done),
-                          got > 0 else { break }
-                    done += got
-                }
-                complete = done == size
-                count = complete ? size : 0
-            }
-            return complete ? bytes : nil
+            return try file.read(count: Int(info.st_size), at: 0)
         } catch {
             return nil
         }

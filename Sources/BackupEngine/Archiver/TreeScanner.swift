@@ -124,7 +124,7 @@ final class TreeScanner: @unchecked Sendable {
         directoryWindow = max(1, limits.directoryWindow)
         readAheadLimit = max(0, limits.readAheadBytes)
         root = ScannedDirectory(relative: "", name: [], opener: nil, previousTree: parentTree,
-                                cacheKey: DirectoryCache.key(for: "", repository: repository))
+                                cacheKey: DirectoryCache.key(for: "", ids: walkIDs))
         root.pendingDescriptor = own
         root.state = .opened(own)
         waiting = [WeakDirectory(directory: root)]

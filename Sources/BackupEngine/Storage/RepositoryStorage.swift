@@ -145,20 +145,14 @@ public struct LocalStorage: RepositoryStorage {
             // Packs never change once written (their names are random and never reused), so an open one stays valid.
             if path.hasPrefix("data/") { openPacks[path] = file }
         }
-        return try [UInt8](unsafeUninitializedCapacity: max(length, 1)) { buffer, count in
-            var done = 0
-            while done < length {
-                let got: Int
-                do throws(Errno) {
-                    got = try file.descriptor.read(into: UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[done..<length])), at: offset + done)
-                } catch {
-                    throw failure(path, error)
-                }
-                if got == 0 { throw StorageError(path: root + "/" + path, message: "file is shorter than expected (truncated?)") }
-                done += got
-            }
-            count = length
+        let bytes: [UInt8]?
+        do throws(Errno) {
+            bytes = try file.descriptor.read(count: length, at: offset)
+        } catch {
+            throw failure(path, error)
         }
+        guard let bytes else { throw StorageError(path: root + "/" + path, message: "file is shorter than expected (truncated?)") }
+        return bytes
     }
 
     public func write(_ path: String, _ data: [UInt8]) throws {
