@@ -23,11 +23,7 @@ final class RunningController: @unchecked Sendable {
         scheme = plainHTTP ? "http" : "https"
         server = try BackgroundProcess(Self.bin + "/fleetkeep-controller", ["serve", "--data", data.path, "--listen", "127.0.0.1:0"]
                                            + (plainHTTP ? ["--plain-http"] : []))
-        let output = try server.waitForOutput { $0.contains("listening on") }
-        guard let match = output.firstMatch(of: /listening on 127\.0\.0\.1:(\d+)/), let port = Int(match.1) else {
-            throw TestFailure("no port in controller output: \(output)")
-        }
-        self.port = port
+        port = try server.waitForListeningPort()
     }
 
     func controller(_ arguments: [String]) throws -> ProcessOutput {

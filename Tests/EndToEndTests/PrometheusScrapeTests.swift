@@ -15,7 +15,7 @@ struct PrometheusScrapeTests {
         let token = try ProcessRunner.run(bin + "/fleetkeep-controller", ["metrics", "token", "--data", data.path])
         #expect(token.status == 0, "\(token.stderr)")
         let server = try BackgroundProcess(bin + "/fleetkeep-controller", ["serve", "--data", data.path, "--listen", "127.0.0.1:0"])
-        let port = try #require(try server.waitForOutput { $0.contains("listening on") }.firstMatch(of: /listening on 127\.0\.0\.1:(\d+)/)?.1)
+        let port = try server.waitForListeningPort()
         // One enrolled agent: online (it enrolled just now, within three heartbeat intervals).
         let root = data.appending("root")
         try HostingFixtureTool.create(root, accounts: 1, sizeMB: 1, panel: "cpanel", os: "debian12")

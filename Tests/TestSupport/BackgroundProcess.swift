@@ -31,6 +31,18 @@ public final class BackgroundProcess: @unchecked Sendable {
         throw TestFailure("timed out after \(timeout)s waiting for output:\n\(output)")
     }
 
+    /// The port of the first line that says "listening on PORT" or "listening on 127.0.0.1:PORT", once the number is
+    /// whole. The output is read while it is being written, so the line can be seen in part ("listening on" alone,
+    /// or only the port's first digits, or "127" of the address); waiting for the space or line end after the number
+    /// rules that out.
+    public func waitForListeningPort(timeout: Double = 20) throws -> Int {
+        let text = try waitForOutput(timeout: timeout) { $0.firstMatch(of: /listening on (?:127\.0\.0\.1:)?\d+[ \n]/) != nil }
+        guard let match = text.firstMatch(of: /listening on (?:127\.0\.0\.1:)?(\d+)[ \n]/), let port = Int(match.1) else {
+            throw TestFailure("no port in: \(text)")
+        }
+        return port
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     @discardableResult
     public func stop() -> Int32 { process.stop() }

@@ -62,9 +62,7 @@ public final class SMTPTestServer: @unchecked Sendable {
         let mail = directory.appending("mail")
         try FileManager.default.createDirectory(atPath: mail, withIntermediateDirectories: true)
         server = try BackgroundProcess(debianPython, [script, mail, tls?.certificate ?? "-", tls?.key ?? "-", login?.user ?? "-", login?.password ?? "-"])
-        let output = try server.waitForOutput { $0.contains("listening on") }
-        guard let match = output.firstMatch(of: /listening on (\d+)/), let port = Int(match.1) else { throw TestFailure("no SMTP port in: \(output)") }
-        self.port = port
+        port = try server.waitForListeningPort()
     }
 
     /// The messages received so far, oldest first, as text.
@@ -144,9 +142,7 @@ public final class WebhookTestReceiver: @unchecked Sendable {
         let requests = directory.appending("requests")
         try FileManager.default.createDirectory(atPath: requests, withIntermediateDirectories: true)
         server = try BackgroundProcess(debianPython, [script, requests, secret, String(failFirst)])
-        let output = try server.waitForOutput { $0.contains("listening on") }
-        guard let match = output.firstMatch(of: /listening on (\d+)/), let port = Int(match.1) else { throw TestFailure("no receiver port in: \(output)") }
-        self.port = port
+        port = try server.waitForListeningPort()
     }
 
     /// Every request received so far, oldest first.
