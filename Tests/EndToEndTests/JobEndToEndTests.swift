@@ -29,6 +29,9 @@ final class JobFleet: @unchecked Sendable {
             throw TestFailure("enroll: \(enrolled.stderr)")
         }
         agentID = String(id)
+        // Nothing scheduled unless a test asks for it: the default policy backs up daily at a time between 01:00 and
+        // 05:00 UTC, and a run of the tests in those hours then found a scheduled job among the ones it counted.
+        try scheduleOnlyBackups("off")
     }
 
     func startAgent(extra: [String] = [], environment: [String: String]? = nil, waitForHeartbeat: Bool = true) throws {
