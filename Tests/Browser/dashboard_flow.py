@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -63,7 +64,26 @@ options.accept_insecure_certs = True
 options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
 driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 driver.set_page_load_timeout(30)
-wait = WebDriverWait(driver, 20)
+
+
+class PageWait(WebDriverWait):
+    """Waits as WebDriverWait does, and also while the page is being replaced. A condition can find an element just
+    before a click's navigation swaps the document out; Chromium then answers the next call on it with "Node with
+    given id does not belong to the document", an unknown error rather than a stale element, which WebDriverWait
+    would not retry. Any other error still ends the wait at once."""
+
+    def until(self, method, message=""):
+        def tolerant(driver):
+            try:
+                return method(driver)
+            except WebDriverException as error:
+                if "does not belong to the document" in (error.msg or ""):
+                    return False
+                raise
+        return super().until(tolerant, message)
+
+
+wait = PageWait(driver, 20)
 
 try:
     step("set the password through the one-time link")
