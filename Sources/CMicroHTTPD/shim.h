@@ -11,6 +11,7 @@
    uses; cert/key are PEM text (both NULL for plain HTTP), thread_pool_size 0/1 means just the polling thread. */
 static inline struct MHD_Daemon *fk_mhd_start_daemon(
     unsigned int flags, const struct sockaddr *bind_address,
+    MHD_AcceptPolicyCallback accept_policy, void *accept_policy_cls,
     MHD_AccessHandlerCallback handler, void *handler_cls,
     MHD_RequestCompletedCallback completed, void *completed_cls,
     MHD_LogCallback logger, void *logger_cls,
@@ -18,7 +19,7 @@ static inline struct MHD_Daemon *fk_mhd_start_daemon(
     size_t connection_memory_limit, const char *cert_pem, const char *key_pem)
 {
     if (cert_pem != NULL && key_pem != NULL) {
-        return MHD_start_daemon(flags, 0, NULL, NULL, handler, handler_cls,
+        return MHD_start_daemon(flags, 0, accept_policy, accept_policy_cls, handler, handler_cls,
             MHD_OPTION_SOCK_ADDR, bind_address,
             MHD_OPTION_NOTIFY_COMPLETED, completed, completed_cls,
             MHD_OPTION_EXTERNAL_LOGGER, logger, logger_cls,
@@ -30,7 +31,7 @@ static inline struct MHD_Daemon *fk_mhd_start_daemon(
             MHD_OPTION_HTTPS_MEM_KEY, key_pem,
             MHD_OPTION_END);
     }
-    return MHD_start_daemon(flags, 0, NULL, NULL, handler, handler_cls,
+    return MHD_start_daemon(flags, 0, accept_policy, accept_policy_cls, handler, handler_cls,
         MHD_OPTION_SOCK_ADDR, bind_address,
         MHD_OPTION_NOTIFY_COMPLETED, completed, completed_cls,
         MHD_OPTION_EXTERNAL_LOGGER, logger, logger_cls,

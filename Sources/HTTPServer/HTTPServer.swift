@@ -80,7 +80,7 @@ public final class HTTPServer: @unchecked Sendable {
             let daemon = bindAddress.storage.withUnsafeBytes { raw in
                 fk_mhd_start_daemon(
                     UInt32(flags), raw.baseAddress!.assumingMemoryBound(to: sockaddr.self),
-                    MHDCallbacks.access, context, MHDCallbacks.completed, context, MHDCallbacks.log, context,
+                    MHDCallbacks.acceptPolicy, context, MHDCallbacks.access, context, MHDCallbacks.completed, context, MHDCallbacks.log, context,
                     UInt32(clamping: configuration.threads), UInt32(clamping: configuration.maxConnections),
                     UInt32(clamping: configuration.connectionTimeoutSeconds), 32 * 1024,
                     certificatePEM, privateKeyPEM)
@@ -110,7 +110,10 @@ public final class HTTPServer: @unchecked Sendable {
             return daemon
         }
         guard let daemon else { return }
-        let listenSocket = MHD_quiesce_daemon(daemon)
+        // Not MHD_quiesce_daemon: on an epoll daemon with a thread pool, libmicrohttpd 0.9.75 races a woken worker
+        // to remove the listening socket from its epoll set, and the loser aborts the process. Connections that
+        // arrive from now on are closed as soon as they are accepted instead.
+        dispatcher.acceptingConnections.store(false, ordering: .sequentiallyConsistent)
         // Long polls would wait for work that will not come: answer them now (and again below, for any that arrived
         // on a kept-alive connection in between).
         for responder in dispatcher.outstanding.withLock({ Array($0.values) }) { responder.respond(.error(503, "server is shutting down")) }
@@ -125,7 +128,6 @@ public final class HTTPServer: @unchecked Sendable {
         for responder in dispatcher.outstanding.withLock({ Array($0.values) }) { responder.respond(.error(503, "server is shutting down")) }
         while dispatcher.suspended.load(ordering: .sequentiallyConsistent) > 0 { usleep(2_000) }
         MHD_stop_daemon(daemon)
-        if listenSocket >= 0 { close(listenSocket) }
         dispatcher.stopHandlers()
     }
 

@@ -27,6 +27,8 @@ final class RequestDispatcher: Sendable {
     let suspended = Atomic<Int>(0)
     /// Set by shutdown once it stops waiting for in-flight requests; later requests get 503 instead of a handler thread.
     let stopping = Atomic<Bool>(false)
+    /// Cleared when shutdown begins; libmicrohttpd then closes each new connection right after accepting it.
+    let acceptingConnections = Atomic<Bool>(true)
     /// Last message libmicrohttpd logged; included in startup errors.
     let lastLogMessage = Mutex<String>("")
     /// Deferred answers not yet given (long polls); shutdown answers them with 503.
@@ -226,6 +228,12 @@ struct ParkedConnection: @unchecked Sendable {
 
 /// The C entry points libmicrohttpd calls. They capture nothing: context arrives through the `void *` arguments.
 enum MHDCallbacks {
+    static let acceptPolicy: MHD_AcceptPolicyCallback = { cls, _, _ in
+        guard let cls else { return .NO }
+        let dispatcher = Unmanaged<RequestDispatcher>.fromOpaque(cls).takeUnretainedValue()
+        return dispatcher.acceptingConnections.load(ordering: .sequentiallyConsistent) ? .YES : .NO
+    }
+
     static let access: MHD_AccessHandlerCallback = { cls, connection, url, method, _, uploadData, uploadDataSize, context in
         guard let cls, let connection, let url, let method, let uploadDataSize, let context else { return .NO }
         let dispatcher = Unmanaged<RequestDispatcher>.fromOpaque(cls).takeUnretainedValue()
