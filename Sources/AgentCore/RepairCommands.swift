@@ -106,14 +106,19 @@ public enum RepairCommands {
         if !report.damagedIndexFiles.isEmpty || !report.damagedPackHeaders.isEmpty {
             steps.append("run `\(copy.commands)repair index`: it rebuilds the index from the packs' own headers and rewrites packs whose "
                 + "header is damaged; then verify again")
+        } else if report.unindexedPacks > 0 {
+            // What looks lost may be in packs an index file named before it was lost: dropping it from the snapshots
+            // first would lose it for good.
+            steps.append("run `\(copy.commands)repair index` first: \(report.unindexedPacks) packs are named by no index file and may hold "
+                + "what looks lost; it rebuilds the index from the packs' own headers. Then verify again")
         } else if !report.missingPacks.isEmpty {
             switch copy {
             case .local:
                 // A backup stores the lost blobs again from the server, and older snapshots that use them are whole
                 // again: run it before dropping anything from the snapshots.
                 steps.append("run `fleetkeep-agent backup`: it stores again whatever the server still has of the lost packs, which makes "
-                    + "the older snapshots that use it whole again too; then verify again, and `fleetkeep-agent repair snapshots` "
-                    + "drops what is still lost")
+                    + "the older snapshots that use it whole again too; then `fleetkeep-agent repair index`, which drops the lost "
+                    + "packs from the index; then verify again, and `fleetkeep-agent repair snapshots` drops what is still lost")
             case .offsite:
                 // A push sends only the packs the off-site index does not name: the lost ones must leave it first.
                 steps.append("run `\(copy.commands)repair index`: it drops the lost packs from the index, so that \(copy.refill); "

@@ -103,3 +103,30 @@ struct RepairCommandTests {
         #expect(throws: UsageError.self) { try RepairCommands.repair(["everything"] + scene.common) }
     }
 }
+
+/// What `verify` tells the operator to do next. Its advice is followed by hand, so a wrong first step loses data.
+struct RepairAdviceTests {
+    /// Packs no index names, next to snapshots that need what the index lacks, mean an index file may be lost:
+    /// `repair snapshots` first would drop, for good, files those packs still hold. `repair index` gets them back.
+    @Test func unindexedPacksAreIndexedBeforeAnythingIsDropped() {
+        var report = VerifyReport()
+        report.unindexedPacks = 2
+        report.damagedFiles = ["snapshot": ["/"]]
+        let steps = RepairCommands.advice(for: report, readData: true, copy: .local)
+        #expect(steps.first?.contains("repair index") == true, "\(steps)")
+        #expect(!steps.contains { $0.contains("repair snapshots") }, "\(steps)")
+    }
+
+    /// A lost pack stays named in the index until `repair index` drops it: advising only a backup made verify repeat
+    /// the same advice for ever.
+    @Test func aLostPackIsDroppedFromTheIndexAfterTheBackup() {
+        var report = VerifyReport()
+        report.missingPacks = ["pack"]
+        report.problems = ["pack is missing"]
+        let steps = RepairCommands.advice(for: report, readData: false, copy: .local)
+        #expect(steps.count == 1)
+        let step = steps.first ?? ""
+        let backup = step.range(of: "fleetkeep-agent backup"), repair = step.range(of: "repair index")
+        #expect(backup != nil && repair != nil && backup!.lowerBound < repair!.lowerBound, "\(steps)")
+    }
+}

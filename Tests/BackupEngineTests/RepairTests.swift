@@ -45,6 +45,72 @@ struct RepairTests {
         #expect(try scene.open().verify(readData: true).isHealthy)
     }
 
+    /// An index file that is gone (not damaged: there is nothing left to authenticate) leaves its packs named by no
+    /// index. Prune used to delete them as an interrupted backup's leftovers, and with them every snapshot's data.
+    /// It must refuse and name `repair index`, which gets everything back.
+    @Test func pruneDeletesNothingWhenAnIndexFileIsLost() throws {
+        let scene = try EngineScene(accounts: 2, sizeMB: 2)
+        let repository = try scene.initialize()
+        let before = (try? Damage.indexFiles(scene)) ?? []
+        let first = try Damage.backup(repository, scene, account: "user000")
+        let lost = try #require(try Damage.indexFiles(scene).subtracting(before).first)
+        _ = try Damage.backup(repository, scene, account: "user001")
+        try FileManager.default.removeItem(atPath: scene.repoPath + "/index/" + lost)
+        try FileManager.default.removeItem(atPath: scene.repoPath + "/cache")
+        let packs = Set(try FileManager.default.subpathsOfDirectory(atPath: scene.repoPath + "/data").filter { $0.count > 64 })
+
+        let reopened = try scene.open()
+        #expect(try reopened.verify(readData: false).unindexedPacks > 0)
+        for dryRun in [true, false] {
+            do {
+                _ = try reopened.prune(policy: { _ in RetentionPolicy(keepLast: 10) }, dryRun: dryRun)
+                Issue.record("prune (dry run: \(dryRun)) ran while kept snapshots need blobs only unindexed packs may hold")
+            } catch let error as RepositoryError {
+                #expect(error.message.contains("repair index"), "\(error)")
+            }
+        }
+        #expect(Set(try FileManager.default.subpathsOfDirectory(atPath: scene.repoPath + "/data").filter { $0.count > 64 }) == packs)
+        #expect(try reopened.snapshots().count == 2)
+
+        _ = try reopened.repairIndex()
+        let verified = try reopened.verify(readData: true)
+        #expect(verified.isHealthy, "\(verified.problems) \(verified.damagedFiles)")
+        let target = scene.scratch.appending("out")
+        #expect(try reopened.restore(first, target: target).errors.isEmpty)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home/user000"))
+        _ = try reopened.prune(policy: { _ in RetentionPolicy(keepLast: 10) }, dryRun: false)
+        #expect(try scene.open().verify(readData: true).isHealthy)
+    }
+
+    /// The index cache is derived data and carries no authentication. Prune rewrites and deletes packs by what the
+    /// index says, so it must not read it from a damaged cache: here every record's id has a flipped bit, and prune
+    /// used to take every pack for garbage.
+    @Test func pruneDoesNotTrustADamagedIndexCache() throws {
+        let scene = try EngineScene(accounts: 2, sizeMB: 2)
+        let repository = try scene.initialize()
+        let first = try Damage.backup(repository, scene, account: "user000")
+        _ = try Damage.backup(repository, scene, account: "user001")
+        // Opening builds the cache afresh from both index files.
+        let cachePath = scene.repoPath + "/cache/index"
+        try FileManager.default.removeItem(atPath: cachePath)
+        _ = try scene.open()
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: cachePath)))
+        func u32(_ offset: Int) -> Int { (0..<4).reduce(0) { $0 | Int(bytes[offset + $1]) << (8 * $1) } }
+        let count = (0..<8).reduce(0) { $0 | Int(bytes[8 + $1]) << (8 * $1) }
+        let start = IndexCacheFile.headerSize(packs: u32(16), indexFiles: u32(20))
+        #expect(count > 0)
+        for record in 0..<count { bytes[start + record * IndexRecord.size + 31] ^= 0x01 }
+        try Data(bytes).write(to: URL(fileURLWithPath: cachePath))
+
+        let reopened = try scene.open()
+        _ = try reopened.prune(policy: { _ in RetentionPolicy(keepLast: 10) }, dryRun: false)
+        let verified = try scene.open().verify(readData: true)
+        #expect(verified.isHealthy, "\(verified.problems) \(verified.damagedFiles)")
+        let target = scene.scratch.appending("out")
+        #expect(try scene.open().restore(first, target: target).errors.isEmpty)
+        #expect(try scene.manifest(target) == scene.manifest(scene.root + "/home/user000"))
+    }
+
     /// A damaged pack header (or trailer): `repairIndex` rewrites the pack with a sound header from the index.
     @Test(arguments: ["header", "trailer"])
     func repairIndexRewritesAPackWithADamagedHeader(part: String) throws {

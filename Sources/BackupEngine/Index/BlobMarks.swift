@@ -41,6 +41,9 @@ struct BlobMarks: Sequence {
         for id in ids { insert(id) }
     }
 
+    /// How many marked ids the index does not have at all.
+    var countOutsideIndex: Int { others.reduce(0) { $0 + (recent[$1] == nil ? 1 : 0) } }
+
     func contains(_ id: BlobID) -> Bool {
         guard let position = position(of: id) else { return others.contains(id) }
         return bits[position / 64] & (1 << UInt64(position % 64)) != 0

@@ -52,7 +52,8 @@ struct IndexRecord {
 /// id. Pack names and delta bases are read from the mapping (see `PackNames`, `DeltaBases`), so neither grows the
 /// agent's memory with the repository. The cache is derived data: it lives next to the repository (`cache/`), is
 /// rebuilt from the authenticated index files whenever it does not match them, and a wrong record can only point at
-/// bytes that then fail authentication.
+/// bytes that then fail authentication. It is not itself authenticated, so what deletes or rewrites by the index
+/// (prune, repair) and verify rebuild it first.
 final class IndexCacheFile: @unchecked Sendable {
     // @unchecked: the mapping is read-only and never changes after init; unmapped in deinit only.
     static let magic = Array("FKIXC003".utf8)

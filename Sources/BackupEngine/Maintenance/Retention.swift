@@ -63,8 +63,10 @@ extension Repository {
     /// so a kill at any point leaves a repository that verifies (at worst with garbage the next prune removes).
     public func prune(policy: @escaping (_ tags: [String: String]) -> RetentionPolicy, dryRun: Bool) throws -> PruneReport {
         try withLock(exclusive: true) {
-            // Another process may have added index files or snapshots since we opened the repository.
-            try reloadIndex()
+            // Another process may have added index files or snapshots since we opened the repository. The index cache
+            // is rebuilt from the authenticated index files: it is derived data, and a damaged record would make
+            // prune rewrite or delete packs by it.
+            try reloadIndex(rebuildCache: true)
             // The packs only a damaged index file names would look unindexed, and be deleted below.
             let damagedFiles = damagedIndexFiles
             guard damagedFiles.isEmpty else {
@@ -88,17 +90,27 @@ extension Repository {
             }
             report.keptSnapshots.sort()
             report.removedSnapshots.sort()
+            let index = indexSnapshot
+            var (used, unreadable) = try reachableBlobsSkippingUnreadable(kept, index: index)
+            let unindexed = inventory.unindexed
+            // Packs no index names are normally what an interrupted backup left. But when kept snapshots need blobs
+            // or listings the index lacks, an index file may be gone, and those packs may be the only copy: deleting
+            // them would lose every snapshot. Checked before anything is removed.
+            let neededOutsideIndex = used.countOutsideIndex
+            if !unindexed.isEmpty && (neededOutsideIndex > 0 || !unreadable.isEmpty) {
+                throw RepositoryError("\(unindexed.count) packs are named by no index file, while kept snapshots need \(neededOutsideIndex) blobs "
+                    + "the index does not have\(unreadable.isEmpty ? "" : " (\(unreadable.count) snapshots have listings that cannot be read)"); "
+                    + "those packs may hold them (an index file may be lost), so prune changed nothing. Run `fleetkeep-agent repair index` "
+                    + "first (it rebuilds the index from the packs' own headers), then prune again")
+            }
             if !dryRun {
                 for id in report.removedSnapshots { try storage.remove("snapshots/" + id) }
             }
-            let index = indexSnapshot
-            var (used, unreadable) = try reachableBlobsSkippingUnreadable(kept, index: index)
             report.snapshotsWithUnreadableListings = unreadable.sorted()
             if !unreadable.isEmpty {
                 // Nothing can be proven garbage: every indexed blob is kept.
                 for (id, _) in index.blobs { used.insert(id) }
             }
-            let unindexed = inventory.unindexed
             for pack in unindexed { report.bytesFreed += Int64(try storage.size(Self.packPath(pack)) ?? 0) }
             report.unindexedPacksDeleted = unindexed.count
             // A group's members share their bytes: count each stored range once.
