@@ -1,4 +1,4 @@
-import CLinux
+import BackupEngine
 import Foundation
 
 /// Runs numbered jobs on a few threads, and now and then pauses them all to run a checkpoint alone.
@@ -27,13 +27,11 @@ final class ConcurrentRunner: @unchecked Sendable {
         let finished = DispatchGroup()
         for index in 0..<threads {
             finished.enter()
-            let thread = Thread { [self] in
-                // Named by the thread itself: Foundation on Linux drops a name given before the thread runs.
-                _ = fleetkeep_set_thread_name("fk-runner-\(index)")
+            // Each runner walks whole account trees, one call per directory level: it gets the walkers' stack.
+            startNamedThread("fk-runner-\(index)", stackSize: threadStackSize) { [self] in
                 work(count: count, job: job, checkpoint: checkpoint)
                 finished.leave()
             }
-            thread.start()
         }
         finished.wait()
     }

@@ -1,9 +1,9 @@
 import BackupEngine
-import CLinux
 import CommandLineSupport
 import Crypto
 import Dispatch
 import Foundation
+import Posix
 import SFTP
 import Synchronization
 
@@ -158,7 +158,7 @@ public enum OffsiteCommands {
             throw AgentError("cannot reach \(target.host):\(target.port) to read its host key: \(error)")
         }
         let path = config.offsite.knownHosts ?? defaultKnownHosts
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: Directory.parentDirectory(of: path), withIntermediateDirectories: true)
         let existing = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
         let line = key.knownHostsLine(host: target.host, port: target.port)
         if !existing.contains(line) { try PrivateFile.write(path, Array((existing + line + "\n").utf8)) }
@@ -276,14 +276,11 @@ public enum OffsiteCommands {
         private let finished = DispatchSemaphore(value: 0)
 
         init(_ count: Int, target: OffsiteTarget, config: AgentConfig) {
-            let thread = Thread { [self] in
-                // By the thread itself, as `Repository.onThreads` does (Foundation drops a name given before it runs).
-                _ = fleetkeep_set_thread_name("fk-connect")
+            startNamedThread("fk-connect") { [self] in
                 let opened = Result { try OffsiteCommands.openConnections(count, target: target, config: config) }
                 result.withLock { $0 = opened }
                 finished.signal()
             }
-            thread.start()
         }
 
         func wait() throws -> [SFTPStorage] {

@@ -1,5 +1,6 @@
 import BackupEngine
 import Foundation
+import Posix
 import SFTP
 import Synchronization
 
@@ -93,7 +94,7 @@ public final class SFTPStorage: RepositoryStorage, @unchecked Sendable {
     public func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite {
         let full = try full(path)
         return try wrap(path) {
-            let directory = (full as NSString).deletingLastPathComponent
+            let directory = Directory.parentDirectory(of: full)
             if !madeDirectories.withLock({ $0.contains(directory) }) {
                 try session.makeDirectories(directory)
                 madeDirectories.withLock { _ = $0.insert(directory) }

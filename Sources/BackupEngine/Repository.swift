@@ -285,7 +285,7 @@ public final class Repository: Sendable {
     private func buildIndexCache(from names: [String], reader: IndexFileReader) throws -> LoadedIndex {
         guard let cachePath = indexCachePath else { throw IndexCacheUnavailable() }
         do {
-            try FileManager.default.createDirectory(atPath: (cachePath as NSString).deletingLastPathComponent,
+            try FileManager.default.createDirectory(atPath: Directory.parentDirectory(of: cachePath),
                                                     withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         } catch {
             throw IndexCacheUnavailable()

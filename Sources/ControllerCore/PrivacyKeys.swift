@@ -78,7 +78,7 @@ public struct PrivacyKeys: Sendable {
     static func registered(for database: Database) -> PrivacyKeys? { loaded.withLock { $0[database.path] } }
 
     public static func keyPath(forDatabase path: String) -> String {
-        (path as NSString).deletingLastPathComponent.isEmpty ? fileName : (path as NSString).deletingLastPathComponent + "/" + fileName
+        Directory.parentDirectory(of: path) + "/" + fileName
     }
 
     /// Loads the key beside `database`, creating it when the database has never had one. A database that has a key

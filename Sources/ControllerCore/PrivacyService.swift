@@ -57,7 +57,7 @@ public struct ErasureLedger: Sendable {
     public let path: String
 
     public init(databasePath: String) {
-        let directory = (databasePath as NSString).deletingLastPathComponent
+        let directory = Directory.parentDirectory(of: databasePath)
         path = (directory.isEmpty ? "" : directory + "/") + Self.fileName
     }
 

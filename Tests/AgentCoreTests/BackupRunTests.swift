@@ -1,5 +1,5 @@
 @testable import AgentCore
-import BackupEngine
+@testable import BackupEngine
 import CommandLineSupport
 import Foundation
 import Synchronization
@@ -29,6 +29,57 @@ struct WholeServerBackupTests {
         let target = scratch.appending("rebuilt")
         #expect(try BackupCommands.restore(["latest", "--all", "--target", target] + common) == 0)
         #expect(try HostingFixture.manifest(root: target + "/home") == HostingFixture.manifest(root: root + "/home"))
+    }
+
+    /// An account's owner nests directories far deeper than any site needs. The walk goes down one call per level:
+    /// 2,300 levels crashed a release build's backup of every account (SIGSEGV), and 1,300 crashed its restore.
+    /// Below 1,000 levels nothing is backed up and the backup names where it stopped; every other account, and the
+    /// levels above, are backed up and restored.
+    @Test func directoriesNestedThousandsDeepAreCutAtTheLimitNotACrash() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-deep")
+        let root = scratch.appending("server")
+        try HostingFixture.create(root: root, accounts: 2, sizeMB: 1, seed: 9)
+        let depth = 3_000
+        var descriptor = open(root + "/home/user000", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        for level in 1...depth {
+            #expect(mkdirat(descriptor, "d", 0o755) == 0)
+            let next = openat(descriptor, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            close(descriptor)
+            descriptor = next
+            if level == TreeScanner.maximumDepth || level == depth {
+                let file = openat(descriptor, "level-\(level)", O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+                close(file)
+            }
+        }
+        close(descriptor)
+        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
+        let common = ["--root", root, "--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"),
+                      "--config", scratch.appending("agent.conf")]
+        #expect(try BackupCommands.repo(["init"] + common) == 0)
+        _ = try BackupCommands.backup(["--kind", "files,email"] + common)
+        let repository = try Repository.open(storage: LocalStorage(root: scratch.appending("repo")),
+                                             keySource: .keyFile(scratch.appending("repo.key")))
+        let snapshots = try repository.snapshots()
+        #expect(Set(snapshots.compactMap { $0.tags["account"] }) == ["user000", "user001"])
+        let deep = try #require(snapshots.first { $0.tags["account"] == "user000" && $0.tags["kind"] == "files" })
+        #expect(deep.summary.errors.contains { $0.contains("more than \(TreeScanner.maximumDepth) nested directories") },
+                "\(deep.summary.errors.prefix(3))")
+
+        let target = scratch.appending("rebuilt")
+        _ = try BackupCommands.restore(["latest", "--all", "--kind", "files,email", "--target", target] + common)
+        #expect(try HostingFixture.manifest(root: target + "/home/user001") == HostingFixture.manifest(root: root + "/home/user001"))
+        var restored = open(target + "/home/user000", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        var levels = 0
+        while true {
+            let next = openat(restored, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard next >= 0 else { break }
+            close(restored)
+            restored = next
+            levels += 1
+            if levels == TreeScanner.maximumDepth { #expect(faccessat(restored, "level-\(levels)", F_OK, 0) == 0) }
+        }
+        close(restored)
+        #expect(levels == TreeScanner.maximumDepth)
     }
 
     @Test func restoreAllWritesDatabaseDumpsBesideTheAccounts() throws {

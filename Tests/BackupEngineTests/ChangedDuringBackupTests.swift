@@ -53,6 +53,48 @@ struct ChangedDuringBackupTests {
         return [UInt8](try Data(contentsOf: URL(fileURLWithPath: target + "/growing.log")))
     }
 
+    /// The account's owner replaces a file that was listed as a regular file with a FIFO before the backup opens
+    /// it. Opening a FIFO waits for a writer, so the backup used to hang there for ever; the file must instead be
+    /// named and skipped, and the backup finish.
+    @Test func fileReplacedByAFIFOBeforeItIsOpenedIsNamedNotWaitedFor() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-fifo-swap")
+        let home = scratch.appending("home")
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        try Data("first\n".utf8).write(to: URL(fileURLWithPath: home + "/a-first.txt"))
+        try Data("victim\n".utf8).write(to: URL(fileURLWithPath: home + "/b-victim.txt"))
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let victim = home + "/b-victim.txt"
+        var options = BackupOptions(tags: ["kind": "files"])
+        // Files of a directory are read in name order: b-victim.txt is swapped while a-first.txt is being read.
+        options.whileReading = { path in
+            guard path == "a-first.txt" else { return }
+            unlink(victim)
+            #expect(mkfifo(victim, 0o600) == 0)
+        }
+        let result = Mutex<Result<Snapshot, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let swapping = options
+        Thread {
+            let outcome = Result { try repository.backup(directory: home, options: swapping) }
+            result.withLock { $0 = outcome }
+            done.signal()
+        }.start()
+        if done.wait(timeout: .now() + 30) == .timedOut {
+            Issue.record("the backup waited for a writer on the FIFO")
+            // Let the waiting open return, so the test process can finish.
+            let writer = open(victim, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+            if writer >= 0 { close(writer) }
+            done.wait()
+        }
+        let snapshot = try #require(try result.withLock { $0 }?.get())
+        #expect(snapshot.summary.errors.contains { $0.contains("b-victim.txt") }, "\(snapshot.summary.errors)")
+        let target = scratch.appending("out")
+        _ = try repository.restore(snapshot, target: target)
+        #expect(try String(contentsOfFile: target + "/a-first.txt", encoding: .utf8) == "first\n")
+    }
+
     @Test func fileChangedOnceWhileReadIsStoredAsOneVersion() throws {
         let (scratch, home, repository) = try scene()
         let calls = ReadCount()

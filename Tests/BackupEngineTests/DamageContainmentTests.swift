@@ -1,6 +1,7 @@
 @testable import BackupEngine
 import Crypto
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -202,6 +203,47 @@ struct MisleadingMessageTests {
         let message = openError(scene, keySource: .keyFile(directory))
         #expect(message.contains("is a directory"), "\(message)")
         #expect(!message.contains("readable by other users"), "\(message)")
+    }
+
+    /// Foundation's `deletingLastPathComponent` traps on a one-character path ("K", "K/"), and `repo init --key-file K`
+    /// crashed the agent with SIGILL. A key path whose last name is a directory must be refused with an error.
+    @Test func aOneCharacterKeyFilePathIsAnErrorNotACrash() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-keypath")
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        #expect(throws: RepositoryError.self) { try Repository.initialize(storage: storage, keySource: .keyFile("K/")) }
+        #expect(FileManager.default.fileExists(atPath: scratch.appending("repo/config")) == false)
+    }
+
+    /// A FIFO where the repository keeps a file (a snapshot file, the index cache): opening it waited for a writer,
+    /// and every command hung. It must be reported like a damaged file, or ignored where the file is only a cache.
+    @Test func aFIFOInPlaceOfARepositoryFileIsReportedNotWaitedFor() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        let repository = try scene.initialize()
+        let snapshot = try DamageContainmentTests.backup(repository, scene, account: "user000")
+        let fifos = [scene.repoPath + "/snapshots/" + snapshot.id, scene.repoPath + "/cache/index"]
+        for path in fifos {
+            unlink(path)
+            #expect(mkfifo(path, 0o600) == 0)
+        }
+        let outcome = Mutex<Result<VerifyReport, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            let result = Result { try scene.open().verify(readData: false) }
+            outcome.withLock { $0 = result }
+            done.signal()
+        }.start()
+        if done.wait(timeout: .now() + 30) == .timedOut {
+            Issue.record("a command waited for a writer on a FIFO in the repository")
+            // Let each waiting open return, so the test process can finish.
+            while done.wait(timeout: .now() + 0.2) == .timedOut {
+                for path in fifos {
+                    let writer = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+                    if writer >= 0 { close(writer) }
+                }
+            }
+        }
+        let report = try #require(try outcome.withLock { $0 }?.get())
+        #expect(report.problems.contains { $0.contains(String(snapshot.id.prefix(16))) }, "\(report.problems)")
     }
 
     /// A newer agent may write its config with more fields, of any type, or the version as a number.

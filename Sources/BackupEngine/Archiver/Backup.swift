@@ -406,9 +406,15 @@ final class BackupJob: @unchecked Sendable {
                     summary.withLock { $0.filesUnchanged += 1; $0.bytesTotal += node.size }
                 } else {
                     do {
-                        let file = openat(descriptor, entry.bytes, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                        // O_NONBLOCK: the account's owner may have put a FIFO in the file's place since it was listed,
+                        // and opening a FIFO waits for a writer, which would stop the whole backup.
+                        let file = openat(descriptor, entry.bytes, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
                         guard file >= 0 else { throw RepositoryError(String(cString: strerror(errno))) }
                         defer { close(file) }
+                        var opened = stat()
+                        guard fstat(file, &opened) == 0, opened.st_mode & S_IFMT == S_IFREG else {
+                            throw RepositoryError("replaced during backup by something that is not a regular file; not read")
+                        }
                         try readFile(file, path: childRelative, listed: info, into: &node)
                         // Read while it changed: the node keeps other times than the listing's.
                         if !node.isSameVersion(as: info) { exact = false }

@@ -24,6 +24,9 @@ import Zstd
 /// listing), and at most `readAheadBytes` of file data advised ahead of the walk. The walk never waits for a lister
 /// that is held back by a bound: a directory no lister has started is listed by the walk itself.
 final class TreeScanner: @unchecked Sendable {
+    /// Directories below this depth are not backed up (named in the backup's errors). Each level takes a few
+    /// hundred bytes of the walk's stack in a release build and a few kilobytes in a debug one (`threadStackSize`).
+    static let maximumDepth = 1000
     // @unchecked: every mutable field (here and in `ScannedDirectory.state`) is touched only with `condition` locked.
     struct Limits: Sendable {
         /// Listing threads per backup at most: on a cold cache they mostly wait for the disk, so more than the cores.
@@ -351,8 +354,15 @@ final class TreeScanner: @unchecked Sendable {
         for (index, relative, key) in subdirectories {
             let old = entries[index].previous
             let oldTree = childrenRecorded ? cache?[key]?.tree : (old?.kind == .directory ? old?.subtree : nil)
-            entries[index].child = ScannedDirectory(relative: relative, name: entries[index].bytes, opener: directory, previousTree: oldTree,
-                                                    cacheKey: key)
+            let child = ScannedDirectory(relative: relative, name: entries[index].bytes, opener: directory, previousTree: oldTree,
+                                         cacheKey: key, depth: directory.depth + 1)
+            if child.depth > Self.maximumDepth {
+                // The walk goes down one call per level, on a thread's fixed stack: an account's owner who nests
+                // directories thousands deep would otherwise crash the backup of every account.
+                child.state = .unopenable("more than \(Self.maximumDepth) nested directories: this directory and everything below it "
+                    + "are not backed up")
+            }
+            entries[index].child = child
         }
         return .listed(Listing(entries: entries, digest: digest, recorded: recorded, oldTreeLoaded: !childrenRecorded))
     }
@@ -531,6 +541,8 @@ final class ScannedDirectory: @unchecked Sendable {
     }
 
     let relative: String
+    /// How many directories down from the top (which is 0).
+    let depth: Int
     /// NUL-terminated name in the parent directory.
     let name: [CChar]
     let previousTree: BlobID?
@@ -541,8 +553,9 @@ final class ScannedDirectory: @unchecked Sendable {
     var counted = false
     fileprivate(set) var descriptor: Int32 = -1
 
-    init(relative: String, name: [CChar], opener: ScannedDirectory?, previousTree: BlobID?, cacheKey: UInt64 = 0) {
+    init(relative: String, name: [CChar], opener: ScannedDirectory?, previousTree: BlobID?, cacheKey: UInt64 = 0, depth: Int = 0) {
         self.relative = relative
+        self.depth = depth
         self.name = name
         self.previousTree = previousTree
         self.cacheKey = cacheKey

@@ -15,7 +15,7 @@ public enum KeySource: Sendable {
         case .keyFile(let path):
             if !FileManager.default.fileExists(atPath: path) {
                 guard create else { throw RepositoryError("key file \(path) does not exist; pass the --key-file used with `repo init`") }
-                let directory = (path as NSString).deletingLastPathComponent
+                let directory = Directory.parentDirectory(of: path)
                 try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
                 // Created in place, exclusively (never over a key that appeared meanwhile), rather than renamed:
                 // a key file may live on a file system without hard links or atomic replace (a USB stick).

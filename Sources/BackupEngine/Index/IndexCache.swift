@@ -71,11 +71,12 @@ final class IndexCacheFile: @unchecked Sendable {
 
     /// Maps the cache at `path`; nil when it is missing, unreadable or malformed (the caller rebuilds it).
     init?(path: String) {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        // Not a FIFO (O_NONBLOCK: opening one would wait for a writer), nor anything else but a regular file.
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard descriptor >= 0 else { return nil }
         defer { close(descriptor) }
         var info = stat()
-        guard fstat(descriptor, &info) == 0, info.st_size >= 32 else { return nil }
+        guard fstat(descriptor, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size >= 32 else { return nil }
         let size = Int(info.st_size)
         guard let mapped = mmap(nil, size, PROT_READ, MAP_SHARED, descriptor, 0), mapped != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
         let raw = UnsafeRawPointer(mapped)

@@ -138,9 +138,15 @@ public struct LocalStorage: RepositoryStorage {
         } else {
             let absolute = try full(path)
             do throws(Errno) {
-                file = OpenFile(try FileDescriptor.open(absolute, O_RDONLY))
+                // O_NONBLOCK: opening a FIFO put in a repository file's place would wait for a writer for ever.
+                file = OpenFile(try FileDescriptor.open(absolute, O_RDONLY | O_NONBLOCK))
             } catch {
                 throw failure(path, error)
+            }
+            var info = stat()
+            guard fstat(file.descriptor.rawValue, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+                throw StorageError(path: root + "/" + path, message: "is not a regular file (something else stands where the repository "
+                    + "keeps this file); move it away, then run `fleetkeep-agent verify`")
             }
             // Packs never change once written (their names are random and never reused), so an open one stays valid.
             if path.hasPrefix("data/") { openPacks[path] = file }

@@ -5,7 +5,11 @@ import Foundation
 /// Starts a thread that names itself `name` where ps, top and gdb show it. By the thread itself: Foundation on
 /// Linux drops a name given before the thread runs (and a fresh thread can run before `Thread.name` reaches it), and
 /// the kernel keeps 15 bytes of a name. A refused name only costs whoever looks, so it is not an error.
-func startNamedThread(_ name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) {
+/// The stack of every thread that walks trees: a directory tree is walked one call per level, and a level takes a
+/// few kilobytes of stack in a debug build (see `TreeScanner.maximumDepth`). Only the pages used are ever resident.
+public let threadStackSize = 16 << 20
+
+public func startNamedThread(_ name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) {
     let thread = Thread {
         _ = fleetkeep_set_thread_name(name)
         body()
@@ -23,7 +27,7 @@ extension Repository {
         let group = DispatchGroup()
         for lane in 0..<count {
             group.enter()
-            startNamedThread("\(name)-\(lane)", stackSize: 1 << 20) {
+            startNamedThread("\(name)-\(lane)", stackSize: threadStackSize) {
                 body(lane)
                 group.leave()
             }

@@ -15,7 +15,7 @@ final class WorkerPool: @unchecked Sendable {
     /// Keep `name` to 12 bytes: Linux keeps 15 bytes of a thread's name, and a longer one loses its number.
     init(threads: Int, name: String) {
         for index in 0..<max(threads, 1) {
-            startNamedThread("\(name)-\(index)", stackSize: 1 << 20) { [self] in work() }
+            startNamedThread("\(name)-\(index)", stackSize: threadStackSize) { [self] in work() }
         }
     }
 
