@@ -387,7 +387,13 @@ final class BackupJob: @unchecked Sendable {
                 summary.withLock { $0.directories += 1 }
             case S_IFLNK:
                 node.kind = .symlink
-                node.target = readLink(descriptor, entry.bytes)
+                guard let target = readLink(descriptor, entry.bytes) else {
+                    // Replaced since it was listed (by a file, say): an empty target would not restore.
+                    recordError("\(childRelative): cannot read the symbolic link (\(String(cString: strerror(errno)))); changed during backup, not backed up")
+                    exact = false
+                    continue
+                }
+                node.target = target
             case S_IFREG:
                 defer { scanner.walked(file: position) }
                 let linkKey = "\(info.st_dev):\(info.st_ino)"
@@ -493,10 +499,14 @@ final class BackupJob: @unchecked Sendable {
             || a.st_ctim.tv_sec != b.st_ctim.tv_sec || a.st_ctim.tv_nsec != b.st_ctim.tv_nsec
     }
 
-    private func readLink(_ descriptor: Int32, _ name: [CChar]) -> String {
+    /// The link's target; nil (with `errno` set) when it cannot be read, or it is empty, which no link can be.
+    private func readLink(_ descriptor: Int32, _ name: [CChar]) -> String? {
         var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let count = readlinkat(descriptor, name, &target, target.count - 1)
-        guard count >= 0 else { return "" }
+        guard count > 0 else {
+            if count == 0 { errno = ENOENT }
+            return nil
+        }
         return FileName.string(from: target[0..<count].map { UInt8(bitPattern: $0) })
     }
 
