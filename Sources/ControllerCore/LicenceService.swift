@@ -370,7 +370,7 @@ public final class LicenceService: Sendable {
 
     // MARK: Outside callers: validation
 
-    /// `POST /v1/licences/validate`. Rate-limited per client address before any parsing, then per key.
+    /// `POST /v1/licences/validate`. Rate-limited per client address before any parsing, then per key (id and secret).
     public func validate(body: [UInt8], remoteAddress: String) throws -> ValidationResponse {
         if let retry = addressLimiter.take("a/" + remoteAddress) { throw LicenceError.rateLimited(retryAfter: retry) }
         guard body.count <= Self.maxValidationBody else { throw LicenceError.tooLarge(limit: Self.maxValidationBody) }
@@ -381,7 +381,9 @@ public final class LicenceService: Sendable {
         if let nonce = request.nonce, nonce.utf8.count > 64 { throw LicenceError.invalidInput("nonce must be at most 64 bytes") }
         let key: LicenceKey
         do { key = try LicenceKey(text: request.key) } catch { throw LicenceError.malformedKey("\(error)") }
-        if let retry = keyLimiter.take("k/" + key.licenceID) { throw LicenceError.rateLimited(retryAfter: retry) }
+        // Per whole key (id and secret), not per licence id: the id is public, and keys with it and any secret are
+        // easy to build, so a limit per id let anyone lock a customer's genuine key out.
+        if let retry = keyLimiter.take("k/" + key.digest) { throw LicenceError.rateLimited(retryAfter: retry) }
         let now = clock()
         // Same work whether the id exists or not: one lookup, one seat count, one constant-time comparison.
         let found = try store.licence(id: key.licenceID)

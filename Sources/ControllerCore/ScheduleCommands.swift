@@ -175,7 +175,8 @@ struct RunView: Encodable {
         kind = occurrence.task.jobKind.rawValue
         at = ISO8601DateFormatter().string(from: occurrence.at)
         let formatter = ISO8601DateFormatter()
-        formatter.timeZone = TimeZone(identifier: zone) ?? TimeZone(identifier: "UTC")!
+        // A zone stored before names were checked may still be out of range: UTC then, not a trap.
+        formatter.timeZone = ZoneName.zoneOrUTC(zone)
         local = formatter.string(from: occurrence.at)
         unix = Int64(occurrence.at.timeIntervalSince1970)
     }

@@ -230,8 +230,9 @@ public struct ScheduleService: Sendable {
         return merged
     }
 
-    /// A time zone name from outside (an agent, an operator): known to the system's zone database, and short.
+    /// A time zone name from outside (an agent, an operator): known to the system's zone database, short, and
+    /// within UTC-12..UTC+14 (`ZoneName`).
     public static func validTimeZone(_ name: String) -> Bool {
-        name.utf8.count <= 64 && TimeZone(identifier: name) != nil
+        ZoneName.zone(name) != nil
     }
 }

@@ -72,7 +72,7 @@ final class RequestDispatcher: Sendable {
             context.pointee = Unmanaged.passRetained(state).toOpaque()
             inFlight.add(1, ordering: .relaxed)
             if let length = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length"),
-               let declared = Int(String(cString: length)), declared > state.maxBodyBytes {
+               let declared = Self.declaredLength(String(cString: length)), declared > state.maxBodyBytes {
                 guard declared <= Self.drainLimit(state.maxBodyBytes) else {
                     state.responded = true
                     return queue(bodyTooLargeResponse(state.maxBodyBytes), on: connection)
@@ -169,6 +169,14 @@ final class RequestDispatcher: Sendable {
         job.state.response = Router.run(job.handler, job.request)
         MHD_resume_connection(job.connection)
         suspended.subtract(1, ordering: .sequentiallyConsistent)
+    }
+
+    /// A Content-Length value as a byte count: digits that do not fit in an Int (libmicrohttpd takes lengths up to
+    /// 2^64 - 2) are as good as Int.max, not as no length at all, which skipped the early 413.
+    static func declaredLength(_ text: String) -> Int? {
+        let digits = text.trimmingCharacters(in: .whitespaces)
+        guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return nil }
+        return Int(digits) ?? Int.max
     }
 
     func completed(context: UnsafeMutablePointer<UnsafeMutableRawPointer?>?) {

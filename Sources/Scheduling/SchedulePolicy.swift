@@ -251,7 +251,7 @@ public struct SchedulePolicy: Sendable, Equatable, Codable {
     /// The calendar of `zone` (the policy's own zone wins), falling back to UTC for an unknown or missing zone.
     public func calendar(agentTimeZone zone: String?) -> Calendar {
         var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = (timeZone ?? zone).flatMap(TimeZone.init(identifier:)) ?? TimeZone(identifier: "UTC")!
+        calendar.timeZone = ZoneName.zoneOrUTC(timeZone ?? zone)
         return calendar
     }
 

@@ -67,6 +67,19 @@ struct DashboardAccessTests {
         #expect(try harness.postLogin("alice", password: "a long enough password", address: "192.0.2.99").0 == 429)
     }
 
+    /// One address hammering sign-in with made-up names: its attempts past its own limit are refused before they
+    /// touch the overall limit, so they cannot use it up and lock every operator out. (The overall bucket used to be
+    /// charged first: 40 attempts from one address emptied it.)
+    @Test func oneAddressCannotUseUpTheOverallSignInLimit() throws {
+        let harness = try DashboardHarness()
+        try harness.addOperator("alice", role: .admin)
+        for attempt in 0..<40 {
+            _ = try harness.postLogin("made-up-\(attempt)", password: "whatever it is", address: "192.0.2.66")
+        }
+        #expect(try harness.postLogin("made-up-x", password: "whatever it is", address: "192.0.2.66").0 == 429)
+        #expect(try harness.postLogin("alice", password: "a long enough password", address: "192.0.2.67").0 == 303)
+    }
+
     @Test func aViewerCannotPostActionsNorOpenAdminPages() throws {
         let harness = try DashboardHarness()
         try harness.addOperator("vic", role: .viewer)

@@ -35,6 +35,29 @@ final class LicenceHarness: @unchecked Sendable {
     }
 }
 
+/// The validation API for outside callers, and what a caller without the key can do to it.
+struct LicenceValidationLimitTests {
+    /// The licence id is the public part of a key, and keys with that id and any secret are easy to build. Forged
+    /// keys sent from several addresses, each within its address's limit, must not use up the genuine key's limit:
+    /// it used to be charged per licence id before the secret was looked at, and the customer then got 429.
+    @Test func forgedKeysForALicenceDoNotLockItsGenuineKeyOut() throws {
+        let harness = try LicenceHarness()
+        let genuine = try harness.issue()
+        func validate(_ key: String, from address: String) throws -> ValidationResponse {
+            try harness.licences.validate(body: Array(try JSONEncoder().encode(["key": key])), remoteAddress: address)
+        }
+        var limited = 0
+        for round in 0..<40 {
+            let forged = LicenceKey.generate(licenceID: genuine.licenceID)
+            do { _ = try validate(forged.text, from: "198.51.100.\(round % 8)") } catch LicenceError.rateLimited { limited += 1 }
+        }
+        #expect(limited < 40, "the forged keys were themselves refused by their addresses' limits")
+        let answer = try validate(genuine.text, from: "203.0.113.5")
+        let opened = try answer.verified(with: harness.signingKey.publicKey)
+        #expect(opened.status == "valid")
+    }
+}
+
 struct LicenceKeyTests {
     @Test func keysRoundTripAndTyposAreCaughtOffline() throws {
         let key = LicenceKey.generate(licenceID: LicenceKey.randomID())

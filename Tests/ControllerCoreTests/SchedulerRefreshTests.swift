@@ -134,3 +134,12 @@ struct SchedulerRefreshTests {
         expectReads(3, "a due run without a refresh")
     }
 }
+
+/// The time zone an agent reports in its poll, and an operator's `--time-zone`, go through one check.
+struct ScheduleTimeZoneTests {
+    @Test func aZoneBeyondUTCPlus14IsRefusedAsAnAgentsOrAnOperatorsZone() {
+        #expect(ScheduleService.validTimeZone("Europe/Berlin"))
+        #expect(!ScheduleService.validTimeZone("GMT-18"))
+        #expect(!ScheduleService.validTimeZone("GMT+18:00"))
+    }
+}

@@ -68,6 +68,19 @@ struct ServerTests {
         #expect(calls.load(ordering: .relaxed) == 1)
     }
 
+    /// A declared length beyond Int.max (2^63 and up) did not parse as an Int, so the early check was skipped and
+    /// the server read and dropped the whole body, gigabytes of it. It must be answered 413 at once.
+    @Test(arguments: ["9223372036854775808", "18446744073709551614", "99999999999999999999999"])
+    func aContentLengthBeyondIntMaxIsAnsweredAtOnce(length: String) throws {
+        let running = try RunningServer(configuration: HTTPServerConfiguration(maxBodyBytes: 1024)) { router in
+            router.add("POST", "/upload") { request in .json(["bytes": request.body.count]) }
+        }
+        let request = "POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: \(length)\r\n\r\n" + String(repeating: "x", count: 4096)
+        let reply = try RawSocket.exchange(port: Int(running.server.port), Array(request.utf8), timeoutSeconds: 5)
+        let parsed = RawSocket.parse(reply)
+        #expect(parsed?.status == 413 || parsed?.status == 400, "\(String(decoding: reply.prefix(200), as: UTF8.self))")
+    }
+
     @Test func chunkedOversizedBodyGets413() throws {
         // Without Content-Length the limit is enforced while accumulating, so use the curl CLI's chunked upload.
         let curl = try #require(ProcessRunner.which("curl"))

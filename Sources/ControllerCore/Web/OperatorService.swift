@@ -184,7 +184,8 @@ public final class OperatorService: Sendable {
     /// Checks the name and password and opens a session; returns the cookie token and the session. Rate-limited
     /// before any password work, per client address, per name and overall.
     public func login(name: String, password: String, remoteAddress: String) throws -> (token: String, session: OperatorSession) {
-        if let retry = globalLimiter.take("all") ?? addressLimiter.take(remoteAddress) ?? nameLimiter.take(name.lowercased()) {
+        // The overall limit last: attempts one address or name may not make must not use it up for everyone else.
+        if let retry = addressLimiter.take(remoteAddress) ?? nameLimiter.take(name.lowercased()) ?? globalLimiter.take("all") {
             throw DashboardError.rateLimited(retryAfter: retry)
         }
         guard name.utf8.count <= 64, password.utf8.count <= policy.longestPassword else { throw DashboardError.wrongCredentials }
