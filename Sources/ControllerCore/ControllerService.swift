@@ -254,6 +254,11 @@ public final class ControllerService: Sendable {
                                                         window: RequestSigning.allowedSkew) {
                 throw HTTPError(409, "replayed request: this nonce was already used (before the controller restarted)")
             }
+            // Session-signed requests have no stored nonces: after a restart, one signed at or before the agent's
+            // last stored heartbeat can only be a replay (telemetry stored twice, a job poll answered again).
+            if !durableNonce, let floor = restartFloor[agentID], timestamp <= floor {
+                throw HTTPError(409, "replayed request: signed at or before the last heartbeat stored before the controller restarted; sign it again")
+            }
             return (agentID, timestamp)
         } catch let rejection as RequestSigning.Rejection {
             throw HTTPError(rejection.status, rejection.message)

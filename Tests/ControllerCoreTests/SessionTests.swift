@@ -197,6 +197,24 @@ struct RestartReplayOfSessionsAndFloorsTests {
         #expect(answer.status == 200, "\(errorText(answer))")
     }
 
+    /// Every session-signed request, not only heartbeats, is held to the floor: a request captured before the
+    /// agent's last stored heartbeat (here one asking for the escrow recipient; telemetry and job polls alike) used
+    /// to be accepted once more after a restart emptied the nonce cache.
+    @Test func anySessionRequestCapturedBeforeARestartIsRefusedAfterIt() throws {
+        let (harness, key) = try ControllerHarness.enrolled()
+        let session = try SessionTests().openSession(harness, key: key)
+        let body = Array("{}".utf8)
+        let captured = RequestSigning.sign(method: "POST", path: APIPath.escrowRecipient, body: body, session: session, now: harness.clock.now)
+        #expect(harness.send(APIPath.escrowRecipient, body: body, headers: captured).status == 200)
+        let (beat, _, _) = try SessionTests().heartbeat(harness, session, at: harness.clock.now + 1)
+        #expect(beat.status == 200)
+        let restarted = restart(harness, after: 5)
+        let replay = restarted.router.handle(HTTPRequest(method: "POST", path: APIPath.escrowRecipient, headers: captured, body: body))
+        #expect(replay.status == 409, "\(errorText(replay))")
+        let fresh = RequestSigning.sign(method: "POST", path: APIPath.escrowRecipient, body: body, session: session, now: harness.clock.now + 5)
+        #expect(restarted.router.handle(HTTPRequest(method: "POST", path: APIPath.escrowRecipient, headers: fresh, body: body)).status == 200)
+    }
+
     /// The floor still refuses a session-signed heartbeat captured before the restart.
     @Test func aSessionHeartbeatCapturedBeforeARestartIsRefusedAfterIt() throws {
         let (harness, key) = try ControllerHarness.enrolled()
