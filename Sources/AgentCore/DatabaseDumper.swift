@@ -118,10 +118,7 @@ final class CredentialsFile {
         if let host = settings.host { lines.append("host=\(host)") }
         if let port = settings.port { lines.append("port=\(port)") }
         if let passwordFile = settings.passwordFile {
-            guard let password = try? String(contentsOfFile: passwordFile, encoding: .utf8) else {
-                throw AgentError("cannot read database password file \(passwordFile)")
-            }
-            lines.append("password=\(password.trimmingCharacters(in: .newlines))")
+            lines.append("password=\(try SecretFile.read(passwordFile, what: "database password file"))")
         }
         path = NSTemporaryDirectory() + "/fleetkeep-db-\(UUID().uuidString).cnf"
         try PrivateFile.write(path, Array((lines.joined(separator: "\n") + "\n").utf8))

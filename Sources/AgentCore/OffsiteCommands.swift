@@ -107,8 +107,7 @@ public enum OffsiteCommands {
         }
         let credentials: SSHCredentials
         if let passwordFile = config.offsite.passwordFile {
-            guard let password = try? String(contentsOfFile: passwordFile, encoding: .utf8) else { throw AgentError("cannot read password file \(passwordFile)") }
-            credentials = .password(password.trimmingCharacters(in: .newlines))
+            credentials = .password(try SecretFile.read(passwordFile, what: "off-site password file"))
         } else {
             credentials = .privateKeyFile(path: config.offsite.identity ?? "/etc/fleetkeep/offsite_ed25519", passphrase: nil)
         }
