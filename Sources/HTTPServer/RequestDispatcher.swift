@@ -71,6 +71,10 @@ final class RequestDispatcher: Sendable {
             state.maxBodyBytes = router.bodyLimit(for: String(cString: url)) ?? maxBodyBytes
             context.pointee = Unmanaged.passRetained(state).toOpaque()
             inFlight.add(1, ordering: .relaxed)
+            if Self.hasConflictingContentLength(connection) {
+                state.responded = true
+                return queue(.error(400, "the request has two Content-Length headers that disagree"), on: connection)
+            }
             if let length = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length"),
                let declared = Self.declaredLength(String(cString: length)), declared > state.maxBodyBytes {
                 guard declared <= Self.drainLimit(state.maxBodyBytes) else {
@@ -197,6 +201,19 @@ final class RequestDispatcher: Sendable {
     private struct Collected {
         var values: [String: String] = [:]
         let lowercaseKeys: Bool
+        /// Names (lowercased) that came more than once with different values.
+        var conflicting: Set<String> = []
+    }
+
+    /// Whether the request carries two Content-Length headers that disagree. libmicrohttpd reads the body by the
+    /// first; a proxy in front may have used another, and the rest of the stream would then be taken for a second
+    /// request (request smuggling). RFC 9112 says to refuse such a message.
+    private static func hasConflictingContentLength(_ connection: OpaquePointer) -> Bool {
+        var collected = Collected(lowercaseKeys: true)
+        withUnsafeMutablePointer(to: &collected) { pointer in
+            _ = MHD_get_connection_values(connection, .HEADER_KIND, MHDCallbacks.collectValue, pointer)
+        }
+        return collected.conflicting.contains("content-length")
     }
 
     private static func values(of connection: OpaquePointer, kind: MHD_ValueKind, lowercaseKeys: Bool) -> [String: String] {
@@ -211,7 +228,11 @@ final class RequestDispatcher: Sendable {
         let collected = context.assumingMemoryBound(to: Collected.self)
         var name = String(cString: key)
         if collected.pointee.lowercaseKeys { name = name.lowercased() }
-        collected.pointee.values[name] = value.map { String(cString: $0) } ?? ""
+        let text = value.map { String(cString: $0) } ?? ""
+        if let earlier = collected.pointee.values[name], earlier.trimmingCharacters(in: .whitespaces) != text.trimmingCharacters(in: .whitespaces) {
+            collected.pointee.conflicting.insert(name)
+        }
+        collected.pointee.values[name] = text
     }
 
     private func queue(_ response: HTTPResponse, on connection: OpaquePointer) -> MHD_Result {

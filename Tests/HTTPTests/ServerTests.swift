@@ -81,6 +81,26 @@ struct ServerTests {
         #expect(parsed?.status == 413 || parsed?.status == 400, "\(String(decoding: reply.prefix(200), as: UTF8.self))")
     }
 
+    /// Two Content-Length headers that disagree: libmicrohttpd reads the body by the first, a proxy in front may
+    /// have used the other, and the rest would be taken for another request. It must be refused (RFC 9112).
+    @Test func conflictingContentLengthsAreRefused() throws {
+        let calls = Atomic<Int>(0)
+        let running = try RunningServer { router in
+            router.add("POST", "/upload") { request in
+                calls.add(1, ordering: .relaxed)
+                return .json(["bytes": request.body.count])
+            }
+        }
+        let request = "POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789"
+        let reply = try RawSocket.exchange(port: Int(running.server.port), Array(request.utf8), timeoutSeconds: 5)
+        #expect(RawSocket.parse(reply)?.status == 400, "\(String(decoding: reply.prefix(200), as: UTF8.self))")
+        #expect(calls.load(ordering: .relaxed) == 0)
+        // The same length twice is one length.
+        let same = "POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\n01234"
+        let sameReply = try RawSocket.exchange(port: Int(running.server.port), Array(same.utf8), timeoutSeconds: 5)
+        #expect(RawSocket.parse(sameReply)?.status == 200, "\(String(decoding: sameReply.prefix(200), as: UTF8.self))")
+    }
+
     @Test func chunkedOversizedBodyGets413() throws {
         // Without Content-Length the limit is enforced while accumulating, so use the curl CLI's chunked upload.
         let curl = try #require(ProcessRunner.which("curl"))
