@@ -82,6 +82,42 @@ struct WholeServerBackupTests {
         #expect(levels == TreeScanner.maximumDepth)
     }
 
+    /// A disaster recovery: `restore --all` into an empty root makes each `home/USER` and `home/USER/mail`. They used
+    /// to come back as root's, 0755, and the account could not write to its own home. The snapshot now keeps its
+    /// directory's owner, mode and time, and the restore gives them back to a directory it made.
+    @Test(.enabled(if: getuid() == 0, "setting another user's ownership needs root"))
+    func restoreAllGivesTheAccountsTheirHomesBack() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-homes")
+        let root = scratch.appending("server")
+        try HostingFixture.create(root: root, accounts: 1, sizeMB: 1, seed: 4)
+        let home = root + "/home/user000"
+        changeOwner(home, uid: 1234, gid: 1235)
+        #expect(chmod(home, 0o711) == 0 && chmod(home + "/mail", 0o750) == 0)
+        var times = [timespec(tv_sec: 1_700_000_000, tv_nsec: 0), timespec(tv_sec: 1_700_000_000, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, home, &times, 0) == 0)
+        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
+        let common = ["--root", root, "--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"),
+                      "--config", scratch.appending("agent.conf")]
+        #expect(try BackupCommands.repo(["init"] + common) == 0)
+        #expect(try BackupCommands.backup(["--kind", "files,email"] + common) == 0)
+
+        let target = scratch.appending("rebuilt")
+        #expect(try BackupCommands.restore(["latest", "--all", "--target", target] + common) == 0)
+        for (path, mode) in [("home/user000", 0o711), ("home/user000/mail", 0o750)] {
+            var info = stat()
+            #expect(lstat(target + "/" + path, &info) == 0)
+            #expect(info.st_uid == 1234 && info.st_gid == 1235, "\(path): \(info.st_uid):\(info.st_gid)")
+            #expect(Int(info.st_mode & 0o7777) == mode, "\(path): \(String(info.st_mode & 0o7777, radix: 8))")
+        }
+        var info = stat()
+        #expect(lstat(target + "/home/user000", &info) == 0 && info.st_mtim.tv_sec == 1_700_000_000)
+        // An operator's own target keeps its owner and mode: only directories the restore made are given back.
+        let own = scratch.appending("operator-target")
+        #expect(mkdir(own, 0o700) == 0)
+        #expect(try BackupCommands.restore(["latest", "--account", "user000", "--kind", "files", "--target", own] + common) == 0)
+        #expect(lstat(own, &info) == 0 && info.st_uid == 0 && info.st_mode & 0o7777 == 0o700)
+    }
+
     @Test func restoreAllWritesDatabaseDumpsBesideTheAccounts() throws {
         let scratch = TemporaryDirectory(prefix: "fk-whole-db")
         let (common, dump) = try DumpRepository.make(in: scratch)

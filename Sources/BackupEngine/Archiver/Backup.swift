@@ -135,7 +135,11 @@ public final class BackupSession: Sendable {
             throw RepositoryError("cannot back up \(FileName.printable(directory)): not a readable directory (\(String(cString: strerror(errno))))")
         }
         defer { Glibc.close(descriptor) }
-        return try run(options: options) { job in
+        var info = stat()
+        let root = fstat(descriptor, &info) != 0 ? nil
+            : RootDirectory(uid: info.st_uid, gid: info.st_gid, mode: info.st_mode,
+                            mtime: UTCTime.nanoseconds(seconds: Int64(info.st_mtim.tv_sec), nanoseconds: Int64(info.st_mtim.tv_nsec)))
+        return try run(options: options, root: root) { job in
             try job.tree(descriptor, parentTree: job.parent.flatMap { BlobID(hex: $0.tree) })
         }
     }
@@ -157,7 +161,7 @@ public final class BackupSession: Sendable {
         }
     }
 
-    private func run(options: BackupOptions, _ body: (BackupJob) throws -> BlobID) throws -> Int {
+    private func run(options: BackupOptions, root directory: RootDirectory? = nil, _ body: (BackupJob) throws -> BlobID) throws -> Int {
         let started = Date()
         let parent = existing.last { $0.tags == options.tags }
         let job = BackupJob(session: self, options: options, parent: parent)
@@ -172,7 +176,8 @@ public final class BackupSession: Sendable {
         }
         var summary = job.summary.withLock { $0 }
         summary.seconds = Date().timeIntervalSince(started)
-        let snapshot = Snapshot(id: "", time: options.time ?? started, tags: options.tags, tree: root.hex, parent: parent?.id, summary: summary)
+        let snapshot = Snapshot(id: "", time: options.time ?? started, tags: options.tags, tree: root.hex, parent: parent?.id, summary: summary,
+                                root: directory)
         let ticket = pending.withLock { pending in
             pending.tickets += 1
             pending.snapshots.append((pending.tickets, snapshot))

@@ -150,17 +150,40 @@ public struct Snapshot: Codable, Sendable {
     public var tree: String
     public var parent: String?
     public var summary: BackupSummary
+    /// The backed-up directory's own owner, mode and time (the tree holds only what is inside it), so a restore that
+    /// has to make that directory (`home/USER` in `restore --all`) gives it back to its account. Absent in snapshots
+    /// of a stream, and in those written before 2026-12-07; older agents ignore it.
+    public var root: RootDirectory?
 
-    public init(id: String, time: Date, tags: [String: String], tree: String, parent: String?, summary: BackupSummary) {
+    public init(id: String, time: Date, tags: [String: String], tree: String, parent: String?, summary: BackupSummary,
+                root: RootDirectory? = nil) {
         self.id = id
         self.time = time
         self.tags = tags
         self.tree = tree
         self.parent = parent
         self.summary = summary
+        self.root = root
     }
 
     public var shortID: String { String(id.prefix(8)) }
+}
+
+/// A backed-up directory's own metadata (see `Snapshot.root`).
+public struct RootDirectory: Codable, Sendable, Equatable {
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Permission bits only (0o7777).
+    public var mode: UInt32
+    /// Nanoseconds since the epoch.
+    public var mtime: Int64
+
+    public init(uid: UInt32, gid: UInt32, mode: UInt32, mtime: Int64) {
+        self.uid = uid
+        self.gid = gid
+        self.mode = mode & 0o7777
+        self.mtime = mtime
+    }
 }
 
 /// Figures from one backup, shown to users (`--json`) and kept in the snapshot.

@@ -178,17 +178,23 @@ public final class DirectoryDescriptor: @unchecked Sendable {
     /// A symlink among them is followed only when root placed it: it is root's, in a directory that is root's and
     /// that no one else may change (an operator's `/home -> /data/home`). The path it names is walked by the same
     /// rules and nothing is made along it. Any other symlink is replaced by a directory.
-    public func makeDirectories(_ components: [String], mode: mode_t, thread: ThreadFilesystemIdentity) throws -> DirectoryDescriptor {
+    /// `made`: for each component, whether it was made here (not there before, nor reached through a symlink).
+    public func makeDirectories(_ components: [String], mode: mode_t,
+                                thread: ThreadFilesystemIdentity) throws -> (directory: DirectoryDescriptor, made: [Bool]) {
         var directory = self
+        var made: [Bool] = []
         for component in components {
             if directory.isRootPlacedSymlink(component) {
                 directory = try directory.followRootPlacedSymlink(component, depth: 0)
+                made.append(false)
                 continue
             }
             let creator = directory.owner == 0 ? nil : FilesystemIdentity(uid: directory.owner, gid: directory.group)
-            directory = try directory.makeDirectory(component, mode: mode, creator: creator, thread: thread).directory
+            let step = try directory.makeDirectory(component, mode: mode, creator: creator, thread: thread)
+            directory = step.directory
+            made.append(step.made)
         }
-        return directory
+        return (directory, made)
     }
 
     /// Whether no one but root can add, remove or rename entries here: root's, and writable by no one else unless

@@ -99,11 +99,17 @@ extension Repository {
         // This thread's file-system identity while it makes entries; back to the process's own before anything else.
         let identity = ThreadFilesystemIdentity()
         defer { identity.reset() }
+        var madeByThisRestore = Set<String>()
         while let (index, planned) = plans.take() {
             do {
                 let plan = try planned.get()
-                let target = try plan.location.open(thread: identity)
-                let restoring = PlanInProgress(plan: plan, target: target, isRoot: isRoot) { summary in summaries.withLock { $0[index] = summary } }
+                let (target, madeNow) = try plan.location.open(thread: identity)
+                // Made by this restore, now or as a parent of an earlier snapshot's target (`home/USER` for its mail).
+                madeByThisRestore.formUnion(madeNow)
+                let targetMade = madeByThisRestore.contains(plan.location.path)
+                let restoring = PlanInProgress(plan: plan, target: target, targetMade: targetMade, isRoot: isRoot) { summary in
+                    summaries.withLock { $0[index] = summary }
+                }
                 // The directories from the target down to the one being filled stay open, so a file costs one
                 // openat in its directory, and a directory one openat after it is made.
                 var cursor = DirectoryCursor(plan: plan, target: target, made: restoring.made)
@@ -180,6 +186,8 @@ extension Repository {
             }
         }
         var plan = RestorePlan(location: location, prefix: prefix, snapshotRoot: snapshotRoot)
+        // The snapshot's own directory is the target only when the whole snapshot is restored.
+        if prefix.isEmpty && (subpath ?? "").split(separator: "/").isEmpty { plan.rootDirectory = snapshot.root }
         try plan.collect(tree: root, directory: RestorePlan.target, relative: prefix, repository: self, decompressor: decompressor)
         return plan
     }
@@ -228,7 +236,7 @@ extension Repository {
         let location = try RestoreLocation(target: directory, beneath: root)
         let identity = ThreadFilesystemIdentity()
         defer { identity.reset() }
-        let opened = try location.open(thread: identity)
+        let opened = try location.open(thread: identity).directory
         identity.reset()
         try opened.replaceFile(name, mode: 0o600) { try restoreStream(snapshot, to: $0) }
         return location.path + "/" + name
@@ -360,15 +368,21 @@ struct RestoreLocation: Sendable {
     var path: String { below.isEmpty ? trusted : ([trusted.hasSuffix("/") ? String(trusted.dropLast()) : trusted] + below).joined(separator: "/") }
 
     /// Makes what is missing of the target and opens it; components below `trusted` are made as `makeDirectories`
-    /// does, on `thread`.
-    func open(thread: ThreadFilesystemIdentity) throws -> DirectoryDescriptor {
+    /// does, on `thread`. `made`: the paths of the components below `trusted` that this call made (an operator's
+    /// own path is never among them, so its owner and mode are never changed).
+    func open(thread: ThreadFilesystemIdentity) throws -> (directory: DirectoryDescriptor, made: [String]) {
         try makeTargetDirectory(trusted)
         let root: DirectoryDescriptor
         do { root = try DirectoryDescriptor(trustedPath: trusted) } catch {
             throw RepositoryError("cannot restore into \(FileName.printable(trusted)): \(error)")
         }
-        guard !below.isEmpty else { return root }
-        do { return try root.makeDirectories(below, mode: 0o777, thread: thread) } catch {
+        guard !below.isEmpty else { return (root, []) }
+        do {
+            let (directory, made) = try root.makeDirectories(below, mode: 0o777, thread: thread)
+            let base = trusted.hasSuffix("/") ? String(trusted.dropLast()) : trusted
+            let paths = below.indices.filter { made[$0] }.map { ([base] + below[...$0]).joined(separator: "/") }
+            return (directory, paths)
+        } catch {
             throw RepositoryError("cannot restore into \(FileName.printable(path)): \(error)")
         }
     }
@@ -394,6 +408,8 @@ struct RestorePlan {
     let prefix: String
     /// The snapshot's root listing: a hard link inside `prefix` may point at a file outside it.
     let snapshotRoot: Tree
+    /// The snapshot's own directory (`Snapshot.root`) when the whole snapshot is restored.
+    var rootDirectory: RootDirectory?
     /// Hard-link targets outside `prefix`, by the relative path of the first link restored as their copy.
     var outsideTargets: [String: String] = [:]
     var files: [FileJob] = []
@@ -489,8 +505,8 @@ struct RestorePlan {
     /// Links, special files and directory metadata, after the file contents are in place, on the calling thread
     /// (a writer), whose file-system identity is the process's again when this returns. `failed` are the files
     /// that were not restored; `unwritten`, those of them that were created and must be removed.
-    func finish(_ summary: RestoreSummary, target: DirectoryDescriptor, made: MadeDirectories, failed: Set<Int>, unwritten: [Int],
-                isRoot: Bool) -> RestoreSummary {
+    func finish(_ summary: RestoreSummary, target: DirectoryDescriptor, targetMade: Bool, made: MadeDirectories, failed: Set<Int>,
+                unwritten: [Int], isRoot: Bool) -> RestoreSummary {
         var result = summary
         let identity = ThreadFilesystemIdentity()
         defer { identity.reset() }
@@ -557,6 +573,14 @@ struct RestorePlan {
             } catch {
                 result.errors.append("\(FileName.printable(entry.relative)): \(error)")
             }
+        }
+        // The target itself, when this restore made it for the snapshot's own directory (`home/USER`): its owner,
+        // mode and time from the snapshot, or the account could not write to its home after a disaster recovery.
+        if targetMade, let directory = rootDirectory {
+            if isRoot { fchown(target.descriptor, directory.uid, directory.gid) }
+            fchmod(target.descriptor, mode_t(directory.mode & 0o7777))
+            var times = timestamps(directory.mtime)
+            futimens(target.descriptor, &times)
         }
         return result
     }
@@ -712,12 +736,15 @@ final class PlanInProgress: Sendable {
 
     let plan: RestorePlan
     let target: DirectoryDescriptor
+    /// The restore made the target for the snapshot's own directory (see `RestorePlan.finish`).
+    let targetMade: Bool
     let made: MadeDirectories
     let isRoot: Bool
     private let done: @Sendable (RestoreSummary) -> Void
     private let state: Mutex<Progress>
 
-    init(plan: RestorePlan, target: DirectoryDescriptor, isRoot: Bool, done: @escaping @Sendable (RestoreSummary) -> Void) {
+    init(plan: RestorePlan, target: DirectoryDescriptor, targetMade: Bool, isRoot: Bool, done: @escaping @Sendable (RestoreSummary) -> Void) {
+        self.targetMade = targetMade
         var progress = Progress()
         progress.summary.errors = plan.unreadableListings
         state = Mutex(progress)
@@ -782,7 +809,8 @@ final class PlanInProgress: Sendable {
             return state.pending == 0 && state.allQueued ? state : nil
         }
         if let finished {
-            done(plan.finish(finished.summary, target: target, made: made, failed: finished.failed, unwritten: finished.unwritten, isRoot: isRoot))
+            done(plan.finish(finished.summary, target: target, targetMade: targetMade, made: made, failed: finished.failed,
+                             unwritten: finished.unwritten, isRoot: isRoot))
         }
     }
 }
