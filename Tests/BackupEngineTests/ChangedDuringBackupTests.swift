@@ -53,18 +53,24 @@ struct ChangedDuringBackupTests {
         return [UInt8](try Data(contentsOf: URL(fileURLWithPath: target + "/growing.log")))
     }
 
+    /// A home holding a-first.txt, which the backup reads first (a directory's files go in name order), so a hook
+    /// on its read can swap what comes after it; and an empty repository.
+    static func swapScene(_ prefix: String) throws -> (TemporaryDirectory, String, Repository) {
+        let scratch = TemporaryDirectory(prefix: prefix)
+        let home = scratch.appending("home")
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+        try Data("first\n".utf8).write(to: URL(fileURLWithPath: home + "/a-first.txt"))
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        return (scratch, home, try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key"))))
+    }
+
     /// The account's owner replaces a file that was listed as a regular file with a FIFO before the backup opens
     /// it. Opening a FIFO waits for a writer, so the backup used to hang there for ever; the file must instead be
     /// named and skipped, and the backup finish.
     @Test func fileReplacedByAFIFOBeforeItIsOpenedIsNamedNotWaitedFor() throws {
-        let scratch = TemporaryDirectory(prefix: "fk-fifo-swap")
-        let home = scratch.appending("home")
-        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
-        try Data("first\n".utf8).write(to: URL(fileURLWithPath: home + "/a-first.txt"))
+        let (scratch, home, repository) = try Self.swapScene("fk-fifo-swap")
         try Data("victim\n".utf8).write(to: URL(fileURLWithPath: home + "/b-victim.txt"))
-        let storage = LocalStorage(root: scratch.appending("repo"))
-        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
-        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
         let victim = home + "/b-victim.txt"
         var options = BackupOptions(tags: ["kind": "files"])
         // Files of a directory are read in name order: b-victim.txt is swapped while a-first.txt is being read.
@@ -98,14 +104,8 @@ struct ChangedDuringBackupTests {
     /// A symbolic link replaced by a regular file after it was listed: it used to be stored as a link with an empty
     /// target, without a word, and its restore then failed. It must be named and left out.
     @Test func symlinkReplacedByAFileBeforeItIsReadIsNamedNotStoredEmpty() throws {
-        let scratch = TemporaryDirectory(prefix: "fk-link-swap")
-        let home = scratch.appending("home")
-        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
-        try Data("first\n".utf8).write(to: URL(fileURLWithPath: home + "/a-first.txt"))
+        let (scratch, home, repository) = try Self.swapScene("fk-link-swap")
         #expect(symlink("a-first.txt", home + "/b-link") == 0)
-        let storage = LocalStorage(root: scratch.appending("repo"))
-        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
-        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
         let link = home + "/b-link"
         var options = BackupOptions(tags: ["kind": "files"])
         options.whileReading = { path in
