@@ -52,6 +52,8 @@ public enum BackupCommands {
         let kinds = try arguments.value("kind").map { try BackupKind.parseList($0, source: "--kind") } ?? BackupKind.allCases
         var accounts = try HostingAccounts.discover(root: config.root, configured: config.accounts)
         let wanted = arguments.list("account")
+        // `--account ''` (an unset shell variable, say) must not mean every account.
+        if arguments.value("account") != nil && wanted.isEmpty { throw UsageError("--account needs a user name") }
         for user in wanted where !accounts.contains(where: { $0.user == user }) {
             throw UsageError("--account \(user) is not a hosting account on this server (found: \(accounts.map(\.user).joined(separator: ", ")))")
         }
@@ -218,7 +220,11 @@ public enum BackupCommands {
         let repository = try open(try settings(arguments))
         var filter: [String: String] = [:]
         filter["account"] = arguments.value("account")
-        filter["kind"] = arguments.value("kind")
+        if let kind = arguments.value("kind") {
+            // A misspelt kind would list nothing, as if there were no snapshots.
+            guard BackupKind(rawValue: kind) != nil else { throw UsageError("--kind '\(kind.prefix(32))' is not a kind (use files, databases, email)") }
+            filter["kind"] = kind
+        }
         let list = try repository.snapshots().filter { snapshot in filter.allSatisfy { snapshot.tags[$0.key] == $0.value } }
         if arguments.flag("json") {
             print(try jsonText(list))

@@ -118,6 +118,26 @@ struct WholeServerBackupTests {
         #expect(lstat(own, &info) == 0 && info.st_uid == 0 && info.st_mode & 0o7777 == 0o700)
     }
 
+    /// Values that would quietly do nothing, or everything: an empty kind list backed up nothing and succeeded, an
+    /// empty --account (an unset shell variable) backed up every account, and a misspelt kind listed no snapshots.
+    @Test func emptyOrMisspeltSelectionsAreUsageErrors() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-select")
+        let root = scratch.appending("server")
+        try HostingFixture.create(root: root, accounts: 1, sizeMB: 1, seed: 2)
+        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
+        let common = ["--root", root, "--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"),
+                      "--config", scratch.appending("agent.conf")]
+        #expect(try BackupCommands.repo(["init"] + common) == 0)
+        for kinds in ["", ",", " , "] {
+            #expect(throws: (any Error).self, "--kind '\(kinds)'") { try BackupCommands.backup(["--kind", kinds] + common) }
+        }
+        #expect(throws: UsageError.self) { try BackupCommands.backup(["--account", "", "--kind", "files"] + common) }
+        #expect(throws: UsageError.self) { try BackupCommands.snapshots(["--kind", "file"] + common.filter { $0 != "--root" && $0 != root }) }
+        let repository = try Repository.open(storage: LocalStorage(root: scratch.appending("repo")),
+                                             keySource: .keyFile(scratch.appending("repo.key")))
+        #expect(try repository.snapshots().isEmpty, "nothing was backed up by the refused commands")
+    }
+
     @Test func restoreAllWritesDatabaseDumpsBesideTheAccounts() throws {
         let scratch = TemporaryDirectory(prefix: "fk-whole-db")
         let (common, dump) = try DumpRepository.make(in: scratch)
