@@ -152,6 +152,10 @@ struct FileKindTests {
         #expect(symlink("../a", source + "/sub dir/link") == 0)
         #expect(symlink("/nonexistent/target", source + "/dangling") == 0)
         #expect(mkfifo(source + "/pipe", 0o600) == 0)
+        // The FIFO's owner and times come back too (it used to be root's, with the restore's time).
+        var pipeTimes = [timespec(tv_sec: 1_600_000_000, tv_nsec: 0), timespec(tv_sec: 1_600_000_000, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, source + "/pipe", &pipeTimes, AT_SYMLINK_NOFOLLOW) == 0)
+        if getuid() == 0 { #expect(lchown(source + "/pipe", 4321, 4322) == 0) }
         _ = FileManager.default.createFile(atPath: source + "/-empty ünïcode", contents: nil)
         chmod(source + "/a", 0o4751)
 
@@ -165,6 +169,8 @@ struct FileKindTests {
         #expect(summary.errors.isEmpty, "\(summary.errors)")
         var info = stat()
         #expect(lstat(target + "/pipe", &info) == 0 && info.st_mode & S_IFMT == S_IFIFO)
+        #expect(info.st_mtim.tv_sec == 1_600_000_000)
+        if getuid() == 0 { #expect(info.st_uid == 4321 && info.st_gid == 4322, "\(info.st_uid):\(info.st_gid)") }
         // The manifest tool would block opening a fifo.
         unlink(target + "/pipe")
         unlink(source + "/pipe")

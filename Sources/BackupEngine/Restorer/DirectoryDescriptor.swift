@@ -302,12 +302,19 @@ public final class DirectoryDescriptor: @unchecked Sendable {
     /// once that descriptor shows a symlink: if the name was swapped for another file (a hard link to something
     /// outside, say), nothing is changed.
     public func setSymlinkOwner(_ name: String, uid: uid_t, gid: gid_t) throws {
+        try setOwner(name, kind: S_IFLNK, uid: uid, gid: gid)
+    }
+
+    /// Sets the owner of `name` here, a file of type `kind` (`S_IFLNK`, `S_IFIFO`), through a descriptor of the
+    /// entry itself (`O_PATH|O_NOFOLLOW`, which opens neither a link's target nor a FIFO), once that descriptor
+    /// shows that type: if the name was swapped for another file, nothing is changed.
+    public func setOwner(_ name: String, kind: mode_t, uid: uid_t, gid: gid_t) throws {
         let link = FileName.withPath(name) { openat(descriptor, $0, fleetkeep_o_path() | O_NOFOLLOW | O_CLOEXEC) }
         guard link >= 0 else { throw FileSystemError("cannot set owner", code: errno) }
         defer { close(link) }
         var info = stat()
         guard fstat(link, &info) == 0 else { throw FileSystemError("cannot set owner", code: errno) }
-        guard info.st_mode & S_IFMT == S_IFLNK else { throw FileSystemError("cannot set owner: it is no longer a symlink", code: EAGAIN) }
+        guard info.st_mode & S_IFMT == kind else { throw FileSystemError("cannot set owner: it was replaced by another kind of file", code: EAGAIN) }
         guard fchownat(link, "", uid, gid, fleetkeep_at_empty_path()) == 0 else { throw FileSystemError("cannot set owner", code: errno) }
     }
 

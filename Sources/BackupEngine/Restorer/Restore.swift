@@ -555,8 +555,21 @@ struct RestorePlan {
             }
         }
         for entry in others where entry.node.mode & S_IFMT == S_IFIFO {
-            guard let directory = try? cursor.directory(entry.directory) else { continue }
-            try? directory.makeFIFO(entry.name, mode: entry.node.mode & 0o7777, creator: Self.creator(of: entry.node, in: directory), thread: identity)
+            do {
+                let directory = try cursor.directory(entry.directory)
+                // As symlinks: made and timed as the creator, then given their owner through a descriptor of the
+                // FIFO itself (O_PATH opens it without waiting for a writer).
+                let creator = Self.creator(of: entry.node, in: directory)
+                try directory.makeFIFO(entry.name, mode: entry.node.mode & 0o7777, creator: creator, thread: identity)
+                try? directory.setTimes(entry.name, modified: entry.node.mtime)
+                let born = Self.bornOwner(creator: creator, in: directory, thread: identity)
+                if isRoot && (born.uid != entry.node.uid || born.gid != entry.node.gid) {
+                    try identity.use(nil)
+                    try directory.setOwner(entry.name, kind: S_IFIFO, uid: entry.node.uid, gid: entry.node.gid)
+                }
+            } catch {
+                result.errors.append("\(FileName.printable(entry.relative)): cannot create FIFO: \(error)")
+            }
         }
         // Directories last and deepest first, so writing their contents does not disturb their mtimes. Through
         // their descriptors, as the process: the cursor opens only the directories this restore made or opened.
