@@ -124,6 +124,24 @@ struct RoundTripTests {
         #expect(!FileManager.default.fileExists(atPath: target + "/a"))
     }
 
+    /// `--path d/b`, where b is the second name of a file whose first name d/a is in the same directory: only b is
+    /// restored, so it must get the content itself. It used to be planned as a link to d/a, which was not restored.
+    @Test func aSingleHardLinkedFileIsRestoredWithItsContent() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-one-link")
+        let source = scratch.appending("site")
+        try FileManager.default.createDirectory(atPath: source + "/d", withIntermediateDirectories: true)
+        try Data("shared content".utf8).write(to: URL(fileURLWithPath: source + "/d/a"))
+        #expect(link(source + "/d/a", source + "/d/b") == 0)
+        let repository = try Repository.initialize(storage: LocalStorage(root: scratch.appending("repo")), keySource: .keyFile(scratch.appending("k")))
+        let snapshot = try repository.backup(directory: source, options: BackupOptions(tags: ["kind": "files"]))
+        for name in ["a", "b"] {
+            let target = scratch.appending("out-" + name)
+            let summary = try repository.restore(snapshot, subpath: "d/" + name, target: target)
+            #expect(summary.errors.isEmpty, "\(name): \(summary.errors)")
+            #expect(FileManager.default.contents(atPath: target + "/" + name) == Data("shared content".utf8))
+        }
+    }
+
     @Test func streamBackupRoundTripsAndDeduplicates() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 1)
         let repository = try scene.initialize()

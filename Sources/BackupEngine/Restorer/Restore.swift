@@ -170,6 +170,7 @@ extension Repository {
         let snapshotRoot = try loadTree(snapshot.tree, decompressor: decompressor)
         var root = snapshotRoot
         var prefix = ""
+        var singleFile = false
         if let subpath, !subpath.isEmpty, subpath != "/" {
             let components = subpath.split(separator: "/").map(String.init)
             let notADirectory = RepositoryError("\(FileName.printable(subpath)) is not a directory in snapshot \(snapshot.shortID)")
@@ -183,9 +184,11 @@ extension Repository {
             } else {
                 root = Tree(nodes: [node])
                 prefix = components.dropLast().joined(separator: "/")
+                singleFile = true
             }
         }
         var plan = RestorePlan(location: location, prefix: prefix, snapshotRoot: snapshotRoot)
+        plan.singleFile = singleFile
         // The snapshot's own directory is the target only when the whole snapshot is restored.
         if prefix.isEmpty && (subpath ?? "").split(separator: "/").isEmpty { plan.rootDirectory = snapshot.root }
         try plan.collect(tree: root, directory: RestorePlan.target, relative: prefix, repository: self, decompressor: decompressor)
@@ -410,6 +413,9 @@ struct RestorePlan {
     let snapshotRoot: Tree
     /// The snapshot's own directory (`Snapshot.root`) when the whole snapshot is restored.
     var rootDirectory: RootDirectory?
+    /// Only one file is restored (`--path` names a file): nothing else under `prefix` is, so a hard link in it gets
+    /// its content as a copy even when the name it links to is in the same directory.
+    var singleFile = false
     /// Hard-link targets outside `prefix`, by the relative path of the first link restored as their copy.
     var outsideTargets: [String: String] = [:]
     var files: [FileJob] = []
@@ -460,7 +466,7 @@ struct RestorePlan {
                 guard let target = node.target, !target.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }), !target.hasPrefix("/") else {
                     throw RepositoryError("hard link \(childRelative) points at an unsafe path; refusing to restore the snapshot")
                 }
-                if prefix.isEmpty || target.hasPrefix(prefix + "/") {
+                if !singleFile && (prefix.isEmpty || target.hasPrefix(prefix + "/")) {
                     hardlinks.append(HardLink(entry: entry, source: target))
                 } else if let first = outsideTargets[target] {
                     hardlinks.append(HardLink(entry: entry, source: first))
