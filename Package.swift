@@ -42,8 +42,8 @@ var targets: [Target] = [
     .target(name: "ControllerCore", dependencies: ["FleetkeepProtocol", "SQLite", "HTTPServer", "HTTPClient", "Crypto", "CommandLineSupport", "Scheduling", "Posix"]),
 
     // The two thin programs.
-    .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol"], path: "Agent/Sources"),
-    .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol"], path: "Controller/Sources"),
+    .executableTarget(name: "fleetkeep-agent", dependencies: ["AgentCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol", "Posix"], path: "Agent/Sources"),
+    .executableTarget(name: "fleetkeep-controller", dependencies: ["ControllerCore", "CommandLineSupport", "Crypto", "FleetkeepProtocol", "Posix"], path: "Controller/Sources"),
     // Load generator for `ops/bench controller`: many simulated agents sending signed heartbeats.
     .executableTarget(name: "fleetkeep-loadgen", dependencies: ["FleetkeepProtocol", "HTTPClient", "Crypto", "AgentCore", "ControllerCore", "SQLite"], path: "ops/loadgen"),
 

@@ -3,6 +3,7 @@ import CommandLineSupport
 import Crypto
 import FleetkeepProtocol
 import Foundation
+import Posix
 
 /// The command table: each entry parses its own arguments and returns an exit status.
 let commands: [String: ([String]) throws -> Int32] = [
@@ -27,5 +28,6 @@ let commands: [String: ([String]) throws -> Int32] = [
 JobChild.bindToParentIfJob()
 CryptoLibrary.disableCleanupAtExit()
 MemoryTuning.apply()
+ResourceLimits.raiseOpenFilesToHardLimit()
 exit(CommandRunner.run(program: "fleetkeep-agent", version: FleetkeepVersion.agent, commands: commands, usage: AgentCommands.usage,
                       help: AgentHelp.program, arguments: RawArguments.current()))

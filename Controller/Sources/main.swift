@@ -3,6 +3,7 @@ import Crypto
 import ControllerCore
 import FleetkeepProtocol
 import Foundation
+import Posix
 
 /// The command table: each entry parses its own arguments and returns an exit status.
 let commands: [String: ([String]) throws -> Int32] = [
@@ -25,5 +26,7 @@ let commands: [String: ([String]) throws -> Int32] = [
 ]
 
 CryptoLibrary.disableCleanupAtExit()
+// One descriptor per agent connection: the server takes up to 16,384.
+ResourceLimits.raiseOpenFilesToHardLimit()
 exit(CommandRunner.run(program: "fleetkeep-controller", version: FleetkeepVersion.controller, commands: commands, usage: ControllerCommands.usage,
                       help: ControllerHelp.program))

@@ -106,11 +106,12 @@ public enum RepairCommands {
         if !report.damagedIndexFiles.isEmpty || !report.damagedPackHeaders.isEmpty {
             steps.append("run `\(copy.commands)repair index`: it rebuilds the index from the packs' own headers and rewrites packs whose "
                 + "header is damaged; then verify again")
-        } else if report.unindexedPacks > 0 {
+        } else if report.indexableUnindexedPacks > 0 {
             // What looks lost may be in packs an index file named before it was lost: dropping it from the snapshots
-            // first would lose it for good.
-            steps.append("run `\(copy.commands)repair index` first: \(report.unindexedPacks) packs are named by no index file and may hold "
-                + "what looks lost; it rebuilds the index from the packs' own headers. Then verify again")
+            // first would lose it for good. (Packs whose header is damaged cannot be indexed: they do not count, or
+            // this advice would repeat for ever.)
+            steps.append("run `\(copy.commands)repair index` first: \(report.indexableUnindexedPacks) packs are named by no index file and may "
+                + "hold what looks lost; it rebuilds the index from the packs' own headers. Then verify again")
         } else if !report.missingPacks.isEmpty {
             switch copy {
             case .local:

@@ -73,7 +73,7 @@ final class RequestDispatcher: Sendable {
             inFlight.add(1, ordering: .relaxed)
             if Self.hasConflictingContentLength(connection) {
                 state.responded = true
-                return queue(.error(400, "the request has two Content-Length headers that disagree"), on: connection)
+                return queue(.error(400, "the request's length is ambiguous: two Content-Length headers that disagree, or one next to Transfer-Encoding"), on: connection)
             }
             if let length = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length"),
                let declared = Self.declaredLength(String(cString: length)), declared > state.maxBodyBytes {
@@ -208,12 +208,15 @@ final class RequestDispatcher: Sendable {
     /// Whether the request carries two Content-Length headers that disagree. libmicrohttpd reads the body by the
     /// first; a proxy in front may have used another, and the rest of the stream would then be taken for a second
     /// request (request smuggling). RFC 9112 says to refuse such a message.
+    /// So is a request with both Content-Length and Transfer-Encoding (RFC 9112, 6.3): the two may frame it
+    /// differently.
     private static func hasConflictingContentLength(_ connection: OpaquePointer) -> Bool {
         var collected = Collected(lowercaseKeys: true)
         withUnsafeMutablePointer(to: &collected) { pointer in
             _ = MHD_get_connection_values(connection, .HEADER_KIND, MHDCallbacks.collectValue, pointer)
         }
         return collected.conflicting.contains("content-length")
+            || (collected.values["content-length"] != nil && collected.values["transfer-encoding"] != nil)
     }
 
     private static func values(of connection: OpaquePointer, kind: MHD_ValueKind, lowercaseKeys: Bool) -> [String: String] {

@@ -80,6 +80,16 @@ struct WholeServerBackupTests {
         }
         close(restored)
         #expect(levels == TreeScanner.maximumDepth)
+
+        // The program itself, started as systemd starts services (a soft limit of 1,024 open files): the walk holds
+        // a descriptor per level, and without raising its limit the account's whole files backup failed with "Too
+        // many open files" (found by review: `swift test` runs with a raised limit, so the lines above cannot see it).
+        let agent = ProcessRunner.productsDirectory + "/fleetkeep-agent"
+        let run = try ProcessRunner.run("/bin/sh", ["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", agent, "backup", "--kind", "files"] + common)
+        #expect(!run.stderr.contains("Too many open files") && !run.stdout.contains("Too many open files"), "\(run.stdout)\n\(run.stderr)")
+        let latest = try #require(try repository.snapshots().last { $0.tags["account"] == "user000" && $0.tags["kind"] == "files" })
+        #expect(latest.id != deep.id, "the program recorded a new files snapshot of the deep account")
+        #expect(latest.summary.errors.contains { $0.contains("nested directories") }, "\(latest.summary.errors.prefix(2))")
     }
 
     /// A disaster recovery: `restore --all` into an empty root makes each `home/USER` and `home/USER/mail`. They used

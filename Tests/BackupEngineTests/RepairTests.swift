@@ -82,6 +82,28 @@ struct RepairTests {
         #expect(try scene.open().verify(readData: true).isHealthy)
     }
 
+    /// A lost pack (so snapshots need blobs the index no longer has) next to an unindexed pack whose header does not
+    /// authenticate: `repair index` can never index that one, so it must not keep prune refusing (found by review:
+    /// prune and verify's advice would have sent the operator round in circles while the repository grew).
+    @Test func anUnindexablePackDoesNotKeepPruneRefusing() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        let repository = try scene.initialize()
+        let snapshot = try Damage.backup(repository, scene, account: "user000")
+        let rootID = try #require(BlobID(hex: snapshot.tree))
+        let (lost, _) = try #require(repository.location(of: rootID))
+        try FileManager.default.removeItem(atPath: scene.repoPath + "/" + Repository.packPath(lost))
+        let garbage = String(repeating: "ab", count: 32)
+        try FileManager.default.createDirectory(atPath: scene.repoPath + "/data/ab", withIntermediateDirectories: true)
+        try Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: scene.repoPath + "/data/ab/" + garbage))
+
+        let reopened = try scene.open()
+        let verified = try reopened.verify(readData: false)
+        #expect(verified.unindexedPacks == 1 && verified.indexableUnindexedPacks == 0)
+        let report = try reopened.prune(policy: { _ in RetentionPolicy(keepLast: 10) }, dryRun: false)
+        #expect(report.unindexedPacksDeleted == 1)
+        #expect(!FileManager.default.fileExists(atPath: scene.repoPath + "/data/ab/" + garbage))
+    }
+
     /// The index cache is derived data and carries no authentication. Prune rewrites and deletes packs by what the
     /// index says, so it must not read it from a damaged cache: here every record's id has a flipped bit, and prune
     /// used to take every pack for garbage.

@@ -186,3 +186,23 @@ struct RestoreTargetSafetyTests {
         #expect(try HostingFixture.manifest(root: elsewhere + "/user000") == HostingFixture.manifest(root: scene.home))
     }
 }
+
+/// Restore sets the owner of a FIFO or a symlink it just made through a descriptor of the entry. If the account
+/// swapped the name for a hard link to another such file in between, that other file's owner must not change.
+struct RestoreOwnerSwapTests {
+    @Test func anEntryWithASecondNameIsNotGivenAnOwner() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-owner-swap")
+        let directory = try DirectoryDescriptor(trustedPath: scratch.path)
+        #expect(mkfifo(scratch.appending("theirs"), 0o600) == 0)
+        #expect(link(scratch.appending("theirs"), scratch.appending("made")) == 0)
+        #expect(throws: FileSystemError.self) { try directory.setOwner("made", kind: S_IFIFO, uid: 4321, gid: 4321) }
+        var info = stat()
+        #expect(lstat(scratch.appending("theirs"), &info) == 0 && info.st_uid == getuid())
+        // A FIFO with one name gets its owner.
+        #expect(mkfifo(scratch.appending("alone"), 0o600) == 0)
+        if getuid() == 0 {
+            try directory.setOwner("alone", kind: S_IFIFO, uid: 4321, gid: 4321)
+            #expect(lstat(scratch.appending("alone"), &info) == 0 && info.st_uid == 4321)
+        }
+    }
+}

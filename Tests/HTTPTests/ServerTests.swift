@@ -95,6 +95,11 @@ struct ServerTests {
         let reply = try RawSocket.exchange(port: Int(running.server.port), Array(request.utf8), timeoutSeconds: 5)
         #expect(RawSocket.parse(reply)?.status == 400, "\(String(decoding: reply.prefix(200), as: UTF8.self))")
         #expect(calls.load(ordering: .relaxed) == 0)
+        // A length next to chunked encoding frames the body two ways too.
+        let both = "POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\n01234\r\n0\r\n\r\n"
+        let bothReply = try RawSocket.exchange(port: Int(running.server.port), Array(both.utf8), timeoutSeconds: 5)
+        #expect(RawSocket.parse(bothReply)?.status == 400, "\(String(decoding: bothReply.prefix(200), as: UTF8.self))")
+        #expect(calls.load(ordering: .relaxed) == 0)
         // The same length twice is one length.
         let same = "POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\n01234"
         let sameReply = try RawSocket.exchange(port: Int(running.server.port), Array(same.utf8), timeoutSeconds: 5)

@@ -1,6 +1,7 @@
 import CLinux
 import Crypto
 import Foundation
+import Posix
 import Zstd
 
 /// Lists the directories of a tree ahead of the backup walk, on a few threads, and asks the kernel to read the next
@@ -25,8 +26,11 @@ import Zstd
 /// that is held back by a bound: a directory no lister has started is listed by the walk itself.
 final class TreeScanner: @unchecked Sendable {
     /// Directories below this depth are not backed up (named in the backup's errors). Each level takes a few
-    /// hundred bytes of the walk's stack in a release build and a few kilobytes in a debug one (`threadStackSize`).
-    static let maximumDepth = 1000
+    /// hundred bytes of the walk's stack in a release build and a few kilobytes in a debug one (`threadStackSize`),
+    /// and an open descriptor while the walk is below it: with a low limit on open files (the programs raise theirs
+    /// to the hard limit at start), the depth is cut to fit in half of what is left after a reserve for the packs
+    /// and the other accounts' files.
+    static let maximumDepth = min(1000, max(64, (ResourceLimits.openFiles - 512) / 2))
     // @unchecked: every mutable field (here and in `ScannedDirectory.state`) is touched only with `condition` locked.
     struct Limits: Sendable {
         /// Listing threads per backup at most: on a cold cache they mostly wait for the disk, so more than the cores.

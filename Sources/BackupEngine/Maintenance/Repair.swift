@@ -132,6 +132,15 @@ extension Repository {
         return inventory
     }
 
+    /// Of the packs no index names, those whose header authenticates: what `repair index` can put back in the
+    /// index. One whose header is damaged, or that cannot be read, holds nothing the index could ever name.
+    func indexablePacks(_ packs: [String]) -> [String] {
+        packs.filter { pack in
+            guard let size = try? storage.size(Self.packPath(pack)), size > 0 else { return false }
+            return (try? readPackHeader(pack, size: size)) != nil
+        }
+    }
+
     /// Reads a pack's header from its tail only: one read of its last 64 KiB and, for a longer header, one more.
     /// Throws `PackHeaderDamage` when the header or trailer is damaged, and a storage error as it is.
     func readPackHeader(_ pack: String, size: Int) throws -> PackHeader {

@@ -23,6 +23,9 @@ public struct VerifyReport: Codable, Sendable {
     public var damagedFiles: [String: [String]] = [:]
     /// Packs in `data/` that no index names: left by an interrupted backup, harmless, removed by the next prune.
     public var unindexedPacks = 0
+    /// Of those, the ones whose header authenticates, which `repairIndex` can put back in the index (an index file
+    /// may have been lost). The others hold nothing usable.
+    public var indexableUnindexedPacks = 0
     /// Index files that do not authenticate. They are skipped, so the blobs only they list look missing; `repairIndex`
     /// rebuilds the index from the packs' own headers.
     public var damagedIndexFiles: [String] = []
@@ -55,6 +58,7 @@ extension Repository {
         report.missingPacks = inventory.missing
         for pack in inventory.missing { report.problems.append("pack \(pack.prefix(16)) is missing: the blobs in it are lost") }
         report.unindexedPacks = inventory.unindexed.count
+        report.indexableUnindexedPacks = indexablePacks(inventory.unindexed).count
         let index = indexSnapshot
         let decompressor = ZstdDecompressor()
         let bad = try damagedBlobs(index: index, readData: readData, readPacks: readPacks, decompressor: decompressor, report: &report)

@@ -315,6 +315,9 @@ public final class DirectoryDescriptor: @unchecked Sendable {
         var info = stat()
         guard fstat(link, &info) == 0 else { throw FileSystemError("cannot set owner", code: errno) }
         guard info.st_mode & S_IFMT == kind else { throw FileSystemError("cannot set owner: it was replaced by another kind of file", code: EAGAIN) }
+        // Just made here, it has one name. A second one means the name was swapped for a hard link to someone else's
+        // file of the same kind, whose owner must not change.
+        guard info.st_nlink == 1 else { throw FileSystemError("cannot set owner: it was replaced by a hard link", code: EAGAIN) }
         guard fchownat(link, "", uid, gid, fleetkeep_at_empty_path()) == 0 else { throw FileSystemError("cannot set owner", code: errno) }
     }
 
