@@ -8,14 +8,21 @@ import TestSupport
 
 /// `backup` of a whole server in one command, and `restore latest --all` putting every account back.
 struct WholeServerBackupTests {
-    @Test func backupCommandRecordsEveryAccountAndRestoreAllRebuildsTheServer() throws {
-        let scratch = TemporaryDirectory(prefix: "fk-whole")
+    /// A synthetic server in `scratch`, a configuration without databases, the options every command takes, and an
+    /// initialised repository.
+    static func server(_ scratch: TemporaryDirectory, accounts: Int, sizeMB: Int, seed: Int) throws -> (root: String, common: [String]) {
         let root = scratch.appending("server")
-        try HostingFixture.create(root: root, accounts: 3, sizeMB: 6, seed: 5)
+        try HostingFixture.create(root: root, accounts: accounts, sizeMB: sizeMB, seed: seed)
         try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
         let common = ["--root", root, "--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"),
                       "--config", scratch.appending("agent.conf")]
         #expect(try BackupCommands.repo(["init"] + common) == 0)
+        return (root, common)
+    }
+
+    @Test func backupCommandRecordsEveryAccountAndRestoreAllRebuildsTheServer() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-whole")
+        let (root, common) = try Self.server(scratch, accounts: 3, sizeMB: 6, seed: 5)
         #expect(try BackupCommands.backup(["--kind", "files,email"] + common) == 0)
         let storage = LocalStorage(root: scratch.appending("repo"))
         let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("repo.key")))
@@ -37,8 +44,7 @@ struct WholeServerBackupTests {
     /// levels above, are backed up and restored.
     @Test func directoriesNestedThousandsDeepAreCutAtTheLimitNotACrash() throws {
         let scratch = TemporaryDirectory(prefix: "fk-deep")
-        let root = scratch.appending("server")
-        try HostingFixture.create(root: root, accounts: 2, sizeMB: 1, seed: 9)
+        let (root, common) = try Self.server(scratch, accounts: 2, sizeMB: 1, seed: 9)
         let depth = 3_000
         var descriptor = open(root + "/home/user000", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         for level in 1...depth {
@@ -52,10 +58,6 @@ struct WholeServerBackupTests {
             }
         }
         close(descriptor)
-        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
-        let common = ["--root", root, "--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"),
-                      "--config", scratch.appending("agent.conf")]
-        #expect(try BackupCommands.repo(["init"] + common) == 0)
         _ = try BackupCommands.backup(["--kind", "files,email"] + common)
         let repository = try Repository.open(storage: LocalStorage(root: scratch.appending("repo")),
                                              keySource: .keyFile(scratch.appending("repo.key")))
@@ -98,17 +100,12 @@ struct WholeServerBackupTests {
     @Test(.enabled(if: getuid() == 0, "setting another user's ownership needs root"))
     func restoreAllGivesTheAccountsTheirHomesBack() throws {
         let scratch = TemporaryDirectory(prefix: "fk-homes")
-        let root = scratch.appending("server")
-        try HostingFixture.create(root: root, accounts: 1, sizeMB: 1, seed: 4)
+        let (root, common) = try Self.server(scratch, accounts: 1, sizeMB: 1, seed: 4)
         let home = root + "/home/user000"
         changeOwner(home, uid: 1234, gid: 1235)
         #expect(chmod(home, 0o711) == 0 && chmod(home + "/mail", 0o750) == 0)
         var times = [timespec(tv_sec: 1_700_000_000, tv_nsec: 0), timespec(tv_sec: 1_700_000_000, tv_nsec: 0)]
         #expect(utimensat(AT_FDCWD, home, &times, 0) == 0)
-        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
-        let common = ["--root", root, "--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"),
-                      "--config", scratch.appending("agent.conf")]
-        #expect(try BackupCommands.repo(["init"] + common) == 0)
         #expect(try BackupCommands.backup(["--kind", "files,email"] + common) == 0)
 
         let target = scratch.appending("rebuilt")
@@ -132,12 +129,7 @@ struct WholeServerBackupTests {
     /// empty --account (an unset shell variable) backed up every account, and a misspelt kind listed no snapshots.
     @Test func emptyOrMisspeltSelectionsAreUsageErrors() throws {
         let scratch = TemporaryDirectory(prefix: "fk-select")
-        let root = scratch.appending("server")
-        try HostingFixture.create(root: root, accounts: 1, sizeMB: 1, seed: 2)
-        try "[database]\nenabled = no\n".write(toFile: scratch.appending("agent.conf"), atomically: true, encoding: .utf8)
-        let common = ["--root", root, "--repo", scratch.appending("repo"), "--key-file", scratch.appending("repo.key"),
-                      "--config", scratch.appending("agent.conf")]
-        #expect(try BackupCommands.repo(["init"] + common) == 0)
+        let (root, common) = try Self.server(scratch, accounts: 1, sizeMB: 1, seed: 2)
         for kinds in ["", ",", " , "] {
             #expect(throws: (any Error).self, "--kind '\(kinds)'") { try BackupCommands.backup(["--kind", kinds] + common) }
         }
