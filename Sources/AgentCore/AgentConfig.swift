@@ -161,12 +161,12 @@ public enum BackupKind: String, Sendable, CaseIterable, Codable {
     case email
 
     public static func parseList(_ text: String, source: String) throws -> [BackupKind] {
+        let names = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         // An empty list would back up nothing and still succeed.
-        guard text.split(separator: ",").contains(where: { !$0.trimmingCharacters(in: .whitespaces).isEmpty }) else {
+        guard !names.isEmpty else {
             throw AgentError("\(source): no kind given (use files, databases, email, or a comma-separated list of them)")
         }
-        return try text.split(separator: ",").filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }.map { item in
-            let name = item.trimmingCharacters(in: .whitespaces)
+        return try names.map { name in
             guard let kind = BackupKind(rawValue: name) else {
                 throw AgentError("\(source): unknown kind '\(name)' (use files, databases, email)")
             }

@@ -14,8 +14,9 @@ enum SecretFile {
         } catch {
             throw AgentError("cannot read \(what) \(path): \(error.text)")
         }
-        var info = stat()
-        guard fstat(file.rawValue, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+        let info: stat
+        do { info = try file.status() } catch { throw AgentError("cannot read \(what) \(path): \(error.text)") }
+        guard info.st_mode & S_IFMT == S_IFREG else {
             throw AgentError("\(what) \(path) is not a regular file; point the setting at the file holding the password")
         }
         guard info.st_mode & 0o077 == 0 else {

@@ -57,8 +57,7 @@ public struct ErasureLedger: Sendable {
     public let path: String
 
     public init(databasePath: String) {
-        let directory = Directory.parentDirectory(of: databasePath)
-        path = (directory.isEmpty ? "" : directory + "/") + Self.fileName
+        path = Directory.parentDirectory(of: databasePath) + "/" + Self.fileName
     }
 
     /// The hashes recorded so far.

@@ -71,7 +71,7 @@ final class RequestDispatcher: Sendable {
             state.maxBodyBytes = router.bodyLimit(for: String(cString: url)) ?? maxBodyBytes
             context.pointee = Unmanaged.passRetained(state).toOpaque()
             inFlight.add(1, ordering: .relaxed)
-            if Self.hasConflictingContentLength(connection) {
+            if Self.hasAmbiguousLength(connection) {
                 state.responded = true
                 return queue(.error(400, "the request's length is ambiguous: two Content-Length headers that disagree, or one next to Transfer-Encoding"), on: connection)
             }
@@ -201,22 +201,34 @@ final class RequestDispatcher: Sendable {
     private struct Collected {
         var values: [String: String] = [:]
         let lowercaseKeys: Bool
-        /// Names (lowercased) that came more than once with different values.
-        var conflicting: Set<String> = []
     }
 
-    /// Whether the request carries two Content-Length headers that disagree. libmicrohttpd reads the body by the
-    /// first; a proxy in front may have used another, and the rest of the stream would then be taken for a second
-    /// request (request smuggling). RFC 9112 says to refuse such a message.
-    /// So is a request with both Content-Length and Transfer-Encoding (RFC 9112, 6.3): the two may frame it
-    /// differently.
-    private static func hasConflictingContentLength(_ connection: OpaquePointer) -> Bool {
-        var collected = Collected(lowercaseKeys: true)
-        withUnsafeMutablePointer(to: &collected) { pointer in
-            _ = MHD_get_connection_values(connection, .HEADER_KIND, MHDCallbacks.collectValue, pointer)
+    /// The headers that frame a request's body, as received (every copy of each).
+    private struct FramingHeaders {
+        var contentLengths: [String] = []
+        var transferEncoding = false
+    }
+
+    /// Whether the request's length is ambiguous: two Content-Length headers that disagree, or one next to
+    /// Transfer-Encoding (RFC 9112, 6.3). libmicrohttpd reads the body by the first length; a proxy in front may have
+    /// used the other framing, and the rest of the stream would then be taken for a second request (request
+    /// smuggling). Only these two headers are looked at: this runs for every request.
+    private static func hasAmbiguousLength(_ connection: OpaquePointer) -> Bool {
+        var framing = FramingHeaders()
+        withUnsafeMutablePointer(to: &framing) { pointer in
+            _ = MHD_get_connection_values(connection, .HEADER_KIND, MHDCallbacks.collectFramingHeader, pointer)
         }
-        return collected.conflicting.contains("content-length")
-            || (collected.values["content-length"] != nil && collected.values["transfer-encoding"] != nil)
+        let lengths = Set(framing.contentLengths.map { $0.trimmingCharacters(in: .whitespaces) })
+        return lengths.count > 1 || (!lengths.isEmpty && framing.transferEncoding)
+    }
+
+    fileprivate static func collectFraming(_ context: UnsafeMutableRawPointer, key: UnsafePointer<CChar>, value: UnsafePointer<CChar>?) {
+        let framing = context.assumingMemoryBound(to: FramingHeaders.self)
+        if strcasecmp(key, "content-length") == 0 {
+            framing.pointee.contentLengths.append(value.map { String(cString: $0) } ?? "")
+        } else if strcasecmp(key, "transfer-encoding") == 0 {
+            framing.pointee.transferEncoding = true
+        }
     }
 
     private static func values(of connection: OpaquePointer, kind: MHD_ValueKind, lowercaseKeys: Bool) -> [String: String] {
@@ -231,11 +243,7 @@ final class RequestDispatcher: Sendable {
         let collected = context.assumingMemoryBound(to: Collected.self)
         var name = String(cString: key)
         if collected.pointee.lowercaseKeys { name = name.lowercased() }
-        let text = value.map { String(cString: $0) } ?? ""
-        if let earlier = collected.pointee.values[name], earlier.trimmingCharacters(in: .whitespaces) != text.trimmingCharacters(in: .whitespaces) {
-            collected.pointee.conflicting.insert(name)
-        }
-        collected.pointee.values[name] = text
+        collected.pointee.values[name] = value.map { String(cString: $0) } ?? ""
     }
 
     private func queue(_ response: HTTPResponse, on connection: OpaquePointer) -> MHD_Result {
@@ -276,6 +284,12 @@ enum MHDCallbacks {
     static let completed: MHD_RequestCompletedCallback = { cls, _, context, _ in
         guard let cls else { return }
         Unmanaged<RequestDispatcher>.fromOpaque(cls).takeUnretainedValue().completed(context: context)
+    }
+
+    static let collectFramingHeader: MHD_KeyValueIterator = { cls, _, key, value in
+        guard let cls, let key else { return .YES }
+        RequestDispatcher.collectFraming(cls, key: key, value: value)
+        return .YES
     }
 
     static let collectValue: MHD_KeyValueIterator = { cls, _, key, value in

@@ -74,6 +74,13 @@ public struct FileDescriptor: ~Copyable, Sendable {
         return done == count ? bytes : nil
     }
 
+    /// The open file's status (`fstat`): its type, size, owner and mode as it is now, whatever its path names since.
+    public func status() throws(Errno) -> stat {
+        var info = stat()
+        guard fstat(rawValue, &info) == 0 else { throw Errno.current("stat", path: path) }
+        return info
+    }
+
     /// Reads from the current offset to the end of the file.
     public func readToEnd() throws(Errno) -> [UInt8] {
         var bytes: [UInt8] = []

@@ -4,13 +4,12 @@ import Foundation
 public enum ZoneName {
     /// Every zone in use lies within UTC-12 and UTC+14. Foundation also accepts names like "GMT-18", whose offset
     /// then traps `ISO8601DateFormatter` (an agent reporting one crashed `schedule show`).
-    static let largestOffset = 14 * 3600
+    static let offsetsInUse = (-12 * 3600)...(14 * 3600)
 
     /// The zone `name` stands for: known to the system's zone database, short, and within UTC-12..UTC+14; nil
     /// otherwise.
     public static func zone(_ name: String) -> TimeZone? {
-        guard name.utf8.count <= 64, let zone = TimeZone(identifier: name),
-              zone.secondsFromGMT() >= -12 * 3600, zone.secondsFromGMT() <= largestOffset else { return nil }
+        guard name.utf8.count <= 64, let zone = TimeZone(identifier: name), offsetsInUse.contains(zone.secondsFromGMT()) else { return nil }
         return zone
     }
 

@@ -112,9 +112,8 @@ struct DirectoryCache {
     private static func readFile(_ path: String) -> [UInt8]? {
         do throws(Errno) {
             let file = try FileDescriptor.open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC)
-            var info = stat()
-            guard fstat(file.rawValue, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size >= 0,
-                  info.st_size <= largestFile else { return nil }
+            let info = try file.status()
+            guard info.st_mode & S_IFMT == S_IFREG, info.st_size >= 0, info.st_size <= largestFile else { return nil }
             return try file.read(count: Int(info.st_size), at: 0)
         } catch {
             return nil

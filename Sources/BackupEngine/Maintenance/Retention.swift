@@ -95,10 +95,10 @@ extension Repository {
             let unindexed = inventory.unindexed
             // Packs no index names are normally what an interrupted backup left. But when kept snapshots need blobs
             // or listings the index lacks, an index file may be gone, and those packs may be the only copy: deleting
-            // them would lose every snapshot. Checked before anything is removed.
-            // Only packs `repair index` can index count: one whose header is damaged would keep prune refusing for ever.
+            // them would lose every snapshot. Checked before anything is removed. Only packs `repair index` can index
+            // count: one whose header is damaged would keep prune refusing for ever.
             let neededOutsideIndex = used.countOutsideIndex
-            let indexable = unindexed.isEmpty || (neededOutsideIndex == 0 && unreadable.isEmpty) ? [] : indexablePacks(unindexed)
+            let indexable = neededOutsideIndex > 0 || !unreadable.isEmpty ? indexablePacks(unindexed) : []
             if !indexable.isEmpty {
                 throw RepositoryError("\(indexable.count) packs are named by no index file, while kept snapshots need \(neededOutsideIndex) blobs "
                     + "the index does not have\(unreadable.isEmpty ? "" : " (\(unreadable.count) snapshots have listings that cannot be read)"); "

@@ -190,7 +190,7 @@ extension Repository {
         var plan = RestorePlan(location: location, prefix: prefix, snapshotRoot: snapshotRoot)
         plan.singleFile = singleFile
         // The snapshot's own directory is the target only when the whole snapshot is restored.
-        if prefix.isEmpty && (subpath ?? "").split(separator: "/").isEmpty { plan.rootDirectory = snapshot.root }
+        if prefix.isEmpty && !singleFile { plan.rootDirectory = snapshot.root }
         try plan.collect(tree: root, directory: RestorePlan.target, relative: prefix, repository: self, decompressor: decompressor)
         return plan
     }

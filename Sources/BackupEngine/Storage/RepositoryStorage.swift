@@ -137,14 +137,15 @@ public struct LocalStorage: RepositoryStorage {
             file = cached
         } else {
             let absolute = try full(path)
+            let info: stat
             do throws(Errno) {
                 // O_NONBLOCK: opening a FIFO put in a repository file's place would wait for a writer for ever.
                 file = OpenFile(try FileDescriptor.open(absolute, O_RDONLY | O_NONBLOCK))
+                info = try file.descriptor.status()
             } catch {
                 throw failure(path, error)
             }
-            var info = stat()
-            guard fstat(file.descriptor.rawValue, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+            guard info.st_mode & S_IFMT == S_IFREG else {
                 throw StorageError(path: root + "/" + path, message: "is not a regular file (something else stands where the repository "
                     + "keeps this file); move it away, then run `fleetkeep-agent verify`")
             }

@@ -2,13 +2,13 @@ import CLinux
 import Dispatch
 import Foundation
 
-/// Starts a thread that names itself `name` where ps, top and gdb show it. By the thread itself: Foundation on
-/// Linux drops a name given before the thread runs (and a fresh thread can run before `Thread.name` reaches it), and
-/// the kernel keeps 15 bytes of a name. A refused name only costs whoever looks, so it is not an error.
 /// The stack of every thread that walks trees: a directory tree is walked one call per level, and a level takes a
 /// few kilobytes of stack in a debug build (see `TreeScanner.maximumDepth`). Only the pages used are ever resident.
 public let threadStackSize = 16 << 20
 
+/// Starts a thread that names itself `name` where ps, top and gdb show it. By the thread itself: Foundation on
+/// Linux drops a name given before the thread runs (and a fresh thread can run before `Thread.name` reaches it), and
+/// the kernel keeps 15 bytes of a name. A refused name only costs whoever looks, so it is not an error.
 public func startNamedThread(_ name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) {
     let thread = Thread {
         _ = fleetkeep_set_thread_name(name)
