@@ -4,6 +4,7 @@
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include "CLinux.h"
 
 int fleetkeep_o_direct(void) { return O_DIRECT; }
@@ -25,3 +26,6 @@ long fleetkeep_thread_blocks_read(void) {
     if (getrusage(RUSAGE_THREAD, &usage) != 0) return -1;
     return usage.ru_inblock;
 }
+
+int fleetkeep_seek_data(void) { return SEEK_DATA; }
+int fleetkeep_seek_hole(void) { return SEEK_HOLE; }

@@ -414,6 +414,7 @@ final class BackupJob: @unchecked Sendable {
                     // Unless a blob of it is lost (its pack is gone, say): then the file is read and its data stored
                     // again, which also makes whole every older snapshot that refers to the same blobs.
                     node.content = old.content
+                    node.dataExtents = old.dataExtents
                     summary.withLock { $0.filesUnchanged += 1; $0.bytesTotal += node.size }
                 } else {
                     do {
@@ -426,7 +427,7 @@ final class BackupJob: @unchecked Sendable {
                         guard fstat(file, &opened) == 0, opened.st_mode & S_IFMT == S_IFREG else {
                             throw RepositoryError("replaced during backup by something that is not a regular file; not read")
                         }
-                        try readFile(file, path: childRelative, listed: info, into: &node)
+                        try readFile(file, path: childRelative, listed: info, opened: opened, into: &node)
                         // Read while it changed: the node keeps other times than the listing's.
                         if !node.isSameVersion(as: info) { exact = false }
                         summary.withLock {
@@ -475,10 +476,18 @@ final class BackupJob: @unchecked Sendable {
     /// backup. Its node then keeps the times from before the first read, so the next backup sees it as changed and
     /// reads it again instead of trusting a mixed copy. (Chunks of a discarded read may be stored already; nothing
     /// refers to them and prune reclaims them.)
-    private func readFile(_ file: Int32, path: String, listed: stat, into node: inout TreeNode) throws {
+    /// A sparse file's data extents alone are read (see `SparseFile`); `opened` is the open file's `fstat`.
+    private func readFile(_ file: Int32, path: String, listed: stat, opened: stat, into node: inout TreeNode) throws {
         var before = listed
+        var status = opened
         for attempt in 1...2 {
-            (node.content, node.size) = try chunkDescriptor(file, path: path, whileReading: options.whileReading, readAhead: true)
+            if let extents = SparseFile.dataExtents(file, status: status) {
+                (node.content, node.dataExtents) = try chunkExtents(file, extents, path: path)
+                node.size = Int64(status.st_size)
+            } else {
+                node.dataExtents = nil
+                (node.content, node.size) = try chunkDescriptor(file, path: path, whileReading: options.whileReading, readAhead: true)
+            }
             var after = stat()
             guard fstat(file, &after) == 0 else { throw RepositoryError("cannot stat after reading: \(String(cString: strerror(errno)))") }
             if !Self.changed(before, after) {
@@ -495,6 +504,7 @@ final class BackupJob: @unchecked Sendable {
             }
             guard lseek(file, 0, SEEK_SET) == 0 else { throw RepositoryError("cannot read again from the start: \(String(cString: strerror(errno)))") }
             before = after
+            status = after
         }
     }
 
@@ -520,8 +530,9 @@ final class BackupJob: @unchecked Sendable {
     /// Reads `descriptor` to its end, cutting content-defined chunks; returns the content ids (hex) and the size.
     /// `readAhead` (a file, not a pipe): keep the kernel reading up to 16 MiB ahead of us. The scanner advised only
     /// the start of the file, and the kernel's own sequential read-ahead grows too slowly to keep a cold disk busy.
+    /// `limit`: read at most this many bytes, from where the descriptor is (`offset`, for the read-ahead).
     func chunkDescriptor(_ descriptor: Int32, path: String, whileReading: (@Sendable (String) -> Void)? = nil,
-                         readAhead: Bool = false) throws -> ([BlobID], Int64) {
+                         readAhead: Bool = false, offset: Int64 = 0, limit: Int64 = .max) throws -> ([BlobID], Int64) {
         var whileReading = whileReading
         var advisedTo: Int64 = 0
         var ids: [BlobID] = []
@@ -530,8 +541,8 @@ final class BackupJob: @unchecked Sendable {
         var atEnd = false
         while true {
             if !atEnd && filled < buffer.count {
-                let wanted = buffer.count - filled
-                let got = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress! + filled, $0.count - filled) }
+                let wanted = Int(min(Int64(buffer.count - filled), limit - total))
+                let got = wanted == 0 ? 0 : buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress! + filled, wanted) }
                 if got < 0 {
                     if errno == EINTR { continue }
                     throw RepositoryError("read failed: \(String(cString: strerror(errno)))")
@@ -540,7 +551,7 @@ final class BackupJob: @unchecked Sendable {
                 // A full read: more of the file is likely to follow (small files end within their first read).
                 if readAhead && got == wanted && total + (4 << 20) > advisedTo {
                     advisedTo = max(advisedTo, total)
-                    _ = posix_fadvise(descriptor, off_t(advisedTo), off_t(16 << 20), POSIX_FADV_WILLNEED)
+                    _ = posix_fadvise(descriptor, off_t(offset + advisedTo), off_t(16 << 20), POSIX_FADV_WILLNEED)
                     advisedTo += 16 << 20
                 }
                 if let hook = whileReading {
@@ -567,6 +578,26 @@ final class BackupJob: @unchecked Sendable {
         }
         summary.withLock { $0.bytesRead += total }
         return (ids, total)
+    }
+
+    /// Reads and chunks a sparse file's data extents, each on its own (no chunk spans a hole). Returns the content
+    /// ids and the extents as read: a file that shrank meanwhile ends early, and `readFile` sees it changed.
+    func chunkExtents(_ descriptor: Int32, _ extents: [FileExtent], path: String) throws -> ([BlobID], [FileExtent]) {
+        var whileReading = options.whileReading
+        var ids: [BlobID] = []
+        var read: [FileExtent] = []
+        for extent in extents {
+            guard lseek(descriptor, off_t(extent.offset), SEEK_SET) == off_t(extent.offset) else {
+                throw RepositoryError("cannot seek to byte \(extent.offset): \(String(cString: strerror(errno)))")
+            }
+            let (extentIDs, got) = try chunkDescriptor(descriptor, path: path, whileReading: whileReading, readAhead: true,
+                                                       offset: extent.offset, limit: extent.length)
+            whileReading = nil
+            ids += extentIDs
+            if got > 0 { read.append(FileExtent(offset: extent.offset, length: got)) }
+            if got < extent.length { break }
+        }
+        return (ids, read)
     }
 
     /// Reads the parent snapshot's stream (the previous dump) as a list of chunks by offset; see `deltaBases`.

@@ -267,6 +267,39 @@ func writeAll(_ descriptor: Int32, _ bytes: [UInt8], what: String) throws {
     }
 }
 
+/// Maps a sparse file's content, blob after blob, onto its data extents (`TreeNode.dataExtents`).
+struct ExtentPlacement {
+    private let extents: [FileExtent]
+    private let what: String
+    private var index = 0
+    /// Bytes of `extents[index]` already placed.
+    private var filled: Int64 = 0
+
+    init(_ extents: [FileExtent], what: String) {
+        self.extents = extents
+        self.what = what
+    }
+
+    /// Calls `write` with where in the file each part of the next `count` bytes goes, and which part it is.
+    mutating func place(_ count: Int, _ write: (_ fileOffset: Int64, _ part: Range<Int>) throws -> Void) throws {
+        var start = 0
+        while start < count {
+            guard index < extents.count else {
+                throw RepositoryError("\(what): the snapshot holds more data than its extents have room for; its tree is damaged (run verify)")
+            }
+            let extent = extents[index]
+            let part = Int(min(Int64(count - start), extent.length - filled))
+            try write(extent.offset + filled, start..<start + part)
+            start += part
+            filled += Int64(part)
+            if filled == extent.length {
+                index += 1
+                filled = 0
+            }
+        }
+    }
+}
+
 /// Writes `bytes` at `offset`, leaving aligned all-zero 4 KiB blocks unwritten: with the final ftruncate they
 /// become holes, so sparse files (and runs of zeros in any file) stay sparse.
 /// Returns where the last byte written ends in the file, nil when all of `bytes` were zeros.
@@ -632,7 +665,18 @@ struct RestorePlan {
                    decompressor: ZstdDecompressor, isRoot: Bool) throws -> Int64 {
         defer { close(descriptor) }
         var offset: Int64 = 0
-        if job.node.size >= Self.directWriteThreshold {
+        if let extents = job.node.dataExtents {
+            // A sparse file: each blob goes where its extent says, and everything else stays a hole.
+            var placement = ExtentPlacement(extents, what: job.relative)
+            for id in job.node.content {
+                let bytes = try repository.loadBlob(id, decompressor: decompressor)
+                try placement.place(bytes.count) { fileOffset, range in
+                    try writeSparse(descriptor, range.count == bytes.count ? bytes : Array(bytes[range]), at: fileOffset, what: job.relative)
+                }
+            }
+            guard ftruncate(descriptor, off_t(job.node.size)) == 0 else { throw RepositoryError("cannot set size: \(String(cString: strerror(errno)))") }
+            offset = job.node.size
+        } else if job.node.size >= Self.directWriteThreshold {
             let output = DirectRestoreOutput(descriptor: descriptor, what: job.relative)
             for id in job.node.content {
                 try repository.loadBlob(id, decompressor: decompressor).withUnsafeBytes { try output.append($0) }

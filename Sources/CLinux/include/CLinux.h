@@ -28,3 +28,7 @@ int fleetkeep_set_thread_name(const char *name);
 /// Blocks the calling thread has read from storage so far: getrusage(RUSAGE_THREAD)'s ru_inblock (the reads it
 /// submitted, file-system metadata included; a page-cache hit adds nothing). -1 with errno on failure.
 long fleetkeep_thread_blocks_read(void);
+
+/// SEEK_DATA and SEEK_HOLE for lseek(2): the next byte of data, or of a hole, at or after an offset.
+int fleetkeep_seek_data(void);
+int fleetkeep_seek_hole(void);

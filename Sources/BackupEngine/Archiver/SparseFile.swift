@@ -1,0 +1,83 @@
+import CLinux
+import Glibc
+
+/// Where a sparse file's data lies, asked of the file system with `SEEK_DATA`/`SEEK_HOLE` (Linux 3.1; ext4, XFS,
+/// btrfs and tmpfs answer them). An account owner can make a file of terabytes that takes no space at all
+/// (`truncate -s 15T`); read whole, its zeros would keep the backup busy for hours every night. Only the data
+/// extents are read, and the tree records where they go (`TreeNode.dataExtents`).
+enum SparseFile {
+    /// Smaller files are read whole: what a hole saves there is less than the two seeks per extent cost.
+    static let minimumSize: Int64 = 1 << 20
+    /// Holes smaller than this are read as the zeros they are, so a file with many small holes (a database file,
+    /// say) is not cut into as many extents.
+    static let minimumHole: Int64 = 64 << 10
+    /// At most this many extents per file: they are kept in memory and in the tree. A file with more data regions
+    /// (at least 4 GiB of allocated blocks, one 4 KiB block each) has its smaller holes read as zeros instead.
+    static let maximumExtents = 1 << 20
+
+    /// The file's data extents, in order; nil when the file is to be read whole: it is small, it has no hole worth
+    /// skipping, or the file system cannot tell (the calls then fail, and reading whole is always correct).
+    /// `status` is the open file's `fstat`.
+    static func dataExtents(_ descriptor: Int32, status: stat, maximumExtents: Int = maximumExtents) -> [FileExtent]? {
+        let size = Int64(status.st_size)
+        // st_blocks counts 512-byte units actually allocated: a file with no hole has at least its size in them.
+        guard size >= minimumSize, Int64(status.st_blocks) <= (size - minimumHole) / 512 else { return nil }
+        var extents: [FileExtent] = []
+        var position: Int64 = 0
+        while position < size {
+            let data = Int64(lseek(descriptor, off_t(position), fleetkeep_seek_data()))
+            if data < 0 {
+                // ENXIO: no data from `position` on, so the rest is one hole. Anything else: not supported here.
+                if errno == ENXIO { break }
+                return nil
+            }
+            guard data >= position else { return nil }
+            if data >= size { break }
+            let holeAt = Int64(lseek(descriptor, off_t(data), fleetkeep_seek_hole()))
+            guard holeAt > data else { return nil }
+            let end = min(holeAt, size)
+            let previousEnd = extents.last?.end ?? 0
+            if data - previousEnd < minimumHole {
+                // Too small a hole to skip (or the start of the file): the extent grows over it.
+                if extents.isEmpty {
+                    extents.append(FileExtent(offset: 0, length: end))
+                } else {
+                    extents[extents.count - 1].length = end - extents[extents.count - 1].offset
+                }
+            } else {
+                extents.append(FileExtent(offset: data, length: end - data))
+            }
+            if extents.count > maximumExtents { extents = halved(extents) }
+            position = end
+        }
+        // A small hole at the end is read too.
+        if let last = extents.last, size - last.end < minimumHole {
+            extents[extents.count - 1].length = size - last.offset
+        }
+        if extents.count == 1, extents[0].offset == 0, extents[0].length == size { return nil }
+        return extents
+    }
+
+    /// About half as many extents: of each pair of neighbouring holes, the smaller one is read as zeros, so the
+    /// larger holes, which save the most, stay.
+    static func halved(_ extents: [FileExtent]) -> [FileExtent] {
+        let holes = extents.count - 1
+        guard holes >= 2 else { return extents }
+        var mergedAfter = [Bool](repeating: false, count: holes)
+        for pair in stride(from: 0, to: holes - 1, by: 2) {
+            let first = extents[pair + 1].offset - extents[pair].end
+            let second = extents[pair + 2].offset - extents[pair + 1].end
+            mergedAfter[first <= second ? pair : pair + 1] = true
+        }
+        var result = [extents[0]]
+        result.reserveCapacity(extents.count / 2 + 1)
+        for index in 1..<extents.count {
+            if mergedAfter[index - 1] {
+                result[result.count - 1].length = extents[index].end - result[result.count - 1].offset
+            } else {
+                result.append(extents[index])
+            }
+        }
+        return result
+    }
+}
