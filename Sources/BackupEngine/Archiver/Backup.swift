@@ -156,7 +156,7 @@ public final class BackupSession: Sendable {
             job.summary.withLock { $0.filesNew += 1; $0.filesRead += 1 }
             let node = TreeNode(name: name, kind: .file, mode: 0o100600, uid: getuid(), gid: getgid(), mtime: now, ctime: now,
                                 inode: 0, size: size, content: content)
-            job.summary.withLock { $0.bytesTotal += size }
+            job.summary.withLock { $0.bytesTotal = $0.bytesTotal.addingClamped(size) }
             return try job.storeTree(Tree(nodes: [node]))
         }
     }
@@ -341,11 +341,11 @@ final class BackupJob: @unchecked Sendable {
                 var files = 0, bytes: Int64 = 0
                 for entry in listing.entries where entry.info.st_mode & S_IFMT == S_IFREG {
                     files += 1
-                    bytes += Int64(entry.info.st_size)
+                    bytes = bytes.addingClamped(Int64(entry.info.st_size))
                 }
                 summary.withLock {
                     $0.filesUnchanged += files
-                    $0.bytesTotal += bytes
+                    $0.bytesTotal = $0.bytesTotal.addingClamped(bytes)
                     $0.directories += walkedAhead.count
                     $0.directoriesUnchanged = ($0.directoriesUnchanged ?? 0) + 1
                 }
@@ -415,7 +415,7 @@ final class BackupJob: @unchecked Sendable {
                     // again, which also makes whole every older snapshot that refers to the same blobs.
                     node.content = old.content
                     node.dataExtents = old.dataExtents
-                    summary.withLock { $0.filesUnchanged += 1; $0.bytesTotal += node.size }
+                    summary.withLock { $0.filesUnchanged += 1; $0.bytesTotal = $0.bytesTotal.addingClamped(node.size) }
                 } else {
                     do {
                         // O_NONBLOCK: the account's owner may have put a FIFO in the file's place since it was listed,
@@ -433,7 +433,7 @@ final class BackupJob: @unchecked Sendable {
                         summary.withLock {
                             if previous == nil { $0.filesNew += 1 } else { $0.filesChanged += 1 }
                             $0.filesRead += 1
-                            $0.bytesTotal += node.size
+                            $0.bytesTotal = $0.bytesTotal.addingClamped(node.size)
                         }
                     } catch let error as RepositoryError {
                         recordError("\(childRelative): \(error.message)")
@@ -481,7 +481,19 @@ final class BackupJob: @unchecked Sendable {
         var before = listed
         var status = opened
         for attempt in 1...2 {
-            if let extents = SparseFile.dataExtents(file, status: status) {
+            let map: [FileExtent]?
+            do {
+                map = try SparseFile.dataExtents(file, status: status)
+            } catch {
+                // Its holes moved while they were mapped: it is being written to, as when its times change.
+                if attempt == 2 {
+                    throw RepositoryError("changed during backup (its data and holes moved while they were mapped, twice); not backed up this time, the next backup tries again")
+                }
+                guard fstat(file, &status) == 0 else { throw RepositoryError("cannot stat: \(String(cString: strerror(errno)))") }
+                before = status
+                continue
+            }
+            if let extents = map {
                 (node.content, node.dataExtents) = try chunkExtents(file, extents, path: path)
                 node.size = Int64(status.st_size)
             } else {
@@ -551,7 +563,8 @@ final class BackupJob: @unchecked Sendable {
                 // A full read: more of the file is likely to follow (small files end within their first read).
                 if readAhead && got == wanted && total + (4 << 20) > advisedTo {
                     advisedTo = max(advisedTo, total)
-                    _ = posix_fadvise(descriptor, off_t(offset + advisedTo), off_t(16 << 20), POSIX_FADV_WILLNEED)
+                    let (from, overflow) = offset.addingReportingOverflow(advisedTo)
+                    if !overflow { _ = posix_fadvise(descriptor, off_t(from), off_t(16 << 20), POSIX_FADV_WILLNEED) }
                     advisedTo += 16 << 20
                 }
                 if let hook = whileReading {
@@ -576,7 +589,7 @@ final class BackupJob: @unchecked Sendable {
                 start = 0
             }
         }
-        summary.withLock { $0.bytesRead += total }
+        summary.withLock { $0.bytesRead = $0.bytesRead.addingClamped(total) }
         return (ids, total)
     }
 

@@ -16,9 +16,12 @@ enum SparseFile {
     static let maximumExtents = 1 << 20
 
     /// The file's data extents, in order; nil when the file is to be read whole: it is small, it has no hole worth
-    /// skipping, or the file system cannot tell (the calls then fail, and reading whole is always correct).
-    /// `status` is the open file's `fstat`.
-    static func dataExtents(_ descriptor: Int32, status: stat, maximumExtents: Int = maximumExtents) -> [FileExtent]? {
+    /// skipping, or the file system cannot tell (the first call fails, and reading whole is always correct).
+    /// `status` is the open file's `fstat`. The file's position is left at 0 either way. Throws `Changed` when the
+    /// map moved under the calls (a region punched or filled between two of them): reading such a file whole would
+    /// let its owner make every backup read up to its whole size in zeros, so the caller maps it again instead.
+    static func dataExtents(_ descriptor: Int32, status: stat, maximumExtents: Int = maximumExtents) throws(Changed) -> [FileExtent]? {
+        defer { _ = lseek(descriptor, 0, SEEK_SET) }
         let size = Int64(status.st_size)
         // st_blocks counts 512-byte units actually allocated: a file with no hole has at least its size in them.
         guard size >= minimumSize, Int64(status.st_blocks) <= (size - minimumHole) / 512 else { return nil }
@@ -27,15 +30,19 @@ enum SparseFile {
         while position < size {
             let data = Int64(lseek(descriptor, off_t(position), fleetkeep_seek_data()))
             if data < 0 {
-                // ENXIO: no data from `position` on, so the rest is one hole. Anything else: not supported here.
+                // ENXIO: no data from `position` on, so the rest is one hole. Anything else at the first call: the
+                // file system does not map holes; later, the file changed.
                 if errno == ENXIO { break }
-                return nil
+                if position == 0 { return nil }
+                throw Changed()
             }
-            guard data >= position else { return nil }
+            guard data >= position else { throw Changed() }
             if data >= size { break }
             let holeAt = Int64(lseek(descriptor, off_t(data), fleetkeep_seek_hole()))
-            guard holeAt > data else { return nil }
-            let end = min(holeAt, size)
+            // A hole where data just was: punched since the call before.
+            guard holeAt != data else { throw Changed() }
+            // Negative: no offset to give (tmpfs answers 2^63 for a file of the largest size); the data runs on to the end.
+            let end = holeAt < 0 ? size : min(holeAt, size)
             let previousEnd = extents.last?.end ?? 0
             if data - previousEnd < minimumHole {
                 // Too small a hole to skip (or the start of the file): the extent grows over it.
@@ -57,6 +64,9 @@ enum SparseFile {
         if extents.count == 1, extents[0].offset == 0, extents[0].length == size { return nil }
         return extents
     }
+
+    /// The file's map of data and holes changed while it was read.
+    struct Changed: Error {}
 
     /// About half as many extents: of each pair of neighbouring holes, the smaller one is read as zeros, so the
     /// larger holes, which save the most, stay.

@@ -850,7 +850,7 @@ final class PlanInProgress: Sendable {
     }
 
     func written(bytes: Int64) {
-        settle { $0.summary.files += 1; $0.summary.bytes += bytes; $0.pending -= 1 }
+        settle { $0.summary.files += 1; $0.summary.bytes = $0.summary.bytes.addingClamped(bytes); $0.pending -= 1 }
     }
 
     /// A file created but not written: named in the summary's errors, and removed by `finish`.
