@@ -21,10 +21,11 @@ enum SparseFile {
     /// map moved under the calls (a region punched or filled between two of them): reading such a file whole would
     /// let its owner make every backup read up to its whole size in zeros, so the caller maps it again instead.
     static func dataExtents(_ descriptor: Int32, status: stat, maximumExtents: Int = maximumExtents) throws(Changed) -> [FileExtent]? {
-        defer { _ = lseek(descriptor, 0, SEEK_SET) }
         let size = Int64(status.st_size)
         // st_blocks counts 512-byte units actually allocated: a file with no hole has at least its size in them.
+        // Checked before any seek, so a dense file (nearly every file) costs no system call here.
         guard size >= minimumSize, Int64(status.st_blocks) <= (size - minimumHole) / 512 else { return nil }
+        defer { _ = lseek(descriptor, 0, SEEK_SET) }
         var extents: [FileExtent] = []
         var position: Int64 = 0
         while position < size {
