@@ -2,13 +2,15 @@
 import PackageDescription
 
 /// C libraries from Debian, each wrapped by exactly one Swift module.
-func systemLibrary(_ name: String, pkgConfig: String, apt: [String]) -> Target {
+/// `pkgConfig: nil` for a library that is opened at run time (dlopen) rather than linked: only its headers are used.
+func systemLibrary(_ name: String, pkgConfig: String?, apt: [String]) -> Target {
     .systemLibrary(name: name, path: "Sources/\(name)", pkgConfig: pkgConfig, providers: [.apt(apt)])
 }
 
 var targets: [Target] = [
     systemLibrary("CSSH2", pkgConfig: "libssh2", apt: ["libssh2-1-dev"]),
-    systemLibrary("CCurl", pkgConfig: "libcurl", apt: ["libcurl4-openssl-dev"]),
+    // Not linked: HTTPClient opens libcurl when the first transfer needs it (see CurlLibrary for why).
+    systemLibrary("CCurl", pkgConfig: nil, apt: ["libcurl4-openssl-dev"]),
     systemLibrary("CSQLite", pkgConfig: "sqlite3", apt: ["libsqlite3-dev"]),
     systemLibrary("CCrypto", pkgConfig: "libcrypto", apt: ["libssl-dev"]),
     systemLibrary("CZstd", pkgConfig: "libzstd", apt: ["libzstd-dev"]),

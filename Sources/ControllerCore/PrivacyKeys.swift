@@ -152,7 +152,8 @@ public enum AddressPrivacy {
 
     /// "192.0.2.77" → "192.0.2.0/24", "2001:db8:1:2::5" → "2001:db8:1::/48"; nil for anything else.
     public static func truncate(_ text: String) -> String? {
-        guard var (family, bytes) = parse(text) else { return nil }
+        guard let (family, parsed) = parse(text) else { return nil }
+        var bytes = parsed
         let kept = family == AF_INET ? 3 : 6
         for index in kept..<bytes.count { bytes[index] = 0 }
         var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)

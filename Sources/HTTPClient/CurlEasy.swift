@@ -1,9 +1,83 @@
 import CCurl
 import Foundation
 
-/// `curl_global_init` exactly once per process; Swift initializes static lets thread-safely on first use.
-enum CurlGlobal {
-    static let initialized: CURLcode = fk_curl_global_init_all()
+/// libcurl's functions, from the library opened when the first transfer needs it.
+///
+/// Why not linked: libcurl brings 26 shared libraries of its own (GnuTLS, Kerberos, LDAP, SASL, ...), and loading
+/// them at every start cost each command about 20 ms on a cold page cache (a major page fault per library) and 2.5 ms
+/// on a warm one, while most runs of the agent (a backup, a restore, a check) never make an HTTP request
+/// (BENCHMARKS.md, "Start-up without libcurl"). The packages bundle the library and its dependencies all the same
+/// (`ops/package`), and the bundled binary's DT_RPATH is searched for it first.
+struct CurlLibrary: @unchecked Sendable {
+    // @unchecked: immutable function pointers into a library that is never closed.
+    typealias Handle = UnsafeMutableRawPointer
+    typealias List = UnsafeMutablePointer<curl_slist>
+
+    /// The library's name as Debian and RHEL install it (its soname).
+    static let defaultName = "libcurl.so.4"
+    /// Opened, its functions found and `curl_global_init` run, once per process on first use.
+    static let shared: Result<CurlLibrary, HTTPClientError> = load(defaultName)
+
+    let globalInit: @convention(c) (Int) -> CURLcode
+    let easyInit: @convention(c) () -> Handle?
+    let easyCleanup: @convention(c) (Handle?) -> Void
+    let easyReset: @convention(c) (Handle?) -> Void
+    let easyPerform: @convention(c) (Handle?) -> CURLcode
+    let easyStrerror: @convention(c) (CURLcode) -> UnsafePointer<CChar>?
+    let slistAppend: @convention(c) (List?, UnsafePointer<CChar>?) -> List?
+    let slistFreeAll: @convention(c) (List?) -> Void
+    /// Variadic: called only through the typed wrappers of shim.h.
+    let easySetopt: UnsafeMutableRawPointer
+    let easyGetinfo: UnsafeMutableRawPointer
+
+    static func load(_ name: String) -> Result<CurlLibrary, HTTPClientError> {
+        func failure(_ message: String) -> Result<CurlLibrary, HTTPClientError> {
+            .failure(HTTPClientError(kind: .transport(Int32(CURLE_FAILED_INIT.rawValue)), url: "", message: message))
+        }
+        guard let library = dlopen(name, RTLD_NOW | RTLD_LOCAL) else {
+            let reason = dlerror().map { String(cString: $0) } ?? "not found"
+            return failure("cannot load libcurl (\(reason)): install the libcurl4 package (Debian, Ubuntu) or libcurl (RHEL family), "
+                + "or reinstall the Fleetkeep package, which carries its own")
+        }
+        var missing: [String] = []
+        func symbol<Function>(_ symbol: String, as type: Function.Type) -> Function? {
+            guard let address = dlsym(library, symbol) else { missing.append(symbol); return nil }
+            return unsafeBitCast(address, to: type)
+        }
+        let loaded = (
+            symbol("curl_global_init", as: (@convention(c) (Int) -> CURLcode).self),
+            symbol("curl_easy_init", as: (@convention(c) () -> Handle?).self),
+            symbol("curl_easy_cleanup", as: (@convention(c) (Handle?) -> Void).self),
+            symbol("curl_easy_reset", as: (@convention(c) (Handle?) -> Void).self),
+            symbol("curl_easy_perform", as: (@convention(c) (Handle?) -> CURLcode).self),
+            symbol("curl_easy_strerror", as: (@convention(c) (CURLcode) -> UnsafePointer<CChar>?).self),
+            symbol("curl_slist_append", as: (@convention(c) (List?, UnsafePointer<CChar>?) -> List?).self),
+            symbol("curl_slist_free_all", as: (@convention(c) (List?) -> Void).self),
+            dlsym(library, "curl_easy_setopt"),
+            dlsym(library, "curl_easy_getinfo"))
+        if loaded.8 == nil { missing.append("curl_easy_setopt") }
+        if loaded.9 == nil { missing.append("curl_easy_getinfo") }
+        guard let globalInit = loaded.0, let easyInit = loaded.1, let easyCleanup = loaded.2, let easyReset = loaded.3,
+              let easyPerform = loaded.4, let easyStrerror = loaded.5, let slistAppend = loaded.6, let slistFreeAll = loaded.7,
+              let easySetopt = loaded.8, let easyGetinfo = loaded.9 else {
+            dlclose(library)
+            return failure("\(name) lacks \(missing.joined(separator: ", ")): it is not libcurl 7 or 8; install the libcurl4 package")
+        }
+        let curl = CurlLibrary(globalInit: globalInit, easyInit: easyInit, easyCleanup: easyCleanup, easyReset: easyReset,
+                               easyPerform: easyPerform, easyStrerror: easyStrerror, slistAppend: slistAppend,
+                               slistFreeAll: slistFreeAll, easySetopt: easySetopt, easyGetinfo: easyGetinfo)
+        let initialized = curl.globalInit(Int(CURL_GLOBAL_ALL))
+        guard initialized == CURLE_OK else {
+            return .failure(HTTPClientError(kind: .transport(Int32(initialized.rawValue)), url: "",
+                                            message: "curl_global_init failed: \(curl.message(for: initialized))"))
+        }
+        return .success(curl)
+    }
+
+    /// libcurl's generic text for `code`.
+    func message(for code: CURLcode) -> String {
+        easyStrerror(code).map { String(cString: $0) } ?? "curl error \(code.rawValue)"
+    }
 }
 
 /// Body and headers of the response being received, reached from libcurl's callbacks through `userdata`.
@@ -65,17 +139,14 @@ enum CurlCallbacks {
 /// One libcurl easy handle: owns it (cleanup in deinit), its error buffer and its response collector.
 /// Not Sendable: `HTTPClient` keeps it inside a Mutex so one transfer runs at a time.
 final class CurlEasy {
+    let curl: CurlLibrary
     let handle: UnsafeMutableRawPointer
     let collector = ResponseCollector()
     private let errorBuffer: UnsafeMutablePointer<CChar>
 
     init() throws {
-        let global = CurlGlobal.initialized
-        guard global == CURLE_OK else {
-            throw HTTPClientError(kind: .transport(Int32(global.rawValue)), url: "",
-                                  message: "curl_global_init failed: \(String(cString: curl_easy_strerror(global)))")
-        }
-        guard let handle = curl_easy_init() else {
+        curl = try CurlLibrary.shared.get()
+        guard let handle = curl.easyInit() else {
             throw HTTPClientError(kind: .transport(Int32(CURLE_FAILED_INIT.rawValue)), url: "", message: "curl_easy_init failed")
         }
         self.handle = handle
@@ -84,59 +155,59 @@ final class CurlEasy {
     }
 
     deinit {
-        curl_easy_cleanup(handle)
+        curl.easyCleanup(handle)
         errorBuffer.deallocate()
     }
 
     /// Back to default options for a new request; live connections, TLS sessions and DNS cache are kept (keep-alive).
     func resetForRequest() throws {
-        curl_easy_reset(handle)
+        curl.easyReset(handle)
         errorBuffer[0] = 0
         collector.reset()
         try set(CURLOPT_ERRORBUFFER, pointer: errorBuffer)
         try set(CURLOPT_NOSIGNAL, 1)
         let context = Unmanaged.passUnretained(collector).toOpaque()
-        try check(fk_curl_setopt_write_callback(handle, CURLOPT_WRITEFUNCTION, CurlCallbacks.write), CURLOPT_WRITEFUNCTION)
+        try check(fk_curl_setopt_write_callback(curl.easySetopt, handle, CURLOPT_WRITEFUNCTION, CurlCallbacks.write), CURLOPT_WRITEFUNCTION)
         try set(CURLOPT_WRITEDATA, pointer: context)
-        try check(fk_curl_setopt_write_callback(handle, CURLOPT_HEADERFUNCTION, CurlCallbacks.header), CURLOPT_HEADERFUNCTION)
+        try check(fk_curl_setopt_write_callback(curl.easySetopt, handle, CURLOPT_HEADERFUNCTION, CurlCallbacks.header), CURLOPT_HEADERFUNCTION)
         try set(CURLOPT_HEADERDATA, pointer: context)
     }
 
     func set(_ option: CURLoption, _ value: Int) throws {
-        try check(fk_curl_setopt_long(handle, option, value), option)
+        try check(fk_curl_setopt_long(curl.easySetopt, handle, option, value), option)
     }
 
     /// libcurl copies string options (except POSTFIELDS, which we pass as a pointer instead).
     func set(_ option: CURLoption, _ value: String) throws {
-        try check(value.withCString { fk_curl_setopt_pointer(handle, option, $0) }, option)
+        try check(value.withCString { fk_curl_setopt_pointer(curl.easySetopt, handle, option, $0) }, option)
     }
 
     func set(_ option: CURLoption, pointer: UnsafeRawPointer?) throws {
-        try check(fk_curl_setopt_pointer(handle, option, pointer), option)
+        try check(fk_curl_setopt_pointer(curl.easySetopt, handle, option, pointer), option)
     }
 
     func set(_ option: CURLoption, offset: Int64) throws {
-        try check(fk_curl_setopt_off(handle, option, curl_off_t(offset)), option)
+        try check(fk_curl_setopt_off(curl.easySetopt, handle, option, curl_off_t(offset)), option)
     }
 
-    func perform() -> CURLcode { curl_easy_perform(handle) }
+    func perform() -> CURLcode { curl.easyPerform(handle) }
 
     var responseCode: Int {
         var code = 0
-        _ = fk_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &code)
+        _ = fk_curl_getinfo_long(curl.easyGetinfo, handle, CURLINFO_RESPONSE_CODE, &code)
         return code
     }
 
     /// libcurl's detailed message for the last failure, falling back to the generic text for `code`.
     func errorMessage(for code: CURLcode) -> String {
         let detail = String(cString: errorBuffer)
-        return detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
+        return detail.isEmpty ? curl.message(for: code) : detail
     }
 
     private func check(_ code: CURLcode, _ option: CURLoption) throws {
         guard code == CURLE_OK else {
             throw HTTPClientError(kind: .transport(Int32(code.rawValue)), url: "",
-                                  message: "curl_easy_setopt(\(option.rawValue)) failed: \(String(cString: curl_easy_strerror(code)))")
+                                  message: "curl_easy_setopt(\(option.rawValue)) failed: \(curl.message(for: code))")
         }
     }
 }

@@ -90,14 +90,14 @@ public final class HTTPClient: Sendable {
             }
 
             // "Expect:" stops libcurl waiting for 100 Continue before sending bodies larger than 1 KiB.
-            var list: UnsafeMutablePointer<curl_slist>? = curl_slist_append(nil, "Expect:")
-            defer { curl_slist_free_all(list) }
+            var list: UnsafeMutablePointer<curl_slist>? = easy.curl.slistAppend(nil, "Expect:")
+            defer { easy.curl.slistFreeAll(list) }
             var hasContentType = false
             for (name, value) in headers {
                 if name.lowercased() == "content-type" { hasContentType = true }
-                list = curl_slist_append(list, value.isEmpty ? "\(name);" : "\(name): \(value)")
+                list = easy.curl.slistAppend(list, value.isEmpty ? "\(name);" : "\(name): \(value)")
             }
-            if body != nil && !hasContentType { list = curl_slist_append(list, "Content-Type: application/json") }
+            if body != nil && !hasContentType { list = easy.curl.slistAppend(list, "Content-Type: application/json") }
             try easy.set(CURLOPT_HTTPHEADER, pointer: list)
 
             let code: CURLcode = try (body ?? []).withUnsafeBytes { bytes in

@@ -134,8 +134,8 @@ public enum SMTPClient {
         do { easy = try CurlEasy() } catch { throw MailError("\(error)") }
         let source = MessageSource(message.data)
         var recipients: UnsafeMutablePointer<curl_slist>? = nil
-        defer { curl_slist_free_all(recipients) }
-        for address in message.recipients { recipients = curl_slist_append(recipients, "<\(address)>") }
+        defer { easy.curl.slistFreeAll(recipients) }
+        for address in message.recipients { recipients = easy.curl.slistAppend(recipients, "<\(address)>") }
         do {
             try easy.resetForRequest()
             try easy.set(CURLOPT_URL, server.url)
@@ -191,7 +191,7 @@ final class MessageSource {
 extension CurlEasy {
     /// Uploads come from `source`, which must outlive `perform()`.
     func setReadCallback(_ source: MessageSource) throws {
-        let code = fk_curl_setopt_read_callback(handle, CURLOPT_READFUNCTION, MessageSource.read)
+        let code = fk_curl_setopt_read_callback(curl.easySetopt, handle, CURLOPT_READFUNCTION, MessageSource.read)
         guard code == CURLE_OK else {
             throw HTTPClientError(kind: .transport(Int32(code.rawValue)), url: "", message: "curl_easy_setopt(READFUNCTION) failed")
         }
