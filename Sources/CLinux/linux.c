@@ -1,5 +1,6 @@
 // Compiled as plain C (not imported as a module), so _GNU_SOURCE takes effect before glibc's headers are read.
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
@@ -29,3 +30,5 @@ long fleetkeep_thread_blocks_read(void) {
 
 int fleetkeep_seek_data(void) { return SEEK_DATA; }
 int fleetkeep_seek_hole(void) { return SEEK_HOLE; }
+
+long fleetkeep_getdents64(int descriptor, void *buffer, unsigned long size) { return (long)getdents64(descriptor, buffer, size); }

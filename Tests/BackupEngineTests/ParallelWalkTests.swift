@@ -171,3 +171,35 @@ struct ParallelWalkTests {
         #expect(cold.listers == 6 && cold.readAhead)
     }
 }
+
+/// Excluded paths are looked up by directory (`TreeScanner.namesByDirectory`), not by each entry's whole path.
+struct ExcludedPathTests {
+    @Test func excludedPathsLeaveOutExactlyTheirEntriesAtAnyDepth() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-exclude")
+        let home = scratch.appending("home")
+        let manager = FileManager.default
+        for directory in ["mail/cur", "www/cache/pages", "www/cachet", "www/deep/cache", "cache"] {
+            try manager.createDirectory(atPath: home + "/" + directory, withIntermediateDirectories: true)
+        }
+        for file in ["mail/cur/1", "www/cache/pages/a.html", "www/cachet/kept", "www/deep/cache/kept", "cache/kept", "www/index.php"] {
+            try Data("x\n".utf8).write(to: URL(fileURLWithPath: home + "/" + file))
+        }
+        let storage = LocalStorage(root: scratch.appending("repo"))
+        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+
+        // "www/cache" leaves out that directory alone (not "www/cachet", not "cache" elsewhere); the paths with an
+        // empty part name nothing, as they named nothing when every entry's path was looked up whole.
+        let excludes: Set<String> = ["mail", "www/cache", "/cache", "www//deep", "www/deep/"]
+        let snapshot = try repository.backup(directory: home, options: BackupOptions(tags: ["kind": "files"], excludes: excludes))
+        #expect(snapshot.summary.errors.isEmpty)
+        let paths = Set(try ParallelWalkTests.snapshotPaths(repository, snapshot).keys)
+        #expect(paths == ["www", "www/cachet", "www/cachet/kept", "www/deep", "www/deep/cache", "www/deep/cache/kept",
+                          "www/index.php", "cache", "cache/kept"])
+    }
+
+    @Test func namesByDirectorySplitsAtTheLastSlash() {
+        #expect(TreeScanner.namesByDirectory(["mail", "a/b/c", "a/b/d", "x/"]) == ["": ["mail"], "a/b": ["c", "d"]])
+        #expect(TreeScanner.namesByDirectory(["", "/", "//a", "a//b"]).isEmpty)
+    }
+}

@@ -169,20 +169,22 @@ struct DirectoryCache {
     static func listingDigest(of entries: [TreeScanner.Entry], ids: HMACSHA256.ThreadContext) -> BlobID? {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(entries.count * 96)
-        for entry in entries {
-            guard entry.statError == 0 else { return nil }
-            let info = entry.info
+        // Entries read in place and each one's fields appended at once: this runs for every directory of every
+        // backup, and copying entries and appending field by field was most of its cost.
+        for index in entries.indices {
+            guard entries[index].statError == 0 else { return nil }
+            let info = entries[index].info
             if info.st_mode & S_IFMT == S_IFREG && info.st_nlink > 1 { return nil }
-            entry.bytes.withUnsafeBufferPointer { name in
+            entries[index].bytes.withUnsafeBufferPointer { name in
                 name.withMemoryRebound(to: UInt8.self) { bytes.append(contentsOf: $0) }
             }
-            if entry.bytes.last != 0 { bytes.append(0) }
-            func field(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) } }
-            field(UInt64(info.st_mode)); field(UInt64(info.st_uid)); field(UInt64(info.st_gid))
-            field(UInt64(bitPattern: Int64(info.st_size)))
-            field(UInt64(bitPattern: Int64(info.st_mtim.tv_sec))); field(UInt64(bitPattern: Int64(info.st_mtim.tv_nsec)))
-            field(UInt64(bitPattern: Int64(info.st_ctim.tv_sec))); field(UInt64(bitPattern: Int64(info.st_ctim.tv_nsec)))
-            field(UInt64(info.st_ino)); field(UInt64(info.st_dev))
+            if entries[index].bytes.last != 0 { bytes.append(0) }
+            let fields = (UInt64(info.st_mode).littleEndian, UInt64(info.st_uid).littleEndian, UInt64(info.st_gid).littleEndian,
+                          UInt64(bitPattern: Int64(info.st_size)).littleEndian,
+                          UInt64(bitPattern: Int64(info.st_mtim.tv_sec)).littleEndian, UInt64(bitPattern: Int64(info.st_mtim.tv_nsec)).littleEndian,
+                          UInt64(bitPattern: Int64(info.st_ctim.tv_sec)).littleEndian, UInt64(bitPattern: Int64(info.st_ctim.tv_nsec)).littleEndian,
+                          UInt64(info.st_ino).littleEndian, UInt64(info.st_dev).littleEndian)
+            withUnsafeBytes(of: fields) { bytes.append(contentsOf: $0) }
         }
         return BlobID(bytes: ids.authenticate(bytes))
     }

@@ -32,3 +32,9 @@ long fleetkeep_thread_blocks_read(void);
 /// SEEK_DATA and SEEK_HOLE for lseek(2): the next byte of data, or of a hole, at or after an offset.
 int fleetkeep_seek_data(void);
 int fleetkeep_seek_hole(void);
+
+/// getdents64(2): the entries of the directory open at `descriptor`, from its current offset, as struct
+/// linux_dirent64 records (d_ino: 8 bytes, d_off: 8, d_reclen: 2, d_type: 1, then the name and its NUL) packed into
+/// `buffer`; returns the bytes filled, 0 at the end, or -1 with errno. The same call readdir(3) makes, without the
+/// DIR stream that fdopendir builds around a descriptor it takes over.
+long fleetkeep_getdents64(int descriptor, void *buffer, unsigned long size);
