@@ -513,6 +513,12 @@ public final class Repository: Sendable {
         return plain
     }
 
+    /// A hint that blob `id` will be loaded soon (see `RepositoryStorage.prefetch`); nothing when it is unknown.
+    func prefetch(_ id: BlobID) {
+        guard let (pack, location) = location(of: id) else { return }
+        storage.prefetch(Self.packPath(pack), offset: Int(location.offset), length: Int(location.length))
+    }
+
     private func readSealed(_ id: BlobID, pack: String, location: BlobLocation) throws -> [UInt8] {
         do {
             return try storage.read(Self.packPath(pack), offset: Int(location.offset), length: Int(location.length))

@@ -107,6 +107,37 @@ struct DirectoryCacheTests {
         #expect(again.reused == Self.directories - 1)
     }
 
+    /// The same change, on a storage that notes the reads it is told are coming: the old trees of `top`, `level0`
+    /// and `level1` (as recorded, so their listers did not load them) are asked for as soon as the walk finds the
+    /// changed `level2`, not one by one on its way back up.
+    @Test func aChangeDeepDownAsksForTheOldTreesAboveItAtOnce() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-dircache")
+        let home = scratch.appending("home")
+        try Self.makeTree(at: home)
+        let storage = PrefetchNotingStorage(base: LocalStorage(root: scratch.appending("repo")))
+        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let first = try Self.backUp(home, repository)
+        try Data("a new version, longer than the first\n".utf8).write(to: URL(fileURLWithPath: home + "/top/level0/level1/level2/a.txt"))
+        #expect(storage.prefetched.isEmpty)
+
+        let changed = try Self.backUp(home, repository)
+        #expect(changed.snapshot.summary.filesRead == 1)
+        var expected: Set<String> = []
+        var tree = try repository.loadTree(first.snapshot.tree)
+        for name in ["top", "level0", "level1"] {
+            guard let subtree = tree.nodes.first(where: { $0.name == name })?.subtree, let (pack, location) = repository.location(of: subtree) else {
+                Issue.record("no old tree for \(name)")
+                return
+            }
+            expected.insert("\(Repository.packPath(pack)) \(location.offset) \(location.length)")
+            tree = try repository.loadTree(subtree)
+        }
+        #expect(Set(storage.prefetched) == expected)
+        #expect(storage.prefetched.count == 3)
+        #expect(try Self.restoredEntries(repository, changed.snapshot, scratch, "restored") == ParallelWalkTests.entries(under: home))
+    }
+
     /// The cache of a snapshot that is gone (forgotten, say) is deleted by the next backup; one newer than the
     /// backup's start (another backup running alongside may have just written it) stays.
     @Test func cachesOfSnapshotsThatAreGoneAreDeleted() throws {
@@ -271,4 +302,28 @@ struct DirectoryCacheTests {
         let next = try Self.backUp(home, repository)
         #expect(try Self.restoredEntries(repository, next.snapshot, scratch, "restored") == ParallelWalkTests.entries(under: home))
     }
+}
+
+/// A local storage that notes every `prefetch` it is asked for ("path offset length").
+final class PrefetchNotingStorage: RepositoryStorage {
+    let base: LocalStorage
+    private let noted = Mutex<[String]>([])
+    init(base: LocalStorage) { self.base = base }
+    var prefetched: [String] { noted.withLock { $0 } }
+
+    func prefetch(_ path: String, offset: Int, length: Int) {
+        noted.withLock { $0.append("\(path) \(offset) \(length)") }
+        base.prefetch(path, offset: offset, length: length)
+    }
+    func read(_ path: String) throws -> [UInt8] { try base.read(path) }
+    func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] { try base.read(path, offset: offset, length: length) }
+    func write(_ path: String, _ data: [UInt8]) throws { try base.write(path, data) }
+    func list(_ directory: String) throws -> [String] { try base.list(directory) }
+    func remove(_ path: String) throws { try base.remove(path) }
+    func size(_ path: String) throws -> Int? { try base.size(path) }
+    func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite { try base.stage(path, data) }
+    func makePackSink() throws -> any PackSink { try base.makePackSink() }
+    var defaultCacheDirectory: String? { base.defaultCacheDirectory }
+    func removeTemporaryFiles() { base.removeTemporaryFiles() }
+    var location: String { "noting:" + base.root }
 }

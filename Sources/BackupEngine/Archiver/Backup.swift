@@ -312,6 +312,11 @@ final class BackupJob: @unchecked Sendable {
 
     /// Where the walk is: the index of the current entry in each directory from the top (see `TreeScanner.walked`).
     private var position: [Int] = []
+    /// The last backup's trees of the directories being walked whose listings are as recorded and whose old trees
+    /// were therefore not loaded: should anything below one of them have changed, the walk loads it on its way back
+    /// up, which on a cold page cache was one disk read at a time, one per level, and most of a re-run's time after
+    /// a small churn. The first changed directory found below them asks for all of them at once.
+    private var oldTreesNotAskedFor: [BlobID] = []
 
     /// Stores one listed directory and everything under it. Entries are reached relative to their directory's
     /// descriptor (`openat`, never following a symbolic link), so the kernel does not walk the whole path again for
@@ -320,7 +325,17 @@ final class BackupJob: @unchecked Sendable {
         let relative = scanned.relative
         let descriptor = scanned.descriptor
         position.append(0)
+        let pendingBelow = oldTreesNotAskedFor.count
+        if let recorded = listing.recorded, !listing.oldTreeLoaded {
+            oldTreesNotAskedFor.append(recorded.tree)
+        } else if listing.recorded == nil, !oldTreesNotAskedFor.isEmpty {
+            // This directory is not as recorded, so every directory above it gets a new tree: their old ones are
+            // needed, and their reads now overlap with each other and with this subtree's walk.
+            for tree in oldTreesNotAskedFor { repository.prefetch(tree) }
+            oldTreesNotAskedFor.removeAll(keepingCapacity: true)
+        }
         defer {
+            if oldTreesNotAskedFor.count > pendingBelow { oldTreesNotAskedFor.removeLast(oldTreesNotAskedFor.count - pendingBelow) }
             position.removeLast()
             scanner.finished(scanned)
         }

@@ -35,6 +35,10 @@ public protocol RepositoryStorage: Sendable {
     var defaultCacheDirectory: String? { get }
     /// Removes what interrupted writes left under temporary names. Such files are never referenced.
     func removeTemporaryFiles()
+    /// A hint that `length` bytes at `offset` of `path` will be read soon: a storage that can start reading them
+    /// without waiting does (a local disk asks the kernel); the default does nothing. Never fails: a hint that cannot
+    /// be given costs only the wait it would have saved.
+    func prefetch(_ path: String, offset: Int, length: Int)
 }
 
 extension RepositoryStorage {
@@ -43,6 +47,7 @@ extension RepositoryStorage {
     /// Nothing to do by default: a remote storage's leftover temporary names are removed by its own next write
     /// session (the off-site push does so).
     public func removeTemporaryFiles() {}
+    public func prefetch(_ path: String, offset: Int, length: Int) {}
 }
 
 /// A file sent by `RepositoryStorage.stage`. Used by one thread.
@@ -132,26 +137,7 @@ public struct LocalStorage: RepositoryStorage {
     }
 
     public func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] {
-        let file: OpenFile
-        if path.hasPrefix("data/"), let cached = openPacks[path] {
-            file = cached
-        } else {
-            let absolute = try full(path)
-            let info: stat
-            do throws(Errno) {
-                // O_NONBLOCK: opening a FIFO put in a repository file's place would wait for a writer for ever.
-                file = OpenFile(try FileDescriptor.open(absolute, O_RDONLY | O_NONBLOCK))
-                info = try file.descriptor.status()
-            } catch {
-                throw failure(path, error)
-            }
-            guard info.st_mode & S_IFMT == S_IFREG else {
-                throw StorageError(path: root + "/" + path, message: "is not a regular file (something else stands where the repository "
-                    + "keeps this file); move it away, then run `fleetkeep-agent verify`")
-            }
-            // Packs never change once written (their names are random and never reused), so an open one stays valid.
-            if path.hasPrefix("data/") { openPacks[path] = file }
-        }
+        let file = try openForReading(path)
         let bytes: [UInt8]?
         do throws(Errno) {
             bytes = try file.descriptor.read(count: length, at: offset)
@@ -160,6 +146,34 @@ public struct LocalStorage: RepositoryStorage {
         }
         guard let bytes else { throw StorageError(path: root + "/" + path, message: "file is shorter than expected (truncated?)") }
         return bytes
+    }
+
+    /// posix_fadvise(WILLNEED): the kernel starts reading the range into the page cache and returns at once.
+    public func prefetch(_ path: String, offset: Int, length: Int) {
+        guard offset >= 0, length > 0, let file = try? openForReading(path) else { return }
+        _ = posix_fadvise(file.descriptor.rawValue, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
+    }
+
+    /// `path` opened for reading: a pack from the cache of open packs, anything else opened anew.
+    private func openForReading(_ path: String) throws -> OpenFile {
+        if path.hasPrefix("data/"), let cached = openPacks[path] { return cached }
+        let absolute = try full(path)
+        let file: OpenFile
+        let info: stat
+        do throws(Errno) {
+            // O_NONBLOCK: opening a FIFO put in a repository file's place would wait for a writer for ever.
+            file = OpenFile(try FileDescriptor.open(absolute, O_RDONLY | O_NONBLOCK))
+            info = try file.descriptor.status()
+        } catch {
+            throw failure(path, error)
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw StorageError(path: root + "/" + path, message: "is not a regular file (something else stands where the repository "
+                + "keeps this file); move it away, then run `fleetkeep-agent verify`")
+        }
+        // Packs never change once written (their names are random and never reused), so an open one stays valid.
+        if path.hasPrefix("data/") { openPacks[path] = file }
+        return file
     }
 
     public func write(_ path: String, _ data: [UInt8]) throws {
