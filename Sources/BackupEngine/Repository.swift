@@ -580,22 +580,22 @@ public final class Repository: Sendable {
     func snapshotsWithDamage(useCache: Bool = true) throws -> (snapshots: [Snapshot], damaged: [String]) {
         var result: [Snapshot] = []
         var damaged: [String] = []
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = UTCTime.jsonDecoding
+        var decoder: JSONDecoder?
         let names = try storage.list("snapshots")
         let cache = useCache ? snapshotCache : nil
         let cached = cache?.read() ?? [:]
-        var sealedFiles: [(name: String, sealed: [UInt8])] = []
         var missed = false
         for name in names {
-            let sealed: [UInt8]?
-            if let hit = cached[name], SnapshotCache.matches(hit, name: name) {
-                sealed = hit
-            } else {
-                sealed = try? storage.read("snapshots/" + name)
-                missed = true
+            if let hit = cached[name] {
+                result.append(hit)
+                continue
             }
-            guard let sealed,
+            missed = true
+            if decoder == nil {
+                decoder = JSONDecoder()
+                decoder?.dateDecodingStrategy = UTCTime.jsonDecoding
+            }
+            guard let decoder, let sealed = try? storage.read("snapshots/" + name),
                   let plain = try? dataCipher.open(sealed, aad: Self.snapshotAAD),
                   var snapshot = try? decoder.decode(Snapshot.self, from: Data(plain)) else {
                 damaged.append(name)
@@ -603,17 +603,16 @@ public final class Repository: Sendable {
             }
             snapshot.id = name
             result.append(snapshot)
-            sealedFiles.append((name, sealed))
         }
         // Rewritten when it missed a snapshot or holds one that is gone (after a backup or a prune).
-        if let cache, missed || names.count != cached.count {
-            cache.write(sealedFiles)
+        if let cache, missed || result.count != cached.count {
+            cache.write(result)
         }
         return (result.sorted { ($0.time, $0.id) < ($1.time, $1.id) }, damaged)
     }
 
     /// Beside the index cache.
-    private var snapshotCache: SnapshotCache? { cacheDirectory.map { SnapshotCache(path: $0 + "/snapshots") } }
+    private var snapshotCache: SnapshotCache? { cacheDirectory.map { SnapshotCache(path: $0 + "/snapshots", cipher: dataCipher) } }
 
     static let snapshotAAD = Array("fleetkeep snapshot".utf8)
 
@@ -636,11 +635,15 @@ public final class Repository: Sendable {
     /// `written` gets each one's index and name as soon as it is stored. A snapshot that fails to write stops the
     /// rest; those written stay.
     func writeSnapshots(_ snapshots: [Snapshot], written: (Int, String) -> Void) throws {
-        var added: [(name: String, sealed: [UInt8])] = []
+        var added: [Snapshot] = []
         defer { if !added.isEmpty { snapshotCache?.add(added) } }
         for (index, snapshot) in snapshots.enumerated() {
             let entry = try writeSealedSnapshot(snapshot)
-            added.append(entry)
+            var stored = snapshot
+            stored.id = entry.name
+            // As the file will read back: its time went through the file's text form.
+            stored.time = UTCTime.parse(UTCTime.format(snapshot.time)) ?? snapshot.time
+            added.append(stored)
             written(index, entry.name)
         }
     }

@@ -1,4 +1,5 @@
 @testable import BackupEngine
+import Crypto
 import Foundation
 import Testing
 import TestSupport
@@ -6,6 +7,18 @@ import TestSupport
 /// The local snapshot cache: one file read instead of one file per snapshot, never a different snapshot than the
 /// repository holds.
 struct SnapshotCacheTests {
+    func cache(_ scene: EngineScene) throws -> SnapshotCache {
+        SnapshotCache(path: scene.repoPath + "/cache/snapshots", cipher: try scene.open().dataCipher)
+    }
+
+    /// A snapshot as its file reads, for comparing: the file's own JSON encoding, keys sorted.
+    static func text(_ snapshot: Snapshot) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = UTCTime.jsonEncoding
+        encoder.outputFormatting = [.sortedKeys]
+        return snapshot.id + " " + String(decoding: try encoder.encode(snapshot), as: UTF8.self)
+    }
+
     func backUpTwice(_ scene: EngineScene, _ repository: Repository) throws -> [Snapshot] {
         let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
         let second = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "email"]))
@@ -18,7 +31,7 @@ struct SnapshotCacheTests {
         let made = try backUpTwice(scene, repository)
         let listed = try scene.open().snapshots()
         #expect(listed.map(\.id).sorted() == made.map(\.id).sorted())
-        let cache = SnapshotCache(path: scene.repoPath + "/cache/snapshots")
+        let cache = try cache(scene)
         #expect(Set(cache.read().keys) == Set(made.map(\.id)))
         var info = stat()
         #expect(stat(cache.path, &info) == 0 && info.st_mode & 0o777 == 0o600)
@@ -40,7 +53,7 @@ struct SnapshotCacheTests {
         let repository = try scene.initialize()
         let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
         _ = try scene.open().snapshots()
-        let cache = SnapshotCache(path: scene.repoPath + "/cache/snapshots")
+        let cache = try cache(scene)
         #expect(Set(cache.read().keys) == [first.id])
 
         let session = try BackupSession(repository: try scene.open())
@@ -51,33 +64,78 @@ struct SnapshotCacheTests {
         let ids = tickets.compactMap { recorded[$0]?.id }
         #expect(ids.count == 2)
         #expect(Set(cache.read().keys) == Set([first.id] + ids))
-        // What the cache holds is what the files hold.
-        for id in ids {
-            #expect(cache.read()[id] == Array(try Data(contentsOf: URL(fileURLWithPath: scene.repoPath + "/snapshots/" + id))))
-        }
+        // What the cache holds is what the files hold, field for field.
+        let fromFiles = try scene.open().snapshotsWithDamage(useCache: false).snapshots
+        #expect(try fromFiles.map(Self.text).sorted() == cache.read().values.map(Self.text).sorted())
     }
 
-    /// A cache entry is used only when its hash is the snapshot's name: swapped, truncated or garbage caches give
-    /// exactly what the snapshot files hold, and are rewritten.
-    @Test func aDamagedOrForgedCacheNeverChangesWhatIsListed() throws {
+    /// A cache that does not open as this repository's (damaged, truncated, garbage, another repository's, the
+    /// older format) gives exactly what the snapshot files hold, and is rewritten.
+    @Test func aDamagedOrForeignCacheNeverChangesWhatIsListed() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 1)
         let repository = try scene.initialize()
-        let made = try backUpTwice(scene, repository)
-        let truth = try scene.open().snapshots().map { "\($0.id) \($0.tree) \($0.tags)" }
-        let cache = SnapshotCache(path: scene.repoPath + "/cache/snapshots")
+        _ = try backUpTwice(scene, repository)
+        let truth = try scene.open().snapshotsWithDamage(useCache: false).snapshots.map(Self.text)
+        let cache = try cache(scene)
         let entries = cache.read()
         #expect(entries.count == 2)
         let original = try Data(contentsOf: URL(fileURLWithPath: cache.path))
 
-        // Each snapshot's name given the other's sealed bytes: both authenticate, neither hashes to its name.
-        cache.write([(made[0].id, entries[made[1].id]!), (made[1].id, entries[made[0].id]!)])
-        #expect(try scene.open().snapshots().map { "\($0.id) \($0.tree) \($0.tags)" } == truth)
-        #expect(cache.read()[made[0].id] == entries[made[0].id], "the forged cache was not rewritten")
+        // Another repository's cache of the same names: it does not open with this repository's key.
+        let other = try EngineScene(accounts: 1, sizeMB: 1)
+        _ = try other.initialize()
+        let foreign = SnapshotCache(path: scene.repoPath + "/cache/snapshots", cipher: try other.open().dataCipher)
+        var forged = Array(entries.values)
+        for index in forged.indices { forged[index].tree = String(repeating: "0", count: 64) }
+        foreign.write(forged)
+        #expect(cache.read().isEmpty)
+        #expect(try scene.open().snapshots().map(Self.text) == truth)
+        #expect(try cache.read().values.map(Self.text).sorted() == truth.sorted(), "the foreign cache was not rewritten")
 
-        for damaged in [original.prefix(original.count - 5), Data(repeating: 0xA5, count: 64), Data()] {
+        var flipped = original
+        flipped[flipped.count / 2] ^= 0x01
+        let olderFormat = Data("FKSNC001".utf8) + original.dropFirst(8)
+        for damaged in [original.prefix(original.count - 5), flipped, olderFormat, Data(repeating: 0xA5, count: 64), Data()] {
             try damaged.write(to: URL(fileURLWithPath: cache.path))
-            #expect(try scene.open().snapshots().map { "\($0.id) \($0.tree) \($0.tags)" } == truth)
-            #expect(cache.read() == entries)
+            #expect(cache.read().isEmpty)
+            #expect(try scene.open().snapshots().map(Self.text) == truth)
+            #expect(try cache.read().values.map(Self.text).sorted() == truth.sorted())
+        }
+    }
+
+    /// Every field survives the cache's binary form, set and unset, and a field added to the snapshot's types
+    /// without being added to that form fails here (the counts below) rather than going missing from listings.
+    @Test func everyFieldOfASnapshotSurvivesTheCache() throws {
+        #expect(Mirror(reflecting: Snapshot(id: "", time: Date(), tags: [:], tree: "", parent: nil, summary: BackupSummary())).children.count == 7,
+                "Snapshot gained or lost a field: add it to SnapshotCache.encode/decode and raise the magic's number")
+        #expect(Mirror(reflecting: BackupSummary()).children.count == 13,
+                "BackupSummary gained or lost a field: add it to SnapshotCache.encode/decode and raise the magic's number")
+        #expect(Mirror(reflecting: RootDirectory(uid: 0, gid: 0, mode: 0, mtime: 0)).children.count == 4,
+                "RootDirectory gained or lost a field: add it to SnapshotCache.encode/decode and raise the magic's number")
+
+        var full = BackupSummary()
+        (full.filesNew, full.filesChanged, full.filesUnchanged, full.directories, full.filesRead) = (1, 2, 3, 4, 5)
+        full.directoriesUnchanged = 6
+        (full.bytesRead, full.bytesTotal, full.blobsAdded, full.bytesAdded, full.bytesStored) = (7, Int64.max, 9, -10, 11)
+        full.seconds = 12.345678901234
+        full.errors = ["home/a: permission denied", "ünïcode ✓", ""]
+        let id = String(repeating: "ab", count: 32)
+        let snapshots = [
+            Snapshot(id: id, time: Date(timeIntervalSince1970: 1_796_000_000.123456), tags: ["account": "user1", "kind": "files", "": "empty"],
+                     tree: String(repeating: "cd", count: 32), parent: String(repeating: "ef", count: 32), summary: full,
+                     root: RootDirectory(uid: 1001, gid: 1002, mode: 0o4751, mtime: -5)),
+            Snapshot(id: String(repeating: "12", count: 32), time: Date(timeIntervalSince1970: -1), tags: [:], tree: "", parent: nil,
+                     summary: BackupSummary(), root: nil),
+        ]
+        let scratch = TemporaryDirectory(prefix: "fk-snapcache")
+        let cache = SnapshotCache(path: scratch.appending("snapshots"), cipher: AES256GCM.Key(Array(repeating: 7, count: 32)))
+        cache.write(snapshots)
+        let read = cache.read()
+        #expect(read.count == 2)
+        for snapshot in snapshots {
+            #expect(try read[snapshot.id].map(Self.text) == Self.text(snapshot))
+            #expect(read[snapshot.id]?.time == snapshot.time)
+            #expect(read[snapshot.id]?.summary.seconds == snapshot.summary.seconds)
         }
     }
 
@@ -89,6 +147,6 @@ struct SnapshotCacheTests {
         let kept = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
         _ = try repository.prune(policy: { _ in RetentionPolicy(keepLast: 1) }, dryRun: false)
         #expect(try scene.open().snapshots().map(\.id) == [kept.id])
-        #expect(Array(SnapshotCache(path: scene.repoPath + "/cache/snapshots").read().keys) == [kept.id])
+        #expect(Array(try cache(scene).read().keys) == [kept.id])
     }
 }
