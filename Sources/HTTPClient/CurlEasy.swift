@@ -1,5 +1,6 @@
 import CCurl
 import Foundation
+import Synchronization
 
 /// libcurl's functions, from the library opened when the first transfer needs it.
 ///
@@ -15,8 +16,17 @@ struct CurlLibrary: @unchecked Sendable {
 
     /// The library's name as Debian and RHEL install it (its soname).
     static let defaultName = "libcurl.so.4"
-    /// Opened, its functions found and `curl_global_init` run, once per process on first use.
-    static let shared: Result<CurlLibrary, HTTPClientError> = load(defaultName)
+    /// Opened, its functions found and `curl_global_init` run, once per process, on first use. A failure is not
+    /// kept: a long-running program tries again at its next transfer (after libcurl is installed, say).
+    static func shared() throws -> CurlLibrary {
+        try loaded.withLock { loaded in
+            if let loaded { return loaded }
+            let library = try load(defaultName).get()
+            loaded = library
+            return library
+        }
+    }
+    private static let loaded = Mutex<CurlLibrary?>(nil)
 
     let globalInit: @convention(c) (Int) -> CURLcode
     let easyInit: @convention(c) () -> Handle?
@@ -145,7 +155,7 @@ final class CurlEasy {
     private let errorBuffer: UnsafeMutablePointer<CChar>
 
     init() throws {
-        curl = try CurlLibrary.shared.get()
+        curl = try CurlLibrary.shared()
         guard let handle = curl.easyInit() else {
             throw HTTPClientError(kind: .transport(Int32(CURLE_FAILED_INIT.rawValue)), url: "", message: "curl_easy_init failed")
         }

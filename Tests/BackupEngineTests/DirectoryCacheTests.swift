@@ -138,6 +138,26 @@ struct DirectoryCacheTests {
         #expect(try Self.restoredEntries(repository, changed.snapshot, scratch, "restored") == ParallelWalkTests.entries(under: home))
     }
 
+    /// A directory with a hard-linked file is never recorded (its nodes depend on the walk's order), so it is built
+    /// on every run, nearly always into the same tree: meeting it is no sign that the directories above it changed,
+    /// and an unchanged re-run asks for no old tree.
+    @Test func aDirectoryThatIsNeverRecordedAsksForNoOldTrees() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-dircache")
+        let home = scratch.appending("home")
+        try Self.makeTree(at: home)
+        let hard = home + "/top/level0/level1/hard"
+        try FileManager.default.createDirectory(atPath: hard, withIntermediateDirectories: true)
+        try Data("one file, two names\n".utf8).write(to: URL(fileURLWithPath: hard + "/x"))
+        #expect(link(hard + "/x", hard + "/y") == 0)
+        let storage = PrefetchNotingStorage(base: LocalStorage(root: scratch.appending("repo")))
+        try Repository.initialize(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scratch.appending("key")))
+        let first = try Self.backUp(home, repository)
+        let again = try Self.backUp(home, repository)
+        #expect(again.snapshot.tree == first.snapshot.tree)
+        #expect(storage.prefetched.isEmpty, "\(storage.prefetched)")
+    }
+
     /// The cache of a snapshot that is gone (forgotten, say) is deleted by the next backup; one newer than the
     /// backup's start (another backup running alongside may have just written it) stays.
     @Test func cachesOfSnapshotsThatAreGoneAreDeleted() throws {

@@ -328,9 +328,11 @@ final class BackupJob: @unchecked Sendable {
         let pendingBelow = oldTreesNotAskedFor.count
         if let recorded = listing.recorded, !listing.oldTreeLoaded {
             oldTreesNotAskedFor.append(recorded.tree)
-        } else if listing.recorded == nil, !oldTreesNotAskedFor.isEmpty {
+        } else if listing.recorded == nil, listing.digest != nil, !oldTreesNotAskedFor.isEmpty {
             // This directory is not as recorded, so every directory above it gets a new tree: their old ones are
-            // needed, and their reads now overlap with each other and with this subtree's walk.
+            // needed, and their reads now overlap with each other and with this subtree's walk. (A directory that
+            // can never be recorded, with a hard-linked file in it, has no digest: it is built every time, most
+            // often into the same tree, and does not show that anything changed.)
             for tree in oldTreesNotAskedFor { repository.prefetch(tree) }
             oldTreesNotAskedFor.removeAll(keepingCapacity: true)
         }

@@ -144,13 +144,16 @@ final class TreeScanner: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// "a/b/c" leaves "c" out of "a/b"; "mail" leaves "mail" out of the top directory.
+    /// "a/b/c" leaves "c" out of "a/b"; "mail" leaves "mail" out of the top directory. Split at the bytes "/", not
+    /// at Characters: a "/" followed by a combining mark is one Character, and is still a path separator.
     static func namesByDirectory(_ paths: Set<String>) -> [String: Set<String>] {
+        let slash = UInt8(ascii: "/")
         var names: [String: Set<String>] = [:]
         // A path with an empty part ("/mail", "a//b", "a/") names no entry, as before this map.
-        for path in paths where !path.split(separator: "/", omittingEmptySubsequences: false).contains(where: \.isEmpty) {
-            if let slash = path.lastIndex(of: "/") {
-                names[String(path[..<slash]), default: []].insert(String(path[path.index(after: slash)...]))
+        for path in paths where !path.utf8.split(separator: slash, omittingEmptySubsequences: false).contains(where: \.isEmpty) {
+            if let last = path.utf8.lastIndex(of: slash) {
+                let directory = String(decoding: path.utf8[..<last], as: UTF8.self)
+                names[directory, default: []].insert(String(decoding: path.utf8[path.utf8.index(after: last)...], as: UTF8.self))
             } else {
                 names["", default: []].insert(path)
             }
@@ -407,6 +410,13 @@ final class TreeScanner: @unchecked Sendable {
         while true {
             let filled = fleetkeep_getdents64(descriptor, base, UInt(bufferSize))
             if filled == 0 { break }
+            if filled < 0 {
+                // A directory removed after it was opened (a cache cleaner running during the backup) lists as
+                // empty, as readdir(3) makes it: ENOENT is its end, not a failure of the account's whole backup.
+                if errno == ENOENT { break }
+                // FUSE and NFS may be interrupted by a signal; the offset has not moved.
+                if errno == EINTR { continue }
+            }
             guard filled > 0, filled <= bufferSize else {
                 let reason = filled < 0 ? String(cString: strerror(errno)) : "the kernel returned \(filled) bytes for a buffer of \(bufferSize)"
                 throw RepositoryError("cannot list \(relative.isEmpty ? "the top directory" : FileName.printable(relative)): \(reason)")
@@ -423,11 +433,15 @@ final class TreeScanner: @unchecked Sendable {
                 }
                 let name = (base + offset + nameOffset).assumingMemoryBound(to: CChar.self)
                 let nameLength = strnlen(name, length - nameOffset)
+                guard nameLength < length - nameOffset else {
+                    throw RepositoryError("cannot list \(relative.isEmpty ? "the top directory" : FileName.printable(relative)): "
+                        + "a directory record at offset \(offset) whose name has no end")
+                }
                 offset += length
                 if nameLength == 0 || (name[0] == 0x2E && (nameLength == 1 || (nameLength == 2 && name[1] == 0x2E))) { continue }
                 // Names that are not UTF-8 are kept byte for byte (see FileName); the bytes keep their NUL.
-                var bytes = Array(UnsafeBufferPointer(start: name, count: nameLength))
-                bytes.append(0)
+                // Copied with the NUL after it (the record has one: the name is shorter than the record).
+                let bytes = Array(UnsafeBufferPointer(start: name, count: nameLength + 1))
                 names.append((FileName.string(from: UnsafeRawBufferPointer(start: name, count: nameLength)), bytes))
             }
         }
