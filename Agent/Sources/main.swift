@@ -29,5 +29,7 @@ JobChild.bindToParentIfJob()
 CryptoLibrary.disableCleanupAtExit()
 MemoryTuning.apply()
 ResourceLimits.raiseOpenFilesToHardLimit()
+// Before any thread starts (see there).
+ResourceLimits.reserveDescriptors(4096)
 exit(CommandRunner.run(program: "fleetkeep-agent", version: FleetkeepVersion.agent, commands: commands, usage: AgentCommands.usage,
                       help: AgentHelp.program, arguments: RawArguments.current()))

@@ -239,3 +239,27 @@ struct FileDescriptorTests {
         #expect(Errno(code: ENOSPC, operation: "write", path: "/x").isDiskFull)
     }
 }
+
+/// `ResourceLimits.reserveDescriptors` grows the kernel's descriptor table at once (see there for why).
+struct DescriptorTableTests {
+    /// The table's size as the kernel reports it (`FDSize` in /proc/self/status).
+    static func tableSize() -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+        for line in status.split(separator: "\n") where line.hasPrefix("FDSize:") {
+            return Int(line.dropFirst("FDSize:".count).trimmingCharacters(in: .whitespaces))
+        }
+        return nil
+    }
+
+    @Test func theTableHoldsTheReservedDescriptorsAndNoneIsLeftOpen() throws {
+        let before = try #require(Self.tableSize())
+        let wanted = before * 4
+        try #require(wanted <= ResourceLimits.openFiles, "the soft limit on open files is too low for this test")
+        let open = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count
+        ResourceLimits.reserveDescriptors(wanted)
+        #expect(try #require(Self.tableSize()) >= wanted)
+        // Other tests may open files meanwhile; the two the reservation opened must not stay open all the same.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count <= open + 1)
+        #expect(fcntl(Int32(wanted - 1), F_GETFD) == -1, "the descriptor that grew the table was left open")
+    }
+}
