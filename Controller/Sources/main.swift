@@ -28,7 +28,7 @@ let commands: [String: ([String]) throws -> Int32] = [
 CryptoLibrary.disableCleanupAtExit()
 // One descriptor per agent connection: the server takes up to 16,384.
 ResourceLimits.raiseOpenFilesToHardLimit()
-// Before any thread starts (see there).
-ResourceLimits.reserveDescriptors(4096)
+// Before any thread starts (see there): the server's connections (ControllerSetup allows 16,384) and its files.
+ResourceLimits.reserveDescriptors(16_384 + 1_024)
 exit(CommandRunner.run(program: "fleetkeep-controller", version: FleetkeepVersion.controller, commands: commands, usage: ControllerCommands.usage,
                       help: ControllerHelp.program))
