@@ -325,7 +325,7 @@ struct DirectoryCacheTests {
 }
 
 /// A local storage that notes every `prefetch` it is asked for ("path offset length").
-final class PrefetchNotingStorage: RepositoryStorage {
+final class PrefetchNotingStorage: ForwardingToLocal {
     let base: LocalStorage
     private let noted = Mutex<[String]>([])
     init(base: LocalStorage) { self.base = base }
@@ -335,13 +335,6 @@ final class PrefetchNotingStorage: RepositoryStorage {
         noted.withLock { $0.append("\(path) \(offset) \(length)") }
         base.prefetch(path, offset: offset, length: length)
     }
-    func read(_ path: String) throws -> [UInt8] { try base.read(path) }
-    func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] { try base.read(path, offset: offset, length: length) }
-    func write(_ path: String, _ data: [UInt8]) throws { try base.write(path, data) }
-    func list(_ directory: String) throws -> [String] { try base.list(directory) }
-    func remove(_ path: String) throws { try base.remove(path) }
-    func size(_ path: String) throws -> Int? { try base.size(path) }
-    func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite { try base.stage(path, data) }
     func makePackSink() throws -> any PackSink { try base.makePackSink() }
     var defaultCacheDirectory: String? { base.defaultCacheDirectory }
     func removeTemporaryFiles() { base.removeTemporaryFiles() }

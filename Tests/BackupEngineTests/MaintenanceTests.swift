@@ -188,9 +188,13 @@ struct FileKindTests {
     }
 }
 
-/// A storage that only has the protocol's whole-file operations (like the SFTP adapter), over real files.
-struct WholeFileStorage: RepositoryStorage {
-    let base: LocalStorage
+/// A test storage over real files: the protocol's whole-file operations go to `base`. What each one adds (or, by
+/// leaving the protocol's defaults, leaves out) is declared beside it.
+protocol ForwardingToLocal: RepositoryStorage {
+    var base: LocalStorage { get }
+}
+
+extension ForwardingToLocal {
     func read(_ path: String) throws -> [UInt8] { try base.read(path) }
     func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] { try base.read(path, offset: offset, length: length) }
     func write(_ path: String, _ data: [UInt8]) throws { try base.write(path, data) }
@@ -198,12 +202,17 @@ struct WholeFileStorage: RepositoryStorage {
     func remove(_ path: String) throws { try base.remove(path) }
     func size(_ path: String) throws -> Int? { try base.size(path) }
     func stage(_ path: String, _ data: [UInt8]) throws -> any StagedWrite { try base.stage(path, data) }
+}
+
+/// A storage that only has the protocol's whole-file operations (like the SFTP adapter), over real files.
+struct WholeFileStorage: ForwardingToLocal {
+    let base: LocalStorage
     var location: String { "whole-file:" + base.root }
 }
 
 /// A remote over real files whose staged files appear only when committed (as over SFTP, where the flush and rename
 /// wait for the commit). It notes, at every index file written, how many staged files were not yet committed.
-final class DeferredCommitStorage: RepositoryStorage {
+final class DeferredCommitStorage: ForwardingToLocal {
     let base: LocalStorage
     private let uncommitted = Mutex(0)
     private let uncommittedAtIndexWrites = Mutex<[Int]>([])
@@ -229,11 +238,6 @@ final class DeferredCommitStorage: RepositoryStorage {
 
     fileprivate func settled() { uncommitted.withLock { $0 -= 1 } }
 
-    func read(_ path: String) throws -> [UInt8] { try base.read(path) }
-    func read(_ path: String, offset: Int, length: Int) throws -> [UInt8] { try base.read(path, offset: offset, length: length) }
-    func list(_ directory: String) throws -> [String] { try base.list(directory) }
-    func remove(_ path: String) throws { try base.remove(path) }
-    func size(_ path: String) throws -> Int? { try base.size(path) }
     var location: String { "deferred:" + base.root }
 }
 
