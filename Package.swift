@@ -29,7 +29,7 @@ var targets: [Target] = [
     .target(name: "Zstd", dependencies: ["CZstd"]),
     .target(name: "SFTP", dependencies: ["CSSH2"]),
     // The system calls we make everywhere: an owning file descriptor, `Errno`, atomic file writes, directory listing.
-    .target(name: "Posix"),
+    .target(name: "Posix", dependencies: ["CLinux"]),
 
     // Small argument parser shared by both programs (no third-party packages).
     .target(name: "CommandLineSupport"),

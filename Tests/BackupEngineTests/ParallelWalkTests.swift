@@ -204,17 +204,4 @@ struct ExcludedPathTests {
         // A "/" then a combining mark: one Character, but still the separator, as in the whole path it names.
         #expect(TreeScanner.namesByDirectory(["a/\u{301}b"]) == ["a": ["\u{301}b"]])
     }
-
-    /// A directory removed between its opening and its listing (a cache cleaner at work during the backup) lists as
-    /// empty, as readdir made it, instead of failing the whole account's backup (getdents64 says ENOENT).
-    @Test func aDirectoryRemovedAfterItWasOpenedListsAsEmpty() throws {
-        let scratch = TemporaryDirectory(prefix: "fk-removed")
-        let path = scratch.appending("gone")
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        #expect(descriptor >= 0)
-        defer { close(descriptor) }
-        #expect(rmdir(path) == 0)
-        #expect(try TreeScanner.names(in: descriptor, relative: "www/cache/gone").isEmpty)
-    }
 }

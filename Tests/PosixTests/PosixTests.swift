@@ -263,3 +263,54 @@ struct DescriptorTableTests {
         #expect(fcntl(Int32(wanted - 1), F_GETFD) == -1, "the descriptor that grew the table was left open")
     }
 }
+
+/// `Directory.names(inOpen:path:)`: the backup's listing of every directory, read with getdents64.
+struct OpenDirectoryListingTests {
+    @Test func everyNameOnceWithItsNulAcrossManyReads() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-getdents")
+        let path = scratch.appending("wide")
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        // 3,000 names of 60 bytes: about 240 KiB of records, so several reads of the 32 KiB buffer.
+        var expected: Set<[CChar]> = []
+        for index in 0..<3000 {
+            let name = String(format: "entry-%05d-", index) + String(repeating: "x", count: 48)
+            #expect(FileManager.default.createFile(atPath: path + "/" + name, contents: nil))
+            expected.insert(Array(name.utf8CString))
+        }
+        // A name that is not UTF-8 comes back byte for byte.
+        let latin1: [CChar] = [0x63, 0x61, 0x66, CChar(bitPattern: 0xE9), 0]
+        #expect(FileManager.default.createFile(atPath: path + "/x", contents: nil))
+        let raw = Array(path.utf8CString.dropLast()) + [0x2F] + latin1
+        let created = raw.withUnsafeBufferPointer { open($0.baseAddress!, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600) }
+        #expect(created >= 0)
+        close(created)
+        expected.insert(Array("x".utf8CString))
+        expected.insert(latin1)
+
+        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        #expect(descriptor >= 0)
+        defer { close(descriptor) }
+        let names = try Directory.names(inOpen: descriptor, path: path)
+        #expect(names.count == expected.count, "a name was missed or seen twice")
+        #expect(Set(names) == expected)
+        #expect(names.allSatisfy { $0.last == 0 && !$0.dropLast().contains(0) })
+        // The descriptor stays usable for the *at calls.
+        var info = stat()
+        #expect(fstatat(descriptor, "x", &info, AT_SYMLINK_NOFOLLOW) == 0)
+    }
+
+    /// A directory removed between its opening and its listing (a cache cleaner at work during a backup) lists as
+    /// empty, as readdir made it, instead of failing the whole account's backup (getdents64 says ENOENT).
+    @Test func aRemovedDirectoryListsAsEmptyAndABadDescriptorIsAnError() throws {
+        let scratch = TemporaryDirectory(prefix: "fk-getdents")
+        let path = scratch.appending("gone")
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        #expect(descriptor >= 0)
+        #expect(rmdir(path) == 0)
+        #expect(try Directory.names(inOpen: descriptor, path: path).isEmpty)
+        close(descriptor)
+        // Not the closed number: another test's thread may have been given it already.
+        #expect(throws: Errno.badDescriptor) { try Directory.names(inOpen: -1, path: path) }
+    }
+}

@@ -394,56 +394,18 @@ final class TreeScanner: @unchecked Sendable {
     /// The names in a directory, in byte order (the same on every machine and for every Unicode spelling: String's <
     /// is canonical-equivalence aware, and so could not order NFC and NFD spellings of one name).
     ///
-    /// Read with getdents64 on the directory's own descriptor, which is used for nothing else that depends on its
-    /// offset (only `fstatat`, `openat`, `readlinkat` relative to it). `fdopendir` would take the descriptor over, so
-    /// it needed a duplicate: a dup, two fcntl, an fstat and a close more for each directory, about a fifth of the
-    /// system calls of an unchanged re-run.
+    /// Read on the directory's own descriptor (`Directory.names(inOpen:)`), which is used for nothing else that
+    /// depends on its offset (only `fstatat`, `openat`, `readlinkat` relative to it).
     static func names(in descriptor: Int32, relative: String) throws -> [(name: String, bytes: [CChar])] {
-        // glibc's readdir reads 32 KiB at a time as well.
-        let bufferSize = 32 << 10
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 8)
-        defer { buffer.deallocate() }
-        guard let base = buffer.baseAddress else { return [] }
-        // Offsets in a linux_dirent64 record.
-        let lengthOffset = 16, nameOffset = 19
-        var names: [(name: String, bytes: [CChar])] = []
-        while true {
-            let filled = fleetkeep_getdents64(descriptor, base, UInt(bufferSize))
-            if filled == 0 { break }
-            if filled < 0 {
-                // A directory removed after it was opened (a cache cleaner running during the backup) lists as
-                // empty, as readdir(3) makes it: ENOENT is its end, not a failure of the account's whole backup.
-                if errno == ENOENT { break }
-                // FUSE and NFS may be interrupted by a signal; the offset has not moved.
-                if errno == EINTR { continue }
-            }
-            guard filled > 0, filled <= bufferSize else {
-                let reason = filled < 0 ? String(cString: strerror(errno)) : "the kernel returned \(filled) bytes for a buffer of \(bufferSize)"
-                throw RepositoryError("cannot list \(relative.isEmpty ? "the top directory" : FileName.printable(relative)): \(reason)")
-            }
-            var offset = 0
-            while offset < filled {
-                // The kernel's records; checked all the same, so that a broken file system driver cannot make the
-                // walk read outside the buffer.
-                guard filled - offset > nameOffset else { break }
-                let length = Int(buffer.loadUnaligned(fromByteOffset: offset + lengthOffset, as: UInt16.self))
-                guard length > nameOffset, length <= filled - offset else {
-                    throw RepositoryError("cannot list \(relative.isEmpty ? "the top directory" : FileName.printable(relative)): "
-                        + "a directory record of \(length) bytes at offset \(offset) of \(filled)")
-                }
-                let name = (base + offset + nameOffset).assumingMemoryBound(to: CChar.self)
-                let nameLength = strnlen(name, length - nameOffset)
-                guard nameLength < length - nameOffset else {
-                    throw RepositoryError("cannot list \(relative.isEmpty ? "the top directory" : FileName.printable(relative)): "
-                        + "a directory record at offset \(offset) whose name has no end")
-                }
-                offset += length
-                if nameLength == 0 || (name[0] == 0x2E && (nameLength == 1 || (nameLength == 2 && name[1] == 0x2E))) { continue }
-                // Names that are not UTF-8 are kept byte for byte (see FileName); the bytes keep their NUL.
-                // Copied with the NUL after it (the record has one: the name is shorter than the record).
-                let bytes = Array(UnsafeBufferPointer(start: name, count: nameLength + 1))
-                names.append((FileName.string(from: UnsafeRawBufferPointer(start: name, count: nameLength)), bytes))
-            }
+        let listed: [[CChar]]
+        do throws(Errno) {
+            listed = try Directory.names(inOpen: descriptor, path: relative)
+        } catch {
+            throw RepositoryError("cannot list \(relative.isEmpty ? "the top directory" : FileName.printable(relative)): \(error.text)")
+        }
+        // Names that are not UTF-8 are kept byte for byte (see FileName); the bytes keep their NUL.
+        var names = listed.map { bytes in
+            (name: bytes.withUnsafeBytes { FileName.string(from: UnsafeRawBufferPointer(rebasing: $0.dropLast())) }, bytes: bytes)
         }
         // strcmp compares bytes as unsigned, which is the order trees keep.
         names.sort { first, second in
