@@ -580,7 +580,8 @@ public final class Repository: Sendable {
     func snapshotsWithDamage(useCache: Bool = true) throws -> (snapshots: [Snapshot], damaged: [String]) {
         var result: [Snapshot] = []
         var damaged: [String] = []
-        var decoder: JSONDecoder?
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = UTCTime.jsonDecoding
         let names = try storage.list("snapshots")
         let cache = useCache ? snapshotCache : nil
         let cached = cache?.read() ?? [:]
@@ -591,11 +592,7 @@ public final class Repository: Sendable {
                 continue
             }
             missed = true
-            if decoder == nil {
-                decoder = JSONDecoder()
-                decoder?.dateDecodingStrategy = UTCTime.jsonDecoding
-            }
-            guard let decoder, let sealed = try? storage.read("snapshots/" + name),
+            guard let sealed = try? storage.read("snapshots/" + name),
                   let plain = try? dataCipher.open(sealed, aad: Self.snapshotAAD),
                   var snapshot = try? decoder.decode(Snapshot.self, from: Data(plain)) else {
                 damaged.append(name)

@@ -7,7 +7,7 @@ import Synchronization
 /// Why not linked: libcurl brings 26 shared libraries of its own (GnuTLS, Kerberos, LDAP, SASL, ...), and loading
 /// them at every start cost each command about 20 ms on a cold page cache (a major page fault per library) and 2.5 ms
 /// on a warm one, while most runs of the agent (a backup, a restore, a check) never make an HTTP request
-/// (BENCHMARKS.md, "Start-up without libcurl"). The packages bundle the library and its dependencies all the same
+/// (BENCHMARKS.md, "Re-runs"). The packages bundle the library and its dependencies all the same
 /// (`ops/package`), and the bundled binary's DT_RPATH is searched for it first.
 struct CurlLibrary: @unchecked Sendable {
     // @unchecked: immutable function pointers into a library that is never closed.
@@ -50,26 +50,27 @@ struct CurlLibrary: @unchecked Sendable {
                 + "or reinstall the Fleetkeep package, which carries its own")
         }
         var missing: [String] = []
-        func symbol<Function>(_ symbol: String, as type: Function.Type) -> Function? {
-            guard let address = dlsym(library, symbol) else { missing.append(symbol); return nil }
-            return unsafeBitCast(address, to: type)
+        func address(_ name: String) -> UnsafeMutableRawPointer? {
+            let found = dlsym(library, name)
+            if found == nil { missing.append(name) }
+            return found
         }
-        let loaded = (
-            symbol("curl_global_init", as: (@convention(c) (Int) -> CURLcode).self),
-            symbol("curl_easy_init", as: (@convention(c) () -> Handle?).self),
-            symbol("curl_easy_cleanup", as: (@convention(c) (Handle?) -> Void).self),
-            symbol("curl_easy_reset", as: (@convention(c) (Handle?) -> Void).self),
-            symbol("curl_easy_perform", as: (@convention(c) (Handle?) -> CURLcode).self),
-            symbol("curl_easy_strerror", as: (@convention(c) (CURLcode) -> UnsafePointer<CChar>?).self),
-            symbol("curl_slist_append", as: (@convention(c) (List?, UnsafePointer<CChar>?) -> List?).self),
-            symbol("curl_slist_free_all", as: (@convention(c) (List?) -> Void).self),
-            dlsym(library, "curl_easy_setopt"),
-            dlsym(library, "curl_easy_getinfo"))
-        if loaded.8 == nil { missing.append("curl_easy_setopt") }
-        if loaded.9 == nil { missing.append("curl_easy_getinfo") }
-        guard let globalInit = loaded.0, let easyInit = loaded.1, let easyCleanup = loaded.2, let easyReset = loaded.3,
-              let easyPerform = loaded.4, let easyStrerror = loaded.5, let slistAppend = loaded.6, let slistFreeAll = loaded.7,
-              let easySetopt = loaded.8, let easyGetinfo = loaded.9 else {
+        func function<Function>(_ name: String, as type: Function.Type) -> Function? {
+            address(name).map { unsafeBitCast($0, to: type) }
+        }
+        let globalInit = function("curl_global_init", as: (@convention(c) (Int) -> CURLcode).self)
+        let easyInit = function("curl_easy_init", as: (@convention(c) () -> Handle?).self)
+        let easyCleanup = function("curl_easy_cleanup", as: (@convention(c) (Handle?) -> Void).self)
+        let easyReset = function("curl_easy_reset", as: (@convention(c) (Handle?) -> Void).self)
+        let easyPerform = function("curl_easy_perform", as: (@convention(c) (Handle?) -> CURLcode).self)
+        let easyStrerror = function("curl_easy_strerror", as: (@convention(c) (CURLcode) -> UnsafePointer<CChar>?).self)
+        let slistAppend = function("curl_slist_append", as: (@convention(c) (List?, UnsafePointer<CChar>?) -> List?).self)
+        let slistFreeAll = function("curl_slist_free_all", as: (@convention(c) (List?) -> Void).self)
+        // Variadic: kept as addresses, for shim.h's typed wrappers.
+        let easySetopt = address("curl_easy_setopt")
+        let easyGetinfo = address("curl_easy_getinfo")
+        guard let globalInit, let easyInit, let easyCleanup, let easyReset, let easyPerform, let easyStrerror, let slistAppend,
+              let slistFreeAll, let easySetopt, let easyGetinfo else {
             dlclose(library)
             return failure("\(name) lacks \(missing.joined(separator: ", ")): it is not libcurl 7 or 8; install the libcurl4 package")
         }
