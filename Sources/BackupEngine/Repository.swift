@@ -617,32 +617,38 @@ public final class Repository: Sendable {
         try writeSealedSnapshot(snapshot).name
     }
 
-    private func writeSealedSnapshot(_ snapshot: Snapshot) throws -> (name: String, sealed: [UInt8]) {
+    private func sealSnapshot(_ snapshot: Snapshot) throws -> (name: String, sealed: [UInt8]) {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = UTCTime.jsonEncoding
         encoder.outputFormatting = [.sortedKeys]
         let sealed = try dataCipher.seal(try encoder.encode(snapshot), aad: Self.snapshotAAD)
-        let name = SHA256.hex(sealed)
-        try storage.write("snapshots/" + name, sealed)
-        return (name, sealed)
+        return (SHA256.hex(sealed), sealed)
     }
 
-    /// Writes snapshots one by one (each durable before the next) and adds them to the snapshot cache, so the next
-    /// backup finds every snapshot there instead of reading this run's files one by one and rewriting the cache.
-    /// `written` gets each one's index and name as soon as it is stored. A snapshot that fails to write stops the
-    /// rest; those written stay.
+    private func writeSealedSnapshot(_ snapshot: Snapshot) throws -> (name: String, sealed: [UInt8]) {
+        let entry = try sealSnapshot(snapshot)
+        try storage.write("snapshots/" + entry.name, entry.sealed)
+        return entry
+    }
+
+    /// Writes snapshots together (`RepositoryStorage.writeTogether`: on a local disk they are synced as a group and
+    /// their directory once, instead of two waits for the device per snapshot) and adds them to the snapshot cache, so
+    /// the next backup finds every snapshot there instead of reading this run's files one by one and rewriting the
+    /// cache. `written` gets each one's index and name once all are stored. If the write fails, none is reported,
+    /// although some may be stored: each of those is whole and complete, and the next listing shows it.
     func writeSnapshots(_ snapshots: [Snapshot], written: (Int, String) -> Void) throws {
+        let sealed = try snapshots.map(sealSnapshot)
+        try storage.writeTogether(sealed.map { (path: "snapshots/" + $0.name, data: $0.sealed) })
         var added: [Snapshot] = []
-        defer { if !added.isEmpty { snapshotCache?.add(added) } }
         for (index, snapshot) in snapshots.enumerated() {
-            let entry = try writeSealedSnapshot(snapshot)
             var stored = snapshot
-            stored.id = entry.name
+            stored.id = sealed[index].name
             // As the file will read back: its time went through the file's text form.
             stored.time = UTCTime.parse(UTCTime.format(snapshot.time)) ?? snapshot.time
             added.append(stored)
-            written(index, entry.name)
         }
+        if !added.isEmpty { snapshotCache?.add(added) }
+        for index in snapshots.indices { written(index, sealed[index].name) }
     }
 
     /// Finds a snapshot by id prefix, or "latest" among those whose tags include `tags`.

@@ -1,5 +1,5 @@
 import Foundation
-import Posix
+@testable import Posix
 import Testing
 import TestSupport
 
@@ -117,6 +117,57 @@ struct AtomicFileTests {
         #expect(failure == .exists)
         #expect(contents(of: path) == Array("first".utf8))
         #expect(try namesIn(directory.path) == [Array("key".utf8)])
+    }
+}
+
+struct WriteTogetherTests {
+    @Test func writesEveryFileWithItsPermissionsIntoDirectoriesMadeAsAsked() throws {
+        let directory = TemporaryDirectory()
+        try AtomicFile.write(Array("old".utf8), to: directory.appending("a"), permissions: 0o600, durable: false)
+        try AtomicFile.writeTogether([(directory.appending("a"), Array("new a".utf8)), (directory.appending("b"), []),
+                                      (directory.appending("sub/c"), [3])],
+                                     permissions: 0o644, missingDirectory: .create(permissions: 0o755))
+        #expect(contents(of: directory.appending("a")) == Array("new a".utf8))
+        #expect(contents(of: directory.appending("b")) == [])
+        #expect(contents(of: directory.appending("sub/c")) == [3])
+        #expect(mode(of: directory.appending("a")) == 0o644 && mode(of: directory.appending("sub/c")) == 0o644)
+        #expect(mode(of: directory.appending("sub")).map { $0 & 0o700 } == 0o700)
+        #expect(try namesIn(directory.path) == [Array("a".utf8), Array("b".utf8), Array("sub".utf8)])
+        #expect(try namesIn(directory.appending("sub")) == [Array("c".utf8)])
+    }
+
+    /// Written one after another, the first files would already be in place when the last one failed.
+    @Test func aFileThatCannotBeWrittenLeavesEveryTargetAsItWas() throws {
+        let directory = TemporaryDirectory()
+        try AtomicFile.write([1], to: directory.appending("first"), permissions: 0o600, durable: false)
+        let error = try #require(throws: Errno.self) {
+            try AtomicFile.writeTogether([(directory.appending("first"), [2]), (directory.appending("second"), [2]),
+                                          (directory.appending("missing/third"), [2])], permissions: 0o600)
+        }
+        #expect(error == .notFound && error.path == directory.appending("missing/third"), "\(error)")
+        #expect(contents(of: directory.appending("first")) == [1])
+        #expect(try namesIn(directory.path) == [Array("first".utf8)])
+    }
+
+    @Test func aRenameThatFailsKeepsTheFilesBeforeItAndLeavesNoTemporaryFile() throws {
+        let directory = TemporaryDirectory()
+        try Directory.create(directory.appending("taken"), permissions: 0o755, withParents: false)
+        let error = try #require(throws: Errno.self) {
+            try AtomicFile.writeTogether([(directory.appending("one"), [1]), (directory.appending("taken"), [2]),
+                                          (directory.appending("three"), [3])], permissions: 0o600)
+        }
+        #expect(error == .isDirectory && error.operation == "rename" && error.path == directory.appending("taken"), "\(error)")
+        #expect(contents(of: directory.appending("one")) == [1])
+        #expect(try namesIn(directory.path) == [Array("one".utf8), Array("taken".utf8)])
+    }
+
+    @Test func moreFilesThanAGroupHoldsAreAllWritten() throws {
+        let directory = TemporaryDirectory()
+        let count = AtomicFile.filesPerGroup * 2 + 3
+        let files = (0..<count).map { (path: directory.appending("f\($0)"), bytes: Array("\($0)".utf8)) }
+        try AtomicFile.writeTogether(files, permissions: 0o600)
+        #expect(try namesIn(directory.path).count == count)
+        #expect(files.allSatisfy { contents(of: $0.path) == $0.bytes })
     }
 }
 

@@ -39,6 +39,10 @@ public protocol RepositoryStorage: Sendable {
     /// without waiting does (a local disk asks the kernel); the default does nothing. Never fails: a hint that cannot
     /// be given costs only the wait it would have saved.
     func prefetch(_ path: String, offset: Int, length: Int)
+    /// Writes several files, each as `write` does: whole and durable under its name once this returns. A local disk
+    /// makes them durable together (`AtomicFile.writeTogether`); the default writes them one after another. If this
+    /// throws, some of the files may be in place, each of them whole.
+    func writeTogether(_ files: [(path: String, data: [UInt8])]) throws
 }
 
 extension RepositoryStorage {
@@ -48,6 +52,9 @@ extension RepositoryStorage {
     /// session (the off-site push does so).
     public func removeTemporaryFiles() {}
     public func prefetch(_ path: String, offset: Int, length: Int) {}
+    public func writeTogether(_ files: [(path: String, data: [UInt8])]) throws {
+        for (path, data) in files { try write(path, data) }
+    }
 }
 
 /// A file sent by `RepositoryStorage.stage`. Used by one thread.
@@ -184,6 +191,18 @@ public struct LocalStorage: RepositoryStorage {
                                  missingDirectory: .create(permissions: 0o777))
         } catch {
             throw failure(path, error)
+        }
+    }
+
+    /// The files are synced as a group, renamed, and then each directory is synced once (`AtomicFile.writeTogether`).
+    public func writeTogether(_ files: [(path: String, data: [UInt8])]) throws {
+        let targets = try files.map { (path: try full($0.path), bytes: $0.data) }
+        do throws(Errno) {
+            try AtomicFile.writeTogether(targets, permissions: 0o600, missingDirectory: .create(permissions: 0o777))
+        } catch {
+            // The Errno names the absolute path; the storage error names it relative to the repository.
+            let prefix = root + "/"
+            throw failure(error.path.hasPrefix(prefix) ? String(error.path.dropFirst(prefix.count)) : error.path, error)
         }
     }
 
