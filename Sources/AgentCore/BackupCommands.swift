@@ -168,8 +168,7 @@ public enum BackupCommands {
         /// Records the finished snapshots; if that fails, every backup waiting for it is reported failed.
         func commit(_ session: BackupSession) {
             var done: [BackupResult] = []
-            do {
-                let snapshots = try session.commit()
+            func recorded(_ snapshots: [Int: Snapshot]) {
                 state.withLock { state in
                     var positions: [Int] = []
                     for (ticket, snapshot) in snapshots {
@@ -178,9 +177,10 @@ public enum BackupCommands {
                         state.results[position].summary = snapshot.summary
                         positions.append(position)
                     }
-                    done = positions.sorted().map { state.results[$0] }
+                    done += positions.sorted().map { state.results[$0] }
                 }
-            } catch {
+            }
+            func notRecorded(_ error: any Error) {
                 state.withLock { state in
                     for position in state.uncommitted.values.sorted() {
                         state.results[position].error = "not recorded: \(error)"
@@ -188,6 +188,14 @@ public enum BackupCommands {
                     }
                     state.uncommitted = [:]
                 }
+            }
+            do {
+                recorded(try session.commit())
+            } catch let partial as PartialCommit {
+                recorded(partial.recorded)
+                notRecorded(partial.failure)
+            } catch {
+                notRecorded(error)
             }
             for result in done { report(result, json: json) }
         }

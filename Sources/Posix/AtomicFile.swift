@@ -36,20 +36,31 @@ public enum AtomicFile {
     static let filesPerGroup = 256
 
     /// Writes several files as `write` does with `durable`, but makes them durable together: every file of a group
-    /// is written, then each is synced, then all are renamed into place, then each directory they went into is synced
-    /// once. One after another, each file cost two syncs that waited for the device (its own and its directory's);
-    /// together, a journalling file system commits many files' changes in one go, and the directories are synced
-    /// once per group instead of once per file.
+    /// (up to 256 files, in order) is written, then each is synced, then all are renamed into place, then each
+    /// directory they went into is synced once. One after another, each file cost two syncs that waited for the device
+    /// (its own and its directory's); together, a journalling file system commits many files' changes in one go, and
+    /// the directories are synced once per group instead of once per file. `madeDurable` is called after each group
+    /// with how many files, from the first, are now durable in place.
     ///
-    /// A failure before the renames (a write, a sync, a missing directory) leaves every target of the group as it
-    /// was and no temporary file. A rename that fails leaves the files renamed before it in place, whole, and the
-    /// rest as they were. Either way the `Errno` names the file.
+    /// A failure before a group's renames (a write, a sync, a missing directory) leaves every target of that group as
+    /// it was and no temporary file; the groups before it stay in place, durable. A rename that fails leaves the files
+    /// of its group renamed before it in place, whole (their directories are synced, best effort), and the rest as
+    /// they were. The `Errno` names the file, or the directory whose sync failed.
     public static func writeTogether(_ files: [(path: String, bytes: [UInt8])], permissions: mode_t,
-                                     missingDirectory: MissingDirectory = .fail) throws(Errno) {
+                                     missingDirectory: MissingDirectory = .fail,
+                                     madeDurable: (Int) -> Void = { _ in }) throws(Errno) {
+        try writeTogether(files, permissions: permissions, missingDirectory: missingDirectory, groupSize: filesPerGroup,
+                          madeDurable: madeDurable)
+    }
+
+    /// `writeTogether` with another group size, for tests.
+    static func writeTogether(_ files: [(path: String, bytes: [UInt8])], permissions: mode_t, missingDirectory: MissingDirectory,
+                              groupSize: Int, madeDurable: (Int) -> Void) throws(Errno) {
         var start = files.startIndex
         while start < files.endIndex {
-            let end = min(files.endIndex, start + filesPerGroup)
+            let end = min(files.endIndex, start + max(1, groupSize))
             try writeGroup(files[start..<end], permissions: permissions, missingDirectory: missingDirectory)
+            madeDurable(end - files.startIndex)
             start = end
         }
     }
@@ -93,9 +104,15 @@ public enum AtomicFile {
                 throw Errno(code: error.code, operation: error.operation, path: file.target)
             }
         }
-        for file in pending {
-            guard let temporary = file.temporary.take() else { continue }
-            try temporary.commit(to: file.target, durable: false)
+        do throws(Errno) {
+            for file in pending {
+                guard let temporary = file.temporary.take() else { continue }
+                try temporary.commit(to: file.target, durable: false)
+            }
+        } catch {
+            // The files renamed before the failure stay: make them as durable as can be before reporting it.
+            for directory in directories { try? Directory.sync(directory) }
+            throw error
         }
         for directory in directories { try Directory.sync(directory) }
     }

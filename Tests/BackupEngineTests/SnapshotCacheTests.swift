@@ -69,6 +69,32 @@ struct SnapshotCacheTests {
         #expect(try fromFiles.map(Self.text).sorted() == cache.read().values.map(Self.text).sorted())
     }
 
+    /// A session rewrites the cache at each commit from what it listed at its start and what it wrote since, without
+    /// reading the cache back: the snapshots of its earlier commits stay in it, and one that another process recorded
+    /// meanwhile is still listed (read from its file).
+    @Test func everyCommitOfASessionKeepsTheCacheWhole() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        let repository = try scene.initialize()
+        let before = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        _ = try scene.open().snapshots()
+        let cache = try cache(scene)
+
+        let session = try BackupSession(repository: try scene.open())
+        defer { session.close() }
+        let firstTicket = try session.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "email"]))
+        let first = try #require(try session.commit()[firstTicket])
+        #expect(Set(cache.read().keys) == [before.id, first.id])
+
+        let alongside = try scene.open().backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "other"]))
+        let secondTicket = try session.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "web"]))
+        let second = try #require(try session.commit()[secondTicket])
+        #expect(Set(cache.read().keys) == [before.id, first.id, second.id])
+        #expect(Set(try scene.open().snapshots().map(\.id)) == [before.id, first.id, second.id, alongside.id])
+        #expect(Set(cache.read().keys) == [before.id, first.id, second.id, alongside.id])
+        let fromFiles = try scene.open().snapshotsWithDamage(useCache: false).snapshots
+        #expect(try fromFiles.map(Self.text).sorted() == cache.read().values.map(Self.text).sorted())
+    }
+
     /// A cache that does not open as this repository's (damaged, truncated, garbage, another repository's, the
     /// older format) gives exactly what the snapshot files hold, and is rewritten.
     @Test func aDamagedOrForeignCacheNeverChangesWhatIsListed() throws {
@@ -148,5 +174,50 @@ struct SnapshotCacheTests {
         _ = try repository.prune(policy: { _ in RetentionPolicy(keepLast: 1) }, dryRun: false)
         #expect(try scene.open().snapshots().map(\.id) == [kept.id])
         #expect(Array(try cache(scene).read().keys) == [kept.id])
+    }
+}
+
+/// A storage whose `writeTogether` stores only the first `limit` files, reports them durable and then fails, as a
+/// disk that fills up part of the way through a commit's snapshot files.
+final class FillingUpStorage: ForwardingToLocal {
+    let base: LocalStorage
+    let limit: Int
+    var location: String { "filling-up:" + base.root }
+
+    init(base: LocalStorage, limit: Int) {
+        self.base = base
+        self.limit = limit
+    }
+
+    func writeTogether(_ files: [(path: String, data: [UInt8])], madeDurable: (Int) -> Void) throws {
+        for (index, file) in files.prefix(limit).enumerated() {
+            try base.write(file.path, file.data)
+            madeDurable(index + 1)
+        }
+        if files.count > limit { throw StorageError(path: files[limit].path, message: "write failed: No space left on device") }
+    }
+}
+
+struct PartialCommitTests {
+    /// Every snapshot made durable before the failure is reported as recorded (with its id) and cached; the others
+    /// are reported as not recorded, and the session is over.
+    @Test func aCommitThatFailsPartWayReportsAndCachesWhatItRecorded() throws {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        _ = try scene.initialize()
+        let storage = FillingUpStorage(base: scene.storage, limit: 2)
+        let repository = try Repository.open(storage: storage, keySource: .keyFile(scene.keyFile), cacheDirectory: scene.repoPath + "/cache")
+        let session = try BackupSession(repository: repository)
+        defer { session.close() }
+        let tickets = try ["a", "b", "c"].map { kind in
+            try session.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": kind]))
+        }
+        let partial = try #require(throws: PartialCommit.self) { try session.commit() }
+        #expect(Set(partial.recorded.keys) == Set(tickets.prefix(2)))
+        #expect("\(partial)".contains("No space left on device") && "\(partial)".contains("2 snapshots were recorded"), "\(partial)")
+        let files = Set(try scene.storage.list("snapshots"))
+        #expect(files.count == 2 && files == Set(partial.recorded.values.map(\.id)))
+        let cache = SnapshotCache(path: scene.repoPath + "/cache/snapshots", cipher: repository.dataCipher)
+        #expect(Set(cache.read().keys) == files)
+        #expect(throws: StorageError.self) { try session.commit() }
     }
 }

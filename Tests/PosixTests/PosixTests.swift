@@ -161,13 +161,26 @@ struct WriteTogetherTests {
         #expect(try namesIn(directory.path) == [Array("one".utf8), Array("taken".utf8)])
     }
 
-    @Test func moreFilesThanAGroupHoldsAreAllWritten() throws {
+    @Test func groupsAreMadeDurableInTurnAndAFailureKeepsTheGroupsBeforeIt() throws {
         let directory = TemporaryDirectory()
-        let count = AtomicFile.filesPerGroup * 2 + 3
-        let files = (0..<count).map { (path: directory.appending("f\($0)"), bytes: Array("\($0)".utf8)) }
-        try AtomicFile.writeTogether(files, permissions: 0o600)
-        #expect(try namesIn(directory.path).count == count)
+        var reported: [Int] = []
+        let files = (0..<10).map { (path: directory.appending("f\($0)"), bytes: Array("\($0)".utf8)) }
+        try AtomicFile.writeTogether(files, permissions: 0o600, missingDirectory: .fail, groupSize: 3) { reported.append($0) }
+        #expect(reported == [3, 6, 9, 10])
         #expect(files.allSatisfy { contents(of: $0.path) == $0.bytes })
+
+        // The fifth file's directory is missing: the first group (three files) is in place, the second not at all.
+        reported = []
+        var failing = files.map { (path: $0.path, bytes: Array("new".utf8)) }
+        failing[4].path = directory.appending("missing/f4")
+        let error = try #require(throws: Errno.self) {
+            try AtomicFile.writeTogether(failing, permissions: 0o600, missingDirectory: .fail, groupSize: 3) { reported.append($0) }
+        }
+        #expect(error == .notFound && error.path == directory.appending("missing/f4"), "\(error)")
+        #expect(reported == [3])
+        #expect((0..<3).allSatisfy { contents(of: files[$0].path) == Array("new".utf8) })
+        #expect((3..<10).allSatisfy { contents(of: files[$0].path) == files[$0].bytes })
+        #expect(try namesIn(directory.path).count == 10)
     }
 }
 

@@ -87,6 +87,9 @@ public final class BackupSession: Sendable {
     private let checkpoint: (@Sendable (String) throws -> Void)?
     /// Snapshots read once at the start: each backup's parent is the latest one with the same tags.
     private let existing: [Snapshot]
+    /// The snapshots listed at the start and those this session's commits wrote since: what the snapshot cache is
+    /// rewritten with at each commit, instead of reading it back.
+    private let recorded: Mutex<[Snapshot]>
     private let started = Date()
     private let pending = Mutex<(tickets: Int, snapshots: [(ticket: Int, snapshot: Snapshot)])>((0, []))
     /// Each directory backup's records for the next backup of its tree, by ticket (`DirectoryCache`).
@@ -104,6 +107,7 @@ public final class BackupSession: Sendable {
         // session stores them again from the source wherever it still has them.
         packsComplete = try repository.excludeMissingPacks().missing.isEmpty
         existing = try repository.snapshots()
+        recorded = Mutex(existing)
         var packHook: (@Sendable (String) throws -> Void)?
         if let checkpoint { packHook = { name in try checkpoint("pack:" + name) } }
         writer = PackWriter(storage: repository.storage, cipher: repository.dataCipher,
@@ -191,11 +195,13 @@ public final class BackupSession: Sendable {
     }
 
     /// Records the snapshots finished since the last commit: flushes the open packs, writes one index file, then the
-    /// snapshot files. Call it when no `backup` of this session is running. Returns the snapshots by ticket.
+    /// snapshot files. Call it when no `backup` of this session is running. Returns the snapshots by ticket. Throws
+    /// `PartialCommit` when some of the snapshots were recorded before the failure.
     @discardableResult
     public func commit() throws -> [Int: Snapshot] {
         workers.wait()
         var indexed = false
+        var written: [Int: Snapshot] = [:]
         do {
             if let error = failure.withLock({ $0 }) { throw error }
             let packs = try writer.finish()
@@ -204,14 +210,14 @@ public final class BackupSession: Sendable {
             writer.markIndexed()
             indexed = true
             try checkpoint?("snapshot")
-            var written: [Int: Snapshot] = [:]
             let snapshots = pending.withLock { $0.snapshots }
-            try repository.writeSnapshots(snapshots.map(\.snapshot)) { index, name in
+            let stored = try repository.writeSnapshots(snapshots.map(\.snapshot), listed: recorded.withLock { $0 }) { index, name in
                 var snapshot = snapshots[index].snapshot
                 snapshot.id = name
                 written[snapshots[index].ticket] = snapshot
                 _ = pending.withLock { $0.snapshots.removeFirst() }
             }
+            recorded.withLock { $0 += stored }
             repository.foldIndexIfWorthwhile()
             // Only when this commit wrote caches: checkpoints of a stream-only session have nothing to tidy.
             var caches = directoryCaches.withLock { caches in defer { caches = [:] }; return caches }
@@ -232,6 +238,10 @@ public final class BackupSession: Sendable {
             // every later commit fails too, and nothing that refers to a lost blob is ever recorded.
             if !indexed { writer.abandon() }
             failure.withLock { if $0 == nil { $0 = error } }
+            if !written.isEmpty {
+                recorded.withLock { $0 += written.values }
+                throw PartialCommit(recorded: written, failure: error)
+            }
             throw error
         }
     }
@@ -243,6 +253,14 @@ public final class BackupSession: Sendable {
         workers.close()
         lease.release()
     }
+}
+
+/// A commit that recorded some snapshots and then failed (a full disk while writing the snapshot files): those in
+/// `recorded` are stored and durable; the others of the commit are not recorded.
+public struct PartialCommit: Error, CustomStringConvertible {
+    public let recorded: [Int: Snapshot]
+    public let failure: any Error
+    public var description: String { "\(failure) (\(recorded.count) snapshots were recorded before it)" }
 }
 
 /// State of one running backup: walks the tree on the calling thread (reading, chunking, hashing), and hands new

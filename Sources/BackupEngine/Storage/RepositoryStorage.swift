@@ -40,9 +40,10 @@ public protocol RepositoryStorage: Sendable {
     /// be given costs only the wait it would have saved.
     func prefetch(_ path: String, offset: Int, length: Int)
     /// Writes several files, each as `write` does: whole and durable under its name once this returns. A local disk
-    /// makes them durable together (`AtomicFile.writeTogether`); the default writes them one after another. If this
-    /// throws, some of the files may be in place, each of them whole.
-    func writeTogether(_ files: [(path: String, data: [UInt8])]) throws
+    /// makes them durable together (`AtomicFile.writeTogether`); the default writes them one after another.
+    /// `madeDurable` is called with how many files, from the first, are durable so far; if this throws, those are in
+    /// place, and some of the others may be, each of them whole.
+    func writeTogether(_ files: [(path: String, data: [UInt8])], madeDurable: (Int) -> Void) throws
 }
 
 extension RepositoryStorage {
@@ -52,8 +53,11 @@ extension RepositoryStorage {
     /// session (the off-site push does so).
     public func removeTemporaryFiles() {}
     public func prefetch(_ path: String, offset: Int, length: Int) {}
-    public func writeTogether(_ files: [(path: String, data: [UInt8])]) throws {
-        for (path, data) in files { try write(path, data) }
+    public func writeTogether(_ files: [(path: String, data: [UInt8])], madeDurable: (Int) -> Void) throws {
+        for (index, file) in files.enumerated() {
+            try write(file.path, file.data)
+            madeDurable(index + 1)
+        }
     }
 }
 
@@ -195,10 +199,11 @@ public struct LocalStorage: RepositoryStorage {
     }
 
     /// The files are synced as a group, renamed, and then each directory is synced once (`AtomicFile.writeTogether`).
-    public func writeTogether(_ files: [(path: String, data: [UInt8])]) throws {
+    public func writeTogether(_ files: [(path: String, data: [UInt8])], madeDurable: (Int) -> Void) throws {
         let targets = try files.map { (path: try full($0.path), bytes: $0.data) }
         do throws(Errno) {
-            try AtomicFile.writeTogether(targets, permissions: 0o600, missingDirectory: .create(permissions: 0o777))
+            try AtomicFile.writeTogether(targets, permissions: 0o600, missingDirectory: .create(permissions: 0o777),
+                                         madeDurable: madeDurable)
         } catch {
             // The Errno names the absolute path; the storage error names it relative to the repository.
             let prefix = root + "/"
