@@ -7,14 +7,20 @@ import CZstd
 /// allocated, and a frame that does not declare its size is decoded in steps that stop at the bound. A damaged or
 /// hostile input therefore costs at most `maxOutputSize` bytes of memory and ends in a `ZstdError`, never a crash.
 public final class ZstdDecompressor {
-    private let context: OpaquePointer
+    /// Made at the first use: a backup makes one per listing thread, and an unchanged re-run of a small account
+    /// often decompresses nothing (hundreds of accounts: creating the contexts was 2% of such a run).
+    private var created: OpaquePointer?
 
-    public init() {
-        guard let context = ZSTD_createDCtx() else { fatalError("ZSTD_createDCtx: out of memory") }
-        self.context = context
+    private var context: OpaquePointer {
+        if let created { return created }
+        guard let made = ZSTD_createDCtx() else { fatalError("ZSTD_createDCtx: out of memory") }
+        created = made
+        return made
     }
 
-    deinit { ZSTD_freeDCtx(context) }
+    public init() {}
+
+    deinit { if let created { ZSTD_freeDCtx(created) } }
 
     /// Decompresses `input` (one frame, or several concatenated) into at most `maxOutputSize` bytes.
     public func decompress<D: ContiguousBytes>(_ input: D, maxOutputSize: Int) throws -> [UInt8] {
