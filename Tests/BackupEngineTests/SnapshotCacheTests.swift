@@ -25,6 +25,14 @@ struct SnapshotCacheTests {
         return [first, second]
     }
 
+    /// A repository with one snapshot, listed once so that the cache holds it.
+    func oneCachedSnapshot() throws -> (scene: EngineScene, snapshot: Snapshot, cache: SnapshotCache) {
+        let scene = try EngineScene(accounts: 1, sizeMB: 1)
+        let snapshot = try scene.initialize().backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
+        _ = try scene.open().snapshots()
+        return (scene, snapshot, try cache(scene))
+    }
+
     @Test func listingFillsTheCacheAndLaterListingsReadIt() throws {
         let scene = try EngineScene(accounts: 1, sizeMB: 1)
         let repository = try scene.initialize()
@@ -49,11 +57,7 @@ struct SnapshotCacheTests {
     /// A backup adds its snapshots to the cache as it records them, so the next backup reads the one cache file
     /// instead of this run's snapshot files (every nightly run adds one per account and kind).
     @Test func aBackupAddsItsSnapshotsToTheCache() throws {
-        let scene = try EngineScene(accounts: 1, sizeMB: 1)
-        let repository = try scene.initialize()
-        let first = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
-        _ = try scene.open().snapshots()
-        let cache = try cache(scene)
+        let (scene, first, cache) = try oneCachedSnapshot()
         #expect(Set(cache.read().keys) == [first.id])
 
         let session = try BackupSession(repository: try scene.open())
@@ -73,11 +77,7 @@ struct SnapshotCacheTests {
     /// reading the cache back: the snapshots of its earlier commits stay in it, and one that another process recorded
     /// meanwhile is still listed (read from its file).
     @Test func everyCommitOfASessionKeepsTheCacheWhole() throws {
-        let scene = try EngineScene(accounts: 1, sizeMB: 1)
-        let repository = try scene.initialize()
-        let before = try repository.backup(directory: scene.root + "/home", options: BackupOptions(tags: ["kind": "files"]))
-        _ = try scene.open().snapshots()
-        let cache = try cache(scene)
+        let (scene, before, cache) = try oneCachedSnapshot()
 
         let session = try BackupSession(repository: try scene.open())
         defer { session.close() }
