@@ -632,49 +632,31 @@ public final class Repository: Sendable {
     }
 
     /// Writes snapshots together (`RepositoryStorage.writeTogether`: on a local disk they are synced as a group and
-    /// their directory once, instead of two waits for the device per snapshot) and adds them to the snapshot cache, so
-    /// the next backup finds every snapshot there instead of reading this run's files one by one and rewriting the
-    /// cache. `written` gets each one's index and name once it is durable. If the write fails, the snapshots made
-    /// durable before the failure are still reported and cached; of the others, some may be stored, each whole, and
-    /// the next listing shows them.
+    /// their directory once, instead of two waits for the device per snapshot) and rewrites the snapshot cache as
+    /// `listed` and the new ones, so the next backup finds every snapshot there instead of reading this run's files.
+    /// `written` gets each one's index and the snapshot as it will read back from its file (its name as `id`) once
+    /// it is durable. If the write fails, the snapshots made durable before the failure are still cached and
+    /// reported; of the others, some may be stored, each whole, and the next listing shows them.
     ///
     /// `listed`: every snapshot the caller knows to be in the repository (a backup session: those it listed at its
-    /// start and those it wrote since). The cache is then written as those and the new ones, without reading it back
-    /// first, which cost as much as writing it (thousands of snapshots on a server of hundreds of accounts). A
-    /// snapshot another process wrote meanwhile is left out, and read from its file by the next listing.
-    /// Returns the snapshots as they will read back from their files.
-    @discardableResult
-    func writeSnapshots(_ snapshots: [Snapshot], listed: [Snapshot]? = nil, written: (Int, String) -> Void) throws -> [Snapshot] {
+    /// start and those it wrote since). The cache is not read back first, which cost as much as writing it
+    /// (thousands of snapshots on a server of hundreds of accounts). A snapshot another process wrote meanwhile is
+    /// left out, and read from its file by the next listing.
+    func writeSnapshots(_ snapshots: [Snapshot], listed: [Snapshot], written: (Int, Snapshot) -> Void) throws {
         let sealed = try snapshots.map(sealSnapshot)
         var durable = 0
-        /// Caches and reports the snapshots made durable, and returns them as they will read back.
-        func recordDurable() -> [Snapshot] {
-            var added: [Snapshot] = []
-            for index in 0..<durable {
+        defer {
+            let stored = (0..<durable).map { index in
                 var stored = snapshots[index]
                 stored.id = sealed[index].name
                 // As the file will read back: its time went through the file's text form.
                 stored.time = UTCTime.parse(UTCTime.format(stored.time)) ?? stored.time
-                added.append(stored)
+                return stored
             }
-            if let snapshotCache, !added.isEmpty {
-                if let listed {
-                    let names = Set(added.map(\.id))
-                    snapshotCache.write(listed.filter { !names.contains($0.id) } + added)
-                } else {
-                    snapshotCache.add(added)
-                }
-            }
-            for index in 0..<durable { written(index, sealed[index].name) }
-            return added
+            if !stored.isEmpty { snapshotCache?.write(listed + stored) }
+            for (index, snapshot) in stored.enumerated() { written(index, snapshot) }
         }
-        do {
-            try storage.writeTogether(sealed.map { (path: "snapshots/" + $0.name, data: $0.sealed) }) { durable = min($0, sealed.count) }
-        } catch {
-            _ = recordDurable()
-            throw error
-        }
-        return recordDurable()
+        try storage.writeTogether(sealed.map { (path: "snapshots/" + $0.name, data: $0.sealed) }) { durable = min($0, sealed.count) }
     }
 
     /// Finds a snapshot by id prefix, or "latest" among those whose tags include `tags`.

@@ -211,13 +211,13 @@ public final class BackupSession: Sendable {
             indexed = true
             try checkpoint?("snapshot")
             let snapshots = pending.withLock { $0.snapshots }
-            let stored = try repository.writeSnapshots(snapshots.map(\.snapshot), listed: recorded.withLock { $0 }) { index, name in
+            try repository.writeSnapshots(snapshots.map(\.snapshot), listed: recorded.withLock { $0 }) { index, stored in
                 var snapshot = snapshots[index].snapshot
-                snapshot.id = name
+                snapshot.id = stored.id
                 written[snapshots[index].ticket] = snapshot
+                recorded.withLock { $0.append(stored) }
                 _ = pending.withLock { $0.snapshots.removeFirst() }
             }
-            recorded.withLock { $0 += stored }
             repository.foldIndexIfWorthwhile()
             // Only when this commit wrote caches: checkpoints of a stream-only session have nothing to tidy.
             var caches = directoryCaches.withLock { caches in defer { caches = [:] }; return caches }
@@ -238,10 +238,7 @@ public final class BackupSession: Sendable {
             // every later commit fails too, and nothing that refers to a lost blob is ever recorded.
             if !indexed { writer.abandon() }
             failure.withLock { if $0 == nil { $0 = error } }
-            if !written.isEmpty {
-                recorded.withLock { $0 += written.values }
-                throw PartialCommit(recorded: written, failure: error)
-            }
+            if !written.isEmpty { throw PartialCommit(recorded: written, failure: error) }
             throw error
         }
     }

@@ -61,16 +61,6 @@ struct SnapshotCache {
         try? AtomicFile.write(Self.magic + sealed, to: path, permissions: 0o600, durable: false, missingDirectory: .create(permissions: 0o700))
     }
 
-    /// Adds snapshots just written to the cache as it is now. Only a cache that exists is extended: one that is
-    /// missing or does not open is rebuilt by the next listing from the files, which also drops entries whose files
-    /// are gone.
-    func add(_ snapshots: [Snapshot]) {
-        let cached = read()
-        guard !cached.isEmpty else { return }
-        let names = Set(snapshots.map(\.id))
-        write(cached.values.filter { !names.contains($0.id) } + snapshots)
-    }
-
     // MARK: The binary form of one snapshot
 
     /// Every field of `Snapshot`, `BackupSummary` and `RootDirectory`. A field added to one of them must be added
