@@ -40,11 +40,10 @@ public struct AgentState: Sendable {
 
     /// Creates the directory with mode 0700 (tightening an existing one).
     func prepareDirectory() throws {
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: directory)
+        do throws(Errno) {
+            try Directory.createPrivate(directory)
         } catch {
-            throw AgentError("cannot create state directory \(directory): \(error.localizedDescription); pass --state DIR to use another")
+            throw AgentError("cannot create state directory \(directory): \(error); pass --state DIR to use another")
         }
     }
 

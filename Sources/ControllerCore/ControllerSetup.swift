@@ -2,6 +2,7 @@ import Crypto
 import FleetkeepProtocol
 import Foundation
 import HTTPServer
+import Posix
 
 /// Creating a controller's data directory and starting its server.
 public enum ControllerSetup {
@@ -11,10 +12,10 @@ public enum ControllerSetup {
         if manager.fileExists(atPath: paths.database) || manager.fileExists(atPath: paths.certificate) {
             throw ControllerError("\(paths.directory) already holds a controller; refusing to overwrite it (use another --data directory)")
         }
-        do {
-            try manager.createDirectory(atPath: paths.directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        do throws(Errno) {
+            try Directory.createPrivate(paths.directory)
         } catch {
-            throw ControllerError("cannot create data directory \(paths.directory): \(error.localizedDescription)")
+            throw ControllerError("cannot create data directory \(paths.directory): \(error)")
         }
         let hostname = ProcessInfo.processInfo.hostName
         let certificate = try SelfSignedCertificate.generate(commonName: "fleetkeep-controller",

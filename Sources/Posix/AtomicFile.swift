@@ -4,7 +4,8 @@ import Glibc
 public enum MissingDirectory: Sendable {
     /// Fail with `ENOENT`: the directory's absence is an error worth reporting (a wrong --state directory).
     case fail
-    /// Create it and its missing parents with these permissions (less the umask).
+    /// Create it and its missing parents with these permissions (less the umask). When the write is durable, so is
+    /// each directory made: it is synced into its parent.
     case create(permissions: mode_t)
 }
 
@@ -20,7 +21,7 @@ public enum AtomicFile {
         do throws(Errno) {
             let directory = Directory.parentDirectory(of: path)
             if case .create(let directoryPermissions) = missingDirectory {
-                try Directory.create(directory, permissions: directoryPermissions, withParents: true)
+                try Directory.create(directory, permissions: directoryPermissions, withParents: true, durable: durable)
             }
             let temporary = try TemporaryFile.create(in: directory, permissions: permissions)
             try temporary.file.write(all: bytes)
@@ -86,7 +87,7 @@ public enum AtomicFile {
                 let directory = Directory.parentDirectory(of: path)
                 if !directories.contains(directory) {
                     if case .create(let directoryPermissions) = missingDirectory {
-                        try Directory.create(directory, permissions: directoryPermissions, withParents: true)
+                        try Directory.create(directory, permissions: directoryPermissions, withParents: true, durable: true)
                     }
                     directories.append(directory)
                 }
@@ -168,7 +169,7 @@ public struct TemporaryFile: ~Copyable, Sendable {
         if rename(path, target) != 0 {
             let failure = Errno.current("rename", path: target)
             guard failure == .notFound, case .create(let permissions) = missingDirectory else { throw failure }
-            try Directory.create(Directory.parentDirectory(of: target), permissions: permissions, withParents: true)
+            try Directory.create(Directory.parentDirectory(of: target), permissions: permissions, withParents: true, durable: durable)
             guard rename(path, target) == 0 else { throw Errno.current("rename", path: target) }
         }
         isCommitted = true

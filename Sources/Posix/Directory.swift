@@ -93,20 +93,48 @@ public enum Directory {
 
     /// Creates the directory `path` with `permissions` (less the umask), and its missing parents when
     /// `withParents`. A directory already there is fine; anything else there is `EEXIST`.
-    public static func create(_ path: String, permissions: mode_t, withParents: Bool) throws(Errno) {
-        if mkdir(path, permissions) == 0 { return }
+    ///
+    /// When `durable`, every directory this call makes is synced into its parent (the parent is synced right after
+    /// the `mkdir`, from the top down). Syncing a file, or a directory, does not sync the entry that names it: a file
+    /// synced into a new directory whose own entry was never synced is lost with that directory after a power cut.
+    public static func create(_ path: String, permissions: mode_t, withParents: Bool, durable: Bool = false) throws(Errno) {
+        try create(path, permissions: permissions, withParents: withParents,
+                   syncParent: durable ? { parent throws(Errno) in try sync(parent) } : nil)
+    }
+
+    /// A directory for secrets (an agent's state, a controller's data): made with mode 0700 (missing parents 0755),
+    /// durably, and an existing one tightened to 0700.
+    public static func createPrivate(_ path: String) throws(Errno) {
+        let parent = parentDirectory(of: path)
+        if parent != path { try create(parent, permissions: 0o755, withParents: true, durable: true) }
+        try create(path, permissions: 0o700, withParents: false, durable: true)
+        guard chmod(path, 0o700) == 0 else { throw Errno.current("chmod", path: path) }
+    }
+
+    /// `create` with the parent's sync given, for tests.
+    static func create(_ path: String, permissions: mode_t, withParents: Bool,
+                       syncParent: ((String) throws(Errno) -> Void)?) throws(Errno) {
+        if try makeDirectory(path, permissions: permissions, syncParent: syncParent) { return }
         var failure = Errno.current("create directory", path: path)
         if failure == .notFound && withParents {
             let parent = parentDirectory(of: path)
             if parent != path {
-                try create(parent, permissions: permissions, withParents: true)
-                if mkdir(path, permissions) == 0 { return }
+                try create(parent, permissions: permissions, withParents: true, syncParent: syncParent)
+                if try makeDirectory(path, permissions: permissions, syncParent: syncParent) { return }
                 failure = Errno.current("create directory", path: path)
             }
         }
-        // Another process may have made it meanwhile; only a directory will do.
+        // Another process may have made it meanwhile; only a directory will do. (Its entry is that process's to sync.)
         if failure == .exists && isDirectory(path) { return }
         throw failure
+    }
+
+    /// One `mkdir`; false (with `errno` set) when it failed. A made directory is synced into its parent when asked.
+    private static func makeDirectory(_ path: String, permissions: mode_t,
+                                      syncParent: ((String) throws(Errno) -> Void)?) throws(Errno) -> Bool {
+        guard mkdir(path, permissions) == 0 else { return false }
+        try syncParent?(parentDirectory(of: path))
+        return true
     }
 
     /// Waits until the directory's entries (a rename or a new file in it) are on the disk.

@@ -16,17 +16,22 @@ public enum KeySource: Sendable {
             if !FileManager.default.fileExists(atPath: path) {
                 guard create else { throw RepositoryError("key file \(path) does not exist; pass the --key-file used with `repo init`") }
                 let directory = Directory.parentDirectory(of: path)
-                try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
                 // Created in place, exclusively (never over a key that appeared meanwhile), rather than renamed:
                 // a key file may live on a file system without hard links or atomic replace (a USB stick).
                 let text = Array((Base64URL.encode(SecureRandom.bytes(32)) + "\n").utf8)
                 do throws(Errno) {
+                    // Without its key the repository cannot be read, so the key must outlive a power cut as surely
+                    // as the repository: its directory (made if missing) and its own name are synced into their
+                    // parents, not only its bytes.
+                    try Directory.create(directory, permissions: 0o777, withParents: true, durable: true)
                     let file = try FileDescriptor.open(path, O_CREAT | O_EXCL | O_WRONLY, permissions: 0o600)
                     try file.write(all: text)
                     try file.sync()
                     try file.close()
+                    try Directory.sync(directory)
                 } catch {
-                    throw RepositoryError("cannot \(error.operation == "open" ? "create" : "write") key file \(path): \(error.text)")
+                    let step = error.path == path ? "\(error.operation) failed: \(error.text)" : error.description
+                    throw RepositoryError("cannot create key file \(path): \(step)")
                 }
             }
             var info = stat()

@@ -216,7 +216,7 @@ public struct LocalStorage: RepositoryStorage {
     func createPackFile() throws -> TemporaryFile {
         let directory = try full("data")
         do throws(Errno) {
-            try Directory.create(directory, permissions: 0o777, withParents: true)
+            try Directory.create(directory, permissions: 0o777, withParents: true, durable: true)
             return try DirectFileWriter.createTemporaryFile(in: directory)
         } catch {
             throw failure("data", error)
