@@ -1,5 +1,6 @@
 import FleetkeepProtocol
 import Foundation
+import Posix
 import Synchronization
 
 /// The agent's improvement telemetry: counters per job kind (runs, failures, seconds, bytes), kept in the state
@@ -84,10 +85,10 @@ public struct AgentTelemetry: Sendable {
     }
 
     func prepareDirectory() throws {
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        do throws(Errno) {
+            try Directory.createPrivate(directory)
         } catch {
-            throw AgentError("cannot create \(directory): \(error.localizedDescription)")
+            throw AgentError("cannot create \(directory): \(error)")
         }
     }
 

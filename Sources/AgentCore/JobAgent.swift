@@ -2,6 +2,7 @@ import BackupEngine
 import CLinux
 import FleetkeepProtocol
 import Foundation
+import Posix
 import Scheduling
 import Synchronization
 
@@ -80,7 +81,13 @@ public final class JobAgent: Sendable {
         self.log = log
         pollConnection = try Enrollment.connection(state: state)
         reportConnection = try Enrollment.connection(state: state)
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        // The job records are how an interrupted job is reported after a restart: the directory must survive a
+        // power cut like the records in it.
+        do throws(Errno) {
+            try Directory.createPrivate(directory)
+        } catch {
+            throw AgentError("cannot create the job directory \(directory): \(error)")
+        }
     }
 
     var directory: String { state.directory + "/jobs" }

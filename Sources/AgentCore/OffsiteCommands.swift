@@ -157,7 +157,13 @@ public enum OffsiteCommands {
             throw AgentError("cannot reach \(target.host):\(target.port) to read its host key: \(error)")
         }
         let path = config.offsite.knownHosts ?? defaultKnownHosts
-        try FileManager.default.createDirectory(atPath: Directory.parentDirectory(of: path), withIntermediateDirectories: true)
+        // Made durably (the pinned key must outlive a power cut), but an existing directory keeps its mode: the file
+        // may be put next to others, in ~/.ssh or /etc/ssh.
+        do throws(Errno) {
+            try Directory.create(Directory.parentDirectory(of: path), permissions: 0o700, withParents: true, durable: true)
+        } catch {
+            throw AgentError("cannot create the directory of \(path): \(error)")
+        }
         let existing = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
         let line = key.knownHostsLine(host: target.host, port: target.port)
         if !existing.contains(line) { try PrivateFile.write(path, Array((existing + line + "\n").utf8)) }

@@ -43,6 +43,29 @@ struct CrashConsistencyTests {
     }
 }
 
+extension CrashConsistencyTests {
+    /// The agent's state (its key, its enrollment, its licence) is what lets it talk to its controller again after a
+    /// restart.
+    @Test func enrollmentMakesTheAgentsStateDurable() throws {
+        let strace = try #require(ProcessRunner.which("strace"), "strace is needed (ops/bootstrap installs it)")
+        let controller = try RunningController()
+        let scratch = TemporaryDirectory(prefix: "fleetkeep-crash")
+        let root = scratch.appending("server"), state = scratch.appending("state/agent")
+        try HostingFixtureTool.create(root, accounts: 1, sizeMB: 1)
+        let tracePath = scratch.appending("trace")
+        let result = try ProcessRunner.run(strace, ["-f", "-y", "-qq", "-o", tracePath, "-e", "trace=" + SyscallTrace.traced,
+                                                    ProcessRunner.productsDirectory + "/fleetkeep-agent",
+                                                    "enroll", try controller.token(), "--state", state, "--root", root])
+        #expect(result.status == 0, "\(result.stderr)")
+        let trace = SyscallTrace(try String(contentsOfFile: tracePath, encoding: .utf8))
+        let inState = { (path: String) in path.hasPrefix(scratch.appending("state")) }
+        let names = trace.newNames(where: inState)
+        #expect(names.count >= 4, "too few new names seen (\(names.keys.sorted())); did strace trace it?")
+        #expect(trace.namesNotSyncedIntoTheirDirectory(names) == [])
+        #expect(trace.filesNamedBeforeTheirBytesWereSynced(where: inState) == [])
+    }
+}
+
 /// The calls of one `strace -f -y` run that create, name, remove and sync files, in the order they returned.
 struct SyscallTrace {
     static let traced = "mkdir,mkdirat,open,openat,creat,rename,renameat,renameat2,link,linkat,unlink,unlinkat,fsync,fdatasync"
