@@ -120,24 +120,28 @@ final class CountingUploader: RepositoryStorage, @unchecked Sendable {
         #expect(FileManager.default.fileExists(atPath: scratchCache.path + "/index"))
         scratchCache.remove()
         #expect(!FileManager.default.fileExists(atPath: scratchCache.path))
-        let scratchBefore = Self.scratchCaches()
+        // The command as a new server runs it, with a TMPDIR of its own: other tests make scratch caches in the shared
+        // one at the same time (comparing that one before and after failed now and then). The directory's time, set
+        // far back first, shows that the command did make its scratch cache there before removing it.
+        let temporary = scene.scratch.appending("tmp")
+        try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
+        let longAgo = Date(timeIntervalSince1970: 946_684_800)
+        try FileManager.default.setAttributes([.modificationDate: longAgo], ofItemAtPath: temporary)
         let rebuilt = scene.scratch.appending("new-server")
-        let status = try OffsiteCommands.run(["restore", "--all", "--to", rebuilt, "--key-file", scene.config.keyFile,
-                                              "--target", scene.config.offsite.target!, "--host-key", scene.config.offsite.hostKey!,
-                                              "--identity", scene.config.offsite.identity!])
-        #expect(status == 0)
+        let result = try ProcessRunner.run(ProcessRunner.productsDirectory + "/fleetkeep-agent",
+                                           ["offsite", "restore", "--all", "--to", rebuilt, "--key-file", scene.config.keyFile,
+                                            "--target", scene.config.offsite.target!, "--host-key", scene.config.offsite.hostKey!,
+                                            "--identity", scene.config.offsite.identity!],
+                                           environment: ["TMPDIR": temporary])
+        #expect(result.status == 0, "\(result.stderr)")
         for user in ["user000", "user001"] {
             let under = "home/\(user)/public_html"
             #expect(try HostingFixtureTool.manifest(rebuilt, under: under) == HostingFixtureTool.manifest(scene.root, under: under))
         }
         #expect(!FileManager.default.fileExists(atPath: rebuilt + "/home/user000/mail"))
-        #expect(Self.scratchCaches() == scratchBefore)
-    }
-
-    /// Scratch cache directories left where off-site commands make them.
-    static func scratchCaches() -> Set<String> {
-        let parent = ScratchCacheDirectory.defaultParent
-        return Set(((try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []).filter { $0.hasPrefix("fleetkeep-cache-") })
+        #expect(try FileManager.default.contentsOfDirectory(atPath: temporary) == [], "the scratch cache was left behind")
+        let touched = try FileManager.default.attributesOfItem(atPath: temporary)[.modificationDate] as? Date
+        #expect(touched.map { $0 > longAgo } == true, "the command made no scratch cache in TMPDIR")
     }
 
     @Test func connectionKilledMidPushResumesWithoutResendingFinishedPacks() throws {
