@@ -9,60 +9,60 @@ import TestSupport
 /// nothing about the entry that names it. The repository's key matters most: without it nothing in the repository can
 /// be read.
 struct CrashConsistencyTests {
-    @Test func repoInitAFirstBackupAndControllerInitMakeEveryNewNameDurable() throws {
+    /// Runs `program arguments` under strace in `scratch` and checks every new name for which `durable` is true.
+    private func expectDurable(_ name: String, program: String = "fleetkeep-agent", _ arguments: [String], in scratch: TemporaryDirectory,
+                               durable: (String) -> Bool, atLeast: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
         let strace = try #require(ProcessRunner.which("strace"), "strace is needed (ops/bootstrap installs it)")
+        let tracePath = scratch.appending("trace")
+        let result = try ProcessRunner.run(strace, ["-f", "-y", "-qq", "-o", tracePath, "-e", "trace=" + SyscallTrace.traced,
+                                                    ProcessRunner.productsDirectory + "/" + program] + arguments)
+        #expect(result.status == 0, "\(name): \(result.stderr)", sourceLocation: sourceLocation)
+        let trace = SyscallTrace(try String(contentsOfFile: tracePath, encoding: .utf8))
+        let names = trace.newNames(where: durable)
+        #expect(names.count >= atLeast, "\(name): too few new names seen (\(names.keys.sorted())); did strace trace it?",
+                sourceLocation: sourceLocation)
+        #expect(trace.namesNotSyncedIntoTheirDirectory(names) == [], "\(name)", sourceLocation: sourceLocation)
+        #expect(trace.filesNamedBeforeTheirBytesWereSynced(where: durable) == [], "\(name)", sourceLocation: sourceLocation)
+    }
+
+    @Test func repoInitAFirstBackupAndControllerInitMakeEveryNewNameDurable() throws {
         let scratch = TemporaryDirectory(prefix: "fleetkeep-crash")
         let root = scratch.appending("server"), repository = scratch.appending("repo")
         let keys = scratch.appending("keys"), keyFile = keys + "/nested/repo.key"
-        let controllerData = scratch.appending("controller/data")
         try HostingFixtureTool.create(root, accounts: 2, sizeMB: 3, seed: 5)
         let inRepository = { (path: String) in
             (path.hasPrefix(repository + "/") || path == repository || path.hasPrefix(keys + "/") || path == keys)
                 // The caches can be rebuilt from the repository, and a lock belongs to a running process.
                 && !path.hasPrefix(repository + "/cache") && !path.hasPrefix(repository + "/locks")
         }
-
-        let commands: [(name: String, program: String, arguments: [String], durable: (String) -> Bool, atLeast: Int)] = [
-            ("repo init", "fleetkeep-agent", ["repo", "init", "--repo", repository, "--key-file", keyFile], inRepository, 6),
-            ("backup", "fleetkeep-agent", ["backup", "--root", root, "--repo", repository, "--key-file", keyFile, "--kind", "files"],
-             inRepository, 4),
-            ("controller init", "fleetkeep-controller", ["init", "--data", controllerData],
-             { $0.hasPrefix(scratch.appending("controller")) }, 5),
-        ]
-        for command in commands {
-            let tracePath = scratch.appending("trace")
-            let result = try ProcessRunner.run(strace, ["-f", "-y", "-qq", "-o", tracePath, "-e", "trace=" + SyscallTrace.traced,
-                                                        ProcessRunner.productsDirectory + "/" + command.program] + command.arguments)
-            #expect(result.status == 0, "\(command.name): \(result.stderr)")
-            let trace = SyscallTrace(try String(contentsOfFile: tracePath, encoding: .utf8))
-            let names = trace.newNames(where: command.durable)
-            #expect(names.count >= command.atLeast, "\(command.name): too few new names seen (\(names.keys.sorted())); did strace trace it?")
-            #expect(trace.namesNotSyncedIntoTheirDirectory(names) == [], "\(command.name)")
-            #expect(trace.filesNamedBeforeTheirBytesWereSynced(where: command.durable) == [], "\(command.name)")
-        }
+        try expectDurable("repo init", ["repo", "init", "--repo", repository, "--key-file", keyFile], in: scratch,
+                          durable: inRepository, atLeast: 6)
+        try expectDurable("backup", ["backup", "--root", root, "--repo", repository, "--key-file", keyFile, "--kind", "files"],
+                          in: scratch, durable: inRepository, atLeast: 4)
+        try expectDurable("controller init", program: "fleetkeep-controller", ["init", "--data", scratch.appending("controller/data")],
+                          in: scratch, durable: { $0.hasPrefix(scratch.appending("controller")) }, atLeast: 5)
     }
-}
 
-extension CrashConsistencyTests {
     /// The agent's state (its key, its enrollment, its licence) is what lets it talk to its controller again after a
     /// restart.
     @Test func enrollmentMakesTheAgentsStateDurable() throws {
-        let strace = try #require(ProcessRunner.which("strace"), "strace is needed (ops/bootstrap installs it)")
         let controller = try RunningController()
         let scratch = TemporaryDirectory(prefix: "fleetkeep-crash")
-        let root = scratch.appending("server"), state = scratch.appending("state/agent")
+        let root = scratch.appending("server")
         try HostingFixtureTool.create(root, accounts: 1, sizeMB: 1)
-        let tracePath = scratch.appending("trace")
-        let result = try ProcessRunner.run(strace, ["-f", "-y", "-qq", "-o", tracePath, "-e", "trace=" + SyscallTrace.traced,
-                                                    ProcessRunner.productsDirectory + "/fleetkeep-agent",
-                                                    "enroll", try controller.token(), "--state", state, "--root", root])
-        #expect(result.status == 0, "\(result.stderr)")
-        let trace = SyscallTrace(try String(contentsOfFile: tracePath, encoding: .utf8))
-        let inState = { (path: String) in path.hasPrefix(scratch.appending("state")) }
-        let names = trace.newNames(where: inState)
-        #expect(names.count >= 4, "too few new names seen (\(names.keys.sorted())); did strace trace it?")
-        #expect(trace.namesNotSyncedIntoTheirDirectory(names) == [])
-        #expect(trace.filesNamedBeforeTheirBytesWereSynced(where: inState) == [])
+        try expectDurable("enroll", ["enroll", try controller.token(), "--state", scratch.appending("state/agent"), "--root", root],
+                          in: scratch, durable: { $0.hasPrefix(scratch.appending("state")) }, atLeast: 4)
+    }
+
+    /// The pinned host key: without it every off-site command refuses the server until someone trusts it again.
+    @Test func trustingAnOffsiteServerMakesItsPinnedKeyDurable() throws {
+        let server = try SSHDServer()
+        let scratch = TemporaryDirectory(prefix: "fleetkeep-crash")
+        let knownHosts = scratch.appending("pins/nested/known_hosts")
+        try expectDurable("offsite trust", ["offsite", "trust", "--known-hosts", knownHosts,
+                                            "--target", "sftp://\(server.user)@\(server.host):\(server.port)\(server.root)/remote"],
+                          in: scratch, durable: { $0.hasPrefix(scratch.appending("pins")) }, atLeast: 3)
+        #expect(try String(contentsOfFile: knownHosts, encoding: .utf8).contains(server.knownHostsLine))
     }
 }
 
